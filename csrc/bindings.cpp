@@ -1,0 +1,55 @@
+// The one PYBIND11_MODULE of fastcert: every exported kernel is listed here.
+// Each kernel exists for float32 and float64; pybind11 picks the overload by dtype, and since the
+// array casters do not convert, a dtype mismatch is a TypeError rather than a silent copy.
+#include <omp.h>
+
+#include "fastcert/common.h"
+#include "fastcert/kernels.h"
+
+namespace py = pybind11;
+using namespace fastcert;
+
+template <typename T>
+static void def_all(py::module_& m) {
+  m.def("interval_prep", &interval_prep<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("h").noconvert());
+  m.def("interval_finish", &interval_finish<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("mg").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("l").noconvert(), py::arg("u").noconvert());
+  m.def("act_interval", &act_interval<T>, py::arg("kind"), py::arg("alpha"), py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
+  m.def("dense_forward", &dense_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert());
+  m.def("dense_backward", &dense_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert());
+  m.def("relu_relax", &relu_relax<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("mode"), py::arg("lo_slope").noconvert(), py::arg("up_slope").noconvert(), py::arg("up_bias").noconvert());
+  m.def("backward_act", &backward_act<T>, py::arg("lam").noconvert(), py::arg("lo_slope").noconvert(), py::arg("up_slope").noconvert(), py::arg("lo_bias").noconvert(), py::arg("up_bias").noconvert(), py::arg("zmag").noconvert(), py::arg("out").noconvert(), py::arg("bias").noconvert(), py::arg("mag").noconvert());
+  m.def("bias_mag", &bias_mag<T>, py::arg("lam").noconvert(), py::arg("bvec").noconvert(), py::arg("g").noconvert(), py::arg("bias").noconvert(), py::arg("mag").noconvert());
+  m.def("concretize", &concretize<T>, py::arg("lam").noconvert(), py::arg("x0").noconvert(), py::arg("l0").noconvert(), py::arg("u0").noconvert(), py::arg("eps").noconvert(), py::arg("p"), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma"), py::arg("out").noconvert());
+  m.def("conv_forward", &conv_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
+  m.def("conv_backward", &conv_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
+}
+
+extern "C" char* scipy_openblas_get_config(void);
+#ifdef FASTCERT_WITH_CUDA
+extern "C" int fastcert_cuda_device_count();
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
+  def_all<float>(m);
+  def_all<double>(m);
+  m.def("build_info", []() {
+    py::dict d;
+    d["blas"] = FASTCERT_BLAS_NAME;
+    d["blas_config"] = std::string(scipy_openblas_get_config());
+#ifdef _OPENMP
+    d["openmp"] = py::int_(_OPENMP);
+    d["omp_max_threads"] = omp_get_max_threads();
+#else
+    d["openmp"] = py::none();
+#endif
+#ifdef FASTCERT_WITH_CUDA
+    d["cuda"] = true;
+    d["cuda_devices"] = fastcert_cuda_device_count();
+#else
+    d["cuda"] = false;
+#endif
+    d["compiler"] = std::string(__VERSION__);
+    return d;
+  });
+}

@@ -1,0 +1,146 @@
+// Interval kernels: center/radius preparation, sound finishing of interval affine maps,
+// monotone activations, and plain dense affine maps (GEMM + bias).
+#include "fastcert/common.h"
+#include "fastcert/kernels.h"
+
+namespace fastcert {
+
+// c = (l+u)/2; r >= max(u-c, c-l) (rounded up); h = |c| + r (rounded up).  All [n].
+template <typename T>
+void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h) {
+  const py::ssize_t n = l.size();
+  expect_size(u.size(), n, "u");
+  expect_size(c.size(), n, "c");
+  expect_size(r.size(), n, "r");
+  expect_size(h.size(), n, "h");
+  const T* L = ro(l, "l");
+  const T* U = ro(u, "u");
+  T* C = mut(c, "c");
+  T* R = mut(r, "r");
+  T* H = mut(h, "h");
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (py::ssize_t i = 0; i < n; ++i) {
+    T ci = L[i] + (U[i] - L[i]) / 2;  // stays inside [l,u] for finite l<=u
+    T ri = up(std::max(U[i] - ci, ci - L[i]));
+    C[i] = ci;
+    R[i] = ri;
+    H[i] = up(std::fabs(ci) + ri);
+  }
+}
+
+// From mc = W c (+b), mr = |W| r, mg = |W| h (+|b| added here), write sound bounds:
+//   l = mc - mr - gamma*g,  u = mc + mr + gamma*g,  g = mg + |b|  (gamma covers the GEMM rounding).
+// bias may be empty (size 0). Arrays are [B, m] with the bias broadcast over rows.
+template <typename T>
+void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, Arr<T>& l,
+                     Arr<T>& u) {
+  const py::ssize_t n = mc.size();
+  const py::ssize_t m = absb.size();
+  expect_size(mr.size(), n, "mr");
+  expect_size(mg.size(), n, "mg");
+  expect_size(l.size(), n, "l");
+  expect_size(u.size(), n, "u");
+  const T* C = ro(mc, "mc");
+  const T* R = ro(mr, "mr");
+  T* G = mut(mg, "mg");
+  const T* AB = m ? ro(absb, "absb") : nullptr;
+  T* Lo = mut(l, "l");
+  T* Up = mut(u, "u");
+  const T g = static_cast<T>(gamma);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (py::ssize_t i = 0; i < n; ++i) {
+    T gi = G[i] + (m ? AB[i % m] : T(0));
+    gi = up(gi);
+    G[i] = gi;
+    T rad = up(R[i] + up(g * gi));
+    Lo[i] = down(C[i] - rad);
+    Up[i] = up(C[i] + rad);
+  }
+}
+
+// Monotone activations on intervals, rounded outward. kind: 0 relu, 1 leaky relu (slope alpha),
+// 2 tanh, 3 sigmoid.
+template <typename T>
+inline T act_eval(int kind, T x, T alpha) {
+  switch (kind) {
+    case 0: return x > 0 ? x : T(0);
+    case 1: return x > 0 ? x : alpha * x;
+    case 2: return std::tanh(x);
+    default: return T(1) / (T(1) + std::exp(-x));
+  }
+}
+template <typename T>
+void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou) {
+  const py::ssize_t n = l.size();
+  expect_size(u.size(), n, "u");
+  expect_size(ol.size(), n, "out_l");
+  expect_size(ou.size(), n, "out_u");
+  if (kind < 0 || kind > 3) throw std::invalid_argument("act_interval: unknown activation kind");
+  const T* L = ro(l, "l");
+  const T* U = ro(u, "u");
+  T* OL = mut(ol, "out_l");
+  T* OU = mut(ou, "out_u");
+  const T a = static_cast<T>(alpha);
+  const bool exact = (kind == 0);  // relu is exact in floating point
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (py::ssize_t i = 0; i < n; ++i) {
+    T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
+    if (!exact) {  // libm tanh/exp are within a few ulp: step outward 4 ulp
+      for (int k = 0; k < 4; ++k) {
+        lo = down(lo);
+        hi = up(hi);
+      }
+      if (kind == 2) { lo = std::max(lo, T(-1)); hi = std::min(hi, T(1)); }
+      if (kind == 3) { lo = std::max(lo, T(0)); hi = std::min(hi, T(1)); }
+    }
+    OL[i] = lo;
+    OU[i] = hi;
+  }
+}
+
+// out[B,m] = x[B,n] @ W[m,n]^T + b  (b may be empty).
+template <typename T>
+void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out) {
+  if (W.ndim() != 2) throw std::invalid_argument("dense_forward: W must be 2-D [out, in]");
+  const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  if (x.size() % n != 0) throw std::invalid_argument("dense_forward: x size is not a multiple of in_features");
+  const int B = static_cast<int>(x.size() / n);
+  expect_size(out.size(), static_cast<py::ssize_t>(B) * m, "out");
+  T* O = mut(out, "out");
+  const py::ssize_t nb = b.size();
+  if (nb != 0 && nb != m) throw std::invalid_argument("dense_forward: bias size must equal out_features");
+  if (nb) {
+    const T* bb = ro(b, "b");
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < m; ++j) O[static_cast<py::ssize_t>(i) * m + j] = bb[j];
+  }
+  if (B == 0) return;
+  gemm(false, true, B, m, n, T(1), ro(x, "x"), n, ro(W, "W"), n, nb ? T(1) : T(0), O, m);
+}
+
+#define FASTCERT_INST(T)                                                                                    \
+  template void interval_prep<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                  \
+  template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, Arr<T>&,   \
+                                   Arr<T>&);                                                               \
+  template void act_interval<T>(int, double, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);               \
+  template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);
+FASTCERT_INST(float)
+FASTCERT_INST(double)
+#undef FASTCERT_INST
+}  // namespace fastcert
+
+namespace fastcert {
+// out[R,n] = lam[R,m] @ W[m,n]   (the transpose of a dense layer, applied to coefficient rows)
+template <typename T>
+void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out) {
+  if (W.ndim() != 2) throw std::invalid_argument("dense_backward: W must be 2-D [out, in]");
+  const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  if (lam.size() % m != 0) throw std::invalid_argument("dense_backward: lam size is not a multiple of out_features");
+  const int R = static_cast<int>(lam.size() / m);
+  expect_size(out.size(), static_cast<py::ssize_t>(R) * n, "out");
+  if (R == 0) return;
+  gemm(false, false, R, n, m, T(1), ro(lam, "lam"), m, ro(W, "W"), n, T(0), mut(out, "out"), n);
+}
+template void dense_backward<float>(const Arr<float>&, const Arr<float>&, Arr<float>&);
+template void dense_backward<double>(const Arr<double>&, const Arr<double>&, Arr<double>&);
+}  // namespace fastcert

@@ -1,0 +1,65 @@
+// Shared helpers for the fastcert core: array views, checks, BLAS wrappers, rounding helpers.
+// The core never allocates memory that a caller sees: Python validates and allocates, kernels fill.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "cblas.h"
+
+namespace fastcert {
+namespace py = pybind11;
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style>;  // no forcecast: a wrong dtype is an error, never a copy
+
+template <typename T>
+inline T* mut(Arr<T>& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
+  return a.mutable_data();
+}
+template <typename T>
+inline const T* ro(const Arr<T>& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  return a.data();
+}
+inline void expect_size(py::ssize_t got, py::ssize_t want, const char* name) {
+  if (got != want)
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(want) + " elements, got " +
+                                std::to_string(got));
+}
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
+inline void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                 int ldb, float beta, float* C, int ldc) {
+  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                    lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+                 int ldb, double beta, double* C, int ldc) {
+  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                    lda, B, ldb, beta, C, ldc);
+}
+
+// Unit roundoff of T (half machine epsilon).
+template <typename T>
+constexpr T unit_roundoff() {
+  return std::numeric_limits<T>::epsilon() / 2;
+}
+// Move x one step outward (down / up): a cheap way to make a rounded result a sound bound
+// when its error is at most one ulp (used after elementwise libm calls and single products).
+template <typename T>
+inline T down(T x) {
+  return std::nextafter(x, -std::numeric_limits<T>::infinity());
+}
+template <typename T>
+inline T up(T x) {
+  return std::nextafter(x, std::numeric_limits<T>::infinity());
+}
+}  // namespace fastcert

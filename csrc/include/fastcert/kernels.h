@@ -1,0 +1,28 @@
+// Declarations of every kernel exported by fastcert._C (templated on float / double).
+#pragma once
+#include "fastcert/common.h"
+
+namespace fastcert {
+template <typename T> void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h);
+template <typename T>
+void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, Arr<T>& l,
+                     Arr<T>& u);
+template <typename T> void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou);
+template <typename T> void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
+template <typename T> void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out);
+template <typename T>
+void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias);
+template <typename T>
+void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
+                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag);
+template <typename T> void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag);
+template <typename T>
+void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& eps, int p,
+                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out);
+template <typename T>
+void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& out, int H, int W, int sh, int sw,
+                  int ph, int pw, Arr<T>& work);
+template <typename T>
+void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
+                   Arr<T>& work);
+}  // namespace fastcert

@@ -1,0 +1,171 @@
+// The CROWN / Fast-Lin / KW backward pass, lower-bound form. An upper bound of c^T f is minus the
+// lower bound of (-c)^T f, so callers stack C and -C and only this one direction exists.
+//
+// State per (sample b, spec row s): Lam[b,s,:] (coefficients on the current layer's values),
+// bias[b,s] (constant terms collected so far) and mag[b,s] (a magnitude sum; gamma*mag bounds the
+// accumulated floating-point error of the pass, see docs/architecture.md "Floating point").
+#include "fastcert/common.h"
+#include "fastcert/kernels.h"
+
+namespace fastcert {
+
+// Through an activation with relaxations  lo_s*z + lo_b <= act(z) <= up_s*z + up_b  on [l,u]:
+//   out[b,s,j] = max(Lam,0)*lo_s[b,j] + min(Lam,0)*up_s[b,j]
+//   bias[b,s] += sum_j max(Lam,0)*lo_b[b,j] + min(Lam,0)*up_b[b,j]
+//   mag[b,s]  += sum_j |Lam| * zmag[b,j]     (zmag >= max|z| + |lo_b| + |up_b| on the box)
+// lo_b may be empty (ReLU: zero lower intercept). Lam, out: [B,S,n]; per-neuron arrays: [B,n].
+template <typename T>
+void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
+                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag) {
+  if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n]");
+  const py::ssize_t B = lam.shape(0), S = lam.shape(1), n = lam.shape(2);
+  expect_size(lo_s.size(), B * n, "lo_slope");
+  expect_size(up_s.size(), B * n, "up_slope");
+  expect_size(up_b.size(), B * n, "up_bias");
+  expect_size(zmag.size(), B * n, "zmag");
+  const bool has_lb = lo_b.size() != 0;
+  if (has_lb) expect_size(lo_b.size(), B * n, "lo_bias");
+  expect_size(out.size(), B * S * n, "out");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  const T* Lm = ro(lam, "Lam");
+  const T* LS = ro(lo_s, "lo_slope");
+  const T* US = ro(up_s, "up_slope");
+  const T* LB = has_lb ? ro(lo_b, "lo_bias") : nullptr;
+  const T* UB = ro(up_b, "up_bias");
+  const T* ZM = ro(zmag, "zmag");
+  T* O = mut(out, "out");
+  T* BI = mut(bias, "bias");
+  T* MG = mut(mag, "mag");
+#pragma omp parallel for collapse(2) schedule(static)
+  for (py::ssize_t b = 0; b < B; ++b) {
+    for (py::ssize_t s = 0; s < S; ++s) {
+      const T* lr = Lm + (b * S + s) * n;
+      T* orow = O + (b * S + s) * n;
+      const T* ls = LS + b * n;
+      const T* us = US + b * n;
+      const T* ub = UB + b * n;
+      const T* zm = ZM + b * n;
+      const T* lb = has_lb ? LB + b * n : nullptr;
+      T acc_b = 0, acc_m = 0;
+      for (py::ssize_t j = 0; j < n; ++j) {
+        const T v = lr[j];
+        if (v >= 0) {
+          orow[j] = v * ls[j];
+          if (lb) acc_b += v * lb[j];
+        } else {
+          orow[j] = v * us[j];
+          acc_b += v * ub[j];
+        }
+        acc_m += std::fabs(v) * zm[j];
+      }
+      BI[b * S + s] += acc_b;
+      MG[b * S + s] += acc_m;
+    }
+  }
+}
+
+// Through an affine layer's bias and magnitude: bias[b,s] += Lam[b,s,:] . bvec ;
+// mag[b,s] += |Lam[b,s,:]| . g[b,:]   (g >= |W| max|h_in| + |b| for that sample). bvec may be empty.
+template <typename T>
+void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag) {
+  if (lam.ndim() != 3) throw std::invalid_argument("bias_mag: Lam must be [B,S,m]");
+  const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2);
+  const bool has_b = bvec.size() != 0;
+  if (has_b) expect_size(bvec.size(), m, "bias vector");
+  expect_size(g.size(), B * m, "g");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  const T* Lm = ro(lam, "Lam");
+  const T* bv = has_b ? ro(bvec, "bias vector") : nullptr;
+  const T* G = ro(g, "g");
+  T* BI = mut(bias, "bias");
+  T* MG = mut(mag, "mag");
+#pragma omp parallel for collapse(2) schedule(static)
+  for (py::ssize_t b = 0; b < B; ++b)
+    for (py::ssize_t s = 0; s < S; ++s) {
+      const T* lr = Lm + (b * S + s) * m;
+      const T* gr = G + b * m;
+      T acc_b = 0, acc_m = 0;
+      for (py::ssize_t j = 0; j < m; ++j) {
+        if (has_b) acc_b += lr[j] * bv[j];
+        acc_m += std::fabs(lr[j]) * gr[j];
+      }
+      BI[b * S + s] += acc_b;
+      MG[b * S + s] += acc_m;
+    }
+}
+
+// Concretize min over x in (ball(x0, eps, p) ∩ box[l0,u0]) of Lam[b,s,:] . x, plus bias, minus
+// the rounding slack gamma*mag (mag including this step's terms), into out[b,s].
+// p: 0 = box only (L-inf: the box already is the ball ∩ domain), 1, 2 = L1 / L2 ball
+// (the box term is then also computed and the larger, still sound, lower bound kept).
+template <typename T>
+void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& eps, int p,
+                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out) {
+  if (lam.ndim() != 3) throw std::invalid_argument("concretize: Lam must be [B,S,n]");
+  const py::ssize_t B = lam.shape(0), S = lam.shape(1), n = lam.shape(2);
+  if (p != 0 && p != 1 && p != 2) throw std::invalid_argument("concretize: p must be 0 (box), 1 or 2");
+  expect_size(x0.size(), B * n, "x0");
+  expect_size(l0.size(), B * n, "l0");
+  expect_size(u0.size(), B * n, "u0");
+  expect_size(eps.size(), B, "eps");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  expect_size(out.size(), B * S, "out");
+  const T* Lm = ro(lam, "Lam");
+  const T* X = ro(x0, "x0");
+  const T* Lo = ro(l0, "l0");
+  const T* Up = ro(u0, "u0");
+  const T* E = ro(eps, "eps");
+  const T* BI = ro(bias, "bias");
+  const T* MG = ro(mag, "mag");
+  T* O = mut(out, "out");
+  const T g = static_cast<T>(gamma);
+  const T uu = unit_roundoff<T>();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (py::ssize_t b = 0; b < B; ++b)
+    for (py::ssize_t s = 0; s < S; ++s) {
+      const T* lr = Lm + (b * S + s) * n;
+      const T* xr = X + b * n;
+      const T* lo = Lo + b * n;
+      const T* hi = Up + b * n;
+      T box = 0, boxmag = 0, dot = 0, dotmag = 0, nrm = 0;
+      for (py::ssize_t j = 0; j < n; ++j) {
+        const T v = lr[j];
+        box += v >= 0 ? v * lo[j] : v * hi[j];
+        const T av = std::fabs(v);
+        boxmag += av * std::max(std::fabs(lo[j]), std::fabs(hi[j]));
+        if (p) {
+          dot += v * xr[j];
+          dotmag += av * std::fabs(xr[j]);
+          if (p == 2) nrm += v * v; else nrm = std::max(nrm, av);  // dual norms: L2 -> L2, L1 -> Linf
+        }
+      }
+      const T m0 = MG[b * S + s];
+      T best = down(box - up(g * up(m0 + boxmag)));
+      if (p) {
+        const T dn = (p == 2) ? up(std::sqrt(nrm)) : nrm;
+        const T pen = E[b] * dn;
+        T ball = dot - pen - up(g * up(m0 + dotmag + pen));
+        ball = down(ball);
+        best = std::max(best, ball);
+      }
+      // final addition with the collected constants, rounded down with a relative margin
+      const T bsum = BI[b * S + s];
+      T r = best + bsum;
+      r -= 4 * uu * (std::fabs(best) + std::fabs(bsum));
+      O[b * S + s] = down(r);
+    }
+}
+
+#define FASTCERT_INST(T)                                                                                       \
+  template void backward_act<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,     \
+                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                                   \
+  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);                   \
+  template void concretize<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, int,  \
+                              const Arr<T>&, const Arr<T>&, double, Arr<T>&);
+FASTCERT_INST(float)
+FASTCERT_INST(double)
+#undef FASTCERT_INST
+}  // namespace fastcert

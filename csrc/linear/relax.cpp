@@ -1,0 +1,53 @@
+// ReLU linear relaxations. For pre-activation bounds [l,u] they give, per neuron,
+//   lo_slope*z  <=  relu(z)  <=  up_slope*z + up_bias      for all z in [l,u].
+// The lower line has zero intercept for every slope in [0,1], so any slope in [0,1] is sound.
+// The upper intercept is rounded so the line stays above relu at both ends of [l,u].
+#include "fastcert/common.h"
+#include "fastcert/kernels.h"
+
+namespace fastcert {
+
+// mode: 0 adaptive (CROWN: 1 if u >= -l else 0), 1 parallel (Fast-Lin / KW: u/(u-l)), 2 zero, 3 one.
+template <typename T>
+void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias) {
+  const py::ssize_t n = l.size();
+  expect_size(u.size(), n, "u");
+  expect_size(lo_slope.size(), n, "lo_slope");
+  expect_size(up_slope.size(), n, "up_slope");
+  expect_size(up_bias.size(), n, "up_bias");
+  if (mode < 0 || mode > 3) throw std::invalid_argument("relu_relax: unknown lower-slope mode");
+  const T* L = ro(l, "l");
+  const T* U = ro(u, "u");
+  T* LS = mut(lo_slope, "lo_slope");
+  T* US = mut(up_slope, "up_slope");
+  T* UB = mut(up_bias, "up_bias");
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const T li = L[i], ui = U[i];
+    if (li >= 0) {  // stably active: exact identity
+      LS[i] = 1; US[i] = 1; UB[i] = 0;
+    } else if (ui <= 0) {  // stably inactive: exact zero
+      LS[i] = 0; US[i] = 0; UB[i] = 0;
+    } else {
+      T s = ui / (ui - li);
+      s = std::min(std::max(s, T(0)), T(1));
+      // Intercept t with s*l + t >= 0 and s*u + t >= u, each product rounded up by one ulp step.
+      T t1 = up(up(-s * li));
+      T t2 = up(up((T(1) - s) * ui));
+      T t = std::max(t1, t2);
+      US[i] = s;
+      UB[i] = t;
+      switch (mode) {
+        case 0: LS[i] = (ui >= -li) ? T(1) : T(0); break;
+        case 1: LS[i] = s; break;
+        case 2: LS[i] = 0; break;
+        default: LS[i] = 1; break;
+      }
+    }
+  }
+}
+
+template void relu_relax<float>(const Arr<float>&, const Arr<float>&, int, Arr<float>&, Arr<float>&, Arr<float>&);
+template void relu_relax<double>(const Arr<double>&, const Arr<double>&, int, Arr<double>&, Arr<double>&,
+                                 Arr<double>&);
+}  // namespace fastcert

@@ -1,0 +1,1 @@
+from fastcert._ext import build_info
