@@ -1,0 +1,1 @@
+"""Bound algorithms: functions over the layer protocol with explicit per-call state."""

@@ -1,0 +1,250 @@
+"""IBP, Fast-Lin, the Kolter-Wong dual bound, CROWN and CROWN-IBP: one forward interval pass and one
+backward (back-substitution) pass, in the lower-bound direction only (upper = -lower(-C)).
+
+- Fast-Lin and KW are the same quantity: CROWN with the lower ReLU slope equal to the upper one,
+  u/(u-l), and intermediate bounds by the same back-substitution, not intersected with anything.
+- CROWN picks the lower slope adaptively (1 if u >= -l else 0) and intersects each intermediate
+  bound with the interval bound, which lets it bound only the neurons that interval arithmetic
+  cannot prove stable.
+- CROWN-IBP takes the intermediate bounds from interval propagation and runs one backward pass for
+  the specification.
+
+Soundness under floating point: every kernel accumulates a magnitude sum ``mag`` alongside its
+results, and the final bounds are moved outward by ``gamma*mag`` (see network.gamma_for) plus a bound
+on the rounding error of evaluating the network itself (``_eval_slack``), so that
+``lower <= C f(x) <= upper`` holds for the exact function and for its floating-point evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastcert._ext import _C
+from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
+from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+
+# method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
+METHODS: dict[str, tuple[str, str, bool] | None] = {
+    "ibp": None,
+    "fastlin": ("parallel", "backsub", False),
+    "kw": ("parallel", "backsub", False),
+    "crown": ("adaptive", "backsub", True),
+    "crown-ibp": ("adaptive", "ibp", True),
+}
+
+# Budget (bytes) for one chunk of coefficient matrices [Bc, rows, n] in the backward pass.
+_LAMBDA_BYTES = 384 << 20
+
+
+@dataclass
+class Problem:
+    """Per-call input region. x0, l0, u0: [B, n0]; eps: [B]; p: 0 = box (L-inf), 1 = L1, 2 = L2."""
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    p: int
+    l0: torch.Tensor
+    u0: torch.Tensor
+
+
+@dataclass
+class _Pass:
+    """State of one bound computation (explicit, never stored on layers)."""
+
+    layers: list[Layer]
+    prob: Problem
+    gamma: float
+    boxes_in: list[Box | None]
+    G: list[torch.Tensor | None]
+    relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
+
+
+def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``sel`` of the layer's matrix, [S, n_in], without forming the whole matrix."""
+    if isinstance(L, Dense):
+        return L.params(dtype).W[sel].contiguous()
+    if isinstance(L, Diag):
+        out = torch.zeros(sel.numel(), L.n_in, dtype=dtype)
+        out[torch.arange(sel.numel()), sel] = L.params(dtype).W[sel]
+        return out
+    assert isinstance(L, Conv2d)
+    W = L.params(dtype).W
+    OC, OH, OW = L.out_shape
+    C, H, Wd = L.in_shape
+    (sh, sw), (ph, pw) = L.stride, L.padding
+    KH, KW = W.shape[2], W.shape[3]
+    oc, rem = sel // (OH * OW), sel % (OH * OW)
+    oh, ow = rem // OW, rem % OW
+    S = sel.numel()
+    buf = torch.zeros(S, C, H + 2 * ph, Wd + 2 * pw, dtype=dtype)
+    ar = torch.arange(S)
+    for kh in range(KH):
+        for kw in range(KW):
+            # each (row, kh, kw) hits a distinct input position, so assignment is exact
+            buf[ar, :, oh * sh + kh, ow * sw + kw] = W[oc, :, kh, kw]
+    return buf[:, :, ph:ph + H, pw:pw + Wd].reshape(S, -1).contiguous()
+
+
+def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor, start: int, stop: int,
+             b0: int, b1: int) -> torch.Tensor:
+    """Lower bound of lam . z_start over the region, for the batch slice [b0, b1).
+
+    lam: [Bc, S, n] on the input of layer ``start`` (= output of layer start-1); bias, mag: [Bc, S].
+    Back-substitutes through layers start-1 .. stop and concretizes against the input region
+    (stop == 0) or the interval box of layer ``stop``'s input. Returns [Bc, S].
+    """
+    dt = lam.dtype
+    Bc, S = bias.shape
+    for j in range(start - 1, stop - 1, -1):
+        L = st.layers[j]
+        if L.is_affine:
+            G = st.G[j]
+            assert G is not None
+            _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag))
+            lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
+        else:
+            r = st.relax[j]
+            assert r is not None
+            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
+            out = torch.empty_like(lam)
+            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), empty_like_dtype(dt), np_view(up_b),
+                            np_view(zmag), np_view(out), np_view(bias), np_view(mag))
+            lam = out
+    res = torch.empty(Bc, S, dtype=dt)
+    if stop == 0:
+        pr = st.prob
+        _C.concretize(np_view(lam), np_view(pr.x0[b0:b1]), np_view(pr.l0[b0:b1]), np_view(pr.u0[b0:b1]),
+                      np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), st.gamma, np_view(res))
+    else:
+        box = st.boxes_in[stop]
+        assert box is not None
+        lb = box.l[b0:b1]
+        _C.concretize(np_view(lam), np_view(lb), np_view(lb), np_view(box.u[b0:b1]), np_view(st.prob.eps[b0:b1]), 0,
+                      np_view(bias), np_view(mag), st.gamma, np_view(res))
+    return res
+
+
+def _chunk(B: int, rows: int, width: int, itemsize: int) -> int:
+    return max(1, min(B, _LAMBDA_BYTES // max(1, rows * width * itemsize)))
+
+
+def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
+    """Back-substitution bounds on the input of activation layer i (the output of layer i-1)."""
+    L = st.layers[i - 1]
+    dt = ibp.l.dtype
+    B, n = ibp.l.shape
+    lo, hi = ibp.l.clone(), ibp.u.clone()
+    width = max(max(Lj.n_in, Lj.n_out) for Lj in st.layers[:i])
+    unstable = (ibp.l < 0) & (ibp.u > 0)
+    all_idx = torch.arange(n)
+    b0 = 0
+    while b0 < B:
+        sel_all = unstable[b0:].any(0).nonzero().flatten() if intersect else all_idx
+        Bc = _chunk(B - b0, 2 * max(1, sel_all.numel()), width, ibp.l.element_size())
+        b1 = b0 + Bc
+        sel = unstable[b0:b1].any(0).nonzero().flatten() if intersect else all_idx
+        S = sel.numel()
+        if S == 0:
+            b0 = b1
+            continue
+        if L.is_affine:
+            rows = _rows(L, sel, dt)
+            lam = torch.cat([rows, -rows], 0).unsqueeze(0).expand(b1 - b0, 2 * S, L.n_in).contiguous()
+            bv = L.params(dt).bias
+            bsel = bv[sel] if bv.numel() else torch.zeros(S, dtype=dt)
+            bias = torch.cat([bsel, -bsel]).unsqueeze(0).expand(b1 - b0, 2 * S).contiguous()
+            G = st.G[i - 1]
+            assert G is not None
+            gs = G[b0:b1][:, sel]
+            mag = torch.cat([gs, gs], 1).contiguous()
+            res = _backsub(st, lam, bias, mag, i - 1, 0, b0, b1)
+        else:  # activation directly before an activation: start from one-hot rows
+            eye = torch.zeros(S, n, dtype=dt)
+            eye[torch.arange(S), sel] = 1
+            lam = torch.cat([eye, -eye], 0).unsqueeze(0).expand(b1 - b0, 2 * S, n).contiguous()
+            z = torch.zeros(b1 - b0, 2 * S, dtype=dt)
+            res = _backsub(st, lam, z, z.clone(), i, 0, b0, b1)
+        l_new, u_new = res[:, :S], -res[:, S:]
+        if intersect:
+            lo[b0:b1, sel] = torch.maximum(lo[b0:b1, sel], l_new)
+            hi[b0:b1, sel] = torch.minimum(hi[b0:b1, sel], u_new)
+        else:
+            lo[b0:b1, sel] = l_new
+            hi[b0:b1, sel] = u_new
+        b0 = b1
+    # a bound that crosses (lo > hi) can only come from rounding on a degenerate box: keep it sound
+    bad = lo > hi
+    if bad.any():
+        lo, hi = torch.where(bad, torch.minimum(lo, hi), lo), torch.where(bad, torch.maximum(lo, hi), hi)
+    return Box(lo.contiguous(), hi.contiguous())
+
+
+def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
+    """Bound on |C f_float(x) - C f_exact(x)| over the region: [B, S].
+
+    E tracks a per-neuron bound on the rounding error of a standard evaluation: an affine layer adds
+    gamma*g and amplifies the incoming error by at most its row-abs-sum; an activation multiplies it
+    by its Lipschitz constant and adds a few ulps of its output.
+    """
+    dt = C.dtype
+    u = torch.finfo(dt).eps / 2
+    B = C.shape[0]
+    E = torch.zeros(B, 1, dtype=torch.float64)
+    for j, L in enumerate(st.layers):
+        if L.is_affine:
+            G = st.G[j]
+            assert G is not None
+            E = st.gamma * G.double() + L.row_abs_max * E.amax(dim=1, keepdim=True)
+        else:
+            assert isinstance(L, Activation)
+            nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
+            assert nxt is not None
+            E = L.lipschitz * E + 4 * u * nxt.mag().double()
+    Ef = E + st.gamma * out_box.mag().double()  # the spec's own product C f
+    return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(dt)
+
+
+def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S]."""
+    cfg = METHODS[method]
+    dt = prob.x0.dtype
+    B = prob.x0.shape[0]
+    st = _Pass(layers, prob, gamma, [None] * len(layers), [None] * len(layers), [None] * len(layers))
+    box = Box(prob.l0, prob.u0)
+    for i, L in enumerate(layers):
+        st.boxes_in[i] = box
+        if L.is_affine:
+            box, st.G[i] = interval_affine(L, box, gamma)
+            continue
+        assert isinstance(L, Activation)
+        if cfg is not None:
+            slope, inter, intersect = cfg
+            first_exact = i == 1 and prob.p == 0  # one affine layer on a box: interval bounds are exact
+            if inter == "backsub" and i > 0 and not first_exact:
+                box = _intermediate(st, i, box, intersect)
+                st.boxes_in[i] = box
+            lo_s, up_s, up_b = L.relax(box, slope)
+            st.relax[i] = (lo_s, up_s, up_b, (box.mag() + up_b).contiguous())
+        box = L.interval(box)
+    out_box = box
+    last = len(layers) - 1
+    stop = last if cfg is None else 0
+    K = layers[-1].n_out
+    S = C.shape[1]
+    CC = torch.cat([C, -C], dim=1).contiguous()
+    width = max(max(Lj.n_in, Lj.n_out) for Lj in layers)
+    res = torch.empty(B, 2 * S, dtype=dt)
+    Bc = _chunk(B, 2 * S, width, prob.x0.element_size())
+    for b0 in range(0, B, Bc):
+        b1 = min(B, b0 + Bc)
+        z = torch.zeros(b1 - b0, 2 * S, dtype=dt)
+        res[b0:b1] = _backsub(st, CC[b0:b1].reshape(b1 - b0, 2 * S, K), z, z.clone(), len(layers), stop, b0, b1)
+    slack = _eval_slack(st, out_box, C)
+    lower = res[:, :S] - slack
+    upper = -res[:, S:] + slack
+    # round the subtraction outward
+    lower = torch.nextafter(lower, torch.full_like(lower, -torch.inf))
+    upper = torch.nextafter(upper, torch.full_like(upper, torch.inf))
+    return lower, upper

@@ -1,0 +1,191 @@
+"""Public entry points: :func:`bounds` and :func:`certify`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
+from fastcert.network import Network, as_network, gamma_for
+
+NORMS = {"inf": 0, "2": 2, "1": 1}
+
+
+@dataclass(frozen=True)
+class BoundsResult:
+    """Bounds of ``C f(x')`` over the input region: ``lower, upper: [B, S]`` (dtype of x)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    method: str
+    norm: str
+    time_s: float
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """Result of :func:`certify`.
+
+    certified: [B] bool — every margin lower bound is > 0 (and the sample is correctly classified).
+    margins:   [B, K] lower bounds of ``f_y(x') - f_j(x')``; ``+inf`` at ``j = y``.
+    labels:    [B] int64, the labels that were certified (the prediction at x when none are given).
+    """
+
+    certified: torch.Tensor
+    margins: torch.Tensor
+    labels: torch.Tensor
+    method: str
+    eps: Any
+    norm: str
+    time_s: float
+
+    @property
+    def certified_accuracy(self) -> float:
+        return float(self.certified.double().mean()) if self.certified.numel() else float("nan")
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} has dtype {x.dtype}; fastcert computes in float32 or float64: convert it with "
+                        f"{name}.float() or {name}.double()")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} is on {x.device}, but this build of fastcert bounds on the CPU only: pass {name}.cpu()")
+    return x
+
+
+def _norm_key(norm: Any) -> str:
+    key = str(norm).lower().replace("l", "")
+    if key in ("inf", "infinity"):
+        key = "inf"
+    if key not in NORMS:
+        raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
+    return key
+
+
+def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
+    B = x.shape[0]
+    dt = x.dtype
+    flat = x.reshape(B, -1).contiguous()
+    if not torch.isfinite(flat).all():
+        raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
+    e = torch.as_tensor(eps, dtype=torch.float64)
+    if e.dim() == 0:
+        e = e.expand(B)
+    if e.shape != (B,):
+        raise ValueError(f"eps must be a scalar or have one entry per sample ([{B}]), got shape {tuple(e.shape)}")
+    if not torch.isfinite(e).all():
+        raise ValueError("eps must be finite")
+    if (e < 0).any():
+        raise ValueError(f"eps must be >= 0, got min {float(e.min())}")
+    e = e.to(dt).contiguous()
+    lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
+    hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
+    for name, bnd in (("x_min", x_min), ("x_max", x_max)):
+        if bnd is None:
+            continue
+        t = torch.as_tensor(bnd, dtype=dt)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be finite")
+        try:
+            t = torch.broadcast_to(t.reshape(t.shape if t.dim() else ()), x.shape[1:]).reshape(1, -1)
+        except RuntimeError as exc:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the per-sample shape "
+                             f"{tuple(x.shape[1:])}") from exc
+        if name == "x_min":
+            if (flat < t).any():
+                raise ValueError("x lies below x_min somewhere: the centre of the ball must lie in the input domain")
+            lo = torch.maximum(lo, t)
+        else:
+            if (flat > t).any():
+                raise ValueError("x lies above x_max somewhere: the centre of the ball must lie in the input domain")
+            hi = torch.minimum(hi, t)
+    return Problem(flat, e, NORMS[norm], lo.contiguous(), hi.contiguous())
+
+
+def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, list]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if isinstance(model, nn.Module) and model.training:
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_bn:
+            raise ValueError("the model is in training mode and has BatchNorm layers: call model.eval() first")
+    net = as_network(model)
+    x = _as_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched: [B, *input_shape], got shape {tuple(x.shape)}")
+    layers = net.layers_for(tuple(x.shape[1:]))
+    return net, x, layers
+
+
+def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
+           x_min: Any = None, x_max: Any = None) -> BoundsResult:
+    """Sound lower/upper bounds of ``C @ f(x')`` for all ``x'`` with ``||x' - x||_norm <= eps`` (and
+    ``x_min <= x' <= x_max`` when given).
+
+    x: [B, *input_shape] (torch or numpy, float32/float64; the computation runs in that dtype).
+    eps: scalar or [B]. C: [S, K] or [B, S, K] (default: identity, i.e. bounds of the logits).
+    Returns :class:`BoundsResult` with ``lower, upper: [B, S]``.
+    """
+    t0 = time.perf_counter()
+    net, x, layers = _prepare(model, x, method)
+    nk = _norm_key(norm)
+    prob = _region(x, eps, nk, x_min, x_max)
+    B, K = x.shape[0], layers[-1].n_out
+    if C is None:
+        Ct = torch.eye(K, dtype=x.dtype).expand(B, K, K)
+    else:
+        Ct = _as_tensor(C, "C").to(x.dtype)
+        if Ct.dim() == 2:
+            Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
+        if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K:
+            raise ValueError(f"C must be [S, {K}] or [{B}, S, {K}] for a network with {K} outputs and batch {B}, "
+                             f"got shape {tuple(Ct.shape)}")
+        if not torch.isfinite(Ct).all():
+            raise ValueError("C contains NaN or inf")
+    Ct = Ct.contiguous()
+    lo, up = linear_bounds(layers, prob, Ct, method, gamma_for(layers, x.dtype))
+    return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
+
+
+def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", labels: Any = None,
+            method: str = "crown", x_min: Any = None, x_max: Any = None) -> CertifyResult:
+    """Certify that no ``x'`` in the ball changes the classification.
+
+    x: [B, *input_shape]; labels: [B] ints in [0, K) (default: the prediction at x).
+    A sample is certified when it is classified as its label at x and every margin lower bound
+    ``f_y - f_j`` (j != y) over the ball is > 0. See :class:`CertifyResult` for the fields.
+    """
+    t0 = time.perf_counter()
+    net, x, layers = _prepare(model, x, method)
+    B, K = x.shape[0], layers[-1].n_out
+    with torch.no_grad():
+        logits = net.forward(x.reshape(B, -1).contiguous().reshape(x.shape))
+    pred = logits.argmax(dim=1)
+    if labels is None:
+        y = pred
+    else:
+        y = torch.as_tensor(labels)
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+        y = y.to(torch.int64).reshape(-1)
+        if y.shape != (B,):
+            raise ValueError(f"labels must have one entry per sample ([{B}]), got shape {tuple(y.shape)}")
+        if ((y < 0) | (y >= K)).any():
+            raise ValueError(f"labels must lie in [0, {K}) for a network with {K} outputs")
+    # C rows e_y - e_j for every j (the j = y row is zero and is reported as +inf)
+    C = -torch.eye(K, dtype=x.dtype).unsqueeze(0).repeat(B, 1, 1)
+    C[torch.arange(B), :, y] += 1
+    res = bounds(net, x, eps, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max)
+    margins = res.lower.clone()
+    margins[torch.arange(B), y] = torch.inf
+    certified = (margins > 0).all(dim=1) & (pred == y)
+    return CertifyResult(certified, margins, y, method, eps, _norm_key(norm), time.perf_counter() - t0)

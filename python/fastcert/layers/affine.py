@@ -1,0 +1,196 @@
+"""Affine layers of the IR: dense, 2-D convolution (as GEMMs via im2row/row2im), diagonal scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastcert._ext import _C
+from fastcert.layers.base import Layer, np_view
+
+# Workspace budget for the convolution kernels (elements); chunks of samples are processed in it.
+_CONV_WORK_ELEMS = 1 << 22
+
+
+@dataclass
+class _Params:
+    W: torch.Tensor
+    absW: torch.Tensor
+    bias: torch.Tensor  # flat [n_out] (empty when no bias)
+    absbias: torch.Tensor
+
+
+class _AffineBase(Layer):
+    is_affine = True
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None, name: str) -> None:
+        self.W64 = W.detach().to(torch.float64).contiguous().clone()
+        self.b64 = None if b is None else b.detach().to(torch.float64).contiguous().clone()
+        self.name = name
+        self._cache: dict[torch.dtype, _Params] = {}
+
+    def bias_flat64(self) -> torch.Tensor | None:
+        return self.b64
+
+    def params(self, dtype: torch.dtype) -> _Params:
+        p = self._cache.get(dtype)
+        if p is None:
+            W = self.W64.to(dtype).contiguous()
+            bf = self.bias_flat64()
+            bias = torch.empty(0, dtype=dtype) if bf is None else bf.to(dtype).contiguous()
+            p = _Params(W, W.abs().contiguous(), bias, bias.abs().contiguous())
+            self._cache[dtype] = p
+        return p
+
+    @property
+    def row_abs_max(self) -> float:
+        """max over outputs of sum_j |W_ij| (an operator-inf-norm bound of the layer)."""
+        return float(self.dense_abs_rowsum().max())
+
+    @property
+    def fan_in(self) -> int:
+        return int(self.W64[0].numel())
+
+
+class Dense(_AffineBase):
+    """``y = x W^T + b``; W: [n_out, n_in]."""
+
+    kind = "dense"
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None, in_shape: tuple[int, ...], name: str = "") -> None:
+        super().__init__(W, b, name)
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (int(W.shape[0]),)
+
+    def _fwd(self, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape[0], W.shape[0], dtype=x.dtype)
+        _C.dense_forward(np_view(x), np_view(W), np_view(bias), np_view(out))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, n_in] -> [B, n_out]."""
+        p = self.params(x.dtype)
+        return self._fwd(x, p.W, p.bias)
+
+    def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
+        """x |W|^T (no bias): [B, n_in] -> [B, n_out]."""
+        p = self.params(x.dtype)
+        return self._fwd(x, p.absW, torch.empty(0, dtype=x.dtype))
+
+    def backward(self, lam: torch.Tensor) -> torch.Tensor:
+        """lam: [R, n_out] -> lam W: [R, n_in]."""
+        p = self.params(lam.dtype)
+        out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
+        _C.dense_backward(np_view(lam), np_view(p.W), np_view(out))
+        return out
+
+    def dense_abs_rowsum(self) -> torch.Tensor:
+        return self.W64.abs().sum(dim=1)
+
+
+class Conv2d(_AffineBase):
+    """2-D convolution (groups=1); W: [OC, C, KH, KW]; in_shape (C, H, W)."""
+
+    kind = "conv2d"
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+                 in_shape: tuple[int, int, int], name: str = "") -> None:
+        super().__init__(W, b, name)
+        C, H, Wd = in_shape
+        if W.shape[1] != C:
+            raise ValueError(f"{name}: Conv2d expects {W.shape[1]} input channels but its input has {C} (shape {in_shape})")
+        self.stride = (int(stride[0]), int(stride[1]))
+        self.padding = (int(padding[0]), int(padding[1]))
+        OH = (H + 2 * self.padding[0] - W.shape[2]) // self.stride[0] + 1
+        OW = (Wd + 2 * self.padding[1] - W.shape[3]) // self.stride[1] + 1
+        if OH < 1 or OW < 1:
+            raise ValueError(f"{name}: kernel {tuple(W.shape[2:])} does not fit the padded input {in_shape}")
+        self.in_shape = (int(C), int(H), int(Wd))
+        self.out_shape = (int(W.shape[0]), int(OH), int(OW))
+
+    def bias_flat64(self) -> torch.Tensor | None:
+        if self.b64 is None:
+            return None
+        OC, OH, OW = self.out_shape
+        return self.b64[:, None].expand(OC, OH * OW).reshape(-1).contiguous()
+
+    def _work(self, dtype: torch.dtype, rows: int) -> torch.Tensor:
+        OC, OH, OW = self.out_shape
+        per = OH * OW * (self.W64[0].numel() + OC)
+        n = max(per, min(rows * per, max(_CONV_WORK_ELEMS, per)))
+        return torch.empty(n, dtype=dtype)
+
+    def _fwd(self, x: torch.Tensor, W: torch.Tensor, bias_c: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape[0], self.n_out, dtype=x.dtype)
+        _, H, Wd = self.in_shape
+        work = self._work(x.dtype, x.shape[0])
+        _C.conv_forward(np_view(x), np_view(W), np_view(bias_c), np_view(out), H, Wd, self.stride[0], self.stride[1],
+                        self.padding[0], self.padding[1], np_view(work))
+        return out
+
+    def _bias_c(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(0, dtype=dtype) if self.b64 is None else self.b64.to(dtype).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C*H*W] -> [B, OC*OH*OW]."""
+        return self._fwd(x, self.params(x.dtype).W, self._bias_c(x.dtype))
+
+    def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fwd(x, self.params(x.dtype).absW, torch.empty(0, dtype=x.dtype))
+
+    def backward(self, lam: torch.Tensor) -> torch.Tensor:
+        """lam: [R, OC*OH*OW] -> conv^T(lam): [R, C*H*W]."""
+        p = self.params(lam.dtype)
+        out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
+        _, H, Wd = self.in_shape
+        work = self._work(lam.dtype, lam.shape[0])
+        _C.conv_backward(np_view(lam), np_view(p.W), np_view(out), H, Wd, self.stride[0], self.stride[1],
+                         self.padding[0], self.padding[1], np_view(work))
+        return out
+
+    def dense_abs_rowsum(self) -> torch.Tensor:
+        return self.W64.abs().flatten(1).sum(dim=1)
+
+    def describe(self) -> str:
+        return (f"conv2d {tuple(self.W64.shape)} stride {self.stride} padding {self.padding} "
+                f"{self.in_shape}->{self.out_shape}")
+
+
+class Diag(_AffineBase):
+    """Elementwise affine ``y = x * s + t`` (a per-channel normalization or BatchNorm that could not
+    be folded into a neighbouring layer). s, t: flat [n]. Elementwise, so it runs in torch."""
+
+    kind = "diag"
+
+    def __init__(self, scale_flat: torch.Tensor, shift_flat: torch.Tensor, shape: tuple[int, ...], name: str = "") -> None:
+        super().__init__(scale_flat.reshape(-1), shift_flat.reshape(-1), name)
+        self.in_shape = tuple(shape)
+        self.out_shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.params(x.dtype)
+        return torch.addcmul(p.bias, x, p.W)
+
+    def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.params(x.dtype).absW
+
+    def backward(self, lam: torch.Tensor) -> torch.Tensor:
+        return (lam * self.params(lam.dtype).W).contiguous()
+
+    def dense_abs_rowsum(self) -> torch.Tensor:
+        return self.W64.abs()
+
+    @property
+    def fan_in(self) -> int:
+        return 1
+
+
+def channel_expand(v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Per-channel vector [C] -> flat [prod(shape)] (channel = first dim of ``shape``)."""
+    C = shape[0]
+    rest = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return v.reshape(C, 1).expand(C, rest).reshape(-1)
+
+

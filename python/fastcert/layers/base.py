@@ -1,0 +1,90 @@
+"""The layer protocol of fastcert's network IR.
+
+Every tensor that flows between layers is flat: ``[B, n]`` with ``n = prod(shape)``; layers know
+their ``in_shape`` / ``out_shape`` (without batch). Layers hold only their parameters (and values
+derived once from them, such as ``|W|``); algorithms pass all per-call state explicitly.
+
+Affine layers implement ``forward``, ``interval`` (sound interval propagation returning ``g``, the
+magnitude vector used by the floating-point slack), ``backward`` (the transpose applied to
+coefficient rows, CROWN's A-propagation) and expose ``bias_flat``. Activation layers implement
+``forward``, ``interval`` and ``relax``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastcert._ext import _C
+
+
+def np_view(t: torch.Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a contiguous CPU tensor (the kernels write through it)."""
+    if t.device.type != "cpu":
+        raise ValueError(f"fastcert CPU kernels need CPU tensors, got a tensor on {t.device}; move it with .cpu()")
+    if not t.is_contiguous():
+        raise ValueError("internal: tensor passed to a kernel must be contiguous")
+    return t.detach().numpy()
+
+
+EMPTY = {torch.float32: torch.empty(0, dtype=torch.float32), torch.float64: torch.empty(0, dtype=torch.float64)}
+
+
+def empty_like_dtype(dtype: torch.dtype) -> np.ndarray:
+    return np_view(EMPTY[dtype])
+
+
+@dataclass
+class Box:
+    """Per-sample interval: ``l, u: [B, n]``."""
+
+    l: torch.Tensor
+    u: torch.Tensor
+
+    def mag(self) -> torch.Tensor:
+        """``max(|l|, |u|)``: [B, n]."""
+        return torch.maximum(self.l.abs(), self.u.abs())
+
+
+class Layer:
+    kind: str = "layer"
+    is_affine: bool = False
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    name: str = ""
+
+    @property
+    def n_in(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def n_out(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.in_shape}->{self.out_shape}"
+
+
+def interval_affine(layer: "Layer", box: Box, gamma: float) -> tuple[Box, torch.Tensor]:
+    """Sound interval propagation through an affine layer in center/radius form.
+
+    Returns the output box and ``g >= |W| max(|l|,|u|) + |b|`` (``[B, n_out]``), the magnitude that
+    bounds this layer's floating-point error. Uses three products: ``W c``, ``|W| r``, ``|W| h``.
+    """
+    dt = box.l.dtype
+    B = box.l.shape[0]
+    c = torch.empty_like(box.l)
+    r = torch.empty_like(box.l)
+    h = torch.empty_like(box.l)
+    _C.interval_prep(np_view(box.l), np_view(box.u), np_view(c), np_view(r), np_view(h))
+    mc = layer.forward(c)
+    stacked = torch.cat([r, h], dim=0)
+    mrg = layer.forward_abs(stacked)
+    mr = mrg[:B].contiguous()
+    mg = mrg[B:].contiguous()
+    lo = torch.empty(B, layer.n_out, dtype=dt)
+    hi = torch.empty(B, layer.n_out, dtype=dt)
+    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(layer.params(dt).absbias), gamma, np_view(lo), np_view(hi))
+    return Box(lo, hi), mg

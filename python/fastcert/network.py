@@ -1,0 +1,274 @@
+"""The network IR: a torch ``nn.Module`` converted once into a flat list of fastcert layers.
+
+Supported (inside any nesting of ``nn.Sequential``): Linear, Conv2d (groups=1, dilation=1, zero
+padding), ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, BatchNorm1d/2d in eval mode, AvgPool2d,
+:class:`fastcert.nn.Normalize`, and Identity / Dropout (eval mode, identity). Per-channel affine maps
+(BatchNorm, Normalize) are folded into the neighbouring Linear / Conv2d where that is exact, else
+kept as an elementwise layer. The layer list is built per input shape (CNNs learn their spatial size
+from the first input) and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer
+from fastcert.layers.affine import channel_expand
+from fastcert.nn import Normalize
+
+SUPPORTED = ("Linear, Conv2d (groups=1, dilation=1, zeros padding), ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, "
+             "BatchNorm1d/2d (eval), AvgPool2d, fastcert.nn.Normalize, Identity, Dropout (eval)")
+
+
+@dataclass
+class _Op:
+    """A shape-free description of one module, before the input shape is known."""
+
+    kind: str  # linear conv act flatten chaff avgpool
+    where: str  # "position 3 ('features.2', Conv2d)" for error messages
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    if isinstance(model, nn.Sequential):
+        out: list[tuple[str, nn.Module]] = []
+        for name, child in model.named_children():
+            out.extend(_walk(child, f"{prefix}.{name}" if prefix else name))
+        return out
+    return [(prefix or type(model).__name__, model)]
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains NaN or inf; fastcert cannot bound a network with non-finite parameters")
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _convert(model: nn.Module) -> list[_Op]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch nn.Module (e.g. nn.Sequential), got {type(model).__name__}")
+    mods = _walk(model)
+    ops: list[_Op] = []
+    for pos, (name, m) in enumerate(mods):
+        where = f"position {pos} ({name!r}, {type(m).__name__})"
+        if isinstance(m, nn.Linear):
+            _check_finite(m.weight, f"{where} weight")
+            if m.bias is not None:
+                _check_finite(m.bias, f"{where} bias")
+            ops.append(_Op("linear", where, {"W": m.weight.detach(), "b": None if m.bias is None else m.bias.detach()}))
+        elif isinstance(m, nn.Conv2d):
+            if m.groups != 1 or _pair(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise ValueError(f"{where}: only Conv2d with groups=1, dilation=1, numeric zero padding is supported "
+                                 f"(got groups={m.groups}, dilation={m.dilation}, padding={m.padding!r}, "
+                                 f"padding_mode={m.padding_mode!r})")
+            _check_finite(m.weight, f"{where} weight")
+            if m.bias is not None:
+                _check_finite(m.bias, f"{where} bias")
+            ops.append(_Op("conv", where, {"W": m.weight.detach(), "b": None if m.bias is None else m.bias.detach(),
+                                           "stride": _pair(m.stride), "padding": _pair(m.padding)}))
+        elif isinstance(m, nn.ReLU):
+            ops.append(_Op("act", where, {"act": "relu", "alpha": 0.0}))
+        elif isinstance(m, nn.LeakyReLU):
+            ops.append(_Op("act", where, {"act": "leaky_relu", "alpha": float(m.negative_slope)}))
+        elif isinstance(m, nn.Tanh):
+            ops.append(_Op("act", where, {"act": "tanh", "alpha": 0.0}))
+        elif isinstance(m, nn.Sigmoid):
+            ops.append(_Op("act", where, {"act": "sigmoid", "alpha": 0.0}))
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise ValueError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+            ops.append(_Op("flatten", where))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if m.training:
+                raise ValueError(f"{where}: BatchNorm is in training mode, where its output depends on the batch; "
+                                 f"call model.eval() before verifying")
+            if m.running_mean is None or m.running_var is None:
+                raise ValueError(f"{where}: BatchNorm without running statistics (track_running_stats=False) "
+                                 f"cannot be verified")
+            var = m.running_var.detach().double()
+            scale = 1.0 / torch.sqrt(var + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight.detach().double()
+            shift = -m.running_mean.detach().double() * scale
+            if m.bias is not None:
+                shift = shift + m.bias.detach().double()
+            _check_finite(scale, f"{where} scale")
+            _check_finite(shift, f"{where} shift")
+            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift}))
+        elif isinstance(m, Normalize):
+            std = m.std.double()
+            ops.append(_Op("chaff", where, {"scale": 1.0 / std, "shift": -m.mean.double() / std}))
+        elif isinstance(m, nn.AvgPool2d):
+            k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
+            if m.ceil_mode or (not m.count_include_pad and p != (0, 0)):
+                raise ValueError(f"{where}: AvgPool2d with ceil_mode=True or count_include_pad=False and padding is "
+                                 f"not supported")
+            div = m.divisor_override if m.divisor_override else k[0] * k[1]
+            ops.append(_Op("avgpool", where, {"k": k, "stride": s, "padding": p, "div": float(div)}))
+        elif isinstance(m, (nn.Identity, nn.Dropout)):
+            if isinstance(m, nn.Dropout) and m.training:
+                raise ValueError(f"{where}: Dropout is in training mode (random); call model.eval() before verifying")
+        else:
+            raise ValueError(f"{where}: unsupported layer {type(m).__name__}. fastcert supports: {SUPPORTED}. "
+                             f"Rewrite the model as an nn.Sequential of these")
+    if not ops:
+        raise ValueError("the model has no layers fastcert can bound")
+    return ops
+
+
+def _build(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Layer]:
+    shape = tuple(int(s) for s in input_shape)
+    layers: list[Layer] = []
+    for op in ops:
+        a = op.args
+        if op.kind == "linear":
+            n = int(np.prod(shape))
+            if len(shape) != 1:
+                raise ValueError(f"{op.where}: Linear applied to a tensor of shape {shape}; add nn.Flatten() before it")
+            if a["W"].shape[1] != n:
+                raise ValueError(f"{op.where}: Linear expects {a['W'].shape[1]} input features but receives {n} "
+                                 f"(input shape {shape})")
+            layers.append(Dense(a["W"], a["b"], shape, name=op.where))
+        elif op.kind in ("conv", "avgpool"):
+            if len(shape) != 3:
+                raise ValueError(f"{op.where}: needs a [C, H, W] input, got shape {shape}")
+            if op.kind == "conv":
+                W, b, st, pad = a["W"], a["b"], a["stride"], a["padding"]
+            else:
+                C = shape[0]
+                W = torch.zeros(C, C, *a["k"], dtype=torch.float64)
+                W[torch.arange(C), torch.arange(C)] = 1.0 / a["div"]
+                b, st, pad = None, a["stride"], a["padding"]
+            layers.append(Conv2d(W, b, st, pad, shape, name=op.where))  # type: ignore[arg-type]
+        elif op.kind == "act":
+            layers.append(Activation(a["act"], shape, a["alpha"], name=op.where))
+        elif op.kind == "flatten":
+            shape = (int(np.prod(shape)),)
+            continue
+        elif op.kind == "chaff":
+            C = shape[0]
+            if a["scale"].numel() != C:
+                raise ValueError(f"{op.where}: has {a['scale'].numel()} channels but its input has shape {shape} "
+                                 f"({C} channels)")
+            d = Diag(channel_expand(a["scale"], shape), channel_expand(a["shift"], shape), shape, name=op.where)
+            d.chan = (a["scale"], a["shift"])  # type: ignore[attr-defined]
+            layers.append(d)
+        shape = layers[-1].out_shape
+    layers = _fold(layers)
+    if not layers[-1].is_affine:  # specs act on an affine output; an identity layer is exact
+        n = layers[-1].n_out
+        layers.append(Dense(torch.eye(n, dtype=torch.float64), None, (n,), name="output identity"))
+    return layers
+
+
+def _fold(layers: list[Layer]) -> list[Layer]:
+    """Fold Diag layers into the previous Dense/Conv2d, or the next Dense / unpadded Conv2d (exact)."""
+    out: list[Layer] = []
+    i = 0
+    while i < len(layers):
+        L = layers[i]
+        if isinstance(L, Diag):
+            prev = out[-1] if out else None
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            s, t = L.W64, L.b64
+            assert t is not None
+            if isinstance(prev, Dense):
+                W = prev.W64 * s[:, None]
+                b = t + (s * prev.b64 if prev.b64 is not None else 0)
+                out[-1] = Dense(W, b, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
+                i += 1
+                continue
+            if isinstance(prev, Conv2d):
+                cs, ct = L.chan  # type: ignore[attr-defined]
+                W = prev.W64 * cs[:, None, None, None]
+                b = ct + (cs * prev.b64 if prev.b64 is not None else 0)
+                out[-1] = Conv2d(W, b, prev.stride, prev.padding, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
+                i += 1
+                continue
+            if isinstance(nxt, Dense) and nxt.in_shape == (L.n_out,):
+                W = nxt.W64 * s[None, :]
+                b = nxt.W64 @ t + (nxt.b64 if nxt.b64 is not None else 0)
+                out.append(Dense(W, b, L.in_shape, name=nxt.name + " (+ " + L.name + ")"))
+                i += 2
+                continue
+            if isinstance(nxt, Conv2d) and nxt.padding == (0, 0) and hasattr(L, "chan"):
+                cs, ct = L.chan  # type: ignore[attr-defined]
+                W = nxt.W64 * cs[None, :, None, None]
+                b = (nxt.W64 * ct[None, :, None, None]).sum(dim=(1, 2, 3)) + (nxt.b64 if nxt.b64 is not None else 0)
+                out.append(Conv2d(W, b, nxt.stride, nxt.padding, nxt.in_shape, name=nxt.name + " (+ " + L.name + ")"))
+                i += 2
+                continue
+        out.append(L)
+        i += 1
+    return out
+
+
+class Network:
+    """A verified-ready view of a torch model.
+
+    Build once with :meth:`from_torch` and reuse: the weights are copied (float64) at conversion, so
+    later changes to the torch model are not seen.
+    """
+
+    def __init__(self, ops: list[_Op], input_shape: tuple[int, ...] | None = None) -> None:
+        self._ops = ops
+        self._compiled: dict[tuple[int, ...], list[Layer]] = {}
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if self.input_shape is not None:
+            self.layers_for(self.input_shape)
+
+    @classmethod
+    def from_torch(cls, model: nn.Module, input_shape: tuple[int, ...] | None = None) -> "Network":
+        """Convert ``model`` (an ``nn.Sequential``, nesting allowed). ``input_shape`` excludes the batch
+        dimension; when omitted it is taken from the first input."""
+        return cls(_convert(model), input_shape)
+
+    def layers_for(self, input_shape: tuple[int, ...]) -> list[Layer]:
+        key = tuple(int(s) for s in input_shape)
+        if self.input_shape is not None and key != self.input_shape:
+            raise ValueError(f"input has per-sample shape {key} but the network was built for {self.input_shape}")
+        layers = self._compiled.get(key)
+        if layers is None:
+            layers = _build(self._ops, key)
+            self._compiled[key] = layers
+        return layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate the network with fastcert's kernels. x: [B, *input_shape] -> [B, n_out]."""
+        layers = self.layers_for(tuple(x.shape[1:]))
+        h = x.reshape(x.shape[0], -1).contiguous()
+        for L in layers:
+            h = L.forward(h)
+        return h
+
+    __call__ = forward
+
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        return "\n".join(f"{i:3d}  {L.describe()}   [{L.name}]" for i, L in enumerate(self.layers_for(input_shape)))
+
+
+def gamma_for(layers: list[Layer], dtype: torch.dtype) -> float:
+    """Rounding-error factor for this network: 2*N*u/(1-N*u), N = largest dot-product length + 10.
+
+    Every sum the kernels compute has at most N terms, so gamma times the magnitude sums that the
+    kernels accumulate bounds their rounding error (recursive summation, any order); the factor 2
+    also covers a standard floating-point evaluation of the network itself.
+    """
+    u = torch.finfo(dtype).eps / 2
+    N = 10 + max(max(L.n_in, L.n_out) for L in layers)
+    if N * u >= 0.5:
+        raise ValueError("network too large for a sound rounding analysis in this dtype")
+    return 2.0 * N * u / (1.0 - N * u) * (1.0 + 1e-3)
+
+
+def as_network(model: "nn.Module | Network") -> Network:
+    return model if isinstance(model, Network) else Network.from_torch(model)
+

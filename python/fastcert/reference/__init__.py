@@ -1,0 +1,1 @@
+"""Independent reference implementations (plain float64 torch), used as ground truth by the tests."""
