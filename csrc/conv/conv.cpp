@@ -1,5 +1,5 @@
-// Convolutions as GEMMs (im2row / row2im), forward and transposed, never as dense Toeplitz matrices.
-// Layouts: images [N, C, H, W] (C-contiguous); weights [OC, C, KH, KW]; rows [N*OH*OW, C*KH*KW].
+// Convolutions as GEMMs (im2col / col2im), forward and transposed, never as dense Toeplitz matrices.
+// Layouts: images [N, C, H, W] (C-contiguous); weights [OC, C, KH, KW]; cols [C*KH*KW, OH*OW] per sample.
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
 #include <cstring>
 
@@ -32,48 +32,58 @@ Geo make_geo(const Arr<T>& Wt, int H, int W, int sh, int sw, int ph, int pw) {
   return g;
 }
 
-// rows[p, (c,kh,kw)] for one sample
+// cols[(c,kh,kw), p] for one sample (caffe layout: each row is contiguous over output positions)
 template <typename T>
-void im2row(const Geo& g, const T* x, T* rows) {
-  const py::ssize_t ckk = g.ckk();
-  for (int oh = 0; oh < g.OH; ++oh)
-    for (int ow = 0; ow < g.OW; ++ow) {
-      T* r = rows + (static_cast<py::ssize_t>(oh) * g.OW + ow) * ckk;
-      py::ssize_t q = 0;
-      for (int c = 0; c < g.C; ++c)
-        for (int kh = 0; kh < g.KH; ++kh) {
+void im2col(const Geo& g, const T* x, T* cols) {
+  const py::ssize_t ohw = g.ohw();
+  py::ssize_t q = 0;
+  for (int c = 0; c < g.C; ++c)
+    for (int kh = 0; kh < g.KH; ++kh)
+      for (int kw = 0; kw < g.KW; ++kw, ++q) {
+        T* row = cols + q * ohw;
+        const T* xc = x + static_cast<py::ssize_t>(c) * g.H * g.W;
+        for (int oh = 0; oh < g.OH; ++oh) {
           const int ih = oh * g.SH - g.PH + kh;
-          for (int kw = 0; kw < g.KW; ++kw, ++q) {
+          T* dst = row + static_cast<py::ssize_t>(oh) * g.OW;
+          if (ih < 0 || ih >= g.H) {
+            for (int ow = 0; ow < g.OW; ++ow) dst[ow] = T(0);
+            continue;
+          }
+          const T* src = xc + static_cast<py::ssize_t>(ih) * g.W;
+          for (int ow = 0; ow < g.OW; ++ow) {
             const int iw = ow * g.SW - g.PW + kw;
-            r[q] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                       ? x[(static_cast<py::ssize_t>(c) * g.H + ih) * g.W + iw]
-                       : T(0);
+            dst[ow] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
           }
         }
-    }
+      }
 }
 
-// img += row2im(rows) for one sample (img must be zeroed by the caller)
+// img += col2im(cols) for one sample (img zeroed by the caller)
 template <typename T>
-void row2im_add(const Geo& g, const T* rows, T* img) {
-  const py::ssize_t ckk = g.ckk();
-  for (int oh = 0; oh < g.OH; ++oh)
-    for (int ow = 0; ow < g.OW; ++ow) {
-      const T* r = rows + (static_cast<py::ssize_t>(oh) * g.OW + ow) * ckk;
-      py::ssize_t q = 0;
-      for (int c = 0; c < g.C; ++c)
-        for (int kh = 0; kh < g.KH; ++kh) {
+void col2im_add(const Geo& g, const T* cols, T* img) {
+  const py::ssize_t ohw = g.ohw();
+  py::ssize_t q = 0;
+  for (int c = 0; c < g.C; ++c)
+    for (int kh = 0; kh < g.KH; ++kh)
+      for (int kw = 0; kw < g.KW; ++kw, ++q) {
+        const T* row = cols + q * ohw;
+        T* ic = img + static_cast<py::ssize_t>(c) * g.H * g.W;
+        for (int oh = 0; oh < g.OH; ++oh) {
           const int ih = oh * g.SH - g.PH + kh;
-          for (int kw = 0; kw < g.KW; ++kw, ++q) {
+          if (ih < 0 || ih >= g.H) continue;
+          const T* src = row + static_cast<py::ssize_t>(oh) * g.OW;
+          T* dst = ic + static_cast<py::ssize_t>(ih) * g.W;
+          for (int ow = 0; ow < g.OW; ++ow) {
             const int iw = ow * g.SW - g.PW + kw;
-            if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) img[(static_cast<py::ssize_t>(c) * g.H + ih) * g.W + iw] += r[q];
+            if (iw >= 0 && iw < g.W) dst[iw] += src[ow];
           }
         }
-    }
+      }
 }
 }  // namespace
 
-// out[N,OC,OH,OW] = conv(x[N,C,H,W], W) + b.  work: at least OH*OW*(C*KH*KW + OC) elements.
+// out[N,OC,OH,OW] = conv(x[N,C,H,W], W) + b.  work: at least C*KH*KW*OH*OW elements.
+// Per sample: im2col, then one GEMM Wmat[OC,CKK] @ cols[CKK,OHW] written straight into out.
 template <typename T>
 void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& out, int H, int W, int sh, int sw,
                   int ph, int pw, Arr<T>& work) {
@@ -83,7 +93,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   expect_size(out.size(), N * g.OC * g.ohw(), "out");
   const py::ssize_t nb = b.size();
   if (nb != 0 && nb != g.OC) throw std::invalid_argument("conv_forward: bias must have OC elements");
-  const py::ssize_t per = g.ohw() * (g.ckk() + g.OC);
+  const py::ssize_t per = g.ohw() * g.ckk();
   const py::ssize_t chunk = work.size() / per;
   if (chunk < 1) throw std::invalid_argument("conv_forward: workspace too small");
   const T* X = ro(x, "x");
@@ -91,27 +101,24 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   const T* bp = nb ? ro(b, "b") : nullptr;
   T* O = mut(out, "out");
   T* ws = mut(work, "work");
+  const int M = g.OC, Nn = static_cast<int>(g.ohw()), K = static_cast<int>(g.ckk());
   for (py::ssize_t n0 = 0; n0 < N; n0 += chunk) {
     const py::ssize_t nc = std::min(chunk, N - n0);
-    T* rows = ws;
-    T* res = ws + nc * g.ohw() * g.ckk();
 #pragma omp parallel for schedule(static)
-    for (py::ssize_t i = 0; i < nc; ++i) im2row(g, X + (n0 + i) * g.chw(), rows + i * g.ohw() * g.ckk());
-    // res[nc*OHW, OC] = rows @ Wmat^T
-    gemm(false, true, static_cast<int>(nc * g.ohw()), g.OC, static_cast<int>(g.ckk()), T(1), rows,
-         static_cast<int>(g.ckk()), Wp, static_cast<int>(g.ckk()), T(0), res, g.OC);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (py::ssize_t i = 0; i < nc; ++i)
-      for (int oc = 0; oc < g.OC; ++oc) {
-        T* o = O + ((n0 + i) * g.OC + oc) * g.ohw();
-        const T* r = res + i * g.ohw() * g.OC + oc;
-        const T bb = bp ? bp[oc] : T(0);
-        for (py::ssize_t p = 0; p < g.ohw(); ++p) o[p] = r[p * g.OC] + bb;
+    for (py::ssize_t i = 0; i < nc; ++i) im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
+    for (py::ssize_t i = 0; i < nc; ++i) {
+      T* o = O + (n0 + i) * g.OC * g.ohw();
+      if (bp) {
+        for (int oc = 0; oc < g.OC; ++oc)
+          for (py::ssize_t p = 0; p < g.ohw(); ++p) o[oc * g.ohw() + p] = bp[oc];
       }
+      gemm(false, false, M, Nn, K, T(1), Wp, K, ws + i * per, Nn, bp ? T(1) : T(0), o, Nn);
+    }
   }
 }
 
-// Transposed (adjoint) conv: out[R,C,H,W] = conv^T(lam[R,OC,OH,OW]).  work: OH*OW*(OC + C*KH*KW) per row.
+// Transposed (adjoint) conv: out[R,C,H,W] = conv^T(lam[R,OC,OH,OW]).  work: C*KH*KW*OH*OW per row.
+// Per row: one GEMM Wmat^T[CKK,OC] @ lam_r[OC,OHW] -> cols, then col2im (parallel over rows).
 template <typename T>
 void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
                    Arr<T>& work) {
@@ -120,31 +127,23 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   if (lam.size() % in_per != 0) throw std::invalid_argument("conv_backward: lam size is not a multiple of OC*OH*OW");
   const py::ssize_t R = lam.size() / in_per;
   expect_size(out.size(), R * g.chw(), "out");
-  const py::ssize_t per = g.ohw() * (g.ckk() + g.OC);
+  const py::ssize_t per = g.ohw() * g.ckk();
   const py::ssize_t chunk = work.size() / per;
   if (chunk < 1) throw std::invalid_argument("conv_backward: workspace too small");
   const T* L = ro(lam, "lam");
   const T* Wp = ro(Wt, "W");
   T* O = mut(out, "out");
   T* ws = mut(work, "work");
+  const int M = static_cast<int>(g.ckk()), Nn = static_cast<int>(g.ohw()), K = g.OC;
   for (py::ssize_t r0 = 0; r0 < R; r0 += chunk) {
     const py::ssize_t rc = std::min(chunk, R - r0);
-    T* lt = ws;                              // [rc*OHW, OC]
-    T* rows = ws + rc * g.ohw() * g.OC;      // [rc*OHW, CKK]
-#pragma omp parallel for schedule(static)
-    for (py::ssize_t i = 0; i < rc; ++i) {
-      const T* src = L + (r0 + i) * in_per;
-      T* dst = lt + i * g.ohw() * g.OC;
-      for (int oc = 0; oc < g.OC; ++oc)
-        for (py::ssize_t p = 0; p < g.ohw(); ++p) dst[p * g.OC + oc] = src[oc * g.ohw() + p];
-    }
-    gemm(false, false, static_cast<int>(rc * g.ohw()), static_cast<int>(g.ckk()), g.OC, T(1), lt, g.OC, Wp,
-         static_cast<int>(g.ckk()), T(0), rows, static_cast<int>(g.ckk()));
+    for (py::ssize_t i = 0; i < rc; ++i)
+      gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
 #pragma omp parallel for schedule(static)
     for (py::ssize_t i = 0; i < rc; ++i) {
       T* img = O + (r0 + i) * g.chw();
       std::memset(img, 0, sizeof(T) * g.chw());
-      row2im_add(g, rows + i * g.ohw() * g.ckk(), img);
+      col2im_add(g, ws + i * per, img);
     }
   }
 }

@@ -7,7 +7,7 @@ Quick start::
     res.certified        # [B] bool
 """
 
-from fastcert._ext import build_info
+from fastcert._ext import build_info, set_blas_threads
 from fastcert.api import BoundsResult, CertifyResult, bounds, certify
 from fastcert.layers import UnsupportedError
 from fastcert.network import Network
@@ -23,5 +23,6 @@ __all__ = [
     "UnsupportedError",
     "bounds",
     "build_info",
+    "set_blas_threads",
     "certify",
 ]

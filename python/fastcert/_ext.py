@@ -20,7 +20,24 @@ def _preload_openblas() -> None:
     except ImportError as exc:  # pragma: no cover - install-time error
         raise ImportError("fastcert needs the 'scipy-openblas32' package at run time. " + _REBUILD) from exc
     path = os.path.join(sob.get_lib_dir(), sob.get_library(fullname=True))
-    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    global _BLAS
+    _BLAS = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    # OpenBLAS's own thread pool measured 10-400x slower than one thread on this 2-core class of
+    # machine (wake-up latency against our OpenMP threads; see BENCHMARKS.md), so fastcert's BLAS
+    # runs single-threaded unless FASTCERT_BLAS_THREADS says otherwise. This touches only the
+    # scipy-openblas32 copy that fastcert links, not numpy's or torch's BLAS.
+    set_blas_threads(int(os.environ.get("FASTCERT_BLAS_THREADS", "1")))
+
+
+_BLAS = None
+
+
+def set_blas_threads(n: int) -> None:
+    """Number of threads of fastcert's OpenBLAS (default 1; env FASTCERT_BLAS_THREADS)."""
+    if n < 1:
+        raise ValueError("set_blas_threads: n must be >= 1")
+    assert _BLAS is not None
+    _BLAS.scipy_openblas_set_num_threads(ctypes.c_int(n))
 
 
 _preload_openblas()
@@ -32,7 +49,10 @@ except ImportError as exc:  # pragma: no cover - install-time error
 
 def build_info() -> dict:
     """What the compiled core was built with: BLAS, OpenMP, CUDA, compiler."""
-    return dict(_C.build_info())
+    info = dict(_C.build_info())
+    assert _BLAS is not None
+    info["blas_threads"] = int(_BLAS.scipy_openblas_get_num_threads())
+    return info
 
 
-__all__ = ["_C", "build_info"]
+__all__ = ["_C", "build_info", "set_blas_threads"]

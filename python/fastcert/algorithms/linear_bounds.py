@@ -24,6 +24,7 @@ import torch
 from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+from fastcert.network import gamma_for
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
 METHODS: dict[str, tuple[str, str, bool] | None] = {
@@ -182,28 +183,29 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
 
 
 def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
-    """Bound on |C f_float(x) - C f_exact(x)| over the region: [B, S].
+    """Bound on |C f_float64(x) - C f_exact(x)| over the region: [B, S] (float64 evaluation).
 
-    E tracks a per-neuron bound on the rounding error of a standard evaluation: an affine layer adds
-    gamma*g and amplifies the incoming error by at most its row-abs-sum; an activation multiplies it
-    by its Lipschitz constant and adds a few ulps of its output.
+    E tracks a per-neuron bound on the rounding error of a float64 evaluation of the network: an
+    affine layer adds gamma64*g and maps the incoming error through |W|; an activation multiplies it
+    by its Lipschitz constant and adds a few ulps of its output. (A float32 evaluation can deviate
+    from the exact function by far more than any useful bound; see docs/architecture.md.)
     """
-    dt = C.dtype
-    u = torch.finfo(dt).eps / 2
+    u = torch.finfo(torch.float64).eps / 2
+    gamma64 = gamma_for(st.layers, torch.float64)
     B = C.shape[0]
-    E = torch.zeros(B, 1, dtype=torch.float64)
+    E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
     for j, L in enumerate(st.layers):
         if L.is_affine:
             G = st.G[j]
             assert G is not None
-            E = st.gamma * G.double() + L.row_abs_max * E.amax(dim=1, keepdim=True)
+            E = gamma64 * G.double() + L.forward_abs(E.contiguous())
         else:
             assert isinstance(L, Activation)
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
             assert nxt is not None
             E = L.lipschitz * E + 4 * u * nxt.mag().double()
-    Ef = E + st.gamma * out_box.mag().double()  # the spec's own product C f
-    return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(dt)
+    Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
+    return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(C.dtype)
 
 
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,7 +118,7 @@ class Conv2d(_AffineBase):
 
     def _work(self, dtype: torch.dtype, rows: int) -> torch.Tensor:
         OC, OH, OW = self.out_shape
-        per = OH * OW * (self.W64[0].numel() + OC)
+        per = OH * OW * self.W64[0].numel()
         n = max(per, min(rows * per, max(_CONV_WORK_ELEMS, per)))
         return torch.empty(n, dtype=dtype)
 

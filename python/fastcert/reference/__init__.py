@@ -1,1 +1,1 @@
-"""Independent reference implementations (plain float64 torch), used as ground truth by the tests."""
+"""Plain float64 torch references of fastcert's kernels and algorithms (tests and benchmarks)."""

@@ -30,8 +30,9 @@ Dual pass (one per bound): to lower-bound ``<Lam, z>`` for coefficient rows ``La
 This is exactly the KW dual objective J(c) with ``nu_hat = -nu`` (their ``c`` is our ``Lam``):
 ``J = -sum_i nu_{i+1}^T b_i - x0^T nu_hat_1 - eps ||nu_hat_1||_q + sum_i sum_{j in I_i} l_ij
 [nu_ij]_+``. Pre-activation bounds of ReLU i are obtained by running the dual pass with
-``Lam = [I; -I]`` over all neurons of ``z_i`` (``l = lower(I)``, ``u = -lower(-I)``), layer by
-layer, so the whole computation is Fast-Lin with KW slopes and is O(depth^2) backward passes.
+``Lam = I`` over all neurons of ``z_i`` (``l = lower(I)``, ``u = -lower(-I)``; both come out of one
+backward pass, since negating ``Lam`` negates every ``nu``), layer by layer, so the whole
+computation is Fast-Lin with KW slopes and takes O(depth^2) backward passes.
 
 Shapes: ``x0: [B, *in_shape]``, ``eps: float | [B]``, ``C: [S, K]`` or ``[B, S, K]`` where ``K``
 is the number of network outputs; result ``[B, S]`` float64 (a lower bound of ``C f(x)``).
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kw_dual_lower", "kw_dual_upper", "kw_preactivation_bounds"]
+__all__ = ["kw_dual_bounds", "kw_dual_lower", "kw_dual_upper", "kw_preactivation_bounds"]
 
 _NORMS = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2", "1": "1", "l1": "1"}
 
@@ -86,7 +87,7 @@ def _backward_layer(layer: nn.Module, nu: torch.Tensor, in_shape: torch.Size, ou
     return nu.reshape(b, s, *in_shape), None
 
 
-def _dual_lower(
+def _dual_pass(
     layers: list[nn.Module],
     shapes: list[torch.Size],
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
@@ -95,32 +96,38 @@ def _dual_lower(
     norm: str,
     lam: torch.Tensor,
     upto: int,
-) -> torch.Tensor:
-    """Lower bound ``[B, S]`` of ``<lam, output of layers[:upto]>`` over the ball (one dual pass).
-    ``lam: [b, S, *shapes[upto]]``; ``bounds[i]`` holds ``(l, u)`` for the input of ReLU ``layers[i]``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds ``[B, S]`` of ``<lam, output of layers[:upto]>`` over the ball.
+    ``lam: [b, S, *shapes[upto]]``; ``bounds[i]`` holds ``(l, u)`` for the input of ReLU ``layers[i]``.
+    The upper bound is ``-lower(-lam)``: the same backward pass with ``nu -> -nu``, which only
+    changes the sign of the input term and which part of ``nu`` the ReLU penalty sees."""
     nu = lam
     const = torch.zeros(x0.shape[0], lam.shape[1], dtype=torch.float64)
+    pen_lo = torch.zeros_like(const)  # ReLU penalties (<= 0) of the lower / upper bound
+    pen_up = torch.zeros_like(const)
     for i in reversed(range(upto)):
         layer = layers[i]
         if isinstance(layer, nn.ReLU):
             l, u = bounds[i]
             d, unstable = _relu_slopes(l, u)
             dl = (d * l * unstable).unsqueeze(1)  # [B, 1, *shape]; nonzero only on unstable neurons
-            const = const + (dl * (-nu).clamp(min=0)).flatten(2).sum(2)
+            pen_lo = pen_lo + (dl * (-nu).clamp(min=0)).flatten(2).sum(2)
+            pen_up = pen_up + (dl * nu.clamp(min=0)).flatten(2).sum(2)
             nu = d.unsqueeze(1) * nu
         else:
             nu, c = _backward_layer(layer, nu, shapes[i], shapes[i + 1])
             if c is not None:
                 const = const + c
     nu = nu.flatten(2)  # [b, S, n_in]
-    center = (nu * x0.flatten(1).unsqueeze(1)).sum(2)
+    center = const + (nu * x0.flatten(1).unsqueeze(1)).sum(2)
     if norm == "inf":
         dual = nu.abs().sum(2)
     elif norm == "2":
         dual = nu.norm(dim=2)
     else:
         dual = nu.abs().amax(dim=2)
-    return const + center - eps.unsqueeze(1) * dual
+    radius = eps.unsqueeze(1) * dual
+    return center - radius + pen_lo, center + radius - pen_up
 
 
 def _relu_slopes(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,10 +161,9 @@ def _all_bounds(layers, shapes, x0, eps, norm) -> dict[int, tuple[torch.Tensor, 
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.ReLU):
             shape, n = shapes[i], shapes[i].numel()
-            eye = torch.eye(n, dtype=torch.float64)
-            lam = torch.cat([eye, -eye]).reshape(1, 2 * n, *shape)
-            low = _dual_lower(layers, shapes, bounds, x0, eps, norm, lam, i)
-            bounds[i] = (low[:, :n].reshape(-1, *shape), (-low[:, n:]).reshape(-1, *shape))
+            lam = torch.eye(n, dtype=torch.float64).reshape(1, n, *shape)
+            low, up = _dual_pass(layers, shapes, bounds, x0, eps, norm, lam, i)
+            bounds[i] = (low.reshape(-1, *shape), up.reshape(-1, *shape))
     return bounds
 
 
@@ -172,15 +178,16 @@ def kw_preactivation_bounds(
 
 
 @torch.no_grad()
-def kw_dual_lower(
+def kw_dual_bounds(
     net: nn.Sequential,
     x0: torch.Tensor,
     eps: float | torch.Tensor,
     norm: str = "inf",
     C: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Wong-Kolter dual lower bound of ``C f(x)`` over the ``norm`` ball of radius ``eps`` around
-    ``x0``: ``[B, S]`` float64. ``C: [S, K]`` or ``[B, S, K]``; ``None`` means the identity."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wong-Kolter dual (lower, upper) bounds of ``C f(x)`` over the ``norm`` ball of radius
+    ``eps`` around ``x0``: two ``[B, S]`` float64 tensors. ``C: [S, K]`` or ``[B, S, K]``;
+    ``None`` means the identity (bounds of the ``K`` outputs)."""
     layers, shapes, x0, eps_t = _prepare(net, x0, eps)
     norm = _norm_key(norm)
     bounds = _all_bounds(layers, shapes, x0, eps_t, norm)
@@ -189,10 +196,21 @@ def kw_dual_lower(
         C = torch.eye(out_shape.numel(), dtype=torch.float64)
     C = C.detach().to(torch.float64)
     lam = C.unsqueeze(0) if C.dim() == 2 else C
-    if lam.shape[-1] != out_shape.numel() or lam.shape[0] not in (1, x0.shape[0]):
+    if C.dim() not in (2, 3) or lam.shape[-1] != out_shape.numel() or lam.shape[0] not in (1, x0.shape[0]):
         raise ValueError(f"C has shape {tuple(C.shape)}, incompatible with output {tuple(out_shape)} and batch")
     lam = lam.reshape(lam.shape[0], lam.shape[1], *out_shape)
-    return _dual_lower(layers, shapes, bounds, x0, eps_t, norm, lam, len(layers))
+    return _dual_pass(layers, shapes, bounds, x0, eps_t, norm, lam, len(layers))
+
+
+def kw_dual_lower(
+    net: nn.Sequential,
+    x0: torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "inf",
+    C: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Wong-Kolter dual lower bound of ``C f(x)``: ``[B, S]`` float64 (see :func:`kw_dual_bounds`)."""
+    return kw_dual_bounds(net, x0, eps, norm, C)[0]
 
 
 def kw_dual_upper(
@@ -202,8 +220,7 @@ def kw_dual_upper(
     norm: str = "inf",
     C: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Wong-Kolter dual upper bound of ``C f(x)``: ``-kw_dual_lower(-C)``."""
+    """Wong-Kolter dual upper bound of ``C f(x)``: literally ``-kw_dual_lower(-C)``."""
     if C is None:
-        layers_out = _prepare(net, x0[:1], 0.0)[1][-1].numel()
-        C = torch.eye(layers_out, dtype=torch.float64)
+        C = torch.eye(_prepare(net, x0[:1], 0.0)[1][-1].numel(), dtype=torch.float64)
     return -kw_dual_lower(net, x0, eps, norm, -C.to(torch.float64))
