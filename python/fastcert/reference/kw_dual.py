@@ -66,7 +66,9 @@ def _check(layer: nn.Module) -> None:
         raise NotImplementedError(f"reference does not support layer {type(layer).__name__}")
 
 
-def _backward_layer(layer: nn.Module, nu: torch.Tensor, in_shape: torch.Size, out_shape: torch.Size):
+def _backward_layer(
+    layer: nn.Module, nu: torch.Tensor, in_shape: torch.Size, out_shape: torch.Size
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Adjoint of one affine/shape layer: returns (``W^T nu`` of shape ``[b, S, *in_shape]``,
     ``<nu, bias>`` of shape ``[b, S]`` or ``None``)."""
     b, s = nu.shape[:2]
@@ -156,7 +158,10 @@ def _prepare(
     return layers, shapes, x0, eps_t
 
 
-def _all_bounds(layers, shapes, x0, eps, norm) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def _all_bounds(
+    layers: list[nn.Module], shapes: list[torch.Size], x0: torch.Tensor, eps: torch.Tensor, norm: str
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """KW bounds of the input of every ReLU, in order (each uses the bounds of the earlier ones)."""
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.ReLU):

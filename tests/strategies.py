@@ -1,0 +1,573 @@
+"""Hypothesis strategies, random network builders and the adversary used by the soundness tests.
+
+Everything random is described by small frozen dataclasses (:class:`NetSpec`, :class:`RegionSpec`)
+of plain values, so that a failing hypothesis example prints a complete reproducer: the network is
+``build_network(NetSpec(...))`` and the input region ``build_region(RegionSpec(...), input_shape,
+dtype)``; no hidden global random state is involved.
+
+The points the tests evaluate are always *exactly* inside the region (ball intersected with the
+box): :func:`make_feasible` checks membership with error-free transformations / outward-rounded
+sums and pulls a point towards the centre until that conservative check passes. So a bound that
+misses one of these points is a genuine soundness bug, never sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import hypothesis.strategies as st
+import torch
+from hypothesis import HealthCheck, settings
+from torch import nn
+
+import fastcert
+
+# ------------------------------------------------------------------------------------------------
+# hypothesis profile: deterministic, no example database, no deadline
+# ------------------------------------------------------------------------------------------------
+
+SETTINGS = dict(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+def fc_settings(max_examples: int) -> settings:
+    return settings(max_examples=max_examples, **SETTINGS)
+
+
+RELU_METHODS = ("ibp", "fastlin", "kw", "crown", "crown-ibp")
+LINEAR_METHODS = ("fastlin", "kw", "crown", "crown-ibp")  # need ReLU-only networks
+NORMS = ("inf", "2", "1")
+P_OF = {"inf": math.inf, "2": 2, "1": 1}
+
+# ------------------------------------------------------------------------------------------------
+# Network descriptions
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A random network. ``layers`` is a tuple of tuples:
+
+    ("normalize",) ("linear", n_out, has_bias) ("conv", out_ch, k, stride, pad, has_bias)
+    ("bn",) ("avgpool", k, stride, pad) ("flatten",) ("act", kind, alpha) ("identity",)
+    ("nest", start, stop) wraps layers[start:stop] in a nested nn.Sequential.
+
+    weight_scale multiplies He-style weights; bias_mode: "normal", "zero", "pos" (every
+    pre-activation > 0 over the whole input region), "neg" (every one < 0), "mixed" (a random
+    per-neuron choice of the three), "big" (large random biases of both signs).
+    ``f32_weights``: round every parameter to float32 (so float32 and float64 copies agree).
+    """
+
+    input_shape: tuple[int, ...]
+    layers: tuple[tuple, ...]
+    weight_scale: float
+    bias_mode: str
+    seed: int
+    f32_weights: bool = False
+    input_bound: float = 4.0  # every coordinate of every input point has |x'| <= input_bound
+
+    @property
+    def relu_only(self) -> bool:
+        return all(L[1] == "relu" for L in self.layers if L[0] == "act")
+
+    @property
+    def n_out(self) -> int:
+        return [L for L in self.layers if L[0] == "linear"][-1][1]
+
+
+def _f32(t: torch.Tensor, spec: NetSpec) -> torch.Tensor:
+    return t.float().double() if spec.f32_weights else t
+
+
+def build_network(spec: NetSpec) -> nn.Sequential:
+    """The torch model (float64, eval mode) described by ``spec``; deterministic in ``spec``."""
+    g = torch.Generator().manual_seed(spec.seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def uni(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    shape = tuple(spec.input_shape)
+    M = spec.input_bound  # bound on |activation| entering the current layer, for "pos"/"neg" biases
+    mods: list[nn.Module] = []
+
+    def bias_for(rowabs: torch.Tensor, n: int) -> torch.Tensor:
+        big = rowabs * M + 1.0 + uni(0, 2, n)
+        mode = spec.bias_mode
+        if mode == "zero":
+            return torch.zeros(n, dtype=torch.float64)
+        if mode == "normal":
+            return rnd(n) * 0.5
+        if mode == "big":
+            return rnd(n) * 20.0
+        if mode == "pos":
+            return big
+        if mode == "neg":
+            return -big
+        pick = torch.randint(0, 3, (n,), generator=g)
+        return torch.where(pick == 0, big, torch.where(pick == 1, -big, rnd(n) * 0.5))
+
+    for L in spec.layers:
+        kind = L[0]
+        if kind == "normalize":
+            C = shape[0]
+            mean = _f32(uni(-0.5, 1.0, C), spec)
+            std = _f32(uni(0.1, 2.0, C), spec)
+            mods.append(fastcert.Normalize(mean.tolist(), std.tolist()))
+            M = float(((M + mean.abs()) / std).max())
+        elif kind == "linear":
+            n_in = int(torch.tensor(shape).prod())
+            lin = nn.Linear(n_in, L[1], bias=L[2]).double()
+            W = _f32(rnd(L[1], n_in) * (spec.weight_scale / math.sqrt(n_in)), spec)
+            rowabs = W.abs().sum(1)
+            with torch.no_grad():
+                lin.weight.copy_(W)
+                if L[2]:
+                    lin.bias.copy_(_f32(bias_for(rowabs, L[1]), spec))
+            b = lin.bias.detach().abs().max() if L[2] else 0.0
+            M = float((rowabs * M).max() + b) + 1.0
+            mods.append(lin)
+            shape = (L[1],)
+        elif kind == "conv":
+            _, oc, k, s, p, hb = L
+            C = shape[0]
+            conv = nn.Conv2d(C, oc, k, stride=s, padding=p, bias=hb).double()
+            W = _f32(rnd(oc, C, k, k) * (spec.weight_scale / math.sqrt(C * k * k)), spec)
+            rowabs = W.abs().flatten(1).sum(1)
+            with torch.no_grad():
+                conv.weight.copy_(W)
+                if hb:
+                    conv.bias.copy_(_f32(bias_for(rowabs, oc), spec))
+            b = conv.bias.detach().abs().max() if hb else 0.0
+            M = float((rowabs * M).max() + b) + 1.0
+            mods.append(conv)
+            H = (shape[1] + 2 * p - k) // s + 1
+            Wd = (shape[2] + 2 * p - k) // s + 1
+            shape = (oc, H, Wd)
+        elif kind == "bn":
+            C = shape[0]
+            bn = (nn.BatchNorm2d(C) if len(shape) == 3 else nn.BatchNorm1d(C)).double()
+            with torch.no_grad():
+                bn.running_mean.copy_(_f32(uni(-2, 2, C), spec))
+                bn.running_var.copy_(_f32(uni(0.05, 4, C), spec))
+                bn.weight.copy_(_f32(uni(-2, 2, C), spec))  # negative scales too
+                bn.bias.copy_(_f32(uni(-1, 1, C), spec))
+            bn.eval()
+            scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
+            M = float((scale * (M + bn.running_mean.abs())).max() + bn.bias.abs().max()) + 1.0
+            mods.append(bn)
+        elif kind == "avgpool":
+            _, k, s, p = L
+            mods.append(nn.AvgPool2d(k, stride=s, padding=p))
+            H = (shape[1] + 2 * p - k) // s + 1
+            Wd = (shape[2] + 2 * p - k) // s + 1
+            shape = (shape[0], H, Wd)
+        elif kind == "flatten":
+            mods.append(nn.Flatten())
+            shape = (int(torch.tensor(shape).prod()),)
+        elif kind == "act":
+            a = L[1]
+            mods.append({"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}.get(a) or
+                        nn.LeakyReLU(L[2]))
+            if a == "leaky_relu":
+                M = M * max(1.0, abs(L[2]))
+            M = M + 1.0
+        elif kind == "identity":
+            mods.append(nn.Identity())
+        elif kind == "nest":
+            start, stop = L[1], L[2]
+            mods[start:stop] = [nn.Sequential(*mods[start:stop])]
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+    model = nn.Sequential(*mods).double()
+    model.eval()
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Strategies for networks
+# ------------------------------------------------------------------------------------------------
+
+ACT_MODES = ("relu", "relu", "relu", "relu", "tanh", "sigmoid", "leaky_relu", "mixed")
+
+
+@st.composite
+def _act(draw, mode: str) -> tuple:
+    kind = draw(st.sampled_from(("relu", "tanh", "sigmoid", "leaky_relu"))) if mode == "mixed" else mode
+    if kind == "leaky_relu":
+        # non-negative slopes only here (negative slopes have their own targeted test)
+        return ("act", kind, draw(st.sampled_from((0.0, 0.01, 0.1, 0.5, 1.0, 2.0))))
+    return ("act", kind, 0.0)
+
+
+@st.composite
+def _weight_bias(draw) -> tuple[float, str]:
+    scale = draw(st.sampled_from((0.05, 1.0, 1.0, 2.0, 5.0, 20.0)))
+    bias = draw(st.sampled_from(("normal", "normal", "zero", "pos", "neg", "mixed", "big")))
+    return scale, bias
+
+
+@st.composite
+def mlp_specs(draw, act_mode: str | None = None) -> NetSpec:
+    mode = act_mode or draw(st.sampled_from(ACT_MODES))
+    n_in = draw(st.integers(1, 8))
+    depth = draw(st.integers(1, 4))
+    layers: list[tuple] = []
+    input_shape: tuple[int, ...] = (n_in,)
+    if draw(st.integers(0, 4)) == 0:  # an image-shaped input flattened first
+        input_shape = (1, 2, draw(st.integers(1, 3)))
+        layers.append(("flatten",))
+    elif draw(st.booleans()):
+        layers.append(("normalize",))
+    if draw(st.integers(0, 9)) == 0:  # an activation on the raw input
+        layers.append(draw(_act(mode)))
+    for _ in range(depth):
+        layers.append(("linear", draw(st.integers(1, 12)), draw(st.integers(0, 5)) > 0))
+        if draw(st.integers(0, 4)) == 0:
+            layers.append(("bn",))
+        layers.append(draw(_act(mode)))
+        if draw(st.integers(0, 9)) == 0:  # two activations in a row
+            layers.append(draw(_act(mode)))
+        if draw(st.integers(0, 9)) == 0:
+            layers.append(("identity",))
+        if draw(st.integers(0, 6)) == 0:  # BatchNorm after the activation (not foldable backwards)
+            layers.append(("bn",))
+    layers.append(("linear", draw(st.integers(1, 5)), draw(st.integers(0, 5)) > 0))
+    if draw(st.integers(0, 9)) == 0:  # network ending in an activation
+        layers.append(draw(_act(mode)))
+    if draw(st.integers(0, 5)) == 0 and len(layers) >= 3:
+        a = draw(st.integers(0, len(layers) - 2))
+        b = draw(st.integers(a + 1, len(layers)))
+        layers.append(("nest", a, b))
+    scale, bias = draw(_weight_bias())
+    return NetSpec(input_shape, tuple(layers), scale, bias, draw(st.integers(0, 2**31 - 1)),
+                   draw(st.booleans()))
+
+
+@st.composite
+def cnn_specs(draw, act_mode: str | None = None) -> NetSpec:
+    mode = act_mode or draw(st.sampled_from(ACT_MODES))
+    C, H, W = draw(st.sampled_from(((1, 5, 5), (2, 6, 6), (1, 4, 6), (3, 3, 3))))
+    layers: list[tuple] = []
+    if draw(st.booleans()):
+        layers.append(("normalize",))
+    shape = (C, H, W)
+    for _ in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(1, 3))
+        s = draw(st.integers(1, 2))
+        p = draw(st.integers(0, 2))
+        k = min(k, shape[1] + 2 * p, shape[2] + 2 * p)
+        oc = draw(st.integers(1, 4))
+        layers.append(("conv", oc, k, s, p, draw(st.integers(0, 4)) > 0))
+        shape = (oc, (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1)
+        if draw(st.integers(0, 2)) == 0:
+            layers.append(("bn",))
+        layers.append(draw(_act(mode)))
+        if draw(st.integers(0, 3)) == 0 and min(shape[1:]) >= 2:
+            k = draw(st.integers(1, 2))
+            s = draw(st.integers(1, 2))
+            p = draw(st.integers(0, k // 2))
+            layers.append(("avgpool", k, s, p))
+            shape = (oc, (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1)
+        if draw(st.integers(0, 5)) == 0:
+            layers.append(("bn",))  # BatchNorm2d after the activation / pool: an unfoldable Diag
+    layers.append(("flatten",))
+    if draw(st.booleans()):
+        layers.append(("linear", draw(st.integers(1, 10)), True))
+        layers.append(draw(_act(mode)))
+    layers.append(("linear", draw(st.integers(1, 5)), draw(st.integers(0, 5)) > 0))
+    scale, bias = draw(_weight_bias())
+    return NetSpec((C, H, W), tuple(layers), scale, bias, draw(st.integers(0, 2**31 - 1)), draw(st.booleans()))
+
+
+def net_specs(act_mode: str | None = None) -> st.SearchStrategy[NetSpec]:
+    return st.one_of(mlp_specs(act_mode), cnn_specs(act_mode))
+
+
+# ------------------------------------------------------------------------------------------------
+# Input regions
+# ------------------------------------------------------------------------------------------------
+
+EPS_KINDS = ("zero", "tiny", "small", "large", "mixed")
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """B centres in [0,1]^n; eps kind ("zero": l == u, "tiny": 1e-12, "small", "large", "mixed":
+    one eps per sample); ``box``: None, "unit" (x_min=0, x_max=1 scalars) or "tensor" (per-feature
+    x_min / x_max that hug x); ``x_on_edge``: some coordinates of x exactly 0 or 1."""
+
+    batch: int
+    norm: str
+    eps_kind: str
+    box: str | None
+    x_on_edge: bool
+    seed: int
+
+
+@st.composite
+def region_specs(draw, eps_kinds: tuple[str, ...] = EPS_KINDS, norms: tuple[str, ...] = NORMS) -> RegionSpec:
+    return RegionSpec(draw(st.integers(1, 3)), draw(st.sampled_from(norms)), draw(st.sampled_from(eps_kinds)),
+                      draw(st.sampled_from((None, "unit", "tensor"))), draw(st.booleans()),
+                      draw(st.integers(0, 2**31 - 1)))
+
+
+@dataclass
+class Region:
+    x: torch.Tensor  # [B, *shape]
+    eps: torch.Tensor  # [B] float64 (exactly what is passed to fastcert)
+    eps_arg: object  # scalar or tensor, as passed
+    norm: str
+    x_min: object
+    x_max: object
+    lo: torch.Tensor  # [B, *shape] x_min broadcast (-inf when absent), float64
+    hi: torch.Tensor
+
+
+def _eps_value(kind: str, norm: str, g: torch.Generator) -> float:
+    r = float(torch.rand((), generator=g, dtype=torch.float64))
+    mult = {"inf": 1.0, "2": 2.0, "1": 3.0}[norm]
+    if kind == "zero":
+        return 0.0
+    if kind == "tiny":
+        return 1e-12
+    if kind == "small":
+        return (0.002 + 0.05 * r) * mult
+    return (0.2 + 0.8 * r) * mult  # large
+
+
+def build_region(spec: RegionSpec, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> Region:
+    g = torch.Generator().manual_seed(spec.seed)
+    B = spec.batch
+    x = torch.rand(B, *input_shape, generator=g, dtype=torch.float64)
+    if spec.x_on_edge:
+        m = torch.rand(x.shape, generator=g) < 0.3
+        x = torch.where(m, (torch.rand(x.shape, generator=g) < 0.5).double(), x)
+    x = x.to(dtype)
+    if spec.eps_kind == "mixed":
+        kinds = ["zero", "tiny", "small", "large"]
+        eps_list = [_eps_value(kinds[int(torch.randint(0, 4, (), generator=g))], spec.norm, g) for _ in range(B)]
+        eps_arg: object = torch.tensor(eps_list, dtype=torch.float64)
+    else:
+        eps_arg = _eps_value(spec.eps_kind, spec.norm, g)
+        eps_list = [eps_arg] * B  # type: ignore[list-item]
+    eps = torch.tensor(eps_list, dtype=torch.float64)
+    x64 = x.double()
+    if spec.box is None:
+        x_min = x_max = None
+        lo = torch.full_like(x64, -math.inf)
+        hi = torch.full_like(x64, math.inf)
+    elif spec.box == "unit":
+        x_min, x_max = 0.0, 1.0
+        lo, hi = torch.zeros_like(x64), torch.ones_like(x64)
+    else:  # per-feature bounds on multiples of 1/64 (exact in float32 and float64), hugging x
+        xm = torch.floor(x64.amin(0) * 64) / 64 - torch.randint(0, 3, input_shape, generator=g) / 64
+        xM = torch.ceil(x64.amax(0) * 64) / 64 + torch.randint(0, 3, input_shape, generator=g) / 64
+        x_min, x_max = xm, xM
+        lo, hi = xm.expand_as(x64).clone(), xM.expand_as(x64).clone()
+    return Region(x, eps, eps_arg, spec.norm, x_min, x_max, lo, hi)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact membership in the region, and moving points into it
+# ------------------------------------------------------------------------------------------------
+
+_U64 = 2.0**-53
+
+
+def _two_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hi + lo == a - b exactly (Knuth's TwoSum), float64."""
+    s = a - b
+    bb = s - a
+    err = (a - (s - bb)) + (-b - bb)
+    return s, err
+
+
+def in_region(pts: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str, lo: torch.Tensor,
+              hi: torch.Tensor) -> torch.Tensor:
+    """Conservative (never says yes wrongly) exact test: pts [B, P, n] (any float dtype), x [B, n],
+    eps [B], lo / hi [B, n]. True where ||pts - x||_norm <= eps and lo <= pts <= hi hold exactly."""
+    p = pts.double()
+    xb = x.double()[:, None, :]
+    ok = ((p >= lo[:, None, :]) & (p <= hi[:, None, :])).all(-1)
+    dh, dl = _two_diff(p, xb.expand_as(p))
+    e = eps[:, None]
+    if norm == "inf":
+        ah = dh.abs()
+        e3 = e[..., None]
+        inside = (ah < e3) | ((ah == e3) & (dl * torch.sign(dh) <= 0))
+        return ok & inside.all(-1)
+    n = p.shape[-1]
+    a = torch.nextafter(dh.abs() + dl.abs(), torch.tensor(math.inf, dtype=torch.float64))  # >= |d_i|
+    if norm == "2":
+        S = (a * a).sum(-1) * (1 + 2 * (n + 2) * _U64)
+        lim = e * e * (1 - 4 * _U64)
+    else:
+        S = a.sum(-1) * (1 + 2 * (n + 2) * _U64)
+        lim = e * (1 - 2 * _U64)
+    return ok & (S <= lim)
+
+
+def make_feasible(pts: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str, lo: torch.Tensor,
+                  hi: torch.Tensor) -> torch.Tensor:
+    """Clip pts [B, P, n] (dtype of x) into the box and shrink them towards x until :func:`in_region`
+    holds (falls back to x itself)."""
+    dt = x.dtype
+    xb = x[:, None, :].expand_as(pts)
+    p = torch.maximum(torch.minimum(pts, hi[:, None, :].to(dt)), lo[:, None, :].to(dt))
+    # lo/hi may be -inf/inf; x lies in the box, so clipping never moves a point away from x
+    p = torch.where(torch.isfinite(p), p, xb)
+    ok = in_region(p, x, eps, norm, lo, hi)
+    f = 1.0
+    for k in range(40):
+        if ok.all():
+            return p
+        f = 1.0 - min(1.0, 1e-16 * 4.0**k)
+        cand = xb + (p - xb) * f
+        cand = torch.maximum(torch.minimum(cand, hi[:, None, :].to(dt)), lo[:, None, :].to(dt))
+        good = in_region(cand, x, eps, norm, lo, hi)
+        upd = (~ok) & good
+        p = torch.where(upd[..., None], cand, p)
+        ok = ok | good
+    return torch.where(ok[..., None], p, xb)
+
+
+# ------------------------------------------------------------------------------------------------
+# Points: random samples, vertices, PGD
+# ------------------------------------------------------------------------------------------------
+
+
+def sample_points(x: torch.Tensor, eps: torch.Tensor, norm: str, lo: torch.Tensor, hi: torch.Tensor,
+                  g: torch.Generator, n_random: int = 48, n_vertices: int = 48) -> torch.Tensor:
+    """x [B, n] -> feasible points [B, P, n] (x itself first)."""
+    B, n = x.shape
+    dt = torch.float64
+    x64 = x.double()
+    e = eps[:, None, None]
+    pts = [x64[:, None, :]]
+    if norm == "inf":
+        pts.append(x64[:, None, :] + e * (2 * torch.rand(B, n_random, n, generator=g, dtype=dt) - 1))
+        if n <= 6:  # every vertex
+            idx = torch.arange(2**n)
+            signs = ((idx[:, None] >> torch.arange(n)) & 1).double() * 2 - 1
+            pts.append(x64[:, None, :] + e * signs[None])
+        else:
+            signs = (torch.rand(B, n_vertices, n, generator=g) < 0.5).double() * 2 - 1
+            pts.append(x64[:, None, :] + e * signs)
+        # vertices of the box intersected with [lo, hi]
+        a = torch.maximum(x64 - eps[:, None], lo)
+        b = torch.minimum(x64 + eps[:, None], hi)
+        pick = torch.rand(B, n_vertices // 2, n, generator=g) < 0.5
+        pts.append(torch.where(pick, a[:, None, :], b[:, None, :]))
+    else:
+        if norm == "2":
+            d = torch.randn(B, n_random, n, generator=g, dtype=dt)
+            d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        else:
+            d = -torch.log(torch.rand(B, n_random, n, generator=g, dtype=dt).clamp_min(1e-300))
+            d = d * (torch.rand(B, n_random, n, generator=g) < 0.5).double().mul(2).sub(1)
+            d = d / d.abs().sum(-1, keepdim=True).clamp_min(1e-300)
+        r = torch.rand(B, n_random, 1, generator=g, dtype=dt)
+        r[:, : n_random // 2] = 1.0  # half on the sphere, half inside
+        pts.append(x64[:, None, :] + e * r * d)
+        eye = torch.eye(n, dtype=dt)
+        pts.append(x64[:, None, :] + e * eye[None])  # axis points: the vertices of the L1 ball
+        pts.append(x64[:, None, :] - e * eye[None])
+    P = torch.cat(pts, 1).to(x.dtype)
+    return make_feasible(P, x, eps, norm, lo, hi)
+
+
+def _project(p: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str, lo: torch.Tensor,
+             hi: torch.Tensor) -> torch.Tensor:
+    """Approximate projection onto the ball, then the box (p, x: [N, n]; eps: [N])."""
+    d = p - x
+    e = eps[:, None]
+    if norm == "inf":
+        d = torch.maximum(torch.minimum(d, e), -e)
+    elif norm == "2":
+        nr = d.norm(dim=-1, keepdim=True)
+        d = d * torch.where(nr > e, e / nr.clamp_min(1e-300), torch.ones_like(nr))
+    else:  # L1: Duchi et al. sort-based projection
+        a = d.abs()
+        out = a.sum(-1, keepdim=True) > e
+        mu, _ = a.sort(-1, descending=True)
+        cs = mu.cumsum(-1) - e
+        ar = torch.arange(1, d.shape[-1] + 1, dtype=d.dtype)
+        cond = mu - cs / ar > 0
+        rho = (cond * ar).argmax(-1, keepdim=True)
+        theta = cs.gather(-1, rho) / (rho + 1).to(d.dtype)
+        dp = torch.sign(d) * (a - theta).clamp_min(0)
+        d = torch.where(out, dp, d)
+    return torch.maximum(torch.minimum(x + d, hi), lo)
+
+
+def pgd_points(model: nn.Module, in_shape: tuple[int, ...], x: torch.Tensor, eps: torch.Tensor, norm: str,
+               lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, g: torch.Generator, steps: int = 20,
+               restarts: int = 2) -> torch.Tensor:
+    """PGD in float64 that minimises and maximises every row of C f over the region.
+
+    x [B, n], C [B, S, K] -> feasible points [B, 2*S*restarts + 1, n] (the final iterates and, per
+    objective, the best iterate seen)."""
+    B, n = x.shape
+    S = C.shape[1]
+    if float(eps.max()) == 0.0:
+        return x[:, None, :].clone()
+    x64 = x.double()
+    R = 2 * S * restarts
+    sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat_interleave(S).repeat(restarts)  # [R]
+    rows = torch.arange(S).repeat(2 * restarts)  # [R]
+    c = C.double()[:, rows, :] * sign[None, :, None]  # [B, R, K]: maximise c . f
+    xr = x64[:, None, :].expand(B, R, n).reshape(B * R, n)
+    er = eps[:, None].expand(B, R).reshape(B * R)
+    lor = lo[:, None, :].expand(B, R, n).reshape(B * R, n)
+    hir = hi[:, None, :].expand(B, R, n).reshape(B * R, n)
+    cr = c.reshape(B * R, -1)
+    # random start (first restart starts at x)
+    start = xr + er[:, None] * (2 * torch.rand(B * R, n, generator=g, dtype=torch.float64) - 1)
+    start.view(B, R, n)[:, : 2 * S] = x64[:, None, :]
+    p = _project(start, xr, er, norm, lor, hir)
+    step = 2.5 * er / steps
+    best = p.clone()
+    best_v = torch.full((B * R,), -math.inf, dtype=torch.float64)
+    for _ in range(steps):
+        p = p.detach().requires_grad_(True)
+        out = model(p.reshape(B * R, *in_shape))
+        val = (out * cr).sum(-1)
+        (grad,) = torch.autograd.grad(val.sum(), p)
+        with torch.no_grad():
+            better = val > best_v
+            best = torch.where(better[:, None], p, best)
+            best_v = torch.where(better, val, best_v)
+            if norm == "inf":
+                dirn = grad.sign()
+            elif norm == "2":
+                dirn = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            else:  # steepest L1 ascent: the coordinate(s) with the largest |gradient|, plus a bit of L2
+                top = (grad.abs() == grad.abs().amax(-1, keepdim=True)).double() * grad.sign()
+                dirn = top + 0.3 * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            p = _project(p + step[:, None] * dirn, xr, er, norm, lor, hir)
+    with torch.no_grad():
+        val = (model(p.reshape(B * R, *in_shape)) * cr).sum(-1)
+        better = val > best_v
+        best = torch.where(better[:, None], p, best)
+    allp = torch.cat([x64[:, None, :], p.reshape(B, R, n), best.reshape(B, R, n)], 1).to(x.dtype)
+    return make_feasible(allp, x, eps, norm, lo.reshape(B, n), hi.reshape(B, n))
+
+
+def random_C(K: int, B: int, g: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A random spec matrix: [S, K] or [B, S, K] with S in 1..4 (sometimes integer entries)."""
+    S = int(torch.randint(1, 5, (), generator=g))
+    kind = int(torch.randint(0, 3, (), generator=g))
+    shape = (S, K) if kind < 2 else (B, S, K)
+    C = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if kind == 1:
+        C = torch.round(C * 2)
+    return C.to(dtype)

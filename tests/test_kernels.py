@@ -1,0 +1,161 @@
+"""Every compiled kernel against a plain float64 torch twin (fastcert.reference / torch ops).
+
+float64 kernels must match the float64 reference to rounding level; float32 kernels must stay
+within 2x of the error that the same computation done by torch in float32 has against float64.
+Bound kernels must round outward (never inside the exact value).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastcert._ext import _C
+from fastcert.layers import Activation, Box, Conv2d, Dense
+from fastcert.layers.base import interval_affine, np_view
+from fastcert.reference import crown as ref
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _err32(ours32: torch.Tensor, torch32: torch.Tensor, exact64: torch.Tensor) -> None:
+    e_ours = (ours32.double() - exact64).abs().max().item()
+    e_torch = (torch32.double() - exact64).abs().max().item()
+    assert e_ours <= 2 * e_torch + 1e-30, (e_ours, e_torch)
+
+
+@pytest.mark.parametrize("B,n,m", [(1, 1, 1), (3, 7, 5), (16, 64, 33), (0, 4, 3)])
+def test_dense_forward_backward(B: int, n: int, m: int) -> None:
+    g = torch.Generator().manual_seed(B * 100 + n)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    b = torch.randn(m, generator=g, dtype=torch.float64)
+    x = torch.randn(B, n, generator=g, dtype=torch.float64)
+    lam = torch.randn(B, m, generator=g, dtype=torch.float64)
+    L = Dense(W, b, (n,))
+    exact_f, exact_b = x @ W.T + b, lam @ W
+    assert torch.allclose(L.forward(x), exact_f, rtol=1e-13, atol=1e-13)
+    assert torch.allclose(L.backward(lam), exact_b, rtol=1e-13, atol=1e-13)
+    if B:
+        _err32(L.forward(x.float()), x.float() @ W.float().T + b.float(), exact_f)
+        _err32(L.backward(lam.float()), lam.float() @ W.float(), exact_b)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(C=1, H=5, W=5, OC=2, k=3, s=1, p=0),
+    dict(C=2, H=8, W=7, OC=3, k=3, s=2, p=1),
+    dict(C=3, H=9, W=9, OC=4, k=4, s=2, p=2),
+    dict(C=1, H=28, W=28, OC=16, k=4, s=2, p=1),
+    dict(C=2, H=6, W=6, OC=2, k=1, s=1, p=0),
+])
+def test_conv_forward_backward(cfg: dict) -> None:
+    g = torch.Generator().manual_seed(cfg["H"] * 7 + cfg["OC"])
+    Wt = torch.randn(cfg["OC"], cfg["C"], cfg["k"], cfg["k"], generator=g, dtype=torch.float64)
+    b = torch.randn(cfg["OC"], generator=g, dtype=torch.float64)
+    L = Conv2d(Wt, b, (cfg["s"], cfg["s"]), (cfg["p"], cfg["p"]), (cfg["C"], cfg["H"], cfg["W"]))
+    x = torch.randn(5, L.n_in, generator=g, dtype=torch.float64)
+    exact = F.conv2d(x.reshape(5, *L.in_shape), Wt, b, cfg["s"], cfg["p"]).reshape(5, -1)
+    assert torch.allclose(L.forward(x), exact, rtol=1e-12, atol=1e-12)
+    lam = torch.randn(6, L.n_out, generator=g, dtype=torch.float64)
+    a = ref._Aff(torch.nn.Conv2d(cfg["C"], cfg["OC"], cfg["k"], cfg["s"], cfg["p"]).double(), L.in_shape)
+    a.m.weight.data = Wt
+    exact_b = a.back(lam)
+    assert torch.allclose(L.backward(lam), exact_b, rtol=1e-12, atol=1e-12)
+    # adjointness: <lam, conv(x)> == <conv^T(lam), x>
+    assert torch.allclose((lam[:5] * (L.forward(x) - L.params(torch.float64).bias)).sum(),
+                          (L.backward(lam[:5]) * x).sum(), rtol=1e-10)
+    _err32(L.forward(x.float()), F.conv2d(x.float().reshape(5, *L.in_shape), Wt.float(), b.float(), cfg["s"],
+                                          cfg["p"]).reshape(5, -1), exact)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(20, 30, generator=g, dtype=torch.float64)
+    b = torch.randn(20, generator=g, dtype=torch.float64)
+    L = Dense(W, b, (30,))
+    l = torch.randn(8, 30, generator=g, dtype=torch.float64)
+    u = l + torch.rand(8, 30, generator=g, dtype=torch.float64) * torch.tensor([0.0, 1.0]).repeat(15)
+    box, gmag = interval_affine(L, Box(l.to(dtype), u.to(dtype)), 1e-6 if dtype == torch.float32 else 1e-14)
+    c, r = (u + l) / 2, (u - l) / 2
+    exact_l = c @ W.T + b - r @ W.abs().T
+    exact_u = c @ W.T + b + r @ W.abs().T
+    assert (box.l.double() <= exact_l).all() and (box.u.double() >= exact_u).all()
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(box.l.double(), exact_l, atol=tol) and torch.allclose(box.u.double(), exact_u, atol=tol)
+    assert (gmag.double() >= (torch.maximum(l.abs(), u.abs()) @ W.abs().T) * (1 - 1e-6)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "sigmoid"])
+def test_act_interval_outward(dtype: torch.dtype, act: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    l = torch.randn(4, 50, generator=g, dtype=torch.float64) * 4
+    u = l + torch.rand(4, 50, generator=g, dtype=torch.float64) * torch.tensor([0.0, 2.0]).repeat(25)
+    A = Activation(act, (50,), alpha=0.1)
+    out = A.interval(Box(l.to(dtype), u.to(dtype)))
+    exact_l, exact_u = A.forward(l.to(dtype)).double(), A.forward(u.to(dtype)).double()
+    assert (out.l.double() <= exact_l).all() and (out.u.double() >= exact_u).all()
+    ulp = torch.finfo(dtype).eps * 8
+    assert torch.allclose(out.l.double(), exact_l, atol=ulp, rtol=ulp)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "parallel"])
+def test_relu_relax_against_reference_and_sound(mode: str) -> None:
+    g = torch.Generator().manual_seed(9)
+    l = torch.randn(3, 200, generator=g, dtype=torch.float64)
+    u = l + torch.rand(3, 200, generator=g, dtype=torch.float64) * 2
+    l[0, :5] = u[0, :5]  # degenerate l == u
+    A = Activation("relu", (200,))
+    lo, up, ub = A.relax(Box(l, u), mode)
+    rlo, rup, rub = ref.relu_relax(l, u, mode)
+    assert torch.equal(lo, rlo) and torch.allclose(up, rup, rtol=1e-15) and (ub >= rub).all()
+    assert torch.allclose(ub, rub, rtol=1e-12, atol=1e-300)
+    for t in torch.linspace(0, 1, 11, dtype=torch.float64):
+        z = l + t * (u - l)
+        assert (lo * z <= torch.relu(z)).all() and (torch.relu(z) <= up * z + ub).all()
+
+
+def test_backward_act_bias_mag_concretize_against_torch() -> None:
+    g = torch.Generator().manual_seed(11)
+    B, S, n = 3, 4, 25
+    lam = torch.randn(B, S, n, generator=g, dtype=torch.float64)
+    lo_s, up_s = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    up_b, zmag = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    out = torch.empty_like(lam)
+    bias, mag = torch.zeros(B, S, dtype=torch.float64), torch.zeros(B, S, dtype=torch.float64)
+    e = np_view(torch.empty(0, dtype=torch.float64))
+    _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag), np_view(out),
+                    np_view(bias), np_view(mag))
+    pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+    assert torch.allclose(out, pos * lo_s[:, None] + neg * up_s[:, None], rtol=1e-15)
+    assert torch.allclose(bias, (neg * up_b[:, None]).sum(-1), rtol=1e-13)
+    assert torch.allclose(mag, (lam.abs() * zmag[:, None]).sum(-1), rtol=1e-13)
+    bvec, G = torch.randn(n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    bias2, mag2 = bias.clone(), mag.clone()
+    _C.bias_mag(np_view(lam), np_view(bvec), np_view(G), np_view(bias2), np_view(mag2))
+    assert torch.allclose(bias2 - bias, lam @ bvec, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(mag2 - mag, (lam.abs() * G[:, None]).sum(-1), rtol=1e-12)
+    x0 = torch.rand(B, n, generator=g, dtype=torch.float64)
+    eps = torch.full((B,), 0.1, dtype=torch.float64)
+    l0, u0 = (x0 - 0.1).clamp_min(0), (x0 + 0.1).clamp_max(1)
+    for p in (0, 1, 2):
+        res = torch.empty(B, S, dtype=torch.float64)
+        z = torch.zeros(B, S, dtype=torch.float64)
+        _C.concretize(np_view(lam), np_view(x0), np_view(l0), np_view(u0), np_view(eps), p, np_view(z), np_view(z),
+                      1e-14, np_view(res))
+        exact = ref._concretize(lam, x0, eps, p, l0, u0)
+        assert (res <= exact).all() and torch.allclose(res, exact, rtol=1e-10, atol=1e-10)
+
+
+def test_kernels_reject_wrong_dtype_and_layout() -> None:
+    a64 = np.zeros((2, 3))
+    a32 = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(TypeError):
+        _C.interval_prep(a64, a32, a64, a64, a64)
+    nc = np.zeros((3, 2)).T
+    with pytest.raises((TypeError, ValueError)):
+        _C.interval_prep(nc, nc, a64, a64, a64)
+    with pytest.raises(ValueError, match="expected"):
+        _C.interval_prep(a64, np.zeros(5), a64, a64, a64)

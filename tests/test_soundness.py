@@ -1,0 +1,477 @@
+"""Soundness of ``fastcert.bounds`` / ``fastcert.certify`` against an adversary, with NO tolerance.
+
+For random small MLPs / CNNs (strategies.py) and random input regions (L-inf / L2 / L1 balls, eps
+0 / 1e-12 / small / large, with and without an [x_min, x_max] box), every method the network's
+activations allow must give ``lower <= C f(x') <= upper`` exactly, where f is the torch model
+itself, at: x; random points (uniform in the L-inf box, on / inside the L2 and L1 spheres, the
+vertices of the box and of the L1 ball); and points found by a float64 PGD attack that minimises
+and maximises every row of C f. Every such point is checked to lie *exactly* in the region
+(strategies.in_region), so any miss is a real soundness bug.
+
+Also: float32 inputs (bounds must contain both the float64 and the float32 evaluation), certify()
+(a certified sample has no sampled/attacked point where another class wins), non-ReLU activations
+(IBP only; the other methods must raise fastcert.UnsupportedError), and hand-made degenerate cases.
+
+A failing hypothesis example prints ``net=NetSpec(...)`` and ``reg=RegionSpec(...)``: rebuild
+it with ``strategies.build_network`` / ``strategies.build_region``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import example, given
+from torch import nn
+
+import fastcert
+from strategies import (
+    LINEAR_METHODS,
+    RELU_METHODS,
+    NetSpec,
+    RegionSpec,
+    build_network,
+    build_region,
+    cnn_specs,
+    fc_settings,
+    make_feasible,
+    mlp_specs,
+    net_specs,
+    pgd_points,
+    random_C,
+    region_specs,
+    sample_points,
+)
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _flat_box(reg, B: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return reg.lo.reshape(B, n).double(), reg.hi.reshape(B, n).double()
+
+
+def _full_C(C: torch.Tensor | None, B: int, K: int, dtype: torch.dtype) -> torch.Tensor:
+    if C is None:
+        return torch.eye(K, dtype=dtype).expand(B, K, K)
+    return C.expand(B, *C.shape) if C.dim() == 2 else C
+
+
+def _eval(model: nn.Module, pts: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """model on pts [B, P, n] -> [B, P, K] in the dtype of pts (the model is converted to match)."""
+    B, P, n = pts.shape
+    m = model if pts.dtype == torch.float64 else _as_dtype(model, pts.dtype)
+    with torch.no_grad():
+        out = m(pts.reshape(B * P, *in_shape))
+    return out.reshape(B, P, -1)
+
+
+_COPIES: dict[tuple[int, torch.dtype], nn.Module] = {}
+
+
+def _as_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    key = (id(model), dtype)
+    m = _COPIES.get(key)
+    if m is None or m is model:
+        m = copy.deepcopy(model).to(dtype)
+        m.eval()
+        _COPIES.clear()
+        _COPIES[key] = m
+    return m
+
+
+def _assert_contains(res, CF: torch.Tensor, pts: torch.Tensor, what: str, ctx: str) -> None:
+    """CF: [B, P, S] values of C f at pts [B, P, n]; res.lower/upper [B, S]."""
+    lo = res.lower[:, None, :].to(CF.dtype)
+    up = res.upper[:, None, :].to(CF.dtype)
+    below = CF < lo
+    above = CF > up
+    if below.any() or above.any():
+        bad = below | above
+        b, p, s = (int(v) for v in bad.nonzero()[0])
+        raise AssertionError(
+            f"UNSOUND ({what}) {ctx}: at sample {b}, point {p}, spec row {s}: C f(x') = {float(CF[b, p, s])!r} "
+            f"but bounds = [{float(res.lower[b, s])!r}, {float(res.upper[b, s])!r}]; "
+            f"{int(bad.sum())} violations in total; x' = {pts[b, p].tolist()}")
+
+
+def _methods_for(net: NetSpec) -> tuple[str, ...]:
+    return RELU_METHODS if net.relu_only else ("ibp",)
+
+
+def _check_network(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype = torch.float64,
+                   check_f32_eval: bool = False, C_seed: int = 0) -> None:
+    model = build_network(net)
+    in_shape = net.input_shape
+    reg = build_region(reg_spec, in_shape, dtype)
+    B = reg.x.shape[0]
+    n = reg.x[0].numel()
+    K = net.n_out
+    xf = reg.x.reshape(B, n)
+    lo, hi = _flat_box(reg, B, n)
+    g = torch.Generator().manual_seed(reg_spec.seed ^ C_seed ^ net.seed)
+    base = sample_points(xf, reg.eps, reg.norm, lo, hi, g)
+    ctx = f"norm={reg.norm} eps={reg.eps.tolist()} box={reg_spec.box} dtype={dtype}"
+
+    if not net.relu_only:
+        for method in LINEAR_METHODS:
+            with pytest.raises(fastcert.UnsupportedError):
+                fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method=method, x_min=reg.x_min,
+                                x_max=reg.x_max)
+
+    for C in (None, random_C(K, B, g)):
+        Cf = _full_C(C, B, K, torch.float64)
+        pts = torch.cat([base, pgd_points(model, in_shape, xf, reg.eps, reg.norm, lo, hi, Cf, g)], 1)
+        F64 = _eval(model, pts.double(), in_shape)
+        CF64 = torch.einsum("bsk,bpk->bps", Cf, F64)
+        if check_f32_eval:
+            F32 = _eval(model, pts.float(), in_shape)
+            CF32 = torch.einsum("bsk,bpk->bps", Cf.float(), F32)  # the product itself in float32
+            CF32d = torch.einsum("bsk,bpk->bps", Cf, F32.double())
+        for method in _methods_for(net):
+            res = fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method=method,
+                                  C=None if C is None else C.to(dtype), x_min=reg.x_min, x_max=reg.x_max)
+            S = Cf.shape[1]
+            assert res.lower.shape == (B, S) and res.upper.shape == (B, S)
+            assert res.lower.dtype == dtype and res.upper.dtype == dtype
+            assert not torch.isnan(res.lower).any() and not torch.isnan(res.upper).any()
+            mctx = f"method={method} C={'identity' if C is None else 'random'} {ctx}"
+            assert (res.lower <= res.upper).all(), f"lower > upper: {mctx}\n{res.lower}\n{res.upper}"
+            _assert_contains(res, CF64, pts, "float64 evaluation", mctx)
+            if check_f32_eval:
+                _assert_contains(res, CF32, pts, "float32 evaluation", mctx)
+                _assert_contains(res, CF32d, pts, "float32 network, float64 product", mctx)
+
+
+# ------------------------------------------------------------------------------------------------
+# random networks, float64
+# ------------------------------------------------------------------------------------------------
+
+
+@fc_settings(70)
+@given(net=mlp_specs("relu"), reg=region_specs())
+def test_relu_mlp_sound(net: NetSpec, reg: RegionSpec) -> None:
+    _check_network(net, reg)
+
+
+@fc_settings(45)
+@given(net=cnn_specs("relu"), reg=region_specs())
+def test_relu_cnn_sound(net: NetSpec, reg: RegionSpec) -> None:
+    _check_network(net, reg)
+
+
+@fc_settings(40)
+@given(net=net_specs(), reg=region_specs())
+def test_any_activation_sound(net: NetSpec, reg: RegionSpec) -> None:
+    """Tanh / Sigmoid / LeakyReLU (slope >= 0) / mixed: IBP sound, the linear methods raise."""
+    _check_network(net, reg)
+
+
+_DEGENERATE_BIAS = st.sampled_from(("pos", "neg", "mixed"))
+
+
+@fc_settings(40)
+@given(net=st.tuples(net_specs("relu"), _DEGENERATE_BIAS).map(lambda t: dataclasses.replace(t[0], bias_mode=t[1])),
+       reg=region_specs(eps_kinds=("zero", "tiny", "small", "large")))
+def test_degenerate_stable_networks(net: NetSpec, reg: RegionSpec) -> None:
+    """Every ReLU stably active ("pos"), stably inactive ("neg"), or a per-neuron mix."""
+    _check_network(net, reg)
+
+
+@fc_settings(30)
+@given(net=net_specs(), reg=region_specs(eps_kinds=("zero",)))
+def test_zero_eps_contains_f_x(net: NetSpec, reg: RegionSpec) -> None:
+    """eps = 0: the box is the single point x (l == u) and every bound must contain f(x)."""
+    _check_network(net, reg)
+
+
+# ------------------------------------------------------------------------------------------------
+# float32
+# ------------------------------------------------------------------------------------------------
+
+
+@fc_settings(50)
+@given(net=net_specs().map(lambda s: dataclasses.replace(s, f32_weights=True)), reg=region_specs())
+def test_float32_contains_f64_and_f32_evaluation(net: NetSpec, reg: RegionSpec) -> None:
+    """float32 x, float32-representable weights: bounds hold for the exact (float64) network and
+    for its float32 evaluation by torch."""
+    _check_network(net, reg, dtype=torch.float32, check_f32_eval=True)
+
+
+@fc_settings(25)
+@given(net=net_specs("relu").map(lambda s: dataclasses.replace(s, f32_weights=False)), reg=region_specs())
+def test_float32_input_float64_model(net: NetSpec, reg: RegionSpec) -> None:
+    """float32 x with a float64 model whose weights float32 cannot represent: the bounds must still
+    hold for the model as given (evaluated in float64)."""
+    _check_network(net, reg, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# certify
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_certify(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype, use_labels: bool) -> int:
+    model = build_network(net)
+    in_shape = net.input_shape
+    reg = build_region(reg_spec, in_shape, dtype)
+    B = reg.x.shape[0]
+    n = reg.x[0].numel()
+    K = net.n_out
+    xf = reg.x.reshape(B, n)
+    lo, hi = _flat_box(reg, B, n)
+    g = torch.Generator().manual_seed(reg_spec.seed + 7)
+    labels = torch.randint(0, K, (B,), generator=g) if use_labels else None
+    pts0 = sample_points(xf, reg.eps, reg.norm, lo, hi, g)
+    n_cert = 0
+    for method in _methods_for(net):
+        res = fastcert.certify(model, reg.x, reg.eps_arg, norm=reg.norm, labels=labels, method=method,
+                               x_min=reg.x_min, x_max=reg.x_max)
+        assert res.certified.shape == (B,) and res.certified.dtype == torch.bool
+        assert res.margins.shape == (B, K)
+        y = res.labels
+        with torch.no_grad():
+            pred = model(reg.x.double()).argmax(1)
+        if labels is not None:
+            assert torch.equal(y, labels)
+        # the j = y entry is +inf, the others finite lower bounds
+        assert torch.isinf(res.margins[torch.arange(B), y]).all()
+        if not res.certified.any():
+            continue
+        # margin rows e_y - e_j
+        Cm = -torch.eye(K, dtype=torch.float64).unsqueeze(0).repeat(B, 1, 1)
+        Cm[torch.arange(B), :, y] += 1
+        pts = torch.cat([pts0, pgd_points(model, in_shape, xf, reg.eps, reg.norm, lo, hi, Cm, g)], 1)
+        F = _eval(model, pts.double(), in_shape)  # [B, P, K]
+        for b in res.certified.nonzero().flatten().tolist():
+            n_cert += 1
+            yb = int(y[b])
+            ctx = f"method={method} sample={b} label={yb} norm={reg.norm} eps={reg.eps[b].item()} dtype={dtype}"
+            assert int(pred[b]) == yb or labels is None, f"certified a misclassified sample: {ctx}"
+            others = torch.cat([F[b, :, :yb], F[b, :, yb + 1:]], 1)
+            if others.numel():
+                diff = F[b, :, yb:yb + 1] - others  # [P, K-1]
+                worst = int(diff.min(1).values.argmin())
+                assert (diff > 0).all(), (f"UNSOUND certify: another class wins at a point of the region: {ctx}; "
+                                          f"x'={pts[b, worst].tolist()} f(x')={F[b, worst].tolist()}")
+                m = torch.cat([res.margins[b, :yb], res.margins[b, yb + 1:]]).double()
+                assert (diff >= m[None, :]).all(), f"UNSOUND margins: {ctx}"
+            if dtype == torch.float32:
+                F32 = _eval(model, pts[b:b + 1].float(), in_shape)[0]
+                assert (F32.argmax(1) == yb).all(), f"float32 evaluation changes class although certified: {ctx}"
+    return n_cert
+
+
+@fc_settings(50)
+@given(net=net_specs(), reg=region_specs(eps_kinds=("zero", "tiny", "small", "small", "mixed")),
+       use_labels=st.booleans(), f32=st.booleans())
+def test_certify_sound(net: NetSpec, reg: RegionSpec, use_labels: bool, f32: bool) -> None:
+    if f32:
+        net = dataclasses.replace(net, f32_weights=True)
+    _check_certify(net, reg, torch.float32 if f32 else torch.float64, use_labels)
+
+
+def test_certify_certifies_something() -> None:
+    """Guard against a vacuous certify test: easy cases must get certified, and then be checked."""
+    total = 0
+    for seed in range(6):
+        net = NetSpec((4,), (("linear", 8, True), ("act", "relu", 0.0), ("linear", 3, True)), 1.0, "normal", seed)
+        reg = RegionSpec(3, ("inf", "2", "1")[seed % 3], "tiny", None, False, seed)
+        total += _check_certify(net, reg, torch.float64, False)
+    assert total > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# hand-made degenerate / targeted cases
+# ------------------------------------------------------------------------------------------------
+
+
+def _lin(W, b=None) -> nn.Linear:
+    W = torch.as_tensor(W, dtype=torch.float64)
+    m = nn.Linear(W.shape[1], W.shape[0], bias=b is not None).double()
+    with torch.no_grad():
+        m.weight.copy_(W)
+        if b is not None:
+            m.bias.copy_(torch.as_tensor(b, dtype=torch.float64))
+    return m
+
+
+def _check_model(model: nn.Module, x: torch.Tensor, eps, norm: str, methods=RELU_METHODS, x_min=None, x_max=None,
+                 f32_eval: bool = False, seed: int = 0) -> None:
+    model.eval()
+    B = x.shape[0]
+    in_shape = tuple(x.shape[1:])
+    n = x[0].numel()
+    xf = x.reshape(B, n)
+    e = torch.as_tensor(eps, dtype=torch.float64).expand(B).clone()
+    lo = torch.full((B, n), -float("inf"), dtype=torch.float64) if x_min is None else \
+        torch.as_tensor(x_min, dtype=torch.float64).expand(B, *in_shape).reshape(B, n).clone()
+    hi = torch.full((B, n), float("inf"), dtype=torch.float64) if x_max is None else \
+        torch.as_tensor(x_max, dtype=torch.float64).expand(B, *in_shape).reshape(B, n).clone()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        K = model(x.double()).shape[1]
+    for C in (None, random_C(K, B, g)):
+        Cf = _full_C(C, B, K, torch.float64)
+        pts = torch.cat([sample_points(xf, e, norm, lo, hi, g),
+                         pgd_points(model, in_shape, xf, e, norm, lo, hi, Cf, g)], 1)
+        CF = torch.einsum("bsk,bpk->bps", Cf, _eval(model, pts.double(), in_shape))
+        for method in methods:
+            res = fastcert.bounds(model, x, eps, norm=norm, method=method, C=None if C is None else C.to(x.dtype),
+                                  x_min=x_min, x_max=x_max)
+            ctx = f"method={method} norm={norm} eps={eps}"
+            assert (res.lower <= res.upper).all(), ctx
+            _assert_contains(res, CF, pts, "float64 evaluation", ctx)
+            if f32_eval:
+                CF32 = torch.einsum("bsk,bpk->bps", Cf.float(), _eval(model, pts.float(), in_shape))
+                _assert_contains(res, CF32, pts, "float32 evaluation", ctx)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+@pytest.mark.parametrize("eps", [0.0, 1e-12, 0.3])
+def test_preactivation_exactly_zero_at_x(norm: str, eps: float) -> None:
+    """x sits exactly on every ReLU's kink (pre-activation 0 at x), with eps = 0 (l == u == 0)."""
+    model = nn.Sequential(_lin([[1.0, -1.0], [-2.0, 2.0], [0.5, -0.5]], [0.0, 0.0, 0.0]), nn.ReLU(),
+                          _lin([[1.0, 1.0, -1.0], [-3.0, 0.0, 2.0]], [0.0, 1.0]), nn.ReLU(),
+                          _lin([[1.0, -1.0]], [0.0]))
+    x = torch.tensor([[0.5, 0.5], [0.25, 0.25]], dtype=torch.float64)
+    _check_model(model, x, eps, norm)
+
+
+@pytest.mark.parametrize("method", RELU_METHODS)
+def test_eps_zero_is_exact_point(method: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 9), nn.ReLU(), nn.Linear(9, 9), nn.ReLU(), nn.Linear(9, 3)).double().eval()
+    x = torch.rand(4, 5, dtype=torch.float64)
+    res = fastcert.bounds(model, x, 0.0, method=method)
+    with torch.no_grad():
+        f = model(x)
+    assert (res.lower <= f).all() and (f <= res.upper).all()
+    # and tight: the width is pure floating-point slack
+    assert float((res.upper - res.lower).max()) < 1e-10
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_degenerate_box_x_min_equals_x_max(norm: str) -> None:
+    """eps > 0 but x_min == x_max == x in some coordinates and x_min == x in others."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    x = torch.tensor([[0.0, 1.0, 0.5, 0.25]], dtype=torch.float64)
+    x_min = torch.tensor([0.0, 0.0, 0.5, 0.25], dtype=torch.float64)
+    x_max = torch.tensor([1.0, 1.0, 0.5, 1.0], dtype=torch.float64)
+    _check_model(model, x, 0.4, norm, x_min=x_min, x_max=x_max)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_activation_first_and_consecutive_activations(norm: str) -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(3, 7), nn.ReLU(), nn.ReLU(), nn.Sequential(nn.Linear(7, 5), nn.ReLU()),
+                          nn.Linear(5, 3), nn.ReLU()).double()
+    x = torch.rand(3, 3, dtype=torch.float64) - 0.5
+    _check_model(model, x, 0.6, norm)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_huge_magnitudes(norm: str) -> None:
+    """Weights ~30 per layer with unstable neurons: pre-activations ~1e5, rounding matters."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
+                          nn.Linear(12, 4)).double()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(30.0)
+                m.bias.mul_(30.0)
+    x = torch.rand(2, 6, dtype=torch.float64)
+    for eps in (0.0, 1e-12, 1e-3):
+        _check_model(model, x, eps, norm)
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid, lambda: nn.LeakyReLU(0.1)])
+def test_non_relu_linear_methods_raise(act) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 2)).double()
+    x = torch.rand(2, 3, dtype=torch.float64)
+    for method in LINEAR_METHODS:
+        with pytest.raises(fastcert.UnsupportedError):
+            fastcert.bounds(model, x, 0.1, method=method)
+        with pytest.raises(NotImplementedError):
+            fastcert.certify(model, x, 0.1, method=method)
+    _check_model(model, x, 0.1, "inf", methods=("ibp",))
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saturated_sigmoid_tanh(act, dtype) -> None:
+    """Pre-activations far in the saturated tails (|z| ~ 50 .. 800) and around 0."""
+    model = nn.Sequential(_lin([[40.0], [-40.0], [1.0], [700.0]], [0.0, 0.0, -0.5, -300.0]), act(),
+                          _lin([[1.0, -1.0, 1.0, 1.0]], [0.0])).double()
+    x = torch.tensor([[0.5], [1.0], [0.0]], dtype=dtype)
+    for eps in (0.0, 1e-12, 0.01, 1.0):
+        _check_model(model, x, eps, "inf", methods=("ibp",), f32_eval=dtype == torch.float32)
+
+
+@pytest.mark.parametrize("slope", [-0.5, -1.0, -2.0])
+def test_leaky_relu_negative_slope(slope: float) -> None:
+    """torch accepts LeakyReLU(negative_slope < 0), which is not monotone. fastcert must either
+    reject it (a clear ValueError / UnsupportedError) or bound it soundly."""
+    model = nn.Sequential(_lin([[1.0, 1.0, 1.0], [1.0, -1.0, 0.5]], [0.0, 0.0]), nn.LeakyReLU(slope),
+                          _lin([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])).double()
+    x = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    try:
+        fastcert.bounds(model, x, 0.5, method="ibp")
+    except (ValueError, fastcert.UnsupportedError) as exc:
+        assert "LeakyReLU" in str(exc) or "slope" in str(exc)
+        return
+    _check_model(model, x, 0.5, "inf", methods=("ibp",))
+
+
+@pytest.mark.parametrize("method", RELU_METHODS)
+def test_float32_normalize_large_mean_cancellation(method: str) -> None:
+    """float32: Normalize with a large mean is folded into the next Linear, but torch evaluates
+    (x - mean) / std first, whose rounding (~ulp(mean)) cancels in ``W @ mean`` when W's rows sum
+    to ~0. The bounds must contain torch's float32 evaluation of the model."""
+    lin = _lin([[1.0, -1.0], [0.5, 0.5]], [0.0, 0.0])
+    model = nn.Sequential(fastcert.Normalize([1000.0, 1000.0], [1.0, 1.0]), lin).double().eval()
+    x = torch.tensor([[0.1, 0.3], [0.7, 0.2]], dtype=torch.float32)
+    m32 = _as_dtype(model, torch.float32)
+    for eps in (0.0, 1e-3):
+        res = fastcert.bounds(model, x, eps, method=method)
+        with torch.no_grad():
+            f32 = m32(x)
+            f64 = model(x.double())
+        assert (res.lower.double() <= f64).all() and (f64 <= res.upper.double()).all()
+        assert (res.lower <= f32).all() and (f32 <= res.upper).all(), (
+            f"float32 evaluation {f32.tolist()} outside [{res.lower.tolist()}, {res.upper.tolist()}]")
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_per_sample_eps_and_batch_independence(norm: str) -> None:
+    """Bounds of a batch with per-sample eps equal the bounds of each sample alone, and are sound."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(27, 4)).double()
+    x = torch.rand(3, 1, 5, 5, dtype=torch.float64)
+    eps = torch.tensor([0.0, 0.05, 0.3], dtype=torch.float64)
+    for method in RELU_METHODS:
+        res = fastcert.bounds(model, x, eps, norm=norm, method=method)
+        for b in range(3):
+            r1 = fastcert.bounds(model, x[b:b + 1], float(eps[b]), norm=norm, method=method)
+            assert torch.equal(r1.lower[0], res.lower[b]) and torch.equal(r1.upper[0], res.upper[b])
+    _check_model(model, x, eps, norm)
+
+
+def test_network_object_and_numpy_input_agree() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    net = fastcert.Network.from_torch(model)
+    with torch.no_grad():
+        assert torch.allclose(net.forward(x), model(x), rtol=1e-12, atol=1e-12)
+    for method in RELU_METHODS:
+        a = fastcert.bounds(model, x, 0.1, method=method)
+        b = fastcert.bounds(net, x.numpy(), 0.1, method=method)
+        assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
