@@ -13,12 +13,18 @@ namespace fastcert {
 //   out[b,s,j] = max(Lam,0)*lo_s[b,j] + min(Lam,0)*up_s[b,j]
 //   bias[b,s] += sum_j max(Lam,0)*lo_b[b,j] + min(Lam,0)*up_b[b,j]
 //   mag[b,s]  += sum_j |Lam| * zmag[b,j]     (zmag >= max|z| + |lo_b| + |up_b| on the box)
-// lo_b may be empty (ReLU: zero lower intercept). Lam, out: [B,S,n]; per-neuron arrays: [B,n].
+// lo_b may be empty (ReLU: zero lower intercept). Lam: [B,S,n] or [1,S,n] (rows shared by the batch);
+// out: [B,S,n]; per-neuron arrays: [B,n].
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
                   const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag) {
-  if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n]");
-  const py::ssize_t B = lam.shape(0), S = lam.shape(1), n = lam.shape(2);
+  if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n] or [1,S,n]");
+  const py::ssize_t S = lam.shape(1), n = lam.shape(2);
+  if (n == 0 || lo_s.size() % n != 0) throw std::invalid_argument("backward_act: slopes must be [B,n]");
+  const py::ssize_t B = lo_s.size() / n;
+  if (lam.shape(0) != B && lam.shape(0) != 1)
+    throw std::invalid_argument("backward_act: Lam batch must equal the slopes' batch or be 1 (shared rows)");
+  const py::ssize_t lam_bstride = lam.shape(0) == 1 ? 0 : S * n;
   expect_size(lo_s.size(), B * n, "lo_slope");
   expect_size(up_s.size(), B * n, "up_slope");
   expect_size(up_b.size(), B * n, "up_bias");
@@ -40,7 +46,7 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
 #pragma omp parallel for collapse(2) schedule(static)
   for (py::ssize_t b = 0; b < B; ++b) {
     for (py::ssize_t s = 0; s < S; ++s) {
-      const T* lr = Lm + (b * S + s) * n;
+      const T* lr = Lm + b * lam_bstride + s * n;
       T* orow = O + (b * S + s) * n;
       const T* ls = LS + b * n;
       const T* us = US + b * n;

@@ -114,7 +114,7 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
         sched.step()
         bar.set_postfix(loss=f"{total / len(x):.3f}", fgsm_eps=f"{eps:.3f}")
     model.eval()

@@ -109,7 +109,7 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
             r = st.relax[j]
             assert r is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
-            out = torch.empty_like(lam)
+            out = torch.empty(Bc, S, L.n_in, dtype=dt)
             _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), empty_like_dtype(dt), np_view(up_b),
                             np_view(zmag), np_view(out), np_view(bias), np_view(mag))
             lam = out
@@ -152,7 +152,9 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
             continue
         if L.is_affine:
             rows = _rows(L, sel, dt)
-            lam = torch.cat([rows, -rows], 0).unsqueeze(0).expand(b1 - b0, 2 * S, L.n_in).contiguous()
+            lam = torch.cat([rows, -rows], 0).unsqueeze(0)  # [1, 2S, n]: shared by the chunk
+            if i - 2 < 0 or st.layers[i - 2].is_affine:  # only an activation kernel reads shared rows
+                lam = lam.expand(b1 - b0, 2 * S, L.n_in).contiguous()
             bv = L.params(dt).bias
             bsel = bv[sel] if bv.numel() else torch.zeros(S, dtype=dt)
             bias = torch.cat([bsel, -bsel]).unsqueeze(0).expand(b1 - b0, 2 * S).contiguous()
