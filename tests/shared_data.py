@@ -119,8 +119,8 @@ class _NormalizeFallback(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1))
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).reshape(-1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float64).reshape(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.mean.numel()
@@ -211,9 +211,11 @@ def load_model(relpath: str, dtype: torch.dtype = torch.float32) -> nn.Sequentia
     builder, norm = MNIST_MODELS[relpath]
     model = builder()
     model.load_state_dict(_load_state_dict(require_shared(relpath)), strict=True)
+    model = model.to(dtype)
     if norm is not None:
+        # prepended after the dtype cast: Normalize keeps its constants exact (float64)
         model = nn.Sequential(normalize_layer(*norm), *model)
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def load_mnist_6_100(dtype=torch.float32):

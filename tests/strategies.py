@@ -13,6 +13,7 @@ misses one of these points is a genuine soundness bug, never sampling noise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,19 @@ SETTINGS = dict(
 
 def fc_settings(max_examples: int) -> settings:
     return settings(max_examples=max_examples, **SETTINGS)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch single-threaded. On small machines torch's OpenMP pool and the one fastcert's core
+    links (a second libgomp) spin against each other and every call gets ~50x slower; the tests
+    only evaluate tiny networks, so one torch thread costs nothing."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 RELU_METHODS = ("ibp", "fastlin", "kw", "crown", "crown-ibp")
@@ -162,7 +176,7 @@ def build_network(spec: NetSpec) -> nn.Sequential:
                 bn.bias.copy_(_f32(uni(-1, 1, C), spec))
             bn.eval()
             scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
-            M = float((scale * (M + bn.running_mean.abs())).max() + bn.bias.abs().max()) + 1.0
+            M = float((scale * (M + bn.running_mean.abs())).max() + bn.bias.detach().abs().max()) + 1.0
             mods.append(bn)
         elif kind == "avgpool":
             _, k, s, p = L

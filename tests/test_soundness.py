@@ -36,9 +36,9 @@ from strategies import (
     build_region,
     cnn_specs,
     fc_settings,
-    make_feasible,
     mlp_specs,
     net_specs,
+    one_torch_thread,
     pgd_points,
     random_C,
     region_specs,
@@ -48,6 +48,12 @@ from strategies import (
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def _flat_box(reg, B: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

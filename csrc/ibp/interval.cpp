@@ -58,7 +58,7 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   }
 }
 
-// Monotone activations on intervals, rounded outward. kind: 0 relu, 1 leaky relu (slope alpha),
+// Activations on intervals, rounded outward (leaky relu with a negative slope handled as non-monotone). kind: 0 relu, 1 leaky relu (slope alpha),
 // 2 tanh, 3 sigmoid.
 template <typename T>
 inline T act_eval(int kind, T x, T alpha) {
@@ -85,6 +85,13 @@ void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (py::ssize_t i = 0; i < n; ++i) {
     T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
+    if (kind == 1 && a < 0) {  // leaky relu with a negative slope is not monotone: min at 0 when crossing
+      const T flo = lo, fhi = hi;
+      lo = std::min(flo, fhi);
+      hi = std::max(flo, fhi);
+      if (L[i] < 0 && U[i] > 0) lo = std::min(lo, T(0));
+    }
+
     if (!exact) {  // libm tanh/exp are within a few ulp: step outward 4 ulp
       for (int k = 0; k < 4; ++k) {
         lo = down(lo);

@@ -168,7 +168,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     net, x, layers = _prepare(model, x, method)
     B, K = x.shape[0], layers[-1].n_out
     with torch.no_grad():
-        logits = net.forward(x.reshape(B, -1).contiguous().reshape(x.shape))
+        logits = net.forward(x)
     pred = logits.argmax(dim=1)
     if labels is None:
         y = pred

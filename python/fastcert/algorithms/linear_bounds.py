@@ -171,8 +171,11 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
             res = _backsub(st, lam, z, z.clone(), i, 0, b0, b1)
         l_new, u_new = res[:, :S], -res[:, S:]
         if intersect:
-            lo[b0:b1, sel] = torch.maximum(lo[b0:b1, sel], l_new)
-            hi[b0:b1, sel] = torch.minimum(hi[b0:b1, sel], u_new)
+            # update only each sample's own unstable neurons, so a sample's bounds do not depend
+            # on which other samples share its batch
+            own = unstable[b0:b1][:, sel]
+            lo[b0:b1, sel] = torch.where(own, torch.maximum(lo[b0:b1, sel], l_new), lo[b0:b1, sel])
+            hi[b0:b1, sel] = torch.where(own, torch.minimum(hi[b0:b1, sel], u_new), hi[b0:b1, sel])
         else:
             lo[b0:b1, sel] = l_new
             hi[b0:b1, sel] = u_new
