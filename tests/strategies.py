@@ -179,8 +179,10 @@ def build_network(spec: NetSpec) -> nn.Sequential:
             M = float((scale * (M + bn.running_mean.abs())).max() + bn.bias.detach().abs().max()) + 1.0
             mods.append(bn)
         elif kind == "avgpool":
-            _, k, s, p = L
-            mods.append(nn.AvgPool2d(k, stride=s, padding=p))
+            _, k, s, p, div = L
+            mods.append(nn.AvgPool2d(k, stride=s, padding=p, divisor_override=div))
+            if div is not None:
+                M = M * k * k / div
             H = (shape[1] + 2 * p - k) // s + 1
             Wd = (shape[2] + 2 * p - k) // s + 1
             shape = (shape[0], H, Wd)
@@ -267,7 +269,10 @@ def mlp_specs(draw, act_mode: str | None = None) -> NetSpec:
 
 
 @st.composite
-def cnn_specs(draw, act_mode: str | None = None) -> NetSpec:
+def cnn_specs(draw, act_mode: str | None = None, bn_after_flatten: bool = False) -> NetSpec:
+    """``bn_after_flatten``: always put a BatchNorm1d on the flattened conv features (a valid torch
+    model of supported layers; kept out of the default strategy so that one bug there does not mask
+    everything else)."""
     mode = act_mode or draw(st.sampled_from(ACT_MODES))
     C, H, W = draw(st.sampled_from(((1, 5, 5), (2, 6, 6), (1, 4, 6), (3, 3, 3))))
     layers: list[tuple] = []
@@ -289,17 +294,36 @@ def cnn_specs(draw, act_mode: str | None = None) -> NetSpec:
             k = draw(st.integers(1, 2))
             s = draw(st.integers(1, 2))
             p = draw(st.integers(0, k // 2))
-            layers.append(("avgpool", k, s, p))
+            layers.append(("avgpool", k, s, p, draw(st.sampled_from((None, None, 1, 3)))))
             shape = (oc, (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1)
         if draw(st.integers(0, 5)) == 0:
             layers.append(("bn",))  # BatchNorm2d after the activation / pool: an unfoldable Diag
     layers.append(("flatten",))
+    if bn_after_flatten:
+        layers.append(("bn",))
     if draw(st.booleans()):
         layers.append(("linear", draw(st.integers(1, 10)), True))
         layers.append(draw(_act(mode)))
     layers.append(("linear", draw(st.integers(1, 5)), draw(st.integers(0, 5)) > 0))
     scale, bias = draw(_weight_bias())
     return NetSpec((C, H, W), tuple(layers), scale, bias, draw(st.integers(0, 2**31 - 1)), draw(st.booleans()))
+
+
+@st.composite
+def deep_mlp_specs(draw, act_mode: str = "relu") -> NetSpec:
+    """Deep and narrow (10-30 hidden layers of width 1-3): many roundings accumulate while the
+    rounding-error factor (which grows with the width) stays small."""
+    n_in = draw(st.integers(1, 3))
+    w = draw(st.integers(1, 3))
+    layers: list[tuple] = []
+    for _ in range(draw(st.integers(10, 30))):
+        layers.append(("linear", w, True))
+        layers.append(draw(_act(act_mode)))
+    layers.append(("linear", draw(st.integers(1, 3)), True))
+    scale = draw(st.sampled_from((1.0, 1.5, 2.0)))
+    bias = draw(st.sampled_from(("normal", "pos", "mixed", "big")))
+    return NetSpec((n_in,), tuple(layers), scale, bias, draw(st.integers(0, 2**31 - 1)), draw(st.booleans()),
+                   input_bound=4.0)
 
 
 def net_specs(act_mode: str | None = None) -> st.SearchStrategy[NetSpec]:

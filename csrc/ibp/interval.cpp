@@ -49,8 +49,9 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   const T g = static_cast<T>(gamma);
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (py::ssize_t i = 0; i < n; ++i) {
+    // g as computed may fall short of the exact |W|h + |b| by a relative gamma: inflate it
     T gi = G[i] + (m ? AB[i % m] : T(0));
-    gi = up(gi);
+    gi = up(up(gi) * (T(1) + g));
     G[i] = gi;
     T rad = up(R[i] + up(g * gi));
     Lo[i] = down(C[i] - rad);

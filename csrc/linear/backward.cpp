@@ -2,8 +2,8 @@
 // lower bound of (-c)^T f, so callers stack C and -C and only this one direction exists.
 //
 // State per (sample b, spec row s): Lam[b,s,:] (coefficients on the current layer's values),
-// bias[b,s] (constant terms collected so far) and mag[b,s] (a magnitude sum; gamma*mag bounds the
-// accumulated floating-point error of the pass, see docs/architecture.md "Floating point").
+// bias[b,s] (constant terms collected so far) and mag[b,s] (a bound on the floating-point error
+// accumulated by the pass so far; each kernel adds its own, see docs/architecture.md "Floating point").
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
 
@@ -12,12 +12,14 @@ namespace fastcert {
 // Through an activation with relaxations  lo_s*z + lo_b <= act(z) <= up_s*z + up_b  on [l,u]:
 //   out[b,s,j] = max(Lam,0)*lo_s[b,j] + min(Lam,0)*up_s[b,j]
 //   bias[b,s] += sum_j max(Lam,0)*lo_b[b,j] + min(Lam,0)*up_b[b,j]
-//   mag[b,s]  += sum_j |Lam| * zmag[b,j]     (zmag >= max|z| + |lo_b| + |up_b| on the box)
+//   mag[b,s]  += gamma_prod * sum_j |Lam| * zmag[b,j]  (zmag >= max|z| on the box: one rounded product each)
+//              + gamma_sum * sum_j |Lam| * (|lo_b| + |up_b|)  (the intercept sum over n terms)
+//              + 2u |bias[b,s]|                          (the accumulation into bias)
 // lo_b may be empty (ReLU: zero lower intercept). Lam: [B,S,n] or [1,S,n] (rows shared by the batch);
 // out: [B,S,n]; per-neuron arrays: [B,n].
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
-                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag) {
+                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum) {
   if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
   if (n == 0 || lo_s.size() % n != 0) throw std::invalid_argument("backward_act: slopes must be [B,n]");
@@ -43,6 +45,7 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
   T* O = mut(out, "out");
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
+  const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum), uu = unit_roundoff<T>();
 #pragma omp parallel for collapse(2) schedule(static)
   for (py::ssize_t b = 0; b < B; ++b) {
     for (py::ssize_t s = 0; s < S; ++s) {
@@ -53,28 +56,35 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
       const T* ub = UB + b * n;
       const T* zm = ZM + b * n;
       const T* lb = has_lb ? LB + b * n : nullptr;
-      T acc_b = 0, acc_m = 0;
+      T acc_b = 0, acc_m = 0, acc_i = 0;
       for (py::ssize_t j = 0; j < n; ++j) {
         const T v = lr[j];
         if (v >= 0) {
           orow[j] = v * ls[j];
-          if (lb) acc_b += v * lb[j];
+          if (lb) {
+            acc_b += v * lb[j];
+            acc_i += v * std::fabs(lb[j]);
+          }
         } else {
           orow[j] = v * us[j];
           acc_b += v * ub[j];
+          acc_i -= v * std::fabs(ub[j]);
         }
         acc_m += std::fabs(v) * zm[j];
       }
-      BI[b * S + s] += acc_b;
-      MG[b * S + s] += acc_m;
+      const T nb = BI[b * S + s] + acc_b;
+      BI[b * S + s] = nb;
+      MG[b * S + s] += gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb);
     }
   }
 }
 
 // Through an affine layer's bias and magnitude: bias[b,s] += Lam[b,s,:] . bvec ;
-// mag[b,s] += |Lam[b,s,:]| . g[b,:]   (g >= |W| max|h_in| + |b| for that sample). bvec may be empty.
+// mag[b,s] += gamma_g * |Lam[b,s,:]| . g[b,:]   (g >= |W| max|h_in| + |b|: the product Lam W and its sums)
+//           + gamma_b * |Lam[b,s,:]| . |bvec|  (the bias dot product over m terms) + 2u |bias[b,s]|.
 template <typename T>
-void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag) {
+void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag, double gamma_g,
+              double gamma_b) {
   if (lam.ndim() != 3) throw std::invalid_argument("bias_mag: Lam must be [B,S,m]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2);
   const bool has_b = bvec.size() != 0;
@@ -87,23 +97,30 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
   const T* G = ro(g, "g");
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
+  const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
 #pragma omp parallel for collapse(2) schedule(static)
   for (py::ssize_t b = 0; b < B; ++b)
     for (py::ssize_t s = 0; s < S; ++s) {
       const T* lr = Lm + (b * S + s) * m;
       const T* gr = G + b * m;
-      T acc_b = 0, acc_m = 0;
+      T acc_b = 0, acc_m = 0, acc_bm = 0;
       for (py::ssize_t j = 0; j < m; ++j) {
-        if (has_b) acc_b += lr[j] * bv[j];
-        acc_m += std::fabs(lr[j]) * gr[j];
+        const T av = std::fabs(lr[j]);
+        if (has_b) {
+          acc_b += lr[j] * bv[j];
+          acc_bm += av * std::fabs(bv[j]);
+        }
+        acc_m += av * gr[j];
       }
-      BI[b * S + s] += acc_b;
-      MG[b * S + s] += acc_m;
+      const T nb = BI[b * S + s] + acc_b;
+      BI[b * S + s] = nb;
+      MG[b * S + s] += gg * acc_m + gb * acc_bm + 2 * uu * std::fabs(nb);
     }
 }
 
-// Concretize min over x in (ball(x0, eps, p) ∩ box[l0,u0]) of Lam[b,s,:] . x, plus bias, minus
-// the rounding slack gamma*mag (mag including this step's terms), into out[b,s].
+// Concretize min over x in (ball(x0, eps, p) ∩ box[l0,u0]) of Lam[b,s,:] . x, plus bias, minus the
+// accumulated rounding slack mag (already weighted by the kernels' gammas) and this step's own
+// (gamma = the factor for sums of n terms), into out[b,s].
 // p: 0 = box only (L-inf: the box already is the ball ∩ domain), 1, 2 = L1 / L2 ball
 // (the box term is then also computed and the larger, still sound, lower bound kept).
 template <typename T>
@@ -148,27 +165,29 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
           if (p == 2) nrm += v * v; else nrm = std::max(nrm, av);  // dual norms: L2 -> L2, L1 -> Linf
         }
       }
-      const T m0 = MG[b * S + s];
-      T best = down(box - up(g * up(m0 + boxmag)));
+      // mag was summed in floating point too: 1% covers its own relative rounding (n*u << 1%)
+      const T m0 = up(MG[b * S + s] * T(1.01));
+      T best = down(box - up(g * boxmag));
       if (p) {
-        const T dn = (p == 2) ? up(std::sqrt(nrm)) : nrm;
-        const T pen = E[b] * dn;
-        T ball = dot - pen - up(g * up(m0 + dotmag + pen));
+        // the dual norm: sum of squares has relative error <= gamma, sqrt one more ulp
+        const T dn = (p == 2) ? up(up(std::sqrt(nrm)) * (T(1) + g)) : nrm;
+        const T pen = up(E[b] * dn);
+        T ball = dot - pen - up(g * up(dotmag + pen));
         ball = down(ball);
         best = std::max(best, ball);
       }
-      // final addition with the collected constants, rounded down with a relative margin
+      // final additions with the collected constants and the slack, rounded down with a margin
       const T bsum = BI[b * S + s];
-      T r = best + bsum;
-      r -= 4 * uu * (std::fabs(best) + std::fabs(bsum));
+      T r = best + bsum - m0;
+      r -= 4 * uu * (std::fabs(best) + std::fabs(bsum) + m0);
       O[b * S + s] = down(r);
     }
 }
 
 #define FASTCERT_INST(T)                                                                                       \
   template void backward_act<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,     \
-                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                                   \
-  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);                   \
+                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, double, double);                   \
+  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, double, double);   \
   template void concretize<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, int,  \
                               const Arr<T>&, const Arr<T>&, double, Arr<T>&);
 FASTCERT_INST(float)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
-from fastcert.network import Network, as_network, gamma_for
+from fastcert.network import Network, as_network
 
 NORMS = {"inf": 0, "2": 2, "1": 1}
 
@@ -152,7 +152,7 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
         if not torch.isfinite(Ct).all():
             raise ValueError("C contains NaN or inf")
     Ct = Ct.contiguous()
-    lo, up = linear_bounds(layers, prob, Ct, method, gamma_for(layers, x.dtype))
+    lo, up = linear_bounds(layers, prob, Ct, method)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 

@@ -219,7 +219,8 @@ def format_table(result: dict[str, Any]) -> str:
     eps_list = result["eps"]
     origin = "cached model" if result["cached"] else f"trained in {result['train_time_s']:.1f} s"
     head = (f"{result['name']}: {result['n_params']} parameters, clean accuracy "
-            f"{100 * result['clean_accuracy']:.1f}% on {result['n_test']} test digits ({origin})")  # fmt: skip
+            f"{100 * result['clean_accuracy']:.1f}% on {result['n_test']} test digits "
+            f"({origin})")  # fmt: skip
     cols = [f"eps={e:g}" for e in eps_list]
     lines = [head, f"  {'method':<10}" + "".join(f"{c:>16}" for c in cols) + f"{'total':>9}"]
     by_key = {(r["method"], r["eps"]): r for r in result["results"]}
@@ -301,6 +302,9 @@ def run_demo(
         raise ValueError(f"eps values must be finite and >= 0, got {list(eps)}")
     if n_test is not None and n_test < 1:
         raise ValueError(f"--n-test must be >= 1, got {n_test}")
+    plot_path = Path(out) / "certified_accuracy.png"
+    if plot:  # fail now, not after minutes of work
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     from importlib.metadata import PackageNotFoundError, version
 
@@ -322,20 +326,21 @@ def run_demo(
         n_correct = int((predict(model, x_te) == y_te).sum())
         records = certify_sweep(model, x_te, y_te, eps_list, methods, batch_size=batch_size,
                                 desc=f"certify {name}", quiet=quiet)  # fmt: skip
-        res = {"name": name, "architecture": repr(model), "n_params": sum(p.numel() for p in model.parameters()),
-               "n_test": len(x_te), "n_correct": n_correct, "clean_accuracy": n_correct / len(x_te), "eps": eps_list, **train_info,
-               "results": records}  # fmt: skip
+        res = {"name": name, "architecture": repr(model),
+               "n_params": sum(p.numel() for p in model.parameters()), "n_test": len(x_te),
+               "n_correct": n_correct, "clean_accuracy": n_correct / len(x_te), "eps": eps_list,
+               **train_info, "results": records}  # fmt: skip
         summary["models"].append(res)
         print("\n" + format_table(res), file=human, flush=True)
     if plot:
-        path = Path(out) / "certified_accuracy.png"
-        save_plot(summary["models"], path)
-        summary["plot"] = str(path)
-        print(f"\nplot written to {path}", file=human)
+        save_plot(summary["models"], plot_path)
+        summary["plot"] = str(plot_path)
+        print(f"\nplot written to {plot_path}", file=human)
     summary["total_time_s"] = time.perf_counter() - t_start
     print(f"total time {summary['total_time_s']:.1f} s", file=human, flush=True)
     problems = [f"{m['name']}/{r['method']} eps={r['eps']:g}: {r.get('error') or r['warning']}"
-                for m in summary["models"] for r in m["results"] if "error" in r or "warning" in r]  # fmt: skip
+                for m in summary["models"] for r in m["results"]
+                if "error" in r or "warning" in r]  # fmt: skip
     if json_output:
         json.dump(summary, stdout, indent=2)
         stdout.write("\n")

@@ -180,13 +180,13 @@ def _fold(layers: list[Layer]) -> list[Layer]:
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             s, t = L.W64, L.b64
             assert t is not None
-            if isinstance(prev, Dense):
+            if isinstance(prev, Dense) and L.in_shape == prev.out_shape:
                 W = prev.W64 * s[:, None]
                 b = t + (s * prev.b64 if prev.b64 is not None else 0)
                 out[-1] = Dense(W, b, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
                 i += 1
                 continue
-            if isinstance(prev, Conv2d):
+            if isinstance(prev, Conv2d) and L.in_shape == prev.out_shape and hasattr(L, "chan"):
                 cs, ct = L.chan  # type: ignore[attr-defined]
                 W = prev.W64 * cs[:, None, None, None]
                 b = ct + (cs * prev.b64 if prev.b64 is not None else 0)
@@ -255,18 +255,25 @@ class Network:
         return "\n".join(f"{i:3d}  {L.describe()}   [{L.name}]" for i, L in enumerate(self.layers_for(input_shape)))
 
 
-def gamma_for(layers: list[Layer], dtype: torch.dtype) -> float:
-    """Rounding-error factor for this network: 2*N*u/(1-N*u), N = largest dot-product length + 10.
+def gamma_n(n: int, dtype: torch.dtype) -> float:
+    """Rounding factor for a sum of ``n`` rounded products in ``dtype``: 1.01 (n+2)u / (1-(n+2)u).
 
-    Every sum the kernels compute has at most N terms, so gamma times the magnitude sums that the
-    kernels accumulate bounds their rounding error (recursive summation, any order); the factor 2
-    also covers a standard floating-point evaluation of the network itself.
+    A dot product of length n computed in any order with any blocking has error at most
+    ``gamma_n * sum |a_i b_i|``; the +2 and the 1% margin absorb the few further roundings around it.
     """
     u = torch.finfo(dtype).eps / 2
-    N = 10 + max(max(L.n_in, L.n_out) for L in layers)
-    if N * u >= 0.5:
-        raise ValueError("network too large for a sound rounding analysis in this dtype")
-    return 2.0 * N * u / (1.0 - N * u) * (1.0 + 1e-3)
+    k = (n + 2) * u
+    if k >= 0.5:
+        raise ValueError(f"a sum of {n} terms is too long for a sound rounding analysis in {dtype}")
+    return 1.01 * k / (1.0 - k)
+
+
+def gamma_for(layers: list[Layer], dtype: torch.dtype) -> float:
+    """The largest per-operation factor of the network (``gamma_n`` of its longest sum), doubled.
+
+    Used for the bound on the rounding error of a standard (float64) evaluation of the network.
+    """
+    return 2.0 * gamma_n(10 + max(max(L.n_in, L.n_out) for L in layers), dtype)
 
 
 def as_network(model: "nn.Module | Network") -> Network:

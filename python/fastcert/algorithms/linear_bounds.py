@@ -9,10 +9,11 @@ backward (back-substitution) pass, in the lower-bound direction only (upper = -l
 - CROWN-IBP takes the intermediate bounds from interval propagation and runs one backward pass for
   the specification.
 
-Soundness under floating point: every kernel accumulates a magnitude sum ``mag`` alongside its
-results, and the final bounds are moved outward by ``gamma*mag`` (see network.gamma_for) plus a bound
-on the rounding error of evaluating the network itself (``_eval_slack``), so that
-``lower <= C f(x) <= upper`` holds for the exact function and for its floating-point evaluation.
+Soundness under floating point: every kernel adds a bound on its own rounding error to ``mag``
+(each with the factor ``gamma_n`` of the length of the sums it computes), concretization subtracts
+it, and the final bounds are also moved outward by a bound on the rounding error of a float64
+evaluation of the network (``_eval_slack``), so ``lower <= C f(x) <= upper`` holds for the exact
+function and for its float64 evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
-from fastcert.network import gamma_for
+from fastcert.network import gamma_for, gamma_n
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
 METHODS: dict[str, tuple[str, str, bool] | None] = {
@@ -56,7 +57,6 @@ class _Pass:
 
     layers: list[Layer]
     prob: Problem
-    gamma: float
     boxes_in: list[Box | None]
     G: list[torch.Tensor | None]
     relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
@@ -103,7 +103,8 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
         if L.is_affine:
             G = st.G[j]
             assert G is not None
-            _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag))
+            _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
+                        gamma_n(L.back_len, dt), gamma_n(L.n_out, dt))
             lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[j]
@@ -111,19 +112,21 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
             out = torch.empty(Bc, S, L.n_in, dtype=dt)
             _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), empty_like_dtype(dt), np_view(up_b),
-                            np_view(zmag), np_view(out), np_view(bias), np_view(mag))
+                            np_view(zmag), np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt),
+                            gamma_n(L.n_in, dt))
             lam = out
     res = torch.empty(Bc, S, dtype=dt)
     if stop == 0:
         pr = st.prob
         _C.concretize(np_view(lam), np_view(pr.x0[b0:b1]), np_view(pr.l0[b0:b1]), np_view(pr.u0[b0:b1]),
-                      np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), st.gamma, np_view(res))
+                      np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt),
+                      np_view(res))
     else:
         box = st.boxes_in[stop]
         assert box is not None
         lb = box.l[b0:b1]
         _C.concretize(np_view(lam), np_view(lb), np_view(lb), np_view(box.u[b0:b1]), np_view(st.prob.eps[b0:b1]), 0,
-                      np_view(bias), np_view(mag), st.gamma, np_view(res))
+                      np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt), np_view(res))
     return res
 
 
@@ -158,10 +161,7 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
             bv = L.params(dt).bias
             bsel = bv[sel] if bv.numel() else torch.zeros(S, dtype=dt)
             bias = torch.cat([bsel, -bsel]).unsqueeze(0).expand(b1 - b0, 2 * S).contiguous()
-            G = st.G[i - 1]
-            assert G is not None
-            gs = G[b0:b1][:, sel]
-            mag = torch.cat([gs, gs], 1).contiguous()
+            mag = torch.zeros(b1 - b0, 2 * S, dtype=dt)  # rows and bias were copied exactly
             res = _backsub(st, lam, bias, mag, i - 1, 0, b0, b1)
         else:  # activation directly before an activation: start from one-hot rows
             eye = torch.zeros(S, n, dtype=dt)
@@ -213,17 +213,17 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
     return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(C.dtype)
 
 
-def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S]."""
     cfg = METHODS[method]
     dt = prob.x0.dtype
     B = prob.x0.shape[0]
-    st = _Pass(layers, prob, gamma, [None] * len(layers), [None] * len(layers), [None] * len(layers))
+    st = _Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers))
     box = Box(prob.l0, prob.u0)
     for i, L in enumerate(layers):
         st.boxes_in[i] = box
         if L.is_affine:
-            box, st.G[i] = interval_affine(L, box, gamma)
+            box, st.G[i] = interval_affine(L, box)
             continue
         assert isinstance(L, Activation)
         if cfg is not None:
@@ -233,7 +233,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
                 box = _intermediate(st, i, box, intersect)
                 st.boxes_in[i] = box
             lo_s, up_s, up_b = L.relax(box, slope)
-            st.relax[i] = (lo_s, up_s, up_b, (box.mag() + up_b).contiguous())
+            st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous())
         box = L.interval(box)
     out_box = box
     last = len(layers) - 1

@@ -51,7 +51,13 @@ class _AffineBase(Layer):
 
     @property
     def fan_in(self) -> int:
-        return int(self.W64[0].numel())
+        """Length of the sums in ``forward`` (products per output, bias included)."""
+        return int(self.W64[0].numel()) + 1
+
+    @property
+    def back_len(self) -> int:
+        """Longest chain of additions per entry of ``backward``'s result."""
+        return int(self.W64.shape[0])
 
 
 class Dense(_AffineBase):
@@ -153,6 +159,11 @@ class Conv2d(_AffineBase):
     def dense_abs_rowsum(self) -> torch.Tensor:
         return self.W64.abs().flatten(1).sum(dim=1)
 
+    @property
+    def back_len(self) -> int:
+        # GEMM over OC, then col2im adds at most KH*KW such values per input entry
+        return int(self.W64.shape[0] * self.W64.shape[2] * self.W64.shape[3]) + 1
+
     def describe(self) -> str:
         return (f"conv2d {tuple(self.W64.shape)} stride {self.stride} padding {self.padding} "
                 f"{self.in_shape}->{self.out_shape}")
@@ -184,6 +195,10 @@ class Diag(_AffineBase):
 
     @property
     def fan_in(self) -> int:
+        return 3
+
+    @property
+    def back_len(self) -> int:
         return 1
 
 

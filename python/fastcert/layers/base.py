@@ -67,13 +67,17 @@ class Layer:
         return f"{self.kind} {self.in_shape}->{self.out_shape}"
 
 
-def interval_affine(layer: "Layer", box: Box, gamma: float) -> tuple[Box, torch.Tensor]:
+def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tuple[Box, torch.Tensor]:
     """Sound interval propagation through an affine layer in center/radius form.
 
     Returns the output box and ``g >= |W| max(|l|,|u|) + |b|`` (``[B, n_out]``), the magnitude that
     bounds this layer's floating-point error. Uses three products: ``W c``, ``|W| r``, ``|W| h``.
     """
     dt = box.l.dtype
+    if gamma is None:
+        from fastcert.network import gamma_n
+
+        gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
     B = box.l.shape[0]
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)

@@ -1,0 +1,521 @@
+"""Every bad input to ``fastcert.bounds`` / ``fastcert.certify`` / ``Network.from_torch`` gets a
+ValueError or TypeError whose message names the problem and the fix (asserted on key words), never
+a crash deep inside a kernel, a silently wrong answer, or NaN bounds. Good inputs that look unusual
+(numpy arrays, non-contiguous tensors, float32 x with a float64 model, ...) must just work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastcert
+
+from strategies import one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    with one_torch_thread():
+        yield
+
+
+def _mlp(n_in: int = 3, n_out: int = 2) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(n_in, 4), nn.ReLU(), nn.Linear(4, n_out)).double().eval()
+
+
+def _cnn() -> nn.Sequential:  # 1x6x6 -> 2x4x4
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).double().eval()
+
+
+X = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+XI = torch.rand(2, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def _raises(exc, *words: str, fn, **kw):
+    """fn(**kw) must raise ``exc`` (ValueError / TypeError) with every word in its message
+    (case-insensitive); returns the message."""
+    with pytest.raises(exc) as info:
+        fn(**kw)
+    msg = str(info.value)
+    for w in words:
+        assert w.lower() in msg.lower(), f"message does not mention {w!r}: {msg!r}"
+    return msg
+
+
+BAD = (ValueError, TypeError)
+
+# ------------------------------------------------------------------------------------------------
+# x
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["bounds", "certify"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_x(api: str, bad: float) -> None:
+    x = X.clone()
+    x[1, 2] = bad
+    _raises(ValueError, "x", "nan", fn=getattr(fastcert, api), model=_mlp(), x=x, eps=0.1)
+
+
+@pytest.mark.parametrize("api", ["bounds", "certify"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.float16,
+                                   torch.bfloat16, torch.complex64])
+def test_x_bad_dtype(api: str, dtype: torch.dtype) -> None:
+    x = (X * 10).to(dtype) if dtype != torch.bool else X > 0.5
+    msg = _raises(TypeError, "dtype", fn=getattr(fastcert, api), model=_mlp(), x=x, eps=0.1)
+    assert ".float()" in msg or ".double()" in msg or "float32" in msg
+
+
+def test_x_integer_numpy() -> None:
+    _raises(TypeError, "dtype", fn=fastcert.bounds, model=_mlp(), x=np.ones((2, 3), dtype=np.int64), eps=0.1)
+
+
+def test_x_not_an_array() -> None:
+    _raises(TypeError, "x", "tensor", fn=fastcert.bounds, model=_mlp(), x=X.tolist(), eps=0.1)
+
+
+def test_x_shape_does_not_match_the_model() -> None:
+    model = nn.Sequential(nn.Linear(20, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    msg = _raises(ValueError, "20", "19", fn=fastcert.bounds, model=model, x=torch.rand(3, 19, dtype=torch.float64),
+                  eps=0.1)
+    assert "Linear" in msg and "position 0" in msg
+
+
+def test_x_unbatched() -> None:
+    _raises(ValueError, "batch", fn=fastcert.bounds, model=_mlp(), x=X[0], eps=0.1)
+
+
+def test_image_into_mlp_without_flatten() -> None:
+    _raises(ValueError, "Flatten", fn=fastcert.bounds, model=_mlp(36, 2), x=XI, eps=0.1)
+
+
+def test_flat_x_into_conv() -> None:
+    _raises(ValueError, "[C, H, W]", fn=fastcert.bounds, model=_cnn(), x=XI.reshape(2, 36), eps=0.1)
+
+
+def test_conv_channel_mismatch() -> None:
+    _raises(ValueError, "channels", fn=fastcert.bounds, model=_cnn(), x=torch.rand(2, 3, 6, 6, dtype=torch.float64),
+            eps=0.1)
+
+
+def test_network_built_for_another_shape() -> None:
+    net = fastcert.Network.from_torch(_mlp(), input_shape=(3,))
+    _raises(ValueError, "shape", "(3,)", fn=fastcert.bounds, model=net, x=X.reshape(2, 1, 3), eps=0.1)
+
+
+def test_x_on_another_device() -> None:
+    """A non-CPU tensor (the meta device stands in for a GPU) is refused with the fix: .cpu()."""
+    _raises(ValueError, ".cpu()", fn=fastcert.bounds, model=_mlp(), x=X.to("meta"), eps=0.1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_x_on_cuda() -> None:
+    _raises(ValueError, ".cpu()", fn=fastcert.bounds, model=_mlp(), x=X.cuda(), eps=0.1)
+
+
+def test_empty_batch() -> None:
+    """B = 0: either empty results or a ValueError that says the batch is empty (not a RuntimeError
+    from a reshape)."""
+    x = torch.zeros(0, 3, dtype=torch.float64)
+    for api in (fastcert.bounds, fastcert.certify):
+        try:
+            res = api(_mlp(), x, 0.1)
+        except ValueError as exc:
+            assert "empty" in str(exc).lower() or "batch" in str(exc).lower(), str(exc)
+        else:
+            out = res.lower if hasattr(res, "lower") else res.certified
+            assert out.shape[0] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# eps
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [-0.1, -1e-300, torch.tensor([0.1, -0.2], dtype=torch.float64)])
+def test_negative_eps(eps) -> None:
+    _raises(ValueError, "eps", ">= 0", fn=fastcert.bounds, model=_mlp(), x=X, eps=eps)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf")])
+def test_nonfinite_eps(eps: float) -> None:
+    _raises(ValueError, "eps", "finite", fn=fastcert.bounds, model=_mlp(), x=X, eps=eps)
+
+
+@pytest.mark.parametrize("eps", [[0.1, 0.2, 0.3], torch.ones(2, 1, dtype=torch.float64) * 0.1,
+                                 torch.ones(2, 3, dtype=torch.float64) * 0.1, np.zeros(1)])
+def test_eps_wrong_shape(eps) -> None:
+    msg = _raises(ValueError, "eps", "shape", fn=fastcert.bounds, model=_mlp(), x=X, eps=eps)
+    assert "[2]" in msg or "one entry per sample" in msg
+
+
+@pytest.mark.parametrize("eps", ["0.1", None, object()])
+def test_eps_not_a_number(eps) -> None:
+    """eps of the wrong type: the message must at least say that eps is the problem."""
+    _raises(BAD, "eps", fn=fastcert.bounds, model=_mlp(), x=X, eps=eps)
+
+
+def test_eps_overflowing_the_box_is_not_nan() -> None:
+    """A finite but astronomically large eps must not produce NaN bounds (raise, or give +-inf)."""
+    try:
+        res = fastcert.bounds(_mlp(), X, 1e308)
+    except ValueError as exc:
+        assert "eps" in str(exc)
+        return
+    assert not torch.isnan(res.lower).any() and not torch.isnan(res.upper).any(), (res.lower, res.upper)
+
+
+# ------------------------------------------------------------------------------------------------
+# x_min / x_max
+# ------------------------------------------------------------------------------------------------
+
+
+def test_x_below_x_min() -> None:
+    _raises(ValueError, "x_min", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, x_min=0.5)
+
+
+def test_x_above_x_max() -> None:
+    _raises(ValueError, "x_max", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, x_max=0.5)
+
+
+def test_x_outside_per_feature_box() -> None:
+    x_min = torch.tensor([0.0, X[:, 1].max().item() + 0.01, 0.0], dtype=torch.float64)
+    _raises(ValueError, "x_min", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, x_min=x_min)
+
+
+def test_x_outside_box_in_certify() -> None:
+    _raises(ValueError, "x_max", fn=fastcert.certify, model=_mlp(), x=X + 2, eps=0.1, x_min=0.0, x_max=1.0)
+
+
+def test_x_min_wrong_shape() -> None:
+    _raises(ValueError, "x_min", "broadcast", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, x_min=torch.zeros(5))
+
+
+def test_x_min_nan() -> None:
+    _raises(ValueError, "x_min", "finite", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, x_min=float("nan"))
+
+
+# ------------------------------------------------------------------------------------------------
+# C
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 3), (3, 1, 2), (2, 1, 3), (1, 1, 1, 2)])
+def test_C_wrong_shape(shape) -> None:
+    msg = _raises(ValueError, "C", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1,
+                  C=torch.ones(*shape, dtype=torch.float64))
+    assert "[S, 2]" in msg, msg
+
+
+def test_C_nonfinite() -> None:
+    _raises(ValueError, "C", "nan", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1,
+            C=torch.tensor([[float("nan"), 1.0]], dtype=torch.float64))
+
+
+def test_C_integer_dtype() -> None:
+    _raises(TypeError, "C", "dtype", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, C=torch.eye(2, dtype=torch.int64))
+
+
+def test_C_list() -> None:
+    _raises(TypeError, "C", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, C=[[1.0, -1.0]])
+
+
+# ------------------------------------------------------------------------------------------------
+# labels
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", [[0, 2], [-1, 0], torch.tensor([5, 0])])
+def test_labels_out_of_range(labels) -> None:
+    _raises(ValueError, "labels", "[0, 2)", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, labels=labels)
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0.0, 1.0]), np.array([0.0, 1.0]), [0.5, 1.0],
+                                    torch.tensor([True, False])])
+def test_labels_not_integers(labels) -> None:
+    _raises(TypeError, "labels", "integer", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, labels=labels)
+
+
+def test_labels_wrong_count() -> None:
+    _raises(ValueError, "labels", "one entry per sample", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1,
+            labels=[0, 1, 1])
+
+
+def test_labels_strings() -> None:
+    _raises(BAD, "labels", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, labels=["cat", "dog"])
+
+
+# ------------------------------------------------------------------------------------------------
+# method / norm
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["deeppoly", "CROWN-IBP-x", "", "alpha-crown"])
+def test_unknown_method(method: str) -> None:
+    msg = _raises(ValueError, "method", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, method=method)
+    for m in ("ibp", "crown", "fastlin", "kw", "crown-ibp"):
+        assert m in msg
+    _raises(ValueError, "method", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, method=method)
+
+
+@pytest.mark.parametrize("norm", ["fro", "3", 0, "", "nuc", 2.5])
+def test_unknown_norm(norm) -> None:
+    msg = _raises(ValueError, "norm", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, norm=norm)
+    assert "'inf'" in msg and "'2'" in msg and "'1'" in msg
+    _raises(ValueError, "norm", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, norm=norm)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1", 2, 1, float("inf"), np.inf, "L2", "linf", "Linf", "l1"])
+def test_norm_spellings_accepted(norm) -> None:
+    res = fastcert.bounds(_mlp(), X, 0.1, norm=norm)
+    assert res.norm in ("inf", "2", "1")
+
+
+# ------------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["weight", "bias"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_nonfinite_weights(where: str, bad: float, layer: int) -> None:
+    model = _mlp()
+    with torch.no_grad():
+        getattr(model[layer], where).view(-1)[1] = bad
+    msg = _raises(ValueError, "nan or inf", where, fn=fastcert.bounds, model=model, x=X, eps=0.1)
+    assert f"position {layer}" in msg
+    _raises(ValueError, "nan or inf", fn=fastcert.Network.from_torch, model=model)
+
+
+def test_nonfinite_conv_weight() -> None:
+    model = _cnn()
+    with torch.no_grad():
+        model[0].weight[0, 0, 1, 1] = float("nan")
+    _raises(ValueError, "nan or inf", "position 0", fn=fastcert.bounds, model=model, x=XI, eps=0.1)
+
+
+@pytest.mark.parametrize("what", ["running_var", "running_mean", "weight", "bias"])
+def test_nonfinite_batchnorm(what: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        getattr(model[1], what)[0] = float("nan")
+    _raises(ValueError, "nan or inf", "BatchNorm", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+def test_negative_running_var() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[1].running_var[0] = -1.0
+    _raises(ValueError, "BatchNorm", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+@pytest.mark.parametrize("mean,std", [([float("nan")] * 3, [1.0] * 3), ([float("inf")] * 3, [1.0] * 3),
+                                      ([0.0] * 3, [1e-320] * 3)])
+def test_nonfinite_normalize(mean, std) -> None:
+    """Normalize with a NaN / inf mean, or a std so small that 1/std overflows: a ValueError (as for
+    every other non-finite parameter), not NaN bounds."""
+    model = nn.Sequential(fastcert.Normalize(mean, std), nn.Linear(3, 2)).double()
+    _raises(ValueError, "Normalize", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+def test_weights_overflow_in_float32() -> None:
+    """float32 x with a float64 weight that float32 cannot represent (1e300 -> inf): a ValueError
+    naming the dtype, not NaN bounds."""
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1e300
+    try:
+        res = fastcert.bounds(model, X.float(), 0.1)
+    except ValueError as exc:
+        assert "float32" in str(exc) or "float64" in str(exc) or "overflow" in str(exc), str(exc)
+        return
+    assert not torch.isnan(res.lower).any() and not torch.isnan(res.upper).any(), (res.lower, res.upper)
+
+
+def test_huge_weights_never_nan_bounds() -> None:
+    """Finite float64 weights whose products overflow: raise, or return (possibly infinite) bounds,
+    but never NaN."""
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(1e308)
+        model[0].bias.fill_(0.5)
+    x = torch.tensor([[0.5, 0.5, 0.5], [0.9, 0.9, 0.9], [0.1, 0.1, 0.1]], dtype=torch.float64)  # f(x[0]) = 1.5e308
+    try:
+        res = fastcert.bounds(model, x, 0.1)
+    except ValueError as exc:
+        assert "overflow" in str(exc) or "large" in str(exc) or "finite" in str(exc), str(exc)
+        return
+    assert not torch.isnan(res.lower).any() and not torch.isnan(res.upper).any(), (res.lower, res.upper)
+
+
+def test_batchnorm_in_training_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()  # train()
+    _raises(ValueError, "eval()", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+    _raises(ValueError, "eval()", fn=fastcert.certify, model=model, x=X, eps=0.1)
+    model.eval()
+    model[1].train()  # only the BatchNorm in training mode
+    _raises(ValueError, "eval()", "position 1", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+def test_batchnorm2d_in_training_mode() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2)).double()
+    _raises(ValueError, "eval()", fn=fastcert.bounds, model=model, x=XI, eps=0.1)
+
+
+def test_batchnorm_without_running_stats() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)).double()
+    model.eval()
+    _raises(ValueError, "BatchNorm", "running", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+def test_dropout_in_training_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.ReLU(), nn.Linear(4, 2)).double()
+    _raises(ValueError, "Dropout", "eval()", fn=fastcert.bounds, model=model, x=X, eps=0.1)
+
+
+@pytest.mark.parametrize("make,name,pos", [
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 2)),
+     "MaxPool2d", 2),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.LSTM(4, 4)), "LSTM", 2),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.Softmax(dim=1)), "Softmax", 2),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(36, 4), nn.GELU()), nn.Linear(4, 2)), "GELU", 2),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.ELU(), nn.Linear(4, 2)), "ELU", 2),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)),
+     "AdaptiveAvgPool2d", 1),
+])
+def test_unsupported_layer_named_with_position(make, name: str, pos: int) -> None:
+    model = make().double().eval()
+    msg = _raises(ValueError, name, f"position {pos}", fn=fastcert.bounds, model=model, x=XI, eps=0.1)
+    assert "supports" in msg or "supported" in msg
+    _raises(ValueError, name, fn=fastcert.Network.from_torch, model=model)
+
+
+def test_custom_module() -> None:
+    class MyNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, z):
+            return self.lin(z)
+
+    _raises(ValueError, "MyNet", "Sequential", fn=fastcert.bounds, model=MyNet().double(), x=X, eps=0.1)
+
+
+def test_not_a_module() -> None:
+    _raises(TypeError, "nn.Module", fn=fastcert.bounds, model=lambda z: z, x=X, eps=0.1)
+
+
+def test_empty_model() -> None:
+    _raises(ValueError, "no layers", fn=fastcert.bounds, model=nn.Sequential(), x=X, eps=0.1)
+
+
+@pytest.mark.parametrize("kw,word", [
+    (dict(groups=2), "groups"),
+    (dict(dilation=2), "dilation"),
+    (dict(padding="same"), "padding"),
+    (dict(padding=1, padding_mode="reflect"), "padding_mode"),
+    (dict(padding=1, padding_mode="circular"), "padding_mode"),
+])
+def test_unsupported_conv(kw, word: str) -> None:
+    conv = nn.Conv2d(2, 2, 3, **kw)
+    model = nn.Sequential(conv, nn.Flatten(), nn.LazyLinear(2)).double()
+    x = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+    model(x)  # materialise the lazy layer
+    model.eval()
+    msg = _raises(ValueError, "Conv2d", word, "position 0", fn=fastcert.bounds, model=model, x=x, eps=0.1)
+    assert "groups=1" in msg
+
+
+def test_unsupported_flatten_and_pool() -> None:
+    _raises(ValueError, "Flatten", "start_dim", fn=fastcert.bounds,
+            model=nn.Sequential(nn.Flatten(2), nn.Linear(6, 2)).double(), x=XI, eps=0.1)
+    _raises(ValueError, "AvgPool2d", "ceil_mode", fn=fastcert.bounds,
+            model=nn.Sequential(nn.AvgPool2d(4, ceil_mode=True), nn.Flatten(), nn.Linear(4, 2)).double(), x=XI,
+            eps=0.1)
+
+
+def test_normalize_channel_mismatch() -> None:
+    model = nn.Sequential(fastcert.Normalize([0.1, 0.2], [1.0, 1.0]), nn.Flatten(), nn.Linear(36, 2)).double()
+    _raises(ValueError, "Normalize", "channels", fn=fastcert.bounds, model=model, x=XI, eps=0.1)
+
+
+def test_normalize_constructor() -> None:
+    with pytest.raises(ValueError, match="std"):
+        fastcert.Normalize([0.1], [0.0])
+    with pytest.raises(ValueError, match="std"):
+        fastcert.Normalize([0.1], [-1.0])
+    with pytest.raises(ValueError, match="mean"):
+        fastcert.Normalize([0.1, 0.2], [1.0])
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid, lambda: nn.LeakyReLU(0.1)])
+@pytest.mark.parametrize("method", ["fastlin", "kw", "crown", "crown-ibp"])
+def test_unsupported_activation_for_method(act, method: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 2)).double()
+    with pytest.raises(fastcert.UnsupportedError) as info:
+        fastcert.bounds(model, X, 0.1, method=method)
+    assert isinstance(info.value, NotImplementedError)
+    assert "ibp" in str(info.value)  # names the fix
+    with pytest.raises(fastcert.UnsupportedError):
+        fastcert.certify(model, X, 0.1, method=method)
+    fastcert.bounds(model, X, 0.1, method="ibp")  # and IBP works
+
+
+# ------------------------------------------------------------------------------------------------
+# good inputs that must work
+# ------------------------------------------------------------------------------------------------
+
+
+def test_numpy_inputs_work() -> None:
+    model = _mlp()
+    ref = fastcert.bounds(model, X, 0.1, C=torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+    res = fastcert.bounds(model, X.numpy(), np.float64(0.1), C=np.array([[1.0, -1.0]]), x_min=np.float64(0.0),
+                          x_max=np.ones(3))
+    assert isinstance(res.lower, torch.Tensor) and res.lower.dtype == torch.float64
+    assert (res.lower >= ref.lower).all()  # the box can only tighten
+    r32 = fastcert.bounds(model, X.numpy().astype(np.float32), 0.1)
+    assert r32.lower.dtype == torch.float32
+    c = fastcert.certify(model, X.numpy(), np.array([0.01, 0.02]), labels=np.array([0, 1]))
+    assert c.certified.shape == (2,)
+
+
+def test_noncontiguous_inputs_work() -> None:
+    model = _mlp()
+    xt = X.t().contiguous().t()
+    assert not xt.is_contiguous()
+    a = fastcert.bounds(model, X, 0.1)
+    b = fastcert.bounds(model, xt, 0.1)
+    assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
+    xf = np.asfortranarray(X.numpy())
+    c = fastcert.bounds(model, xf, 0.1)
+    assert torch.equal(a.lower, c.lower)
+    C = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64).t()  # transposed view
+    d = fastcert.bounds(model, X, 0.1, C=C)
+    assert torch.equal(a.lower, d.lower)
+
+
+def test_x_requiring_grad_works() -> None:
+    x = X.clone().requires_grad_(True)
+    res = fastcert.bounds(_mlp(), x, 0.1)
+    assert res.lower.shape == (2, 2)
+
+
+def test_float32_model_float64_x_and_vice_versa() -> None:
+    model = _mlp()
+    r64 = fastcert.bounds(model.float(), X, 0.1)
+    assert r64.lower.dtype == torch.float64
+    r32 = fastcert.bounds(_mlp(), X.float(), 0.1)
+    assert r32.lower.dtype == torch.float32
+
+
+def test_labels_numpy_and_per_sample_eps() -> None:
+    res = fastcert.certify(_mlp(), X, torch.tensor([0.0, 0.1], dtype=torch.float64), labels=np.array([1, 0]))
+    assert res.labels.tolist() == [1, 0]
