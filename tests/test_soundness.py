@@ -76,19 +76,17 @@ def _eval(model: nn.Module, pts: torch.Tensor, in_shape: tuple[int, ...]) -> tor
     return out.reshape(B, P, -1)
 
 
-_COPIES: dict[tuple[int, torch.dtype], nn.Module] = {}
+_COPY: list = []  # [(model, dtype, copy)]: the last conversion (holding the model keeps its id unique)
 
 
 def _as_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     import copy
 
-    key = (id(model), dtype)
-    m = _COPIES.get(key)
-    if m is None or m is model:
-        m = copy.deepcopy(model).to(dtype)
-        m.eval()
-        _COPIES.clear()
-        _COPIES[key] = m
+    if _COPY and _COPY[0][0] is model and _COPY[0][1] == dtype:
+        return _COPY[0][2]
+    m = copy.deepcopy(model).to(dtype)
+    m.eval()
+    _COPY[:] = [(model, dtype, m)]
     return m
 
 
