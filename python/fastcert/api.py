@@ -71,6 +71,14 @@ def _norm_key(norm: Any) -> str:
     return key
 
 
+def _round_to(v: torch.Tensor, dt: torch.dtype, up: bool) -> torch.Tensor:
+    """Cast a float64 tensor to ``dt`` rounding up (or down), never to the nearest on the wrong side."""
+    r = v.to(dt)
+    if up:
+        return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r)
+    return torch.where(r.double() > v, torch.nextafter(r, torch.full_like(r, -torch.inf)), r)
+
+
 def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
     B = x.shape[0]
     dt = x.dtype
@@ -86,13 +94,13 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
         raise ValueError("eps must be finite")
     if (e < 0).any():
         raise ValueError(f"eps must be >= 0, got min {float(e.min())}")
-    e = e.to(dt).contiguous()
+    e = _round_to(e, dt, up=True).contiguous()  # a ball no smaller than asked for
     lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
     hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
     for name, bnd in (("x_min", x_min), ("x_max", x_max)):
         if bnd is None:
             continue
-        t = torch.as_tensor(bnd, dtype=dt)
+        t = _round_to(torch.as_tensor(bnd, dtype=torch.float64), dt, up=(name == "x_max"))  # domain never shrinks
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} must be finite")
         try:

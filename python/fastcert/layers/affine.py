@@ -51,13 +51,14 @@ class _AffineBase(Layer):
 
     @property
     def fan_in(self) -> int:
-        """Length of the sums in ``forward`` (products per output, bias included)."""
-        return int(self.W64[0].numel()) + 1
+        """Length of the sums in ``forward`` (products per output, + bias, + 1 for the rounding of the
+        float64 parameters to a float32 compute dtype, which perturbs each product by <= u)."""
+        return int(self.W64[0].numel()) + 2
 
     @property
     def back_len(self) -> int:
-        """Longest chain of additions per entry of ``backward``'s result."""
-        return int(self.W64.shape[0])
+        """Longest chain of additions per entry of ``backward``'s result (+1: parameter rounding)."""
+        return int(self.W64.shape[0]) + 1
 
 
 class Dense(_AffineBase):
@@ -162,7 +163,7 @@ class Conv2d(_AffineBase):
     @property
     def back_len(self) -> int:
         # GEMM over OC, then col2im adds at most KH*KW such values per input entry
-        return int(self.W64.shape[0] * self.W64.shape[2] * self.W64.shape[3]) + 1
+        return int(self.W64.shape[0] * self.W64.shape[2] * self.W64.shape[3]) + 2
 
     def describe(self) -> str:
         return (f"conv2d {tuple(self.W64.shape)} stride {self.stride} padding {self.padding} "
@@ -195,11 +196,11 @@ class Diag(_AffineBase):
 
     @property
     def fan_in(self) -> int:
-        return 3
+        return 4
 
     @property
     def back_len(self) -> int:
-        return 1
+        return 2
 
 
 def channel_expand(v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
