@@ -130,6 +130,8 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
     x = _as_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must be batched: [B, *input_shape], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (B = 0): pass at least one sample")
     layers = net.layers_for(tuple(x.shape[1:]))
     return net, x, layers
 
