@@ -85,7 +85,12 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
     flat = x.reshape(B, -1).contiguous()
     if not torch.isfinite(flat).all():
         raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
-    e = torch.as_tensor(eps, dtype=torch.float64)
+    if isinstance(eps, (str, bytes)) or eps is None:
+        raise TypeError(f"eps must be a number or a [B] tensor of numbers, got {type(eps).__name__}")
+    try:
+        e = torch.as_tensor(eps, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"eps must be a number or a [B] tensor of numbers, got {type(eps).__name__}") from exc
     if e.dim() == 0:
         e = e.expand(B)
     if e.shape != (B,):
@@ -97,6 +102,8 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
     e = _round_to(e, dt, up=True).contiguous()  # a ball no smaller than asked for
     lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
     hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(f"eps is too large: x +- eps overflows {dt}; use a smaller eps (or float64)")
     for name, bnd in (("x_min", x_min), ("x_max", x_max)):
         if bnd is None:
             continue
@@ -163,6 +170,8 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
             raise ValueError("C contains NaN or inf")
     Ct = Ct.contiguous()
     lo, up = linear_bounds(layers, prob, Ct, method)
+    if torch.isnan(lo).any() or torch.isnan(up).any():  # pragma: no cover - linear_bounds raises first
+        raise ValueError("floating-point overflow while bounding: the weights, x or eps are too large")
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 
@@ -183,7 +192,10 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     if labels is None:
         y = pred
     else:
-        y = torch.as_tensor(labels)
+        try:
+            y = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"labels must be a [B] sequence of integer class indices, got {labels!r:.60}") from exc
         if y.dtype.is_floating_point or y.dtype == torch.bool:
             raise TypeError(f"labels must be integers, got dtype {y.dtype}")
         y = y.to(torch.int64).reshape(-1)

@@ -105,7 +105,10 @@ def _convert(model: nn.Module) -> list[_Op]:
             ops.append(_Op("chaff", where, {"scale": scale, "shift": shift}))
         elif isinstance(m, Normalize):
             std = m.std.double()
-            ops.append(_Op("chaff", where, {"scale": 1.0 / std, "shift": -m.mean.double() / std}))
+            scale, shift = 1.0 / std, -m.mean.double() / std
+            _check_finite(scale, f"{where} scale 1/std")
+            _check_finite(shift, f"{where} shift -mean/std")
+            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift}))
         elif isinstance(m, nn.AvgPool2d):
             k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
             if m.ceil_mode or (not m.count_include_pad and p != (0, 0)):

@@ -224,6 +224,9 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         st.boxes_in[i] = box
         if L.is_affine:
             box, st.G[i] = interval_affine(L, box)
+            if not (torch.isfinite(box.l).all() and torch.isfinite(box.u).all() and torch.isfinite(st.G[i]).all()):
+                raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the "
+                                 f"range of {dt}; the weights, x or eps are too large (try float64 or a smaller eps)")
             continue
         assert isinstance(L, Activation)
         if cfg is not None:
@@ -248,6 +251,9 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, 2 * S, dtype=dt)
         res[b0:b1] = _backsub(st, CC[b0:b1].reshape(b1 - b0, 2 * S, K), z, z.clone(), len(layers), stop, b0, b1)
+    if torch.isnan(res).any():
+        raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
+                         f"for {dt} (try float64 or a smaller eps)")
     slack = _eval_slack(st, out_box, C)
     lower = res[:, :S] - slack
     upper = -res[:, S:] + slack

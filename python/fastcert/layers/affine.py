@@ -40,6 +40,9 @@ class _AffineBase(Layer):
             W = self.W64.to(dtype).contiguous()
             bf = self.bias_flat64()
             bias = torch.empty(0, dtype=dtype) if bf is None else bf.to(dtype).contiguous()
+            if not (torch.isfinite(W).all() and torch.isfinite(bias).all()):
+                raise ValueError(f"{self.name or self.kind}: its parameters overflow {dtype} (they exceed its range); "
+                                 f"pass x as float64 (x.double())")
             p = _Params(W, W.abs().contiguous(), bias, bias.abs().contiguous())
             self._cache[dtype] = p
         return p
