@@ -105,8 +105,8 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   for (py::ssize_t n0 = 0; n0 < N; n0 += chunk) {
     const py::ssize_t nc = std::min(chunk, N - n0);
 #pragma omp parallel for schedule(static)
-    for (py::ssize_t i = 0; i < nc; ++i) im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
     for (py::ssize_t i = 0; i < nc; ++i) {
+      im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
       T* o = O + (n0 + i) * g.OC * g.ohw();
       if (bp) {
         for (int oc = 0; oc < g.OC; ++oc)
@@ -118,7 +118,8 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
 }
 
 // Transposed (adjoint) conv: out[R,C,H,W] = conv^T(lam[R,OC,OH,OW]).  work: C*KH*KW*OH*OW per row.
-// Per row: one GEMM Wmat^T[CKK,OC] @ lam_r[OC,OHW] -> cols, then col2im (parallel over rows).
+// Per row: one GEMM Wmat^T[CKK,OC] @ lam_r[OC,OHW] -> cols, then col2im; rows in parallel (OpenMP),
+// each GEMM single-threaded in its OpenMP thread (fastcert keeps OpenBLAS at 1 thread).
 template <typename T>
 void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
                    Arr<T>& work) {
@@ -137,10 +138,10 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   const int M = static_cast<int>(g.ckk()), Nn = static_cast<int>(g.ohw()), K = g.OC;
   for (py::ssize_t r0 = 0; r0 < R; r0 += chunk) {
     const py::ssize_t rc = std::min(chunk, R - r0);
-    for (py::ssize_t i = 0; i < rc; ++i)
-      gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
+    // Rows are independent: each OpenMP thread runs its rows' (single-threaded) GEMMs and col2im.
 #pragma omp parallel for schedule(static)
     for (py::ssize_t i = 0; i < rc; ++i) {
+      gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
       T* img = O + (r0 + i) * g.chw();
       std::memset(img, 0, sizeof(T) * g.chw());
       col2im_add(g, ws + i * per, img);
