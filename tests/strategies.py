@@ -340,8 +340,9 @@ EPS_KINDS = ("zero", "tiny", "small", "large", "mixed")
 @dataclass(frozen=True)
 class RegionSpec:
     """B centres in [0,1]^n; eps kind ("zero": l == u, "tiny": 1e-12, "small", "large", "mixed":
-    one eps per sample); ``box``: None, "unit" (x_min=0, x_max=1 scalars) or "tensor" (per-feature
-    x_min / x_max that hug x); ``x_on_edge``: some coordinates of x exactly 0 or 1."""
+    one eps per sample); ``box``: None, "unit" (x_min=0, x_max=1 scalars), "tensor" (per-feature
+    x_min / x_max on a 1/64 grid that hug x) or "tensor64" (float64 per-feature bounds that float32
+    cannot represent, some equal to x); ``x_on_edge``: some coordinates of x exactly 0 or 1."""
 
     batch: int
     norm: str
@@ -354,7 +355,7 @@ class RegionSpec:
 @st.composite
 def region_specs(draw, eps_kinds: tuple[str, ...] = EPS_KINDS, norms: tuple[str, ...] = NORMS) -> RegionSpec:
     return RegionSpec(draw(st.integers(1, 3)), draw(st.sampled_from(norms)), draw(st.sampled_from(eps_kinds)),
-                      draw(st.sampled_from((None, "unit", "tensor"))), draw(st.booleans()),
+                      draw(st.sampled_from((None, "unit", "tensor", "tensor64"))), draw(st.booleans()),
                       draw(st.integers(0, 2**31 - 1)))
 
 
@@ -406,9 +407,17 @@ def build_region(spec: RegionSpec, input_shape: tuple[int, ...], dtype: torch.dt
     elif spec.box == "unit":
         x_min, x_max = 0.0, 1.0
         lo, hi = torch.zeros_like(x64), torch.ones_like(x64)
-    else:  # per-feature bounds on multiples of 1/64 (exact in float32 and float64), hugging x
+    elif spec.box == "tensor":  # per-feature bounds on multiples of 1/64 (exact in float32 and float64), hugging x
         xm = torch.floor(x64.amin(0) * 64) / 64 - torch.randint(0, 3, input_shape, generator=g) / 64
         xM = torch.ceil(x64.amax(0) * 64) / 64 + torch.randint(0, 3, input_shape, generator=g) / 64
+        x_min, x_max = xm, xM
+        lo, hi = xm.expand_as(x64).clone(), xM.expand_as(x64).clone()
+    else:  # "tensor64": float64 per-feature bounds that float32 cannot represent, some touching x
+        xm = x64.amin(0) - 0.05 * torch.rand(input_shape, generator=g, dtype=torch.float64)
+        xM = x64.amax(0) + 0.05 * torch.rand(input_shape, generator=g, dtype=torch.float64)
+        touch = torch.rand(input_shape, generator=g) < 0.3
+        xm = torch.where(touch, x64.amin(0), xm)
+        xM = torch.where(torch.rand(input_shape, generator=g) < 0.3, x64.amax(0), xM)
         x_min, x_max = xm, xM
         lo, hi = xm.expand_as(x64).clone(), xM.expand_as(x64).clone()
     return Region(x, eps, eps_arg, spec.norm, x_min, x_max, lo, hi)

@@ -21,6 +21,8 @@ from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer
 from fastcert.layers.affine import channel_expand
 from fastcert.nn import Normalize
 
+_U64 = 2.0**-53  # unit roundoff of float64
+
 SUPPORTED = ("Linear, Conv2d (groups=1, dilation=1, zeros padding), ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, "
              "BatchNorm1d/2d (eval), AvgPool2d, fastcert.nn.Normalize, Identity, Dropout (eval)")
 
@@ -102,13 +104,19 @@ def _convert(model: nn.Module) -> list[_Op]:
                 shift = shift + m.bias.detach().double()
             _check_finite(scale, f"{where} scale")
             _check_finite(shift, f"{where} shift")
-            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift}))
+            beta = m.bias.detach().double().abs() if m.bias is not None else torch.zeros_like(scale)
+            # torch's float64 evaluation of BatchNorm vs this exact affine map: |err| <= a|x| + c
+            a = 8 * _U64 * scale.abs()
+            c = 8 * _U64 * (m.running_mean.detach().double().abs() * scale.abs() + beta)
+            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c}))
         elif isinstance(m, Normalize):
             std = m.std.double()
             scale, shift = 1.0 / std, -m.mean.double() / std
             _check_finite(scale, f"{where} scale 1/std")
             _check_finite(shift, f"{where} shift -mean/std")
-            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift}))
+            # torch computes (x - mean) / std: two roundings, plus ours of 1/std and mean/std
+            a, c = 4 * _U64 / std, 4 * _U64 * m.mean.double().abs() / std
+            ops.append(_Op("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c}))
         elif isinstance(m, nn.AvgPool2d):
             k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
             if m.ceil_mode or (not m.count_include_pad and p != (0, 0)):
@@ -163,6 +171,7 @@ def _build(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Layer]:
                                  f"({C} channels)")
             d = Diag(channel_expand(a["scale"], shape), channel_expand(a["shift"], shape), shape, name=op.where)
             d.chan = (a["scale"], a["shift"])  # type: ignore[attr-defined]
+            d.eval_in = (channel_expand(a["eval_a"], shape), channel_expand(a["eval_c"], shape))
             layers.append(d)
         shape = layers[-1].out_shape
     layers = _fold(layers)
@@ -173,44 +182,39 @@ def _build(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Layer]:
 
 
 def _fold(layers: list[Layer]) -> list[Layer]:
-    """Fold Diag layers into the previous Dense/Conv2d, or the next Dense / unpadded Conv2d (exact)."""
+    """Fold each Diag (BatchNorm / Normalize) into the Dense / Conv2d right before it (exact in real
+    arithmetic: ``s*(Wx+b)+t``), recording on the merged layer how far torch's own float64 evaluation
+    of the unfolded pair may differ (``eval_out``: ``a|y| + c`` per output). A Diag with no affine
+    layer before it stays an elementwise layer: folding it into the *next* layer would hide torch's
+    rounding of ``x - mean``, which can survive a cancellation in that layer's weights."""
     out: list[Layer] = []
-    i = 0
-    while i < len(layers):
-        L = layers[i]
-        if isinstance(L, Diag):
-            prev = out[-1] if out else None
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
+    for L in layers:
+        prev = out[-1] if out else None
+        if (isinstance(L, Diag) and isinstance(prev, (Dense, Conv2d)) and L.in_shape == prev.out_shape
+                and getattr(prev, "eval_out", None) is None
+                and (isinstance(prev, Dense) or hasattr(L, "chan"))):
             s, t = L.W64, L.b64
             assert t is not None
-            if isinstance(prev, Dense) and L.in_shape == prev.out_shape:
+            ea, ec = L.eval_in  # type: ignore[attr-defined]
+            if isinstance(prev, Dense):
                 W = prev.W64 * s[:, None]
                 b = t + (s * prev.b64 if prev.b64 is not None else 0)
-                out[-1] = Dense(W, b, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
-                i += 1
-                continue
-            if isinstance(prev, Conv2d) and L.in_shape == prev.out_shape and hasattr(L, "chan"):
+                merged: Layer = Dense(W, b, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
+            else:
                 cs, ct = L.chan  # type: ignore[attr-defined]
                 W = prev.W64 * cs[:, None, None, None]
                 b = ct + (cs * prev.b64 if prev.b64 is not None else 0)
-                out[-1] = Conv2d(W, b, prev.stride, prev.padding, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
-                i += 1
-                continue
-            if isinstance(nxt, Dense) and nxt.in_shape == (L.n_out,):
-                W = nxt.W64 * s[None, :]
-                b = nxt.W64 @ t + (nxt.b64 if nxt.b64 is not None else 0)
-                out.append(Dense(W, b, L.in_shape, name=nxt.name + " (+ " + L.name + ")"))
-                i += 2
-                continue
-            if isinstance(nxt, Conv2d) and nxt.padding == (0, 0) and hasattr(L, "chan"):
-                cs, ct = L.chan  # type: ignore[attr-defined]
-                W = nxt.W64 * cs[None, :, None, None]
-                b = (nxt.W64 * ct[None, :, None, None]).sum(dim=(1, 2, 3)) + (nxt.b64 if nxt.b64 is not None else 0)
-                out.append(Conv2d(W, b, nxt.stride, nxt.padding, nxt.in_shape, name=nxt.name + " (+ " + L.name + ")"))
-                i += 2
-                continue
+                merged = Conv2d(W, b, prev.stride, prev.padding, prev.in_shape,
+                                name=prev.name + " (+ " + L.name + ")")
+            pb = prev.bias_flat64()
+            sb = (s * pb).abs() if pb is not None else torch.zeros_like(s)
+            # torch: y = BN(z), err <= ea|z| + ec with |z| <= (|y| + |t|)/|s|, i.e. ea/|s| (|y| + |t|);
+            # plus the rounding of our folded bias s*b + t
+            rel = torch.where(s != 0, ea / s.abs().clamp_min(1e-300), torch.zeros_like(s))
+            merged.eval_out = (rel, rel * t.abs() + ec + 4 * _U64 * (sb + t.abs()))  # type: ignore[attr-defined]
+            out[-1] = merged
+            continue
         out.append(L)
-        i += 1
     return out
 
 

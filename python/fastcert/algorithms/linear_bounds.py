@@ -203,7 +203,15 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
         if L.is_affine:
             G = st.G[j]
             assert G is not None
+            H_in = st.boxes_in[j].mag().double()  # type: ignore[union-attr]
             E = gamma64 * G.double() + L.forward_abs(E.contiguous())
+            ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
+            if ev_in is not None:
+                E = E + ev_in[0] * H_in + ev_in[1]
+            ev_out = getattr(L, "eval_out", None)  # one folded into this layer
+            if ev_out is not None:
+                nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
+                E = E + ev_out[0] * nxt.mag().double() + ev_out[1]  # type: ignore[union-attr]
         else:
             assert isinstance(L, Activation)
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
@@ -231,7 +239,10 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         assert isinstance(L, Activation)
         if cfg is not None:
             slope, inter, intersect = cfg
-            first_exact = i == 1 and prob.p == 0  # one affine layer on a box: interval bounds are exact
+            # on a box, interval bounds through elementwise layers and at most one other affine layer
+            # are exact
+            first_exact = prob.p == 0 and all(Lj.is_affine for Lj in layers[:i]) and \
+                sum(not isinstance(Lj, Diag) for Lj in layers[:i]) <= 1
             if inter == "backsub" and i > 0 and not first_exact:
                 box = _intermediate(st, i, box, intersect)
                 st.boxes_in[i] = box
