@@ -104,7 +104,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   const int M = g.OC, Nn = static_cast<int>(g.ohw()), K = static_cast<int>(g.ckk());
   for (py::ssize_t n0 = 0; n0 < N; n0 += chunk) {
     const py::ssize_t nc = std::min(chunk, N - n0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nc * per > kParallelMin)
     for (py::ssize_t i = 0; i < nc; ++i) {
       im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
       T* o = O + (n0 + i) * g.OC * g.ohw();
@@ -139,7 +139,7 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   for (py::ssize_t r0 = 0; r0 < R; r0 += chunk) {
     const py::ssize_t rc = std::min(chunk, R - r0);
     // Rows are independent: each OpenMP thread runs its rows' (single-threaded) GEMMs and col2im.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rc * per > kParallelMin)
     for (py::ssize_t i = 0; i < rc; ++i) {
       gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
       T* img = O + (r0 + i) * g.chw();

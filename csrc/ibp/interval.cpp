@@ -18,7 +18,7 @@ void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T
   T* C = mut(c, "c");
   T* R = mut(r, "r");
   T* H = mut(h, "h");
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t i = 0; i < n; ++i) {
     T ci = L[i] + (U[i] - L[i]) / 2;  // stays inside [l,u] for finite l<=u
     T ri = up(std::max(U[i] - ci, ci - L[i]));
@@ -47,7 +47,7 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   T* Lo = mut(l, "l");
   T* Up = mut(u, "u");
   const T g = static_cast<T>(gamma);
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t i = 0; i < n; ++i) {
     // g as computed may fall short of the exact |W|h + |b| by a relative gamma: inflate it
     T gi = G[i] + (m ? AB[i % m] : T(0));
@@ -83,7 +83,7 @@ void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<
   T* OU = mut(ou, "out_u");
   const T a = static_cast<T>(alpha);
   const bool exact = (kind == 0);  // relu is exact in floating point
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t i = 0; i < n; ++i) {
     T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
     if (kind == 1 && a < 0) {  // leaky relu with a negative slope is not monotone: min at 0 when crossing

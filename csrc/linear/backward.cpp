@@ -46,7 +46,7 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum), uu = unit_roundoff<T>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b) {
     for (py::ssize_t s = 0; s < S; ++s) {
       const T* lr = Lm + b * lam_bstride + s * n;
@@ -98,7 +98,7 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * S * m > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b)
     for (py::ssize_t s = 0; s < S; ++s) {
       const T* lr = Lm + (b * S + s) * m;
@@ -146,7 +146,7 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
   T* O = mut(out, "out");
   const T g = static_cast<T>(gamma);
   const T uu = unit_roundoff<T>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b)
     for (py::ssize_t s = 0; s < S; ++s) {
       const T* lr = Lm + (b * S + s) * n;

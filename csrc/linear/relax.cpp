@@ -21,7 +21,7 @@ void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Ar
   T* LS = mut(lo_slope, "lo_slope");
   T* US = mut(up_slope, "up_slope");
   T* UB = mut(up_bias, "up_bias");
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t i = 0; i < n; ++i) {
     const T li = L[i], ui = U[i];
     if (li >= 0) {  // stably active: exact identity

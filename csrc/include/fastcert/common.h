@@ -47,6 +47,9 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
                     lda, B, ldb, beta, C, ldc);
 }
 
+// Below this many elements a kernel runs on the calling thread: waking an OpenMP team costs more.
+constexpr py::ssize_t kParallelMin = 1 << 15;
+
 // Unit roundoff of T (half machine epsilon).
 template <typename T>
 constexpr T unit_roundoff() {
