@@ -127,14 +127,14 @@ def test_backward_act_bias_mag_concretize_against_torch() -> None:
     bias, mag = torch.zeros(B, S, dtype=torch.float64), torch.zeros(B, S, dtype=torch.float64)
     e = np_view(torch.empty(0, dtype=torch.float64))
     _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag), np_view(out),
-                    np_view(bias), np_view(mag), 1.0, 0.0)
+                    np_view(bias), np_view(mag), 1.0, 0.0, e)
     pos, neg = lam.clamp_min(0), lam.clamp_max(0)
     assert torch.allclose(out, pos * lo_s[:, None] + neg * up_s[:, None], rtol=1e-15)
     assert torch.allclose(bias, (neg * up_b[:, None]).sum(-1), rtol=1e-13)
     assert torch.allclose(mag, (lam.abs() * zmag[:, None]).sum(-1), rtol=1e-13)
     bvec, G = torch.randn(n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
     bias2, mag2 = bias.clone(), mag.clone()
-    _C.bias_mag(np_view(lam), np_view(bvec), np_view(G), np_view(bias2), np_view(mag2), 1.0, 0.0)
+    _C.bias_mag(np_view(lam), np_view(bvec), np_view(G), np_view(bias2), np_view(mag2), 1.0, 0.0, e)
     assert torch.allclose(bias2 - bias, lam @ bvec, rtol=1e-12, atol=1e-13)
     assert torch.allclose(mag2 - mag, (lam.abs() * G[:, None]).sum(-1), rtol=1e-12)
     x0 = torch.rand(B, n, generator=g, dtype=torch.float64)
@@ -144,7 +144,7 @@ def test_backward_act_bias_mag_concretize_against_torch() -> None:
         res = torch.empty(B, S, dtype=torch.float64)
         z = torch.zeros(B, S, dtype=torch.float64)
         _C.concretize(np_view(lam), np_view(x0), np_view(l0), np_view(u0), np_view(eps), p, np_view(z), np_view(z),
-                      1e-14, np_view(res))
+                      1e-14, np_view(res), e, e)
         exact = ref._concretize(lam, x0, eps, p, l0, u0)
         assert (res <= exact).all() and torch.allclose(res, exact, rtol=1e-10, atol=1e-10)
 
@@ -159,3 +159,32 @@ def test_kernels_reject_wrong_dtype_and_layout() -> None:
         _C.interval_prep(nc, nc, a64, a64, a64)
     with pytest.raises(ValueError, match="expected"):
         _C.interval_prep(a64, np.zeros(5), a64, a64, a64)
+
+
+def test_two_sided_kernels_equal_the_negated_pass() -> None:
+    """With a symmetric relaxation (lo_slope == up_slope) one pass with bias_hi / out_hi gives the
+    same upper bound as the lower bound of the negated rows, and contains the exact maximum."""
+    g = torch.Generator().manual_seed(12)
+    B, S, n = 2, 3, 17
+    lam = torch.randn(B, S, n, generator=g, dtype=torch.float64)
+    s = torch.rand(B, n, generator=g, dtype=torch.float64)
+    ub, zmag = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    e = np_view(torch.empty(0, dtype=torch.float64))
+
+    def run(lm: torch.Tensor, two: bool):
+        out = torch.empty_like(lm)
+        bias, mag, bh = (torch.zeros(B, S, dtype=torch.float64) for _ in range(3))
+        _C.backward_act(np_view(lm), np_view(s), np_view(s), e, np_view(ub), np_view(zmag), np_view(out),
+                        np_view(bias), np_view(mag), 1e-15, 1e-15, np_view(bh) if two else e)
+        x0 = torch.rand(B, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        l0, u0 = x0 - 0.1, x0 + 0.1
+        lo, hi = torch.empty(B, S, dtype=torch.float64), torch.empty(B, S, dtype=torch.float64)
+        _C.concretize(np_view(out), np_view(x0), np_view(l0), np_view(u0), np_view(torch.full((B,), 0.1,
+                      dtype=torch.float64)), 2, np_view(bias), np_view(mag), 1e-15, np_view(lo),
+                      np_view(bh) if two else e, np_view(hi) if two else e)
+        return lo, hi
+
+    lo, hi = run(lam, True)
+    neg_lo, _ = run(-lam, False)
+    assert torch.allclose(hi, -neg_lo, rtol=1e-12, atol=1e-12) and (hi >= -neg_lo - 1e-12).all()
+    assert (lo <= hi).all()

@@ -15,11 +15,16 @@ namespace fastcert {
 //   mag[b,s]  += gamma_prod * sum_j |Lam| * zmag[b,j]  (zmag >= max|z| on the box: one rounded product each)
 //              + gamma_sum * sum_j |Lam| * (|lo_b| + |up_b|)  (the intercept sum over n terms)
 //              + 2u |bias[b,s]|                          (the accumulation into bias)
+// With a non-empty bias_hi the caller guarantees lo_s == up_s (a symmetric relaxation such as
+// Fast-Lin's): then Lam's update is the same for the upper direction, and
+//   bias_hi[b,s] += sum_j max(Lam,0)*up_b[b,j] + min(Lam,0)*lo_b[b,j]
+// collects the constants of the upper bound of Lam . h (one pass serves both directions).
 // lo_b may be empty (ReLU: zero lower intercept). Lam: [B,S,n] or [1,S,n] (rows shared by the batch);
 // out: [B,S,n]; per-neuron arrays: [B,n].
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
-                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum) {
+                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum,
+                  Arr<T>& bias_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
   if (n == 0 || lo_s.size() % n != 0) throw std::invalid_argument("backward_act: slopes must be [B,n]");
@@ -36,6 +41,9 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
   expect_size(out.size(), B * S * n, "out");
   expect_size(bias.size(), B * S, "bias");
   expect_size(mag.size(), B * S, "mag");
+  const bool two = bias_hi.size() != 0;  // symmetric relaxation: also the upper-direction intercepts
+  if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
+  T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
   const T* Lm = ro(lam, "Lam");
   const T* LS = ro(lo_s, "lo_slope");
   const T* US = ro(up_s, "up_slope");
@@ -56,7 +64,7 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
       const T* ub = UB + b * n;
       const T* zm = ZM + b * n;
       const T* lb = has_lb ? LB + b * n : nullptr;
-      T acc_b = 0, acc_m = 0, acc_i = 0;
+      T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0;
       for (py::ssize_t j = 0; j < n; ++j) {
         const T v = lr[j];
         if (v >= 0) {
@@ -65,16 +73,30 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
             acc_b += v * lb[j];
             acc_i += v * std::fabs(lb[j]);
           }
+          if (two) {
+            acc_h += v * ub[j];
+            acc_i += v * std::fabs(ub[j]);
+          }
         } else {
           orow[j] = v * us[j];
           acc_b += v * ub[j];
           acc_i -= v * std::fabs(ub[j]);
+          if (two && lb) {
+            acc_h += v * lb[j];
+            acc_i -= v * std::fabs(lb[j]);
+          }
         }
         acc_m += std::fabs(v) * zm[j];
       }
       const T nb = BI[b * S + s] + acc_b;
       BI[b * S + s] = nb;
-      MG[b * S + s] += gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb);
+      T extra = 0;
+      if (two) {
+        const T nh = BH[b * S + s] + acc_h;
+        BH[b * S + s] = nh;
+        extra = 2 * uu * std::fabs(nh);
+      }
+      MG[b * S + s] += gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb) + extra;
     }
   }
 }
@@ -84,7 +106,7 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
 //           + gamma_b * |Lam[b,s,:]| . |bvec|  (the bias dot product over m terms) + 2u |bias[b,s]|.
 template <typename T>
 void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag, double gamma_g,
-              double gamma_b) {
+              double gamma_b, Arr<T>& bias_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("bias_mag: Lam must be [B,S,m]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2);
   const bool has_b = bvec.size() != 0;
@@ -97,6 +119,9 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
   const T* G = ro(g, "g");
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
+  const bool two = bias_hi.size() != 0;  // the same constant also goes to the upper direction
+  if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
+  T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
 #pragma omp parallel for collapse(2) schedule(static) if (B * S * m > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b)
@@ -114,7 +139,13 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
       }
       const T nb = BI[b * S + s] + acc_b;
       BI[b * S + s] = nb;
-      MG[b * S + s] += gg * acc_m + gb * acc_bm + 2 * uu * std::fabs(nb);
+      T extra = 0;
+      if (two) {
+        const T nh = BH[b * S + s] + acc_b;
+        BH[b * S + s] = nh;
+        extra = 2 * uu * std::fabs(nh);
+      }
+      MG[b * S + s] += gg * acc_m + gb * acc_bm + 2 * uu * std::fabs(nb) + extra;
     }
 }
 
@@ -125,7 +156,8 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
 // (the box term is then also computed and the larger, still sound, lower bound kept).
 template <typename T>
 void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& eps, int p,
-                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out) {
+                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out, const Arr<T>& bias_hi,
+                Arr<T>& out_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("concretize: Lam must be [B,S,n]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), n = lam.shape(2);
   if (p != 0 && p != 1 && p != 2) throw std::invalid_argument("concretize: p must be 0 (box), 1 or 2");
@@ -144,6 +176,13 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
   const T* BI = ro(bias, "bias");
   const T* MG = ro(mag, "mag");
   T* O = mut(out, "out");
+  const bool two = out_hi.size() != 0;  // also the upper bound (max) with the constants bias_hi
+  if (two) {
+    expect_size(out_hi.size(), B * S, "out_hi");
+    expect_size(bias_hi.size(), B * S, "bias_hi");
+  }
+  T* OH = two ? mut(out_hi, "out_hi") : nullptr;
+  const T* BH = two ? ro(bias_hi, "bias_hi") : nullptr;
   const T g = static_cast<T>(gamma);
   const T uu = unit_roundoff<T>();
 #pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
@@ -153,10 +192,11 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
       const T* xr = X + b * n;
       const T* lo = Lo + b * n;
       const T* hi = Up + b * n;
-      T box = 0, boxmag = 0, dot = 0, dotmag = 0, nrm = 0;
+      T box = 0, boxh = 0, boxmag = 0, dot = 0, dotmag = 0, nrm = 0;
       for (py::ssize_t j = 0; j < n; ++j) {
         const T v = lr[j];
         box += v >= 0 ? v * lo[j] : v * hi[j];
+        if (two) boxh += v >= 0 ? v * hi[j] : v * lo[j];
         const T av = std::fabs(v);
         boxmag += av * std::max(std::fabs(lo[j]), std::fabs(hi[j]));
         if (p) {
@@ -167,29 +207,38 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
       }
       // mag was summed in floating point too: 1% covers its own relative rounding (n*u << 1%)
       const T m0 = up(MG[b * S + s] * T(1.01));
-      T best = down(box - up(g * boxmag));
+      const T bslack = up(g * boxmag);
+      T best = down(box - bslack);
+      T besth = up(boxh + bslack);
       if (p) {
         // the dual norm: sum of squares has relative error <= gamma, sqrt one more ulp
         const T dn = (p == 2) ? up(up(std::sqrt(nrm)) * (T(1) + g)) : nrm;
         const T pen = up(E[b] * dn);
-        T ball = dot - pen - up(g * up(dotmag + pen));
-        ball = down(ball);
-        best = std::max(best, ball);
+        const T dslack = up(g * up(dotmag + pen));
+        best = std::max(best, down(dot - pen - dslack));
+        besth = std::min(besth, up(dot + pen + dslack));
       }
-      // final additions with the collected constants and the slack, rounded down with a margin
+      // final additions with the collected constants and the slack, rounded outward with a margin
       const T bsum = BI[b * S + s];
       T r = best + bsum - m0;
       r -= 4 * uu * (std::fabs(best) + std::fabs(bsum) + m0);
       O[b * S + s] = down(r);
+      if (two) {
+        const T hsum = BH[b * S + s];
+        T rh = besth + hsum + m0;
+        rh += 4 * uu * (std::fabs(besth) + std::fabs(hsum) + m0);
+        OH[b * S + s] = up(rh);
+      }
     }
 }
 
 #define FASTCERT_INST(T)                                                                                       \
   template void backward_act<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,     \
-                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, double, double);                   \
-  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, double, double);   \
+                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, double, double, Arr<T>&);          \
+  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, double, double,    \
+                            Arr<T>&);                                                                        \
   template void concretize<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, int,  \
-                              const Arr<T>&, const Arr<T>&, double, Arr<T>&);
+                              const Arr<T>&, const Arr<T>&, double, Arr<T>&, const Arr<T>&, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

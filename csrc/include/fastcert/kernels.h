@@ -14,13 +14,15 @@ template <typename T>
 void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias);
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
-                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum);
+                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum,
+                  Arr<T>& bias_hi);
 template <typename T>
 void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag, double gamma_g,
-              double gamma_b);
+              double gamma_b, Arr<T>& bias_hi);
 template <typename T>
 void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& eps, int p,
-                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out);
+                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out, const Arr<T>& bias_hi,
+                Arr<T>& out_hi);
 template <typename T>
 void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& out, int H, int W, int sh, int sw,
                   int ph, int pw, Arr<T>& work);

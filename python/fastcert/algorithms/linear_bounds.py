@@ -89,52 +89,77 @@ def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor, start: int, stop: int,
-             b0: int, b1: int) -> torch.Tensor:
+             b0: int, b1: int, bias_hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Lower bound of lam . z_start over the region, for the batch slice [b0, b1).
 
     lam: [Bc, S, n] on the input of layer ``start`` (= output of layer start-1); bias, mag: [Bc, S].
     Back-substitutes through layers start-1 .. stop and concretizes against the input region
-    (stop == 0) or the interval box of layer ``stop``'s input. Returns [Bc, S].
+    (stop == 0) or the interval box of layer ``stop``'s input. Returns ([Bc, S], None).
+    With ``bias_hi`` (only valid when every relaxation on the way is symmetric, lower slope ==
+    upper slope, as in Fast-Lin / KW) the same pass also yields the upper bound: ([Bc,S], [Bc,S]).
     """
     dt = lam.dtype
     Bc, S = bias.shape
+    e = empty_like_dtype(dt)
+    bh = e if bias_hi is None else np_view(bias_hi)
     for j in range(start - 1, stop - 1, -1):
         L = st.layers[j]
         if L.is_affine:
             G = st.G[j]
             assert G is not None
             _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
-                        gamma_n(L.back_len, dt), gamma_n(L.n_out, dt))
+                        gamma_n(L.back_len, dt), gamma_n(L.n_out, dt), bh)
             lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[j]
             assert r is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
             out = torch.empty(Bc, S, L.n_in, dtype=dt)
-            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), empty_like_dtype(dt), np_view(up_b),
-                            np_view(zmag), np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt),
-                            gamma_n(L.n_in, dt))
+            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag),
+                            np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt), gamma_n(L.n_in, dt), bh)
             lam = out
     res = torch.empty(Bc, S, dtype=dt)
+    res_hi = None if bias_hi is None else torch.empty(Bc, S, dtype=dt)
+    rh = e if res_hi is None else np_view(res_hi)
     if stop == 0:
         pr = st.prob
         _C.concretize(np_view(lam), np_view(pr.x0[b0:b1]), np_view(pr.l0[b0:b1]), np_view(pr.u0[b0:b1]),
                       np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt),
-                      np_view(res))
+                      np_view(res), bh, rh)
     else:
         box = st.boxes_in[stop]
         assert box is not None
         lb = box.l[b0:b1]
         _C.concretize(np_view(lam), np_view(lb), np_view(lb), np_view(box.u[b0:b1]), np_view(st.prob.eps[b0:b1]), 0,
-                      np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt), np_view(res))
-    return res
+                      np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt), np_view(res), bh, rh)
+    return res, res_hi
+
+
+def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, stop: int, b0: int, b1: int,
+               symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of lam . z_start + bias: ([Bc, S], [Bc, S]).
+
+    lam: [Bc or 1, S, n]; bias: [Bc, S]. Symmetric relaxations need one pass; otherwise the rows
+    are stacked with their negations (upper = -lower(-lam)).
+    """
+    Bc = b1 - b0
+    S = lam.shape[1]
+    if symmetric:
+        mag = torch.zeros(Bc, S, dtype=lam.dtype)
+        lo, hi = _backsub(st, lam, bias.clone(), mag, start, stop, b0, b1, bias_hi=bias.clone())
+        assert hi is not None
+        return lo, hi
+    lam2 = torch.cat([lam, -lam], 1)
+    mag = torch.zeros(Bc, 2 * S, dtype=lam.dtype)
+    res, _ = _backsub(st, lam2, torch.cat([bias, -bias], 1), mag, start, stop, b0, b1)
+    return res[:, :S], -res[:, S:]
 
 
 def _chunk(B: int, rows: int, width: int, itemsize: int) -> int:
     return max(1, min(B, _LAMBDA_BYTES // max(1, rows * width * itemsize)))
 
 
-def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
+def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool) -> Box:
     """Back-substitution bounds on the input of activation layer i (the output of layer i-1)."""
     L = st.layers[i - 1]
     dt = ibp.l.dtype
@@ -146,30 +171,30 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool) -> Box:
     b0 = 0
     while b0 < B:
         sel_all = unstable[b0:].any(0).nonzero().flatten() if intersect else all_idx
-        Bc = _chunk(B - b0, 2 * max(1, sel_all.numel()), width, ibp.l.element_size())
+        Bc = _chunk(B - b0, (1 if symmetric else 2) * max(1, sel_all.numel()), width, ibp.l.element_size())
         b1 = b0 + Bc
         sel = unstable[b0:b1].any(0).nonzero().flatten() if intersect else all_idx
         S = sel.numel()
         if S == 0:
             b0 = b1
             continue
+        # rows shared by the chunk ([1, S, n]) are fine when an activation kernel reads them first
+        first_shared = i - 2 >= 0 and not st.layers[i - 2].is_affine
         if L.is_affine:
-            rows = _rows(L, sel, dt)
-            lam = torch.cat([rows, -rows], 0).unsqueeze(0)  # [1, 2S, n]: shared by the chunk
-            if i - 2 < 0 or st.layers[i - 2].is_affine:  # only an activation kernel reads shared rows
-                lam = lam.expand(b1 - b0, 2 * S, L.n_in).contiguous()
+            lam = _rows(L, sel, dt).unsqueeze(0)  # [1, S, n]: the same rows for the whole chunk
             bv = L.params(dt).bias
             bsel = bv[sel] if bv.numel() else torch.zeros(S, dtype=dt)
-            bias = torch.cat([bsel, -bsel]).unsqueeze(0).expand(b1 - b0, 2 * S).contiguous()
-            mag = torch.zeros(b1 - b0, 2 * S, dtype=dt)  # rows and bias were copied exactly
-            res = _backsub(st, lam, bias, mag, i - 1, 0, b0, b1)
+            start = i - 1
         else:  # activation directly before an activation: start from one-hot rows
-            eye = torch.zeros(S, n, dtype=dt)
-            eye[torch.arange(S), sel] = 1
-            lam = torch.cat([eye, -eye], 0).unsqueeze(0).expand(b1 - b0, 2 * S, n).contiguous()
-            z = torch.zeros(b1 - b0, 2 * S, dtype=dt)
-            res = _backsub(st, lam, z, z.clone(), i, 0, b0, b1)
-        l_new, u_new = res[:, :S], -res[:, S:]
+            lam = torch.zeros(1, S, n, dtype=dt)
+            lam[0, torch.arange(S), sel] = 1
+            bsel = torch.zeros(S, dtype=dt)
+            start = i
+            first_shared = not L.is_affine
+        if not first_shared:
+            lam = lam.expand(b1 - b0, S, lam.shape[2]).contiguous()
+        bias = bsel.unsqueeze(0).expand(b1 - b0, S).contiguous()  # rows and bias are exact copies: no slack
+        l_new, u_new = _two_sided(st, lam, bias, start, 0, b0, b1, symmetric)
         if intersect:
             # update only each sample's own unstable neurons, so a sample's bounds do not depend
             # on which other samples share its batch
@@ -244,7 +269,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
             first_exact = prob.p == 0 and all(Lj.is_affine for Lj in layers[:i]) and \
                 sum(not isinstance(Lj, Diag) for Lj in layers[:i]) <= 1
             if inter == "backsub" and i > 0 and not first_exact:
-                box = _intermediate(st, i, box, intersect)
+                box = _intermediate(st, i, box, intersect, symmetric=slope == "parallel")
                 st.boxes_in[i] = box
             lo_s, up_s, up_b = L.relax(box, slope)
             st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous())
@@ -252,22 +277,26 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
     out_box = box
     last = len(layers) - 1
     stop = last if cfg is None else 0
-    K = layers[-1].n_out
     S = C.shape[1]
-    CC = torch.cat([C, -C], dim=1).contiguous()
+    # one pass serves both directions when every relaxation on the way is symmetric (Fast-Lin / KW),
+    # or when there is none (IBP: only the last layer, fused with C)
+    symmetric = cfg is None or cfg[0] == "parallel"
     width = max(max(Lj.n_in, Lj.n_out) for Lj in layers)
-    res = torch.empty(B, 2 * S, dtype=dt)
-    Bc = _chunk(B, 2 * S, width, prob.x0.element_size())
+    lower = torch.empty(B, S, dtype=dt)
+    upper = torch.empty(B, S, dtype=dt)
+    Bc = _chunk(B, (1 if symmetric else 2) * S, width, prob.x0.element_size())
     for b0 in range(0, B, Bc):
         b1 = min(B, b0 + Bc)
-        z = torch.zeros(b1 - b0, 2 * S, dtype=dt)
-        res[b0:b1] = _backsub(st, CC[b0:b1].reshape(b1 - b0, 2 * S, K), z, z.clone(), len(layers), stop, b0, b1)
+        z = torch.zeros(b1 - b0, S, dtype=dt)
+        lower[b0:b1], upper[b0:b1] = _two_sided(st, C[b0:b1].contiguous(), z, len(layers), stop, b0, b1,
+                                                symmetric)
+    res = torch.cat([lower, upper], 1)
     if torch.isnan(res).any():
         raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
                          f"for {dt} (try float64 or a smaller eps)")
     slack = _eval_slack(st, out_box, C)
-    lower = res[:, :S] - slack
-    upper = -res[:, S:] + slack
+    lower = lower - slack
+    upper = upper + slack
     # round the subtraction outward
     lower = torch.nextafter(lower, torch.full_like(lower, -torch.inf))
     upper = torch.nextafter(upper, torch.full_like(upper, torch.inf))
