@@ -22,6 +22,12 @@ static void def_all(py::module_& m) {
   m.def("concretize", &concretize<T>, py::arg("lam").noconvert(), py::arg("x0").noconvert(), py::arg("l0").noconvert(), py::arg("u0").noconvert(), py::arg("eps").noconvert(), py::arg("p"), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma"), py::arg("out").noconvert(), py::arg("bias_hi").noconvert(), py::arg("out_hi").noconvert());
   m.def("conv_forward", &conv_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
   m.def("conv_backward", &conv_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
+  m.def("act_conv_backward", &act_conv_backward<T>, py::arg("lam").noconvert(), py::arg("lo_slope").noconvert(),
+        py::arg("up_slope").noconvert(), py::arg("up_bias").noconvert(), py::arg("zmag").noconvert(),
+        py::arg("gamma_prod"), py::arg("gamma_sum"), py::arg("W").noconvert(), py::arg("cbias").noconvert(),
+        py::arg("g").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("out").noconvert(),
+        py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(), py::arg("H"),
+        py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
 }
 
 extern "C" char* scipy_openblas_get_config(void);
@@ -33,6 +39,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
   def_all<float>(m);
   def_all<double>(m);
+  m.def("omp_max_threads", []() { return omp_get_max_threads(); },
+        "Threads an OpenMP region of the core would use now (sizes per-thread workspaces).");
   m.def("build_info", []() {
     py::dict d;
     d["blas"] = FASTCERT_BLAS_NAME;

@@ -1,6 +1,8 @@
 // Convolutions as GEMMs (im2col / col2im), forward and transposed, never as dense Toeplitz matrices.
 // Layouts: images [N, C, H, W] (C-contiguous); weights [OC, C, KH, KW]; cols [C*KH*KW, OH*OW] per sample.
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
+#include <omp.h>
+
 #include <cstring>
 
 #include "fastcert/common.h"
@@ -153,6 +155,127 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   template void conv_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, int, int, int, int, int, \
                                 int, Arr<T>&);                                                                 \
   template void conv_backward<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, int, int, int, int, int, int, Arr<T>&);
+FASTCERT_INST(float)
+FASTCERT_INST(double)
+#undef FASTCERT_INST
+}  // namespace fastcert
+
+namespace fastcert {
+// Fused backward step through an activation followed (going backwards) by the convolution that
+// produced its input: for each row lam[b,s,:] over the activation's n = OC*OH*OW neurons,
+//   1. relaxed = max(lam,0)*lo_s + min(lam,0)*up_s (+ intercepts into bias / bias_hi, slack into mag,
+//      exactly as backward_act),
+//   2. the conv's bias and magnitude terms (as bias_mag with the conv bias and g),
+//   3. out[b,s,:] = conv^T(relaxed)  (GEMM + col2im),
+// without writing the relaxed rows to memory. lam may be [1,S,n] (rows shared by the batch).
+// work: at least (n + C*KH*KW*OH*OW) elements per OpenMP thread.
+template <typename T>
+void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
+                       const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& Wt, const Arr<T>& cbias,
+                       const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
+                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, Arr<T>& work) {
+  const Geo geo = make_geo(Wt, H, W, sh, sw, ph, pw);
+  if (lam.ndim() != 3) throw std::invalid_argument("act_conv_backward: Lam must be [B,S,n] or [1,S,n]");
+  const py::ssize_t S = lam.shape(1), n = lam.shape(2);
+  if (n != static_cast<py::ssize_t>(geo.OC) * geo.ohw())
+    throw std::invalid_argument("act_conv_backward: Lam width must equal the conv's OC*OH*OW");
+  const py::ssize_t B = lo_s.size() / n;
+  if (lam.shape(0) != B && lam.shape(0) != 1) throw std::invalid_argument("act_conv_backward: Lam batch mismatch");
+  const py::ssize_t lam_bstride = lam.shape(0) == 1 ? 0 : S * n;
+  expect_size(lo_s.size(), B * n, "lo_slope");
+  expect_size(up_s.size(), B * n, "up_slope");
+  expect_size(up_b.size(), B * n, "up_bias");
+  expect_size(zmag.size(), B * n, "zmag");
+  expect_size(g.size(), B * n, "g");
+  const bool has_cb = cbias.size() != 0;
+  if (has_cb) expect_size(cbias.size(), n, "conv bias (flat)");
+  expect_size(out.size(), B * S * geo.chw(), "out");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  const bool two = bias_hi.size() != 0;
+  if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
+  const py::ssize_t per = n + geo.ckk() * geo.ohw();
+  const int nthreads = omp_get_max_threads();
+  if (work.size() < per * nthreads) throw std::invalid_argument("act_conv_backward: workspace too small");
+  const T* Lm = ro(lam, "Lam");
+  const T* LS = ro(lo_s, "lo_slope");
+  const T* US = ro(up_s, "up_slope");
+  const T* UB = ro(up_b, "up_bias");
+  const T* ZM = ro(zmag, "zmag");
+  const T* Wp = ro(Wt, "W");
+  const T* CB = has_cb ? ro(cbias, "conv bias") : nullptr;
+  const T* G = ro(g, "g");
+  T* O = mut(out, "out");
+  T* BI = mut(bias, "bias");
+  T* MG = mut(mag, "mag");
+  T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
+  T* ws = mut(work, "work");
+  const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
+  const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
+  const int M = static_cast<int>(geo.ckk()), Nn = static_cast<int>(geo.ohw()), K = geo.OC;
+#pragma omp parallel if (B * S * n > kParallelMin)
+  {
+    T* row = ws + per * omp_get_thread_num();
+    T* cols = row + n;
+#pragma omp for collapse(2) schedule(static)
+    for (py::ssize_t b = 0; b < B; ++b)
+      for (py::ssize_t s = 0; s < S; ++s) {
+        const T* lr = Lm + b * lam_bstride + s * n;
+        const T* ls = LS + b * n;
+        const T* us = US + b * n;
+        const T* ub = UB + b * n;
+        const T* zm = ZM + b * n;
+        const T* gr = G + b * n;
+        T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0, cacc_b = 0, cacc_m = 0, cacc_bm = 0;
+        for (py::ssize_t j = 0; j < n; ++j) {
+          const T v = lr[j];
+          T r;
+          if (v >= 0) {
+            r = v * ls[j];
+            if (two) {
+              acc_h += v * ub[j];
+              acc_i += v * std::fabs(ub[j]);
+            }
+          } else {
+            r = v * us[j];
+            acc_b += v * ub[j];
+            acc_i -= v * std::fabs(ub[j]);
+          }
+          acc_m += std::fabs(v) * zm[j];
+          row[j] = r;
+          const T ar = std::fabs(r);
+          cacc_m += ar * gr[j];
+          if (CB) {
+            cacc_b += r * CB[j];
+            cacc_bm += ar * std::fabs(CB[j]);
+          }
+        }
+        // activation step (as backward_act), then the conv's bias step (as bias_mag)
+        T nb = BI[b * S + s] + acc_b;
+        T m = gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb);
+        nb = nb + cacc_b;
+        m += gg * cacc_m + gb * cacc_bm + 2 * uu * std::fabs(nb);
+        BI[b * S + s] = nb;
+        if (two) {
+          T nh = BH[b * S + s] + acc_h;
+          m += 2 * uu * std::fabs(nh);
+          nh = nh + cacc_b;
+          m += 2 * uu * std::fabs(nh);
+          BH[b * S + s] = nh;
+        }
+        MG[b * S + s] += m;
+        gemm(true, false, M, Nn, K, T(1), Wp, M, row, Nn, T(0), cols, Nn);
+        T* img = O + (b * S + s) * geo.chw();
+        std::memset(img, 0, sizeof(T) * geo.chw());
+        col2im_add(geo, cols, img);
+      }
+  }
+}
+
+#define FASTCERT_INST(T)                                                                                         \
+  template void act_conv_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
+                                     double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
+                                     Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

@@ -29,4 +29,9 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
 template <typename T>
 void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
                    Arr<T>& work);
+template <typename T>
+void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
+                       const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& Wt, const Arr<T>& cbias,
+                       const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
+                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, Arr<T>& work);
 }  // namespace fastcert

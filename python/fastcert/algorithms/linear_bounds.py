@@ -102,16 +102,37 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
     Bc, S = bias.shape
     e = empty_like_dtype(dt)
     bh = e if bias_hi is None else np_view(bias_hi)
-    for j in range(start - 1, stop - 1, -1):
+    j = start - 1
+    while j >= stop:
         L = st.layers[j]
+        prev = st.layers[j - 1] if j - 1 >= stop else None
+        if not L.is_affine and isinstance(prev, Conv2d):
+            # activation + the convolution before it in one kernel: the relaxed rows never hit memory
+            r = st.relax[j]
+            G = st.G[j - 1]
+            assert r is not None and G is not None
+            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
+            out = torch.empty(Bc, S, prev.n_in, dtype=dt)
+            C_, H_, W_ = prev.in_shape
+            per = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
+            work = torch.empty(per * max(1, _C.omp_max_threads()), dtype=dt)  # a slice per thread
+            _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                 gamma_n(0, dt), gamma_n(L.n_in, dt), np_view(prev.params(dt).W),
+                                 np_view(prev.params(dt).bias), np_view(G[b0:b1]), gamma_n(prev.back_len, dt),
+                                 gamma_n(prev.n_out, dt), np_view(out), np_view(bias), np_view(mag), bh, H_, W_,
+                                 prev.stride[0], prev.stride[1], prev.padding[0], prev.padding[1], np_view(work))
+            lam = out
+            j -= 2
+            continue
+        idx, j = j, j - 1
         if L.is_affine:
-            G = st.G[j]
+            G = st.G[idx]
             assert G is not None
             _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
                         gamma_n(L.back_len, dt), gamma_n(L.n_out, dt), bh)
             lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
         else:
-            r = st.relax[j]
+            r = st.relax[idx]
             assert r is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
             out = torch.empty(Bc, S, L.n_in, dtype=dt)

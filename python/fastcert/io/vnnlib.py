@@ -1,0 +1,564 @@
+"""VNN-LIB specifications (the VNN-COMP 2021/2022 dialect) and counterexample files.
+
+``load_vnnlib(path, n_inputs, n_outputs) -> Spec``: a list of :class:`Property` disjuncts. Each has an
+input box ``lo, hi: [n_inputs]`` (float64) and a list of conjunctions ``(A [m, n_outputs], b [m])``.
+
+**Convention (as in VNN-COMP): a spec describes the *violation* region.** The instance is **sat** (a
+counterexample exists, the network is NOT robust) when some disjunct has a point ``x`` in its box and
+one of its conjunctions holds at ``y = f(x)``: every row of ``A y <= b``. It is **unsat** (verified)
+when no such point exists. Strict comparisons (``<``, ``>``) are read as ``<=`` / ``>=``: the
+violation region only grows, so an unsat proof stays sound (a counterexample exactly on the boundary
+of a strict constraint would be a false alarm).
+
+Supported syntax: ``(declare-const X_i Real)`` / ``Y_j``; ``(assert F)`` where F is built from
+``and``, ``or`` and comparisons ``<= >= < > =`` of linear expressions (numbers, ``X_i`` / ``Y_j``,
+``+``, ``-`` (unary and n-ary), ``*`` by a constant, ``/`` by a constant); comments after ``;``;
+plain or gzipped files (detected by content). The asserts are conjoined and brought to disjunctive
+normal form; each term's comparisons on a single ``X_i`` against a constant form its box (several
+bounds on one input intersect), those over ``Y`` only its output conjunction, and terms with the
+same box are grouped into one :class:`Property` (``(or (and box1 out1) (and box1 out2))`` and
+``box1 /\\ (or out1 out2)`` give the same result). Constraints that mix X and Y, or relate two inputs,
+are rejected with a clear error, as is any input left unbounded.
+
+**Decision on the ``vnnlib`` package from PyPI (evaluated, not used).** Its current line (1.0.x, a
+pybind11 wrapper of a BNFC-generated C++ parser) implements VNN-LIB *2.0* syntax and fails on the
+VNN-LIB 1.0 files VNN-COMP 2021/2022 ship (``Parse error: syntax error at line 1, column 1`` on
+``test_tiny.vnnlib``); it also requires pybind11 at run time and ships platform wheels. The previous
+0.0.1.post1 (pure Python, "alpha", superseded) does read these files (0.17 s for a 50 KB oval21 spec)
+but returns integer/object arrays, warns on SMT-LIB negative literals, has no input validation and
+would pin an abandoned release. The dialect needed here is small, so this module carries its own
+tokenizer + recursive reader (about 10 ms for the largest shared spec) with the validation and the
+error messages fastcert wants, and no new dependency.
+
+Counterexamples: :func:`read_counterexample` reads VNN-COMP counterexample files
+(``((X_0 v) ... (Y_0 v) ...)``, optionally after a ``sat`` line; gzipped or plain) and
+:func:`check_counterexample` re-checks one against a network in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import gzip
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+import numpy as np
+
+__all__ = ["Property", "Spec", "VnnlibError", "check_counterexample", "load_vnnlib", "parse_vnnlib",
+           "read_counterexample"]
+
+BOX_TOL = 1e-6  # VNN-COMP's tolerance on the input box of a counterexample
+
+
+class VnnlibError(ValueError):
+    """A malformed or unsupported VNN-LIB file (or counterexample file)."""
+
+
+@dataclass
+class Property:
+    """One disjunct: the box ``lo <= x <= hi`` and a disjunction of output conjunctions.
+
+    ``constraints[k] = (A, b)`` with ``A: [m, n_outputs]``, ``b: [m]``: the violation region of this
+    disjunct is ``{x in box : exists k, A_k f(x) <= b_k (every row)}``.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    constraints: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def holds_at(self, y: np.ndarray, tol: float = 0.0) -> tuple[int, float]:
+        """(index of the first conjunction violated-region-true at output y or -1, the best residual
+        ``min_k max_rows (A y - b)``; <= tol means y is in the violation region)."""
+        best, which = np.inf, -1
+        for k, (A, b) in enumerate(self.constraints):
+            r = float(np.max(A @ y - b)) if A.shape[0] else -np.inf
+            if r < best:
+                best, which = r, k
+        return (which if best <= tol else -1), best
+
+
+@dataclass
+class Spec:
+    """A parsed VNN-LIB file: ``properties`` is a disjunction (sat iff some disjunct is sat)."""
+
+    properties: list[Property]
+    n_inputs: int
+    n_outputs: int
+    source: str = ""
+
+    def __iter__(self) -> Iterator[Property]:
+        return iter(self.properties)
+
+    def __len__(self) -> int:
+        return len(self.properties)
+
+    def __getitem__(self, i: int) -> Property:
+        return self.properties[i]
+
+
+# --------------------------------------------------------------------------- reading and tokenizing
+def _no_gc(fn):
+    """Run ``fn`` with the cyclic garbage collector paused: parsing allocates many small lists (no
+    cycles) and generation-0 collections otherwise dominate the time (5x on a 300 KB spec)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+
+    return wrapper
+
+
+
+_TOKEN = re.compile(r"[()]|[^\s();]+|;[^\n]*")
+
+
+def _read_text(src: Union[str, os.PathLike, bytes]) -> tuple[str, str]:
+    if isinstance(src, (bytes, bytearray)):
+        data, name = bytes(src), "<bytes>"
+    else:
+        name = os.fspath(src)
+        with open(name, "rb") as f:
+            data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise VnnlibError(f"{name}: corrupt gzip data ({e})") from e
+    try:
+        return data.decode("utf-8"), name
+    except UnicodeDecodeError as e:
+        raise VnnlibError(f"{name}: not a text file ({e})") from e
+
+
+Sexp = Union[str, list]
+
+
+def _parse_sexps(text: str, name: str) -> list[Sexp]:
+    """All top-level s-expressions of ``text`` (comments dropped): atoms are strings, lists lists."""
+    toks = _TOKEN.findall(text)
+    stack: list[list] = []
+    cur: list = []
+    for tok in toks:
+        if tok == "(":
+            stack.append(cur)
+            cur = []
+        elif tok == ")":
+            if not stack:
+                raise VnnlibError(f"{name}: unbalanced ')'" + _where_unbalanced(text))
+            done = cur
+            cur = stack.pop()
+            cur.append(done)
+        elif tok[0] != ";":
+            cur.append(tok)
+    if stack:
+        raise VnnlibError(f"{name}: unbalanced parentheses: {len(stack)} '(' never closed (truncated file?)")
+    return cur
+
+
+def _where_unbalanced(text: str) -> str:
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        t = m.group()
+        depth += (t == "(") - (t == ")")
+        if depth < 0:
+            return f" at line {text.count(chr(10), 0, m.start()) + 1}"
+    return ""
+
+
+def _show(e: Sexp, limit: int = 80) -> str:
+    s = e if isinstance(e, str) else "(" + " ".join(_show(x, limit) for x in e) + ")"
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- formulas
+
+_VAR = re.compile(r"^([XY])_(\d+)$")
+
+# a linear expression: ({(kind, index): coef}, constant); kind "X" or "Y"
+Lin = tuple[dict, float]
+
+
+class _Reader:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.declared: dict[str, str] = {}
+        self.n_x = 0
+        self.n_y = 0
+        self._cache: dict[str, Lin] = {}  # variables (their dicts are never mutated)
+
+    def err(self, msg: str, e: Sexp | None = None) -> VnnlibError:
+        return VnnlibError(f"{self.name}: {msg}" + (f" in {_show(e)}" if e is not None else ""))
+
+    def declare(self, e: list) -> None:
+        if len(e) != 3 or not isinstance(e[1], str) or not isinstance(e[2], str):
+            raise self.err("malformed declare-const", e)
+        v, sort = e[1], e[2]
+        if sort not in ("Real", "Int"):
+            raise self.err(f"variable {v} has sort {sort}; only Real is supported", e)
+        m = _VAR.match(v)
+        if not m:
+            raise self.err(f"variable {v!r} is neither X_<i> (input) nor Y_<j> (output)", e)
+        self.declared[v] = sort
+        if m.group(1) == "X":
+            self.n_x = max(self.n_x, int(m.group(2)) + 1)
+        else:
+            self.n_y = max(self.n_y, int(m.group(2)) + 1)
+
+    def lin(self, e: Sexp) -> Lin:
+        if isinstance(e, str):
+            hit = self._cache.get(e)
+            if hit is not None:
+                return hit
+            m = _VAR.match(e)
+            if m:
+                if e not in self.declared:
+                    raise self.err(f"variable {e} is used but not declared (declare-const)")
+                out = {(m.group(1), int(m.group(2))): 1.0}, 0.0
+                self._cache[e] = out
+                return out
+            try:
+                v = float(e)
+            except ValueError:
+                raise self.err(f"unknown symbol {e!r}") from None
+            if not np.isfinite(v):
+                raise self.err(f"non-finite constant {e!r}")
+            return {}, v
+        if not e:
+            raise self.err("empty expression ()")
+        op, args = e[0], [self.lin(a) for a in e[1:]]
+        if op == "+" and args:
+            return _lin_sum(args, [1.0] * len(args))
+        if op == "-" and len(args) == 1:
+            return _lin_scale(args[0], -1.0)
+        if op == "-" and len(args) >= 2:
+            return _lin_sum(args, [1.0] + [-1.0] * (len(args) - 1))
+        if op == "*" and args:
+            out = args[0]
+            for a in args[1:]:
+                if not out[0]:
+                    out = _lin_scale(a, out[1])
+                elif not a[0]:
+                    out = _lin_scale(out, a[1])
+                else:
+                    raise self.err("nonlinear product of variables", e)
+            return out
+        if op == "/" and len(args) == 2:
+            if args[1][0] or args[1][1] == 0:
+                raise self.err("division by a variable or by zero", e)
+            return _lin_scale(args[0], 1.0 / args[1][1])
+        raise self.err(f"unsupported arithmetic {op!r}", e)
+
+    def formula(self, e: Sexp) -> list[list[tuple[str, Lin]]]:
+        """DNF of a boolean formula: a list of terms, each a list of atoms ``(rel, lhs - rhs)`` with
+        rel ``<=`` (meaning lin <= 0)."""
+        if isinstance(e, str) or not e:
+            if e in ("true",):
+                return [[]]
+            if e in ("false",):
+                return []
+            raise self.err(f"expected a formula, got {_show(e)!r}")
+        op = e[0]
+        if len(e) == 3 and (op == "<=" or op == ">=") and type(e[1]) is str and type(e[2]) is str:
+            # fast path for the bulk of every spec: (<= X_i 0.5), (>= Y_0 Y_1)
+            a, b = self.lin(e[1]), self.lin(e[2])
+            if not b[0]:
+                return [[(a[0], a[1] - b[1])]] if op == "<=" else [[({k: -v for k, v in a[0].items()}, b[1] - a[1])]]
+        if op == "and":
+            terms: list[list] = [[]]
+            for sub in e[1:]:
+                terms = _dnf_and(terms, self.formula(sub), self.name)
+            return terms
+        if op == "or":
+            if len(e) < 2:
+                raise self.err("empty (or)", e)
+            out: list[list] = []
+            for sub in e[1:]:
+                out.extend(self.formula(sub))
+            return out
+        if op in ("<=", ">=", "<", ">", "="):
+            if len(e) < 3:
+                raise self.err(f"comparison {op} needs two operands", e)
+            if len(e) > 3:  # chained (<= a b c) = (and (<= a b) (<= b c))
+                return self.formula(["and"] + [[op, e[i], e[i + 1]] for i in range(1, len(e) - 1)])
+            a, b = self.lin(e[1]), self.lin(e[2])
+            if not b[0]:  # the usual "X_i <= c" / "Y_j >= c": no merging needed
+                d = a[0], a[1] - b[1]
+            else:
+                d = _lin_sum([a, b], [1.0, -1.0])  # a - b
+            if op in ("<=", "<"):
+                return [[d]]
+            if op in (">=", ">"):
+                return [[_lin_scale(d, -1.0)]]
+            return [[d, _lin_scale(d, -1.0)]]
+        if op == "not":
+            raise self.err("'not' is not supported (rewrite the comparison)", e)
+        raise self.err(f"unsupported formula {op!r}", e)
+
+
+def _lin_scale(a: Lin, s: float) -> Lin:
+    return {k: v * s for k, v in a[0].items()}, a[1] * s
+
+
+def _lin_sum(args: list[Lin], signs: list[float]) -> Lin:
+    coefs: dict = {}
+    const = 0.0
+    for (c, k), s in zip(args, signs):
+        for var, v in c.items():
+            coefs[var] = coefs.get(var, 0.0) + s * v
+        const += s * k
+    return coefs, const
+
+
+_MAX_TERMS = 1_000_000
+
+
+def _dnf_and(t1: list[list], t2: list[list], name: str) -> list[list]:
+    if len(t1) * len(t2) > _MAX_TERMS:
+        raise VnnlibError(f"{name}: the disjunctive normal form has more than {_MAX_TERMS} terms")
+    if len(t1) == 1:
+        return [t1[0] + b for b in t2]
+    if len(t2) == 1:
+        return [a + t2[0] for a in t1]
+    return [a + b for a in t1 for b in t2]
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@_no_gc
+def parse_vnnlib(text: str, n_inputs: int | None = None, n_outputs: int | None = None,
+                 name: str = "<string>") -> Spec:
+    """Parse VNN-LIB ``text``; see :func:`load_vnnlib`."""
+    rd = _Reader(name)
+    asserts: list[Sexp] = []
+    for e in _parse_sexps(text, name):
+        if not isinstance(e, list) or not e or not isinstance(e[0], str):
+            raise rd.err(f"unexpected top-level {_show(e)!r}")
+        if e[0] == "declare-const":
+            rd.declare(e)
+        elif e[0] == "assert":
+            if len(e) != 2:
+                raise rd.err("assert takes one formula", e)
+            asserts.append(e[1])
+        elif e[0] in ("set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"):
+            continue
+        else:
+            raise rd.err(f"unsupported command {e[0]!r}", e)
+    n_in = rd.n_x if n_inputs is None else int(n_inputs)
+    n_out = rd.n_y if n_outputs is None else int(n_outputs)
+    if rd.n_x > n_in:
+        raise rd.err(f"declares X_{rd.n_x - 1} but the network has {n_in} inputs (X_0..X_{n_in - 1})")
+    if rd.n_y > n_out:
+        raise rd.err(f"declares Y_{rd.n_y - 1} but the network has {n_out} outputs (Y_0..Y_{n_out - 1})")
+    if n_in <= 0:
+        raise rd.err("no input variables (X_i)")
+    if not asserts:
+        raise rd.err("no assert")
+
+    # the conjunction of all asserts: plain atoms (usually the whole box) are shared by every DNF term
+    # and processed once; only the disjunctive asserts are multiplied out
+    common: list[Lin] = []
+    terms: list[list[Lin]] = [[]]
+    for a in asserts:
+        f = rd.formula(a)
+        if len(f) == 1:
+            common.extend(f[0])
+        else:
+            terms = _dnf_and(terms, f, name)
+    lo0, hi0, rows0, ok0 = _split(rd, common, n_in)
+    if not ok0:
+        raise rd.err("a constant-false comparison outside any disjunction: the specification is empty")
+
+    groups: dict[bytes, Property] = {}
+    order: list[bytes] = []
+    for t, term in enumerate(terms):
+        lo, hi, rows, ok = _split(rd, term, n_in, lo0, hi0)
+        if not ok:
+            continue  # a constant-false atom: this term is empty
+        rows = rows0 + rows
+        unb = np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)))
+        if unb.size:
+            side = "lower" if not np.isfinite(lo[unb[0]]) else "upper"
+            raise rd.err(f"input X_{unb[0]} has no {side} bound"
+                         + (f" ({unb.size} inputs are unbounded)" if unb.size > 1 else "")
+                         + (f" in disjunct {t} of the disjunctive normal form" if len(terms) > 1 else ""))
+        bad = np.flatnonzero(lo > hi)
+        if bad.size:
+            i = bad[0]
+            raise rd.err(f"input X_{i} has an empty range: lower bound {lo[i]!r} > upper bound {hi[i]!r}")
+        A = np.zeros((len(rows), n_out))
+        bvec = np.empty(len(rows))
+        for r, (coefs, rhs) in enumerate(rows):
+            for (_, j), v in coefs.items():
+                A[r, j] += v
+            bvec[r] = rhs
+        key = lo.tobytes() + hi.tobytes()
+        p = groups.get(key)
+        if p is None:
+            p = groups[key] = Property(lo, hi, [])
+            order.append(key)
+        p.constraints.append((A, bvec))
+    if not order:
+        raise rd.err("every disjunct contains a constant-false comparison: the specification is empty")
+    return Spec([groups[k] for k in order], n_in, n_out, name)
+
+
+def _split(rd: _Reader, atoms: list[Lin], n_in: int, lo0: np.ndarray | None = None,
+           hi0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[dict, float]], bool]:
+    """Atoms ``coefs . v + const <= 0`` -> (box lo, hi (intersected with lo0/hi0), output rows
+    ``(coefs, rhs)`` meaning ``coefs . y <= rhs``, feasible)."""
+    lo = np.full(n_in, -np.inf) if lo0 is None else lo0.copy()
+    hi = np.full(n_in, np.inf) if hi0 is None else hi0.copy()
+    rows: list[tuple[dict, float]] = []
+    ui: list[int] = []
+    uv: list[float] = []
+    li: list[int] = []
+    lv: list[float] = []
+    ok = True
+    for coefs, const in atoms:
+        if len(coefs) == 1:
+            (k, c), = coefs.items()
+            if k[0] == "X" and c != 0.0:
+                if k[1] >= n_in:
+                    raise rd.err(f"X_{k[1]} is out of range: the network has {n_in} inputs")
+                if c > 0:
+                    ui.append(k[1])
+                    uv.append(-const / c)
+                else:
+                    li.append(k[1])
+                    lv.append(-const / c)
+                continue
+        coefs = {k: v for k, v in coefs.items() if v != 0.0}
+        kinds = {k[0] for k in coefs}
+        if not coefs:
+            ok = ok and const <= 0
+        elif kinds == {"Y"}:
+            rows.append((coefs, -const))
+        elif kinds == {"X"}:
+            raise rd.err("a constraint relating several inputs (only bounds X_i <= c / X_i >= c are "
+                         "supported): " + _fmt_lin(coefs, const))
+        else:
+            raise rd.err("a constraint mixing inputs and outputs is not supported: " + _fmt_lin(coefs, const))
+    if ui:
+        np.minimum.at(hi, np.array(ui), np.array(uv))
+    if li:
+        np.maximum.at(lo, np.array(li), np.array(lv))
+    return lo, hi, rows, ok
+
+
+def _fmt_lin(coefs: dict, const: float) -> str:
+    s = " + ".join(f"{v:g}*{k[0]}_{k[1]}" for k, v in coefs.items())
+    return f"{s} + {const:g} <= 0"
+
+
+def load_vnnlib(path: Union[str, os.PathLike, bytes], n_inputs: int | None = None,
+                n_outputs: int | None = None) -> Spec:
+    """Parse a VNN-LIB file (plain or gzipped; ``bytes`` are read as file contents).
+
+    ``n_inputs`` / ``n_outputs``: the network's sizes (every box then has ``n_inputs`` entries, and a
+    variable beyond them is an error); when omitted they are taken from the declarations.
+    Raises :class:`VnnlibError` (a ``ValueError``) for malformed or unsupported content.
+    """
+    text, name = _read_text(path)
+    return parse_vnnlib(text, n_inputs, n_outputs, name)
+
+
+
+# --------------------------------------------------------------------------- counterexamples
+
+
+@_no_gc
+def read_counterexample(path: Union[str, os.PathLike, bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a VNN-COMP counterexample file ``((X_0 v) (X_1 v) ... (Y_0 v) ...)`` (an optional leading
+    ``sat`` / ``violated`` is skipped). Returns ``(x, y)``: float64 arrays; ``y`` is None when the
+    file has no ``Y_j`` entries."""
+    text, name = _read_text(path)
+    items = _parse_sexps(text, name)
+    while items and isinstance(items[0], str):
+        if items[0].lower() not in ("sat", "violated"):
+            raise VnnlibError(f"{name}: unexpected {items[0]!r} before the assignment")
+        items = items[1:]
+    if len(items) != 1 or not isinstance(items[0], list):
+        raise VnnlibError(f"{name}: expected one list of (X_i value) pairs")
+    vals: dict[str, dict[int, float]] = {"X": {}, "Y": {}}
+    for pair in items[0]:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise VnnlibError(f"{name}: expected (X_i value), got {_show(pair)}")
+        m = _VAR.match(pair[0])
+        if not m:
+            raise VnnlibError(f"{name}: unknown variable {pair[0]!r}")
+        try:
+            v = float(pair[1])
+        except ValueError:
+            raise VnnlibError(f"{name}: bad value {pair[1]!r} for {pair[0]}") from None
+        d = vals[m.group(1)]
+        i = int(m.group(2))
+        if i in d:
+            raise VnnlibError(f"{name}: {pair[0]} given twice")
+        d[i] = v
+
+    def dense(d: dict[int, float], what: str) -> np.ndarray:
+        n = max(d) + 1
+        if len(d) != n:
+            missing = sorted(set(range(n)) - set(d))[0]
+            raise VnnlibError(f"{name}: {what}_{missing} is missing")
+        out = np.empty(n)
+        for i, v in d.items():
+            out[i] = v
+        return out
+
+    if not vals["X"]:
+        raise VnnlibError(f"{name}: no X_i values")
+    return dense(vals["X"], "X"), (dense(vals["Y"], "Y") if vals["Y"] else None)
+
+
+def check_counterexample(network: Any, spec: Spec, x: Any, *, box_tol: float = BOX_TOL,
+                         out_tol: float = 0.0) -> tuple[bool, str]:
+    """Check that ``x`` (flat, the ONNX input's row-major order, ``spec.n_inputs`` values) violates
+    ``spec``: it lies in some disjunct's box (within ``box_tol``, as VNN-COMP) and the network's
+    float64 output satisfies every row of one of that disjunct's conjunctions (``A y <= b + out_tol``).
+
+    ``network``: a :class:`fastcert.Network` (built for its input shape, e.g. by ``load_onnx``), or any
+    callable mapping a float64 torch tensor ``[1, n_inputs]`` to ``[1, n_outputs]``.
+    Returns ``(ok, reason)``.
+    """
+    import torch
+
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x.size != spec.n_inputs:
+        return False, f"x has {x.size} values but the specification has {spec.n_inputs} inputs"
+    if not np.isfinite(x).all():
+        return False, "x contains NaN or inf"
+    shape = getattr(network, "input_shape", None)
+    xt = torch.from_numpy(x.copy()).reshape(1, *(shape if shape is not None else (x.size,)))
+    with torch.no_grad():
+        y = network(xt)
+    y = np.asarray(y.detach().double().cpu().numpy() if isinstance(y, torch.Tensor) else y,
+                   dtype=np.float64).reshape(-1)
+    if y.size != spec.n_outputs:
+        return False, f"the network has {y.size} outputs but the specification has {spec.n_outputs}"
+    best_box, best_out = (np.inf, -1), (np.inf, -1)
+    for d, p in enumerate(spec.properties):
+        viol = float(max(np.max(p.lo - x), np.max(x - p.hi), 0.0))
+        if viol > box_tol:
+            best_box = min(best_box, (viol, d))
+            continue
+        k, r = p.holds_at(y, out_tol)
+        if k >= 0:
+            where = f"disjunct {d}, " if len(spec.properties) > 1 else ""
+            return True, (f"counterexample confirmed: x in the box of {where}conjunction {k} holds "
+                          f"(max over its rows of A y - b = {r:.3g}; box violation {viol:.3g})")
+        best_out = min(best_out, (r, d))
+    if best_out[1] < 0:
+        return False, (f"x is outside every input box (smallest violation {best_box[0]:.3g} > tolerance "
+                       f"{box_tol:g}, disjunct {best_box[1]})")
+    return False, (f"x is in the box of disjunct {best_out[1]} but the output constraint does not hold at "
+                   f"f(x) (best conjunction: max row of A y - b = {best_out[0]:.3g} > {out_tol:g})")
