@@ -192,6 +192,31 @@ def test_large_eps_and_flat_mlp_float32(norm: str) -> None:
         assert all(_exact_inside(res.x_adv, x, eps / 1e3, norm))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("norm", NORMS)
+def test_python_float_arguments_keep_their_float64_value(norm: str, dtype: torch.dtype) -> None:
+    """Scalar eps / x_min / x_max given as Python floats must be used as the float64 values they
+    are, never through torch's default float32 dtype (which rounds these ones outwards)."""
+    f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
+    eps = f32(0.038 * {"inf": 1, "2": 4, "1": 10}[norm]) * (1 - 1e-12)  # just below a float32 number
+    x_min, x_max = f32(0.1) + 1e-12, f32(0.9) - 1e-12
+    assert f32(eps) > eps and f32(x_min) < x_min and f32(x_max) > x_max  # float32 would enlarge the region
+    g = _gen(31)
+    x = (x_min + (x_max - x_min) * torch.rand(6, 12, generator=g, dtype=torch.float64)).to(dtype)
+    x = torch.clamp(x, torch.nextafter(torch.tensor(x_min, dtype=dtype), torch.tensor(1.0, dtype=dtype)),
+                    torch.nextafter(torch.tensor(x_max, dtype=dtype), torch.tensor(0.0, dtype=dtype)))
+    x[0, :6] = x[0, 0]  # some coordinates on the box faces where representable
+    model = _mlp(12, (16,), 3, seed=31, dtype=dtype)
+    for kw in (dict(), dict(x_min=x_min, x_max=x_max)):
+        res = attacks.pgd(model, x, eps, norm, steps=10, restarts=2, **kw)
+        assert all(_exact_inside(res.x_adv, x, eps, norm, kw.get("x_min"), kw.get("x_max")))
+        big = attacks.pgd(model, x, 50.0, norm, steps=5, **kw)  # the box binds everywhere
+        assert all(_exact_inside(big.x_adv, x, 50.0, norm, kw.get("x_min"), kw.get("x_max")))
+        rl = attacks.minimize_linear(model, x, eps, norm, torch.eye(3), steps=5, **kw)
+        for s in range(3):
+            assert all(_exact_inside(rl.x_adv[:, s], x, eps, norm, kw.get("x_min"), kw.get("x_max")))
+
+
 def test_success_agrees_with_rerunning_each_sample() -> None:
     g = _gen(2)
     model = _mlp(8, (32, 32), 5, seed=2)
@@ -227,7 +252,12 @@ def test_deterministic_under_seed_and_global_rng_untouched(norm: str) -> None:
     c = attacks.pgd(model, x, 0.4, norm, seed=8, **kw)
     attacks.minimize_linear(model, x, 0.4, norm, torch.eye(3, dtype=torch.float64), restarts=2, steps=2)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert not torch.equal(a.x_adv, c.x_adv)  # other random starts
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # random search only (no steps): other seeds, other random starts
+    a0 = attacks.pgd(model, x, 0.4, norm, seed=7, steps=0, restarts=4)
+    c0 = attacks.pgd(model, x, 0.4, norm, seed=8, steps=0, restarts=4)
+    assert not torch.equal(a0.x_adv, c0.x_adv)
+    assert torch.equal(a0.x_adv, attacks.pgd(model, x, 0.4, norm, seed=7, steps=0, restarts=4).x_adv)
     # restarts = 1 starts at x: no randomness at all
     assert torch.equal(attacks.pgd(model, x, 0.4, norm, seed=1, steps=5).x_adv,
                        attacks.pgd(model, x, 0.4, norm, seed=2, steps=5).x_adv)
@@ -549,6 +579,14 @@ def test_bad_input_model_and_spec() -> None:
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double()  # training mode
     with pytest.raises(ValueError, match="model.eval()"):
         attacks.pgd(bn, _X, 0.1)
+    bn.eval()
+    bn[1].train()  # a submodule left in training mode
+    with pytest.raises(ValueError, match="BatchNorm1d layer in training mode"):
+        attacks.pgd(bn, _X, 0.1)
+    drop = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double()
+    with pytest.raises(ValueError, match="Dropout"):
+        attacks.pgd(drop, _X, 0.1)
+    attacks.pgd(drop.eval(), _X, 0.1, steps=1)
     with pytest.raises(ValueError, match="at least 2 classes"):
         attacks.pgd(nn.Linear(3, 1).double(), _X, 0.1)
     with pytest.raises(ValueError, match=r"C must be \[S, 2\]"):
@@ -577,4 +615,4 @@ def test_cuda_matches_region_and_rerun() -> None:
             assert torch.equal(model(res.x_adv), res.logits)
         cpu = attacks.pgd(model.cpu(), x.cpu(), 0.3, norm, steps=10, restarts=2, x_min=0.0, x_max=1.0)
         model.to(dev)
-        assert torch.allclose(cpu.margin, res.margin.cpu(), atol=1e-6)
+        assert abs(cpu.success_rate - res.success_rate) <= 1 / 16  # same search, other rounding

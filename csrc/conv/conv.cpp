@@ -227,29 +227,24 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
         const T* zm = ZM + b * n;
         const T* gr = G + b * n;
         T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0, cacc_b = 0, cacc_m = 0, cacc_bm = 0;
+#pragma omp simd reduction(+ : acc_b, acc_m, acc_i, acc_h, cacc_b, cacc_m, cacc_bm)
         for (py::ssize_t j = 0; j < n; ++j) {
-          const T v = lr[j];
-          T r;
-          if (v >= 0) {
-            r = v * ls[j];
-            if (two) {
-              acc_h += v * ub[j];
-              acc_i += v * std::fabs(ub[j]);
-            }
-          } else {
-            r = v * us[j];
-            acc_b += v * ub[j];
-            acc_i -= v * std::fabs(ub[j]);
-          }
-          acc_m += std::fabs(v) * zm[j];
+          const T v = lr[j], b_u = ub[j];
+          const T vp = v >= 0 ? v : T(0), vn = v < 0 ? v : T(0);
+          const T r = v * (v >= 0 ? ls[j] : us[j]);
+          const T abu = b_u < 0 ? -b_u : b_u;
+          acc_b += vn * b_u;
+          acc_i += (two ? vp - vn : -vn) * abu;
+          acc_h += vp * b_u;
+          acc_m += (vp - vn) * zm[j];
           row[j] = r;
-          const T ar = std::fabs(r);
+          const T ar = r < 0 ? -r : r;
           cacc_m += ar * gr[j];
-          if (CB) {
-            cacc_b += r * CB[j];
-            cacc_bm += ar * std::fabs(CB[j]);
-          }
+          const T cb = CB ? CB[j] : T(0);
+          cacc_b += r * cb;
+          cacc_bm += ar * (cb < 0 ? -cb : cb);
         }
+        if (!two) acc_h = 0;
         // activation step (as backward_act), then the conv's bias step (as bias_mag)
         T nb = BI[b * S + s] + acc_b;
         T m = gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb);

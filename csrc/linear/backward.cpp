@@ -65,6 +65,20 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
       const T* zm = ZM + b * n;
       const T* lb = has_lb ? LB + b * n : nullptr;
       T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0;
+      if (!lb) {  // zero lower intercepts (ReLU): a branch-free SIMD loop
+#pragma omp simd reduction(+ : acc_b, acc_m, acc_i, acc_h)
+        for (py::ssize_t j = 0; j < n; ++j) {
+          const T v = lr[j], u_s = us[j], l_s = ls[j], b_u = ub[j];
+          const T vp = v >= 0 ? v : T(0), vn = v < 0 ? v : T(0);
+          orow[j] = v * (v >= 0 ? l_s : u_s);
+          acc_b += vn * b_u;
+          const T abu = b_u < 0 ? -b_u : b_u;
+          acc_i += (two ? vp - vn : -vn) * abu;
+          acc_h += vp * b_u;
+          acc_m += (vp - vn) * zm[j];
+        }
+        if (!two) acc_h = 0;
+      } else
       for (py::ssize_t j = 0; j < n; ++j) {
         const T v = lr[j];
         if (v >= 0) {
@@ -129,6 +143,7 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
       const T* lr = Lm + (b * S + s) * m;
       const T* gr = G + b * m;
       T acc_b = 0, acc_m = 0, acc_bm = 0;
+#pragma omp simd reduction(+ : acc_b, acc_m, acc_bm)
       for (py::ssize_t j = 0; j < m; ++j) {
         const T av = std::fabs(lr[j]);
         if (has_b) {
@@ -193,16 +208,30 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
       const T* lo = Lo + b * n;
       const T* hi = Up + b * n;
       T box = 0, boxh = 0, boxmag = 0, dot = 0, dotmag = 0, nrm = 0;
+      // SIMD reductions: the summation order changes, which the rounding bound (any order) covers
+#pragma omp simd reduction(+ : box, boxmag)
       for (py::ssize_t j = 0; j < n; ++j) {
-        const T v = lr[j];
-        box += v >= 0 ? v * lo[j] : v * hi[j];
-        if (two) boxh += v >= 0 ? v * hi[j] : v * lo[j];
-        const T av = std::fabs(v);
-        boxmag += av * std::max(std::fabs(lo[j]), std::fabs(hi[j]));
-        if (p) {
-          dot += v * xr[j];
-          dotmag += av * std::fabs(xr[j]);
-          if (p == 2) nrm += v * v; else nrm = std::max(nrm, av);  // dual norms: L2 -> L2, L1 -> Linf
+        const T v = lr[j], a = lo[j], c = hi[j];
+        const T pick = v >= 0 ? a : c;
+        box += v * pick;
+        const T al = a < 0 ? -a : a, ah = c < 0 ? -c : c, av = v < 0 ? -v : v;
+        boxmag += av * (al > ah ? al : ah);
+      }
+      if (two) {
+#pragma omp simd reduction(+ : boxh)
+        for (py::ssize_t j = 0; j < n; ++j) boxh += lr[j] >= 0 ? lr[j] * hi[j] : lr[j] * lo[j];
+      }
+      if (p) {
+#pragma omp simd reduction(+ : dot, dotmag)
+        for (py::ssize_t j = 0; j < n; ++j) {
+          dot += lr[j] * xr[j];
+          dotmag += std::fabs(lr[j]) * std::fabs(xr[j]);
+        }
+        if (p == 2) {
+#pragma omp simd reduction(+ : nrm)
+          for (py::ssize_t j = 0; j < n; ++j) nrm += lr[j] * lr[j];  // dual of L2 is L2
+        } else {
+          for (py::ssize_t j = 0; j < n; ++j) nrm = std::max(nrm, std::fabs(lr[j]));  // dual of L1 is Linf
         }
       }
       // mag was summed in floating point too: 1% covers its own relative rounding (n*u << 1%)

@@ -41,9 +41,12 @@ whose descent direction leaves the box are masked out of the L2 / L1 steps):
 - L-inf: ``-step * sign(g)``.
 - L2: ``-step * g / ||g||_2``.
 - L1: the sparse steepest-descent step of SLIDE (Tramer & Boneh 2019): the sign of the
-  ``k = ceil(l1_sparsity * n)`` largest ``|g_i|`` (``l1_sparsity=0.05`` by default), normalised to
-  unit L1 norm, times ``step``. The pure L1 steepest-descent direction is a single coordinate
-  (``l1_sparsity -> 0``); a few coordinates per step converge faster on real networks.
+  ``k = ceil(l1_sparsity * n)`` largest ``|g_i|`` (default ``l1_sparsity=0.01``: the 99th
+  percentile, as in Foolbox's ``SparseL1DescentAttack``), normalised to unit L1 norm, times
+  ``step``. The exact L1 steepest-descent direction is a single coordinate (``k = 1``, which is
+  what the default gives below 100 inputs); a few coordinates per step move faster on large inputs.
+  On a small adversarially trained digits MLP, k = 1 found more adversarial examples than 5% / 10% /
+  20% / all coordinates (75% vs 71% / 59% / 39% / 9% at L1 eps 2).
 
 Projections are the exact Euclidean projections onto **ball intersected with box**:
 - L-inf: clipping to ``[max(x - eps, x_min), min(x + eps, x_max)]`` (rounded inwards).
@@ -155,12 +158,11 @@ def _check_model(model: Any, dt: torch.dtype) -> None:
     if not isinstance(model, nn.Module):
         hint = " (pass the torch model, not a fastcert.Network)" if type(model).__name__ == "Network" else ""
         raise TypeError(f"model must be a torch nn.Module{hint}, got {type(model).__name__}")
-    if model.training:
-        noisy = [type(m).__name__ for m in model.modules()
-                 if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
-        if noisy:
-            raise ValueError(f"the model is in training mode and has {noisy[0]} layers, whose output is random or "
-                             f"depends on the batch: call model.eval() first")
+    noisy = [type(m).__name__ for m in model.modules() if m.training and isinstance(
+        m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout))]
+    if noisy:
+        raise ValueError(f"the model has a {noisy[0]} layer in training mode, whose output is random or depends on "
+                         f"the batch: call model.eval() first")
     for name, prm in model.named_parameters():
         if prm.is_floating_point() and prm.dtype != dt:
             fix = "model.double()" if dt == torch.float64 else "model.float()"
@@ -197,7 +199,9 @@ def _per_sample(v: Any, B: int, name: str) -> Tensor:
     if isinstance(v, (str, bytes)) or v is None or isinstance(v, bool):
         raise TypeError(f"{name} must be a number or a [B] tensor of numbers, got {type(v).__name__}")
     try:
-        t = (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)).to(torch.float64)
+        # never through torch's default dtype: a Python float must keep all 53 bits
+        t = v.detach().cpu().to(torch.float64) if isinstance(v, torch.Tensor) else torch.as_tensor(
+            np.asarray(v, dtype=np.float64))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name} must be a number or a [B] tensor of numbers, got {type(v).__name__}") from exc
     if t.dim() == 0:
@@ -243,7 +247,8 @@ def _box(bound: Any, x: Tensor, name: str) -> Tensor | None:
     if isinstance(bound, (str, bytes)) or isinstance(bound, bool):
         raise TypeError(f"{name} must be a number or a tensor, got {type(bound).__name__}")
     try:
-        t = (bound.detach().cpu() if isinstance(bound, torch.Tensor) else torch.as_tensor(bound)).to(torch.float64)
+        t = bound.detach().cpu().to(torch.float64) if isinstance(bound, torch.Tensor) else torch.as_tensor(
+            np.asarray(bound, dtype=np.float64))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"{name} must be a number or a tensor broadcastable to x, got {type(bound).__name__}") from exc
     if not torch.isfinite(t).all():
@@ -666,7 +671,7 @@ def _attack(model: Any, x: Any, eps: Any, norm: Any, labels: Any, targets: Any, 
 
 def pgd(model: nn.Module, x: Any, eps: Any, norm: Any = "inf", labels: Any = None, targets: Any = None, *,
         steps: int = 40, restarts: int = 1, step_size: Any = None, x_min: Any = None, x_max: Any = None,
-        seed: int = 0, loss: str = "margin", l1_sparsity: float = 0.05, early_stop: bool = False,
+        seed: int = 0, loss: str = "margin", l1_sparsity: float = 0.01, early_stop: bool = False,
         batch_size: int | None = None) -> AttackResult:
     """Projected gradient descent with random restarts over ``{x' : ||x' - x||_norm <= eps,
     x_min <= x' <= x_max}``.
@@ -691,7 +696,7 @@ def pgd(model: nn.Module, x: Any, eps: Any, norm: Any = "inf", labels: Any = Non
 
 
 def fgsm(model: nn.Module, x: Any, eps: Any, norm: Any = "inf", labels: Any = None, targets: Any = None, *,
-         x_min: Any = None, x_max: Any = None, loss: str = "margin", l1_sparsity: float = 0.05) -> AttackResult:
+         x_min: Any = None, x_max: Any = None, loss: str = "margin", l1_sparsity: float = 0.01) -> AttackResult:
     """Fast gradient (sign) method: one step of size eps from x (L-inf: ``-eps sign(g)``; L2:
     ``-eps g/||g||_2``; L1: the sparse SLIDE step), projected onto the region; the better of x and
     that point is returned. Arguments and result as in :func:`pgd`."""
@@ -708,7 +713,7 @@ def robust_error(model: nn.Module, x: Any, labels: Any, eps: Any, norm: Any = "i
 
 def minimize_linear(model: nn.Module, x: Any, eps: Any, norm: Any, C: Any, *, steps: int = 40, restarts: int = 1,
                     step_size: Any = None, x_min: Any = None, x_max: Any = None, seed: int = 0,
-                    stop_below: float | None = None, l1_sparsity: float = 0.05,
+                    stop_below: float | None = None, l1_sparsity: float = 0.01,
                     batch_size: int | None = None) -> LinearAttackResult:
     """Search, for every sample b and row s of C, for a point of the region minimising
     ``C[b, s] . f(x')`` (PGD as in :func:`pgd`; maximise by passing ``-C``).

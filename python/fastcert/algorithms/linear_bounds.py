@@ -278,7 +278,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         st.boxes_in[i] = box
         if L.is_affine:
             box, st.G[i] = interval_affine(L, box)
-            if not (torch.isfinite(box.l).all() and torch.isfinite(box.u).all() and torch.isfinite(st.G[i]).all()):
+            if not torch.isfinite(st.G[i]).all():  # g >= |W| max(|l|,|u|) + |b|: finite iff the box is
                 raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the "
                                  f"range of {dt}; the weights, x or eps are too large (try float64 or a smaller eps)")
             continue

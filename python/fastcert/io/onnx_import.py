@@ -38,9 +38,13 @@ stride ``(sh, sw*C)``, padding ``(ph, pw*C)``), and ``input_shape`` is ``(1, H, 
 input (``test_nano``: shape ``[1]``) has none and is one sample.
 
 **Rounding.** Elementwise constant maps carry the evaluation-error model of :class:`fastcert.Normalize`
-(``|err| <= a|x| + c`` for a float64 evaluation of the original ops, composed when ops are merged);
-BatchNormalization carries the model of the torch BatchNorm conversion. Operations that are exact
-identities (``x + 0``, ``x * 1``, ``x / 1``) are dropped.
+(``|err| <= a|x| + c`` for a float64 evaluation of the original ops): a lone Add/Sub/Mul/Div gets
+Normalize's model with std 1 or mean 0, ``Sub`` then ``Div``/``Mul`` exactly Normalize's, and longer
+chains the sound composition of their models; BatchNormalization carries the model of the torch
+BatchNorm conversion. Operations that are exact identities (``x + 0``, ``x * 1``, ``x / 1``) are
+dropped. A constant Add right after a bias-free Gemm/MatMul/Conv becomes its bias (exact); other
+elementwise maps after an affine layer are folded into it by the IR (``network._fold``), which
+records the evaluation error.
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ class OnnxImportError(ValueError):
 
 
 def _read_model(src: Any):
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("fastcert.io.load_onnx needs the onnx package: pip install onnx") from e
 
     if isinstance(src, onnx.ModelProto):
         return src, "<ModelProto>"
@@ -183,6 +190,7 @@ class _Converter:
         self.ops: list[_Op] = []
         self.pend: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # s, t, a, c (IR order)
         self.pend_where: list[str] = []
+        self.pend_kinds: list[str] = []
         self.notes: list[str] = []
         self.where = ""
         self.fresh_affine = False  # ops[-1] is a Dense/Conv whose output is the current tensor, untouched
@@ -203,16 +211,17 @@ class _Converter:
 
     def _to_ir(self, v_logical: np.ndarray) -> np.ndarray:
         """A per-element array in the tensor's ONNX layout -> the IR's flat order."""
-        v = np.ascontiguousarray(v_logical, dtype=np.float64).reshape(-1)
+        v = np.array(v_logical, dtype=np.float64).reshape(-1)  # a writable copy
         if self.dyn.P is None:
             return v
         out = np.empty_like(v)
         out[self.dyn.P] = v
         return out
 
-    def _elementwise(self, s: Any, t: Any, a: Any, c: Any) -> None:
+    def _elementwise(self, s: Any, t: Any, a: Any, c: Any, kind: str = "") -> None:
         """Queue ``y = s*x + t`` (logical-layout arrays broadcastable to the tensor) with the evaluation-
-        error model ``|err| <= a|x| + c``, composed with what is already queued."""
+        error model ``|err| <= a|x| + c``, composed with what is already queued. ``kind``: "shift" for
+        a lone ``x + t`` (Add / Sub), "scale" for a lone ``x * s`` (Mul / Div)."""
         shp = self.dyn.logical
         try:
             arrs = [np.broadcast_to(_f64(v), shp) for v in (s, t, a, c)]
@@ -223,6 +232,11 @@ class _Converter:
             raise self.err("its constant gives a non-finite scale or shift")
         if self.pend is None:
             self.pend = (s2, t2, a2, c2)
+        elif self.pend_kinds == ["shift"] and kind == "scale":
+            # (x - m) / d or (x - m) * k: exactly fastcert.Normalize, whose model covers the two roundings
+            # of the original ops and ours of s2 and s2*t1 (4u)
+            t1 = self.pend[1]
+            self.pend = (s2, s2 * t1, 4 * _U * np.abs(s2), 4 * _U * np.abs(s2 * t1))
         else:
             s1, t1, a1, c1 = self.pend
             s, t = s2 * s1, s2 * t1 + t2
@@ -231,6 +245,7 @@ class _Converter:
             c = np.abs(s2) * c1 + a2 * np.abs(t1) + c2 + 4 * _U * (np.abs(s2 * t1) + np.abs(t2))
             self.pend = (s, t, a, c)
         self.pend_where.append(self.where)
+        self.pend_kinds.append(kind)
 
     def _flush(self) -> None:
         if self.pend is None:
@@ -238,7 +253,7 @@ class _Converter:
         s, t, a, c = self.pend
         where = self.pend_where[0] if len(self.pend_where) == 1 else \
             f"{self.pend_where[0]} .. {self.pend_where[-1]} (merged elementwise ops)"
-        self.pend, self.pend_where = None, []
+        self.pend, self.pend_where, self.pend_kinds = None, [], []
         prev = self.ops[-1] if self.ops and self.fresh_affine else None
         # a constant Add right after an affine layer without a bias is its bias (exact)
         if prev is not None and prev.args.get("b") is None and np.all(s == 1.0):
@@ -255,7 +270,7 @@ class _Converter:
         if vec is None:
             self._emit_flatten(f"{where} (flatten for a per-element map)")
             vec = [s, t, a, c]
-        sv, tv, av, cv = (torch.from_numpy(np.ascontiguousarray(v)) for v in vec)
+        sv, tv, av, cv = (torch.from_numpy(np.array(v)) for v in vec)
         self._emit(_Op("chaff", where, {"scale": sv, "shift": tv, "eval_a": av, "eval_c": cv}), self.ir_shape)
         self.fresh_affine = False
 
@@ -517,7 +532,11 @@ class _Converter:
         d = self.dyn
         # the constant may not broadcast the tensor to a larger shape (that would change the batch layout)
         full = d.full()
-        if c.ndim > len(full) or np.broadcast_shapes(c.shape, full) != full:
+        try:
+            ok = c.ndim <= len(full) and np.broadcast_shapes(c.shape, full) == full
+        except ValueError:
+            ok = False
+        if not ok:
             raise self.err(f"its constant of shape {list(c.shape)} would broadcast the tensor of shape "
                            f"{list(full)} to a larger shape")
         if d.batched and c.ndim == len(full):
@@ -528,14 +547,14 @@ class _Converter:
         c, _ = self._const_operand(ins, "Add")
         if not np.any(c):
             return  # x + 0 is exact
-        self._elementwise(1.0, c, 4 * _U, 4 * _U * np.abs(c))
+        self._elementwise(1.0, c, 4 * _U, 4 * _U * np.abs(c), "shift")
 
     def _op_Sub(self, node, ins, at) -> None:
         c, first = self._const_operand(ins, "Sub")
         if first:
             if not np.any(c):
                 return
-            self._elementwise(1.0, -c, 4 * _U, 4 * _U * np.abs(c))
+            self._elementwise(1.0, -c, 4 * _U, 4 * _U * np.abs(c), "shift")
         else:  # c - x
             self._elementwise(-1.0, c, 4 * _U, 4 * _U * np.abs(c))
 
@@ -546,7 +565,7 @@ class _Converter:
         c, _ = self._const_operand(ins, "Mul")
         if np.all(c == 1.0):
             return
-        self._elementwise(c, 0.0, 4 * _U * np.abs(c), 0.0)
+        self._elementwise(c, 0.0, 4 * _U * np.abs(c), 0.0, "scale")
 
     def _op_Div(self, node, ins, at) -> None:
         c, first = self._const_operand(ins, "Div")
@@ -556,7 +575,7 @@ class _Converter:
             raise self.err("division by a constant that contains 0")
         if np.all(c == 1.0):
             return
-        self._elementwise(1.0 / c, 0.0, 4 * _U / np.abs(c), 0.0)
+        self._elementwise(1.0 / c, 0.0, 4 * _U / np.abs(c), 0.0, "scale")
 
     def _op_BatchNormalization(self, node, ins, at) -> None:
         if at.get("training_mode", 0):

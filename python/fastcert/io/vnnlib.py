@@ -24,11 +24,12 @@ are rejected with a clear error, as is any input left unbounded.
 pybind11 wrapper of a BNFC-generated C++ parser) implements VNN-LIB *2.0* syntax and fails on the
 VNN-LIB 1.0 files VNN-COMP 2021/2022 ship (``Parse error: syntax error at line 1, column 1`` on
 ``test_tiny.vnnlib``); it also requires pybind11 at run time and ships platform wheels. The previous
-0.0.1.post1 (pure Python, "alpha", superseded) does read these files (0.17 s for a 50 KB oval21 spec)
-but returns integer/object arrays, warns on SMT-LIB negative literals, has no input validation and
-would pin an abandoned release. The dialect needed here is small, so this module carries its own
-tokenizer + recursive reader (about 10 ms for the largest shared spec) with the validation and the
-error messages fastcert wants, and no new dependency.
+0.0.1.post1 (pure Python, "alpha", superseded) does read these files (0.17 s for a 330 KB oval21 spec)
+but returns integer arrays for integer constraints, warns on SMT-LIB negative literals, has no input
+validation and would pin an abandoned release. The dialect needed here is small, so this module
+carries its own tokenizer + recursive reader (35-55 ms for that spec, the largest shared one; the
+228 shared files take about 4 s) with the validation and the error messages fastcert wants, and no
+new dependency.
 
 Counterexamples: :func:`read_counterexample` reads VNN-COMP counterexample files
 (``((X_0 v) ... (Y_0 v) ...)``, optionally after a ``sat`` line; gzipped or plain) and
@@ -70,8 +71,8 @@ class Property:
     constraints: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def holds_at(self, y: np.ndarray, tol: float = 0.0) -> tuple[int, float]:
-        """(index of the first conjunction violated-region-true at output y or -1, the best residual
-        ``min_k max_rows (A y - b)``; <= tol means y is in the violation region)."""
+        """Whether output ``y`` lies in this disjunct's violation region: ``(k, r)`` with ``r`` the best
+        residual ``min_k max_rows (A_k y - b_k)`` and ``k`` its conjunction when ``r <= tol``, else -1."""
         best, which = np.inf, -1
         for k, (A, b) in enumerate(self.constraints):
             r = float(np.max(A @ y - b)) if A.shape[0] else -np.inf
@@ -256,9 +257,9 @@ class _Reader:
             return _lin_scale(args[0], 1.0 / args[1][1])
         raise self.err(f"unsupported arithmetic {op!r}", e)
 
-    def formula(self, e: Sexp) -> list[list[tuple[str, Lin]]]:
-        """DNF of a boolean formula: a list of terms, each a list of atoms ``(rel, lhs - rhs)`` with
-        rel ``<=`` (meaning lin <= 0)."""
+    def formula(self, e: Sexp) -> list[list[Lin]]:
+        """The disjunctive normal form of a boolean formula: a list of terms (conjunctions), each a list
+        of atoms ``(coefs, const)`` meaning ``coefs . v + const <= 0``."""
         if isinstance(e, str) or not e:
             if e in ("true",):
                 return [[]]

@@ -12,6 +12,7 @@ coefficient rows, CROWN's A-propagation) and expose ``bias_flat``. Activation la
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,11 @@ class Box:
         return torch.maximum(self.l.abs(), self.u.abs())
 
 
+@functools.lru_cache(maxsize=None)
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
 class Layer:
     kind: str = "layer"
     is_affine: bool = False
@@ -57,11 +63,11 @@ class Layer:
 
     @property
     def n_in(self) -> int:
-        return int(np.prod(self.in_shape))
+        return _numel(self.in_shape)
 
     @property
     def n_out(self) -> int:
-        return int(np.prod(self.out_shape))
+        return _numel(self.out_shape)
 
     def describe(self) -> str:
         return f"{self.kind} {self.in_shape}->{self.out_shape}"
