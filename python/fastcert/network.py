@@ -238,6 +238,14 @@ class Network:
         dimension; when omitted it is taken from the first input."""
         return cls(_convert(model), input_shape)
 
+    @classmethod
+    def from_onnx(cls, src: Any) -> "Network":
+        """Load an ONNX network (path, bytes or ModelProto; ``.onnx.gz`` works too).
+        See :mod:`fastcert.io.onnx_import` for the supported operators."""
+        from fastcert.io.onnx_import import load_onnx
+
+        return load_onnx(src)[0]
+
     def layers_for(self, input_shape: tuple[int, ...]) -> list[Layer]:
         key = tuple(int(s) for s in input_shape)
         if self.input_shape is not None and key != self.input_shape:
