@@ -7,6 +7,7 @@ Quick start::
     res.certified        # [B] bool
 """
 
+from fastcert import attacks
 from fastcert._ext import build_info, set_blas_threads
 from fastcert.api import BoundsResult, CertifyResult, bounds, certify
 from fastcert.layers import UnsupportedError
@@ -21,6 +22,7 @@ __all__ = [
     "Network",
     "Normalize",
     "UnsupportedError",
+    "attacks",
     "bounds",
     "build_info",
     "set_blas_threads",

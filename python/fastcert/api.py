@@ -62,11 +62,19 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+_NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "2": "2", "l2": "2", "1": "1",
+                 "l1": "1"}
+
+
 def _norm_key(norm: Any) -> str:
-    key = str(norm).lower().replace("l", "")
-    if key in ("inf", "infinity"):
-        key = "inf"
-    if key not in NORMS:
+    """'inf' | '2' | '1' from 'inf', 'Linf', 'l2', 2, 2.0, float('inf'), ..."""
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        key = "inf" if norm == float("inf") else ("2" if norm == 2 else "1" if norm == 1 else None)
+    elif isinstance(norm, str):
+        key = _NORM_ALIASES.get(norm.strip().lower())
+    else:
+        key = None
+    if key is None:
         raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
     return key
 

@@ -103,7 +103,8 @@ class AttackResult:
              better was found), dtype and device of x, inside the region.
     success: [B] bool, ``margin < 0`` (untargeted: some class strictly beats the label; targeted:
              ``f_t > f_y``).
-    margin:  [B] ``f_y - max_{j != y} f_j`` (untargeted) or ``f_y - f_t`` (targeted) at x_adv.
+    margin:  [B] ``f_y - max_{j != y} f_j`` (untargeted) or ``f_y - f_t`` (targeted) at x_adv, one
+             float subtraction of the logits (its sign, hence ``success``, is exact).
     logits:  [B, K] the model's output at x_adv.
     labels:  [B] int64 the labels attacked (the prediction at x when none were given).
     targets: [B] int64 or None.
@@ -133,7 +134,8 @@ class LinearAttackResult:
     """Result of :func:`minimize_linear` (every field re-evaluated at ``x_adv``).
 
     x_adv:  [B, S, *input_shape] per sample and spec row, the point with the lowest ``C[b, s] . f``.
-    values: [B, S] ``C[b, s] . f(x_adv[b, s])`` (an upper bound on the true minimum over the region).
+    values: [B, S] ``C[b, s] . f(x_adv[b, s])`` computed in x's dtype: the value at a point of the
+            region, so (up to the rounding of this dot product) an upper bound on the minimum.
     logits: [B, S, K] the model's output at x_adv.
     C:      [B, S, K] the specification, in the dtype of x.
     """
