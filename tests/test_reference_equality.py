@@ -60,3 +60,21 @@ def test_tightness_order_reported() -> None:
         widths[m] = (r.upper - r.lower).mean().item()
         assert (r.upper >= r.lower).all()
     print("mean bound width:", widths)
+
+
+@pytest.mark.parametrize("slope", ["adaptive", "parallel", "zero", "one"])
+def test_lower_slope_choices_are_sound(slope: str) -> None:
+    """Every lower-slope rule gives sound bounds (sampled, float64, no tolerance), and the option is
+    refused where the method fixes its slopes or the rule is unknown."""
+    model = _mlp(3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 12, generator=g, dtype=torch.float64)
+    r = fastcert.bounds(model, x, 0.1, method="crown", lower_slope=slope)
+    pts = x[:, None] + (torch.rand(4, 256, 12, generator=g, dtype=torch.float64) * 2 - 1) * 0.1
+    with torch.no_grad():
+        f = model(pts.reshape(-1, 12)).reshape(4, 256, -1)
+    assert (r.lower[:, None] <= f).all() and (f <= r.upper[:, None]).all()
+    with pytest.raises(ValueError, match="lower_slope"):
+        fastcert.bounds(model, x, 0.1, method="kw", lower_slope=slope)
+    with pytest.raises(ValueError, match="lower_slope"):
+        fastcert.bounds(model, x, 0.1, method="crown", lower_slope="steep")

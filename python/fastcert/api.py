@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
+from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
 
 NORMS = {"inf": 0, "2": 2, "1": 1}
@@ -152,12 +153,14 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
 
 
 def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
-           x_min: Any = None, x_max: Any = None) -> BoundsResult:
+           x_min: Any = None, x_max: Any = None, lower_slope: str | None = None) -> BoundsResult:
     """Sound lower/upper bounds of ``C @ f(x')`` for all ``x'`` with ``||x' - x||_norm <= eps`` (and
     ``x_min <= x' <= x_max`` when given).
 
     x: [B, *input_shape] (torch or numpy, float32/float64; the computation runs in that dtype).
     eps: scalar or [B]. C: [S, K] or [B, S, K] (default: identity, i.e. bounds of the logits).
+    lower_slope: for ``crown`` / ``crown-ibp`` only, the ReLU lower-slope rule: "adaptive" (default,
+    1 if u >= -l else 0), "parallel" (u/(u-l), as Fast-Lin), "zero" or "one".
     Returns :class:`BoundsResult` with ``lower, upper: [B, S]``.
     """
     t0 = time.perf_counter()
@@ -177,7 +180,13 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
         if not torch.isfinite(Ct).all():
             raise ValueError("C contains NaN or inf")
     Ct = Ct.contiguous()
-    lo, up = linear_bounds(layers, prob, Ct, method)
+    if lower_slope is not None:
+        if method not in ("crown", "crown-ibp"):
+            raise ValueError(f"lower_slope applies to method='crown' or 'crown-ibp' only (method {method!r} fixes "
+                             f"its own slopes)")
+        if lower_slope not in LOWER_SLOPE_MODES:
+            raise ValueError(f"lower_slope must be one of {sorted(LOWER_SLOPE_MODES)}, got {lower_slope!r}")
+    lo, up = linear_bounds(layers, prob, Ct, method, lower_slope)
     if torch.isnan(lo).any() or torch.isnan(up).any():  # pragma: no cover - linear_bounds raises first
         raise ValueError("floating-point overflow while bounding: the weights, x or eps are too large")
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)

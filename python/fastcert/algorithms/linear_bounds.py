@@ -267,9 +267,15 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
     return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(C.dtype)
 
 
-def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S]."""
+def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
+                  lower_slope: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S].
+
+    ``lower_slope`` overrides the method's ReLU lower slope for ``crown`` / ``crown-ibp``
+    ("adaptive", "parallel", "zero" or "one"; any slope in [0, 1] is sound)."""
     cfg = METHODS[method]
+    if lower_slope is not None and cfg is not None:
+        cfg = (lower_slope, cfg[1], cfg[2])
     dt = prob.x0.dtype
     B = prob.x0.shape[0]
     st = _Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers))
