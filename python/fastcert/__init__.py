@@ -11,6 +11,7 @@ from fastcert import attacks
 from fastcert._ext import build_info, set_blas_threads
 from fastcert.api import BoundsResult, CertifyResult, bounds, certify
 from fastcert.layers import UnsupportedError
+from fastcert.mip import verify
 from fastcert.network import Network
 from fastcert.nn import Normalize
 
@@ -26,5 +27,6 @@ __all__ = [
     "bounds",
     "build_info",
     "set_blas_threads",
+    "verify",
     "certify",
 ]
