@@ -252,7 +252,7 @@ def test_deterministic_under_seed_and_global_rng_untouched(norm: str) -> None:
     for f in ("x_adv", "margin", "success", "logits"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     state = torch.random.get_rng_state()
-    c = attacks.pgd(model, x, 0.4, norm, seed=8, **kw)
+    attacks.pgd(model, x, 0.4, norm, seed=8, **kw)
     attacks.minimize_linear(model, x, 0.4, norm, torch.eye(3, dtype=torch.float64), restarts=2, steps=2)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -51,7 +51,8 @@ def test_matches_reference(method: str, norm: str, case: int, domain: bool) -> N
 
 
 def test_tightness_order_reported() -> None:
-    """IBP is never tighter than CROWN-IBP's spec pass? Not a theorem: only report the figures."""
+    """Mean bound widths per method are printed (tightness order is not a theorem, so not asserted);
+    every method must give upper >= lower."""
     model = _mlp(0)
     x = torch.rand(16, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     widths = {}

@@ -3,8 +3,8 @@
 Supported (inside any nesting of ``nn.Sequential``): Linear, Conv2d (groups=1, dilation=1, zero
 padding), ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, BatchNorm1d/2d in eval mode, AvgPool2d,
 :class:`fastcert.nn.Normalize`, and Identity / Dropout (eval mode, identity). Per-channel affine maps
-(BatchNorm, Normalize) are folded into the neighbouring Linear / Conv2d where that is exact, else
-kept as an elementwise layer. The layer list is built per input shape (CNNs learn their spatial size
+(BatchNorm, Normalize) are folded into the Linear / Conv2d right before them, else kept as an
+elementwise layer (never into the next layer: see docs/architecture.md). The layer list is built per input shape (CNNs learn their spatial size
 from the first input) and cached.
 """
 

@@ -249,11 +249,10 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
         if L.is_affine:
             G = st.G[j]
             assert G is not None
-            H_in = st.boxes_in[j].mag().double()  # type: ignore[union-attr]
             E = gamma64 * G.double() + L.forward_abs(E.contiguous())
             ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
             if ev_in is not None:
-                E = E + ev_in[0] * H_in + ev_in[1]
+                E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
             ev_out = getattr(L, "eval_out", None)  # one folded into this layer
             if ev_out is not None:
                 nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
@@ -317,8 +316,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], upper[b0:b1] = _two_sided(st, C[b0:b1].contiguous(), z, len(layers), stop, b0, b1,
                                                 symmetric)
-    res = torch.cat([lower, upper], 1)
-    if torch.isnan(res).any():
+    if torch.isnan(lower).any() or torch.isnan(upper).any():
         raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
                          f"for {dt} (try float64 or a smaller eps)")
     slack = _eval_slack(st, out_box, C)

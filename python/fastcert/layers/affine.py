@@ -48,11 +48,6 @@ class _AffineBase(Layer):
         return p
 
     @property
-    def row_abs_max(self) -> float:
-        """max over outputs of sum_j |W_ij| (an operator-inf-norm bound of the layer)."""
-        return float(self.dense_abs_rowsum().max())
-
-    @property
     def fan_in(self) -> int:
         """Length of the sums in ``forward`` (products per output, + bias, + 1 for the rounding of the
         float64 parameters to a float32 compute dtype, which perturbs each product by <= u)."""
@@ -95,9 +90,6 @@ class Dense(_AffineBase):
         out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
         _C.dense_backward(np_view(lam), np_view(p.W), np_view(out))
         return out
-
-    def dense_abs_rowsum(self) -> torch.Tensor:
-        return self.W64.abs().sum(dim=1)
 
 
 class Conv2d(_AffineBase):
@@ -160,8 +152,6 @@ class Conv2d(_AffineBase):
                          self.padding[0], self.padding[1], np_view(work))
         return out
 
-    def dense_abs_rowsum(self) -> torch.Tensor:
-        return self.W64.abs().flatten(1).sum(dim=1)
 
     @property
     def back_len(self) -> int:
@@ -194,8 +184,6 @@ class Diag(_AffineBase):
     def backward(self, lam: torch.Tensor) -> torch.Tensor:
         return (lam * self.params(lam.dtype).W).contiguous()
 
-    def dense_abs_rowsum(self) -> torch.Tensor:
-        return self.W64.abs()
 
     @property
     def fan_in(self) -> int:
