@@ -2,8 +2,18 @@
 
 Subcommands are registered in :data:`SUBCOMMANDS` as ``(name, help, add_arguments, run)``;
 ``run(args) -> int`` imports its heavy dependencies (torch, ...) lazily so that
-``fastcert --version`` and ``fastcert info`` stay fast. Future subcommands (``vnncomp``,
-``bench-suite``, ``evaluate``) plug in the same way.
+``fastcert --version`` and ``fastcert info`` stay fast (as fast as ``import fastcert`` allows:
+the package imports torch).
+
+* ``demo``: certified accuracy of two small digit models (offline).
+* ``info``: how the compiled core was built.
+* ``vnncomp NET.onnx SPEC.vnnlib --timeout T --out RESULT``: one VNN-COMP instance
+  (:mod:`fastcert.vnncomp`); the result file holds ``sat`` / ``unsat`` / ``timeout`` / ``unknown``
+  and, for ``sat``, the counterexample. ``--json`` adds one JSON line with the start-up and solve times.
+* ``bench-suite DIR/instances.csv``: every instance of a benchmark folder in one process, compared with
+  the published verdicts and the competition tools (:mod:`fastcert.vnncomp_suite`); exit status 1 on
+  any contradiction with a published sat/unsat verdict.
+* ``evaluate``: clean / PGD / MIP-lower / certified-upper robust error table (:mod:`fastcert.evaluate`).
 
 Errors exit non-zero with a one-line ``fastcert: error: ...`` on stderr
 (set ``FASTCERT_DEBUG=1`` for the traceback).
@@ -13,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from typing import Callable, NoReturn, Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 EXIT_USAGE = 2
 
@@ -122,12 +135,173 @@ def _run_demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------ vnncomp
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``, 10 ms resolution), else None."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _add_vnncomp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("onnx", metavar="NET.onnx", help="the network (ONNX; X.onnx.gz is found for X.onnx)")
+    p.add_argument("vnnlib", metavar="SPEC.vnnlib", help="the property (VNN-LIB; plain or gzipped)")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="T",
+                   help="time limit in seconds for the solve, start-up excluded (default 60)")
+    p.add_argument("--out", metavar="RESULT", help="write the VNN-COMP result file here")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON line (verdict, reason, startup_s, solve_s, ...) instead of the verdict")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random restarts (default 0)")
+    p.add_argument("--no-mip", action="store_true", help="attack and incomplete bounds only")
+
+
+def _run_vnncomp(args: argparse.Namespace) -> int:
+    import_s = _process_age_s()  # interpreter + `import fastcert` (torch) so far
+    t0 = time.perf_counter()
+    from fastcert.vnncomp import load_instance, solve_instance, write_result
+
+    t1 = time.perf_counter()
+    try:
+        inst = load_instance(args.onnx, args.vnnlib)
+    except FileNotFoundError as exc:
+        raise _UsageError(str(exc)) from None
+    startup_s = (import_s if import_s is not None else 0.0) + (t1 - t0) + inst.load_s
+    res = solve_instance(inst, args.timeout, seed=args.seed, use_mip=not args.no_mip)
+    if args.out:
+        write_result(args.out, res)
+    if res.verdict in ("unknown", "timeout"):
+        print(f"fastcert vnncomp: {res.verdict}: {res.reason}", file=sys.stderr)
+    if args.json:
+        rec = {"verdict": res.verdict, "reason": res.reason, "stage": res.stage, "onnx": str(inst.onnx_path),
+               "vnnlib": str(inst.vnnlib_path), "timeout_s": args.timeout,
+               "import_s": None if import_s is None else round(import_s + t1 - t0, 4),
+               "load_s": round(inst.load_s, 4), "startup_s": round(startup_s, 4), "solve_s": round(res.time_s, 4),
+               "out": args.out, "details": _jsonable(res.details)}
+        print(json.dumps(rec))
+    else:
+        print(res.verdict)
+    return 0
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            v = round(v, 4) if math.isfinite(v) else str(v)
+        out[k] = v
+    return out
+
+
+# -------------------------------------------------------------------------------- bench-suite
+def _add_bench_suite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("instances", metavar="BENCHMARK_DIR/instances.csv",
+                   help="a VNN-COMP instances.csv; verdicts.csv beside it and ../results_csv/ are used if present")
+    p.add_argument("--timeout-scale", type=_positive_float, default=1.0, metavar="S",
+                   help="multiply every instance's time limit by S (default 1)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="run only the first N instances")
+    p.add_argument("--out", metavar="results.csv", help="write the per-instance rows to this CSV file")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
+    p.add_argument("--no-mip", action="store_true", help="attack and incomplete bounds only")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _run_bench_suite(args: argparse.Namespace) -> int:
+    import_s = _process_age_s()
+    from fastcert.vnncomp_suite import format_summary, run_suite, suite_json, write_rows
+
+    if not os.path.isfile(args.instances):
+        raise _UsageError(f"no such file: {args.instances}; pass a benchmark folder's instances.csv")
+    try:
+        res = run_suite(args.instances, timeout_scale=args.timeout_scale, limit=args.limit, seed=args.seed,
+                        use_mip=not args.no_mip, progress=not args.quiet)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.out:
+        write_rows(res, args.out)
+    format_summary(res, sys.stderr if args.json else sys.stdout)
+    if import_s is not None:
+        print(f"process start-up (interpreter + import fastcert): {import_s:.2f} s, once for the whole suite",
+              file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(suite_json(res, {"process_import_s": import_s, "timeout_scale": args.timeout_scale})))
+    return 1 if res.contradictions else 0
+
+
+# ----------------------------------------------------------------------------------- evaluate
+_EVAL_METHODS = ("crown", "crown-ibp", "fastlin", "kw", "ibp")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="PATH|mlp|cnn",
+                   help="an .onnx file, a torch.save()d nn.Module (.pt/.pth), or the demo's 'mlp' (default) / 'cnn'")
+    p.add_argument("--data", default=None, metavar="digits|PATH",
+                   help="'digits' (default: scikit-learn's test split), an .npz with x and y, or a CSV of "
+                        "label,pixels 0..255 rows")
+    p.add_argument("--eps", type=_float_list, default=[0.05], metavar="E1,E2,...",
+                   help="radii, one table row each (default 0.05)")
+    p.add_argument("--n", type=_positive_int, default=100, metavar="N", help="first N samples (default 100)")
+    p.add_argument("--method", default="crown", choices=_EVAL_METHODS,
+                   help="incomplete bound for the upper bound (default crown)")
+    p.add_argument("--norm", default="inf", choices=("inf", "1", "2"), help="ball norm (default inf)")
+    p.add_argument("--mip-time-limit", type=float, default=10.0, metavar="S",
+                   help="MIP seconds per sample left open by PGD and the bound (default 10; 0 disables the MIP)")
+    p.add_argument("--pgd-steps", type=_positive_int, default=100, metavar="K", help="PGD steps (default 100)")
+    p.add_argument("--pgd-restarts", type=_positive_int, default=5, metavar="R", help="PGD restarts (default 5)")
+    p.add_argument("--x-min", type=float, default=0.0, help="input domain lower end (default 0)")
+    p.add_argument("--x-max", type=float, default=1.0, help="input domain upper end (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="PGD seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if not (args.mip_time_limit >= 0 and math.isfinite(args.mip_time_limit)):
+        raise _UsageError(f"--mip-time-limit must be a finite number >= 0, got {args.mip_time_limit}")
+    if args.x_min > args.x_max:
+        raise _UsageError(f"--x-min {args.x_min} > --x-max {args.x_max}")
+    from fastcert.evaluate import run_evaluate
+
+    try:
+        rows = run_evaluate(model=args.model, data=args.data, eps=args.eps, n=args.n, method=args.method,
+                            norm=args.norm, mip_time_limit=args.mip_time_limit, pgd_steps=args.pgd_steps,
+                            pgd_restarts=args.pgd_restarts, x_min=args.x_min, x_max=args.x_max, seed=args.seed,
+                            quiet=args.quiet, out=sys.stderr if args.json else sys.stdout)
+    except FileNotFoundError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.as_dict().items() if k != "status"} for r in rows]))
+    return 0
+
+
 # ---------------------------------------------------------------------------------- registry
 Subcommand = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 SUBCOMMANDS: list[Subcommand] = [
     ("demo", "train two small digit classifiers and plot certified accuracy (offline)", _add_demo, _run_demo),
     ("info", "print how the compiled core was built (BLAS, OpenMP, CUDA) as JSON", _add_info, _run_info),
+    ("vnncomp", "decide one VNN-COMP instance (ONNX + VNN-LIB) and write the result file", _add_vnncomp,
+     _run_vnncomp),
+    ("bench-suite", "run a VNN-COMP benchmark folder and compare with published verdicts and tools",
+     _add_bench_suite, _run_bench_suite),
+    ("evaluate", "clean / PGD / MIP-lower / certified-upper robust error table (MMR-style)", _add_evaluate,
+     _run_evaluate),
 ]
 
 

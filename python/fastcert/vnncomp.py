@@ -1,0 +1,459 @@
+"""VNN-COMP instances: one ONNX network + one VNN-LIB specification -> ``sat`` / ``unsat`` / ``timeout`` /
+``unknown``, with the competition's result file.
+
+Strategy inside the time limit (:func:`solve_instance`):
+
+1. **Attack.** Batched PGD (sign steps scaled by each input's box width, random restarts) on every
+   conjunction of every disjunct at once, minimising ``max_rows (A y - b)`` in float64 with an autograd
+   twin of the network. A point with a value ``< 0`` is re-checked by
+   :func:`fastcert.io.check_counterexample` on fastcert's own float64 evaluation before ``sat`` is
+   answered; the point is first moved onto float32-representable inputs inside the box when that keeps it
+   a counterexample, so that a float32 checker reads the same input.
+2. **Incomplete bounds.** CROWN (IBP when the network has an activation without a linear relaxation,
+   such as sigmoid or tanh) bounds every row ``A_i y`` over each disjunct's box; a conjunction is
+   infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
+3. **MIP** (ReLU networks only) on the conjunctions left open: ``fastcert.mip.solve_property`` when the
+   installed fastcert has it, else :func:`fastcert.verify` per row (the row ``A_i y - b_i`` is appended
+   to the network as a final linear layer).
+
+A network that fastcert cannot import (max pooling, residual graphs, ...) or a specification it cannot
+read is answered ``unknown`` with the reason; nothing is guessed. ``timeout`` means the time limit ran out
+with conjunctions still open and something left to try; ``unknown`` means every applicable method ran
+and none decided (e.g. a sigmoid network that IBP cannot verify and the attack cannot break).
+
+Result file (VNN-COMP 2022): the verdict on the first line; for ``sat`` the assignment follows as
+``((X_0 v)`` / ``(X_1 v)`` / ... / ``(Y_0 v)`` / ... ``)``, values written with ``repr`` (exact float64),
+which :func:`fastcert.io.read_counterexample` reads back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcert.io.vnnlib import Spec, VnnlibError, check_counterexample, load_vnnlib
+from fastcert.layers import Activation, Conv2d, Dense, Diag
+from fastcert.network import Network
+
+__all__ = ["VERDICTS", "Instance", "TorchTwin", "VnnResult", "format_result", "load_instance", "resolve_path",
+           "solve_instance", "write_result"]
+
+VERDICTS = ("sat", "unsat", "timeout", "unknown")
+#: The MIP is not started with less time than this left: building the model (sparse convolution
+#: matrices, pre-activation bounds) is not covered by the solver's own time limit.
+MIN_MIP_S = 1.0
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Path:
+    """``path`` (relative to ``base`` when given and not absolute), or ``path + ".gz"`` when only the
+    gzipped copy exists (VNN-COMP 2022 ships ``X.vnnlib.gz`` for ``X.vnnlib``). Raises
+    ``FileNotFoundError`` naming both candidates."""
+    p = Path(path)
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    if p.is_file():
+        return p
+    gz = p.with_name(p.name + ".gz")
+    if gz.is_file():
+        return gz
+    if p.exists():
+        raise FileNotFoundError(f"{p} is not a regular file (a directory?): pass the path of the file itself")
+    raise FileNotFoundError(f"no such file: {p} (nor {gz.name}); check the path")
+
+
+@dataclass
+class Instance:
+    """A loaded instance. ``net`` / ``spec`` are None when they could not be read; ``problem`` then says
+    why (the instance is answered ``unknown``)."""
+
+    onnx_path: Path
+    vnnlib_path: Path
+    net: Network | None
+    input_shape: tuple[int, ...] | None
+    spec: Spec | None
+    load_s: float
+    problem: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_network(onnx_path: str | os.PathLike[str]) -> tuple[Network | None, tuple[int, ...] | None, dict, str]:
+    """``(net, input_shape, info, problem)``: ``problem`` is "" on success, else the reason the network
+    cannot be verified (an unsupported ONNX operator, a corrupt file)."""
+    from fastcert.io.onnx_import import OnnxImportError, load_onnx
+
+    try:
+        net, shape, info = load_onnx(onnx_path)
+    except (OnnxImportError, ValueError) as exc:
+        return None, None, {}, f"network not supported by fastcert: {str(exc).strip()}"
+    return net, tuple(shape), info, ""
+
+
+def load_instance(onnx_path: str | os.PathLike[str], vnnlib_path: str | os.PathLike[str], *,
+                  base: str | os.PathLike[str] | None = None,
+                  cache: dict[Path, tuple] | None = None) -> Instance:
+    """Resolve (``.gz`` fallback), load and parse one instance. ``cache`` (path -> loaded network) lets
+    a suite load each network once. Missing files raise ``FileNotFoundError``; unsupported content is
+    reported in ``Instance.problem``."""
+    t0 = time.perf_counter()
+    op = resolve_path(onnx_path, base)
+    vp = resolve_path(vnnlib_path, base)
+    key = op.resolve()
+    if cache is not None and key in cache:
+        net, shape, info, problem = cache[key]
+    else:
+        net, shape, info, problem = load_network(op)
+        if cache is not None:
+            cache[key] = (net, shape, info, problem)
+    spec = None
+    if not problem:
+        try:
+            spec = load_vnnlib(vp, info["n_inputs"], info["n_outputs"])
+        except VnnlibError as exc:
+            problem = f"specification not supported: {exc}"
+    return Instance(op, vp, net, shape, spec, time.perf_counter() - t0, problem, info)
+
+
+# --------------------------------------------------------------------------- autograd twin
+
+
+class TorchTwin(nn.Module):
+    """A plain-torch (autograd) float64 evaluation of fastcert IR layers, for gradient attacks.
+
+    ``forward(x: [N, *input_shape]) -> [N, n_out]``. fastcert's own ``Network.forward`` runs compiled
+    kernels without gradients; this twin computes the same function with torch ops (up to rounding,
+    so counterexamples are always re-checked with ``Network.forward``)."""
+
+    def __init__(self, net: Network, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.layers = net.layers_for(self.input_shape)
+        for L in self.layers:
+            if not isinstance(L, (Dense, Conv2d, Diag, Activation)):  # pragma: no cover - IR has no others
+                raise TypeError(f"TorchTwin: no torch evaluation of layer {type(L).__name__}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], -1)
+        for L in self.layers:
+            if isinstance(L, Dense):
+                h = nn.functional.linear(h, L.W64, L.b64)
+            elif isinstance(L, Conv2d):
+                h = nn.functional.conv2d(h.reshape(h.shape[0], *L.in_shape), L.W64, L.b64, stride=L.stride,
+                                         padding=L.padding).reshape(h.shape[0], -1)
+            elif isinstance(L, Diag):
+                h = torch.addcmul(L.b64, h, L.W64)
+            else:
+                h = L.forward(h)
+        return h
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class VnnResult:
+    """Outcome of one instance.
+
+    verdict: one of :data:`VERDICTS`. reason: a sentence saying how it was decided (or why not).
+    stage: "attack", "bounds:<method>", "mip", "load" or "" (undecided).
+    counterexample / output: for ``sat``, the input x (flat, ONNX row-major order) and fastcert's float64
+    f(x), both float64 arrays; else None. time_s: seconds spent in :func:`solve_instance`.
+    details: per-stage timings and counts.
+    """
+
+    verdict: str
+    reason: str
+    stage: str = ""
+    counterexample: np.ndarray | None = None
+    output: np.ndarray | None = None
+    time_s: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def format_result(res: VnnResult) -> str:
+    """The VNN-COMP result file text: the verdict, then for ``sat`` the ``((X_i v) ... (Y_j v))`` list."""
+    if res.verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {res.verdict!r}")
+    if res.verdict != "sat":
+        return res.verdict + "\n"
+    if res.counterexample is None or res.output is None:
+        raise ValueError("a sat result needs its counterexample and the network's output at it")
+    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(res.counterexample)]
+    pairs += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(res.output)]
+    return "sat\n(" + "\n".join(pairs) + ")\n"
+
+
+def write_result(path: str | os.PathLike[str], res: VnnResult) -> None:
+    """Write :func:`format_result` to ``path`` atomically (a temporary file, then a rename)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp.write_text(format_result(res))
+    os.replace(tmp, p)
+
+
+# --------------------------------------------------------------------------- solving
+
+
+@dataclass
+class _Targets:
+    """All (disjunct, conjunction) pairs as one batch. lo, hi: [T, n]; A: [T, m, K]; b: [T, m] (padded
+    rows have A = 0, b = +inf, so they never raise the max)."""
+
+    pairs: list[tuple[int, int]]
+    lo: torch.Tensor
+    hi: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+
+    @staticmethod
+    def of(spec: Spec) -> _Targets:
+        pairs = [(d, k) for d, p in enumerate(spec) for k in range(len(p.constraints))]
+        m = max(max(1, spec[d].constraints[k][0].shape[0]) for d, k in pairs)
+        T, K = len(pairs), spec.n_outputs
+        A = torch.zeros(T, m, K, dtype=torch.float64)
+        b = torch.full((T, m), math.inf, dtype=torch.float64)
+        for t, (d, k) in enumerate(pairs):
+            Ak, bk = spec[d].constraints[k]
+            A[t, : Ak.shape[0]] = torch.from_numpy(Ak)
+            b[t, : Ak.shape[0]] = torch.from_numpy(bk)
+            if Ak.shape[0] == 0:  # an empty conjunction holds everywhere in the box
+                b[t, 0] = 0.0
+        lo = torch.stack([torch.from_numpy(spec[d].lo) for d, _ in pairs])
+        hi = torch.stack([torch.from_numpy(spec[d].hi) for d, _ in pairs])
+        return _Targets(pairs, lo, hi, A, b)
+
+    def value(self, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """max over the rows of ``A y - b`` for targets ``idx``; y: [N, K]."""
+        return (torch.einsum("nmk,nk->nm", self.A[idx], y) - self.b[idx]).amax(1)
+
+
+def _attack(twin: TorchTwin, tg: _Targets, targets: list[int], deadline: float, *, restarts: int, steps: int,
+            seed: int) -> tuple[np.ndarray | None, float]:
+    """Batched PGD on ``targets`` (indices into ``tg``), ``restarts`` random starts each (the first at the
+    box centre); returns ``(x, value)`` of the best point, x None unless its value is < 0."""
+    T = len(targets)
+    if T == 0:
+        return None, math.inf
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.tensor(targets, dtype=torch.int64).repeat(restarts)
+    lo, hi = tg.lo[idx], tg.hi[idx]
+    width = hi - lo
+    x = lo + width * torch.rand(lo.shape, generator=gen, dtype=torch.float64)
+    x[:T] = 0.5 * (lo[:T] + hi[:T])
+    x = torch.minimum(torch.maximum(x, lo), hi)
+    best_v, best_x = math.inf, None
+    for s in range(steps):
+        xr = x.detach().requires_grad_(True)
+        v = tg.value(twin(xr.reshape(-1, *twin.input_shape)), idx)
+        vd = v.detach()
+        i = int(torch.argmin(vd))
+        if float(vd[i]) < best_v:
+            best_v, best_x = float(vd[i]), x[i].detach().clone()
+        if best_v < 0 or time.perf_counter() >= deadline:
+            break
+        (g,) = torch.autograd.grad(v.sum(), xr)
+        alpha = 0.02 + 0.23 * 0.5 * (1 + math.cos(math.pi * s / steps))  # cosine from 0.25 to 0.02
+        x = torch.minimum(torch.maximum(x - alpha * width * torch.sign(g), lo), hi)
+    if best_x is None or best_v >= 0:
+        return None, best_v
+    return best_x.numpy(), best_v
+
+
+def _confirm(net: Network, spec: Spec, x: np.ndarray) -> np.ndarray | None:
+    """``x`` if it is a checked counterexample, preferring its float32-representable version (rounded
+    into the box); None if neither checks out."""
+    p = next((p for p in spec if np.all(x >= p.lo) and np.all(x <= p.hi)), None)
+    if p is not None:
+        x32 = x.astype(np.float32).astype(np.float64)
+        x32 = np.where(x32 < p.lo, np.nextafter(x32.astype(np.float32), np.float32(np.inf)).astype(np.float64), x32)
+        x32 = np.where(x32 > p.hi, np.nextafter(x32.astype(np.float32), np.float32(-np.inf)).astype(np.float64), x32)
+        if np.all(x32 >= p.lo) and np.all(x32 <= p.hi) and check_counterexample(net, spec, x32, box_tol=0.0)[0]:
+            return x32
+    return x if check_counterexample(net, spec, x, box_tol=0.0)[0] else None
+
+
+def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net.forward(torch.from_numpy(x.copy()).reshape(1, *shape)).reshape(-1).double().numpy()
+
+
+def _region(lo: np.ndarray, hi: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, float, torch.Tensor,
+                                                                              torch.Tensor]:
+    """An L-inf ball containing the box [lo, hi] (intersected with it by x_min / x_max): (x, eps, lo, hi)."""
+    c = 0.5 * lo + 0.5 * hi
+    c = np.minimum(np.maximum(c, lo), hi)
+    eps = float(max(np.max(hi - c), np.max(c - lo), 0.0)) * (1 + 1e-12) + 1e-300
+    t = torch.from_numpy
+    return t(c).reshape(1, *shape), eps, t(lo.copy()).reshape(shape), t(hi.copy()).reshape(shape)
+
+
+def _bounds_stage(net: Network, shape: tuple[int, ...], spec: Spec, tg: _Targets, method: str,
+                  open_: list[bool], lower: dict[tuple[int, int], np.ndarray]) -> None:
+    """Mark as closed (False) the targets with a row whose lower bound exceeds its b."""
+    from fastcert.api import bounds
+
+    for d, p in enumerate(spec):
+        ts = [t for t, (dd, _) in enumerate(tg.pairs) if dd == d and open_[t]]
+        if not ts:
+            continue
+        rows = [p.constraints[tg.pairs[t][1]] for t in ts]
+        C = np.concatenate([A for A, _ in rows if A.shape[0]] or [np.zeros((0, spec.n_outputs))])
+        if C.shape[0] == 0:
+            continue
+        x, eps, lo, hi = _region(p.lo, p.hi, shape)
+        res = bounds(net, x, eps, "inf", method=method, C=torch.from_numpy(C), x_min=lo, x_max=hi)
+        lb = res.lower[0].double().numpy()
+        r = 0
+        for t, (A, b) in zip(ts, rows):
+            m = A.shape[0]
+            lower[tg.pairs[t]] = lb[r:r + m] - b
+            if m and np.any(lb[r:r + m] > b):
+                open_[t] = False
+            r += m
+
+
+def _with_row(net: Network, shape: tuple[int, ...], a: np.ndarray, b: float) -> Network:
+    """The network followed by the scalar output ``a . y - b``."""
+    from fastcert.network import _Op
+
+    W = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).reshape(1, -1)
+    op = _Op("linear", "vnnlib row", {"W": W, "b": torch.tensor([-float(b)], dtype=torch.float64)})
+    return Network(list(net._ops) + [op], shape)
+
+
+def _mip_stage(net: Network, shape: tuple[int, ...], spec: Spec, tg: _Targets, open_: list[bool],
+               lower: dict[tuple[int, int], np.ndarray], deadline: float) -> tuple[np.ndarray | None, str]:
+    """Close open targets by MIP; returns ``(counterexample or None, note)``."""
+    from fastcert import mip
+
+    solve_property = getattr(mip, "solve_property", None)
+    if solve_property is not None:
+        for d, p in enumerate(spec):
+            if not any(open_[t] for t, (dd, _) in enumerate(tg.pairs) if dd == d):
+                continue
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return None, "time limit reached during MIP"
+            verdict, cex, _info = solve_property(net, Spec([p], spec.n_inputs, spec.n_outputs), left)
+            if verdict == "sat" and cex is not None:
+                return np.asarray(cex, dtype=np.float64).reshape(-1), "mip.solve_property"
+            if verdict == "unsat":
+                for t, (dd, _) in enumerate(tg.pairs):
+                    if dd == d:
+                        open_[t] = False
+        return None, "mip.solve_property"
+    # fallback: fastcert.verify on each row of each open conjunction (most promising rows first)
+    jobs = [t for t in range(len(tg.pairs)) if open_[t]]
+    for n_done, t in enumerate(jobs):
+        d, k = tg.pairs[t]
+        A, b = spec[d].constraints[k]
+        gaps = lower.get((d, k), np.zeros(A.shape[0]))
+        for i in np.argsort(-gaps):
+            left = deadline - time.perf_counter()
+            if left <= 0.05:
+                return None, "time limit reached during MIP"
+            budget = left / max(1, len(jobs) - n_done)
+            x, eps, lo, hi = _region(spec[d].lo, spec[d].hi, shape)
+            res = mip.verify(_with_row(net, shape, A[i], b[i]), x, eps, "inf", C=torch.ones(1, 1), x_min=lo,
+                             x_max=hi, time_limit=budget)[0][0]
+            if res.verdict == "verified":
+                open_[t] = False
+                break
+            if res.verdict == "falsified" and res.counterexample is not None and A.shape[0] == 1:
+                return res.counterexample.reshape(-1).double().numpy(), "fastcert.verify"
+    return None, "fastcert.verify per row"
+
+
+def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_fraction: float = 0.15,
+                   restarts: int = 4, steps: int = 100, use_mip: bool = True) -> VnnResult:
+    """Decide one loaded instance within ``timeout`` seconds (see the module docstring)."""
+    t0 = time.perf_counter()
+    deadline = t0 + float(timeout)
+    det: dict[str, Any] = {}
+
+    def done(verdict: str, reason: str, stage: str = "", x: np.ndarray | None = None) -> VnnResult:
+        y = _eval(inst.net, inst.input_shape, x) if x is not None else None  # type: ignore[arg-type]
+        return VnnResult(verdict, reason, stage, x, y, time.perf_counter() - t0, det)
+
+    if inst.problem or inst.net is None or inst.spec is None:
+        return done("unknown", inst.problem or "instance not loaded", "load")
+    net, shape, spec = inst.net, inst.input_shape, inst.spec
+    assert shape is not None
+    layers = net.layers_for(shape)
+    acts = sorted({L.kind for L in layers if isinstance(L, Activation)})
+    relu_only = all(a == "relu" for a in acts)
+    method = "crown" if relu_only else "ibp"
+    tg = _Targets.of(spec)
+    det.update(n_disjuncts=len(spec), n_targets=len(tg.pairs), activations=acts, bounds_method=method)
+
+    twin = TorchTwin(net, shape)
+    open_ = [True] * len(tg.pairs)
+    budget = attack_fraction * timeout if timeout < 60 else min(10.0, attack_fraction * timeout)
+
+    def attack(phase: int, share: float, n_restarts: int, n_steps: int) -> VnnResult | None:
+        t = time.perf_counter()
+        todo = [i for i in range(len(tg.pairs)) if open_[i]]
+        x, v = _attack(twin, tg, todo, min(deadline, t + share * budget), restarts=n_restarts, steps=n_steps,
+                       seed=seed + phase)
+        det[f"attack{phase}_s"] = time.perf_counter() - t
+        det["attack_best"] = min(v, det.get("attack_best", math.inf))
+        if x is not None:
+            xc = _confirm(net, spec, x)
+            if xc is not None:
+                return done("sat", f"PGD found a counterexample (re-checked in float64; value {v:.3g})", "attack", xc)
+        if time.perf_counter() >= deadline:
+            return done("timeout", "time limit reached during the attack")
+        return None
+
+    # 1. a quick attack on every conjunction
+    res = attack(0, 0.25, 2, max(10, steps // 5))
+    if res is not None:
+        return res
+    # 2. incomplete bounds
+    tb = time.perf_counter()
+    lower: dict[tuple[int, int], np.ndarray] = {}
+    _bounds_stage(net, shape, spec, tg, method, open_, lower)
+    det.update(bounds_s=time.perf_counter() - tb, open_after_bounds=sum(open_))
+    if not any(open_):
+        return done("unsat", f"{method.upper()} bounds prove every disjunct infeasible", f"bounds:{method}")
+    # 3. a longer attack on the conjunctions still open
+    res = attack(1, 0.75, restarts, steps)
+    if res is not None:
+        return res
+    best = det["attack_best"]
+
+    # 4. MIP
+    if not relu_only:
+        other = ", ".join(a for a in acts if a != "relu")
+        return done("unknown", f"{sum(open_)} of {len(open_)} conjunctions not decided: the network has {other} "
+                    f"activations, for which fastcert has only interval (IBP) bounds and no MIP encoding, and "
+                    f"the attack found no counterexample (best value {best:.3g})")
+    if not use_mip:
+        return done("unknown", f"{sum(open_)} of {len(open_)} conjunctions not decided by attack and bounds "
+                    f"(MIP disabled)")
+    if deadline - time.perf_counter() < MIN_MIP_S:
+        return done("timeout", f"time limit reached: less than {MIN_MIP_S:g} s left for the MIP, with "
+                    f"{sum(open_)} of {len(open_)} conjunctions open")
+    tm = time.perf_counter()
+    cex, note = _mip_stage(net, shape, spec, tg, open_, lower, deadline)
+    det.update(mip_s=time.perf_counter() - tm, mip=note, open_after_mip=sum(open_))
+    if cex is not None:
+        xc = _confirm(net, spec, cex)
+        if xc is not None:
+            return done("sat", f"MIP found a counterexample ({note}; re-checked in float64)", "mip", xc)
+    if not any(open_):
+        return done("unsat", f"bounds + MIP ({note}) prove every disjunct infeasible", "mip")
+    if time.perf_counter() >= deadline - 0.05:
+        return done("timeout", f"time limit reached with {sum(open_)} of {len(open_)} conjunctions open")
+    return done("unknown", f"{sum(open_)} of {len(open_)} conjunctions not decided by attack, {method} and MIP "
+                f"({note})")
