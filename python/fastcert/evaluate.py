@@ -144,11 +144,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, 
     times["mip"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     cnt = {s: status.count(s) for s in STATUSES}
-    pgd_err = (cnt["misclassified"] + cnt["pgd"]) / N
+    n_pgd = cnt["misclassified"] + cnt["pgd"]
     return EvaluationResult(
         n=N, eps=float(eps), norm=str(norm), method=method, clean_error=cnt["misclassified"] / N,
-        pgd_error=pgd_err, lower_bound=pgd_err + cnt["mip-falsified"] / N,
-        upper_bound=1.0 - (cnt["certified"] + cnt["mip-verified"]) / N, bound_error=1.0 - cnt["certified"] / N,
+        pgd_error=n_pgd / N, lower_bound=(n_pgd + cnt["mip-falsified"]) / N,
+        upper_bound=(N - cnt["certified"] - cnt["mip-verified"]) / N, bound_error=(N - cnt["certified"]) / N,
         n_mip=n_mip, n_mip_verified=cnt["mip-verified"], n_mip_falsified=cnt["mip-falsified"],
         mip_time_limit=float(mip_time_limit), times=times, status=status, mip_note=note,
     )
