@@ -167,6 +167,48 @@ def test_cli_usage_errors_exit_2(inst_dir: Path, capsys: pytest.CaptureFixture[s
     assert "3 columns" in capsys.readouterr().err
 
 
+def test_warm_server_and_client(inst_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tempfile
+    import threading
+
+    from fastcert.vnncomp import serve
+
+    sock = os.path.join(tempfile.mkdtemp(prefix="fc", dir="/tmp"), "s.sock")  # short: AF_UNIX paths <= 107 bytes
+    ready = threading.Event()
+
+    class _Log:
+        def write(self, s: str) -> None:
+            if "listening" in s:
+                ready.set()
+
+        def flush(self) -> None:
+            pass
+
+    th = threading.Thread(target=serve, args=(sock,), kwargs={"idle_timeout": 60, "log": _Log(),
+                                                              "preload": (str(inst_dir / "net.onnx"),)})
+    th.start()
+    try:
+        assert ready.wait(60)
+        out = inst_dir / "r.txt"
+        for name, verdict in (("sat", "sat"), ("unsat", "unsat"), ("sat", "sat")):
+            assert main(["vnncomp", str(inst_dir / "net.onnx"), str(inst_dir / f"{name}.vnnlib"), "--server", sock,
+                         "--out", str(out), "--json"]) == 0
+            rec = json.loads(capsys.readouterr().out)
+            assert rec["verdict"] == verdict and rec["server"] == sock and out.read_text().startswith(verdict)
+            assert rec["load_s"] < 5 and rec["startup_s"] >= rec["load_s"]
+        assert main(["vnncomp", str(inst_dir / "missing.onnx"), str(inst_dir / "sat.vnnlib"), "--server", sock]) == 2
+        assert "no such file" in capsys.readouterr().err
+    finally:
+        assert main(["serve", "--socket", sock, "--stop"]) == 0
+        th.join(30)
+    assert not th.is_alive() and not os.path.exists(sock)
+    # no server: solved in this process, with a note
+    assert main(["vnncomp", str(inst_dir / "net.onnx"), str(inst_dir / "unsat.vnnlib"), "--server", sock]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip() == "unsat" and "no server" in cap.err
+    assert main(["serve", "--socket", sock, "--stop"]) == 1
+
+
 def _suite(inst_dir: Path, published: dict[str, str]) -> Path:
     names = ["sat", "unsat", "unsat_or"]
     with open(inst_dir / "instances.csv", "w") as f:

@@ -10,6 +10,9 @@ the package imports torch).
 * ``vnncomp NET.onnx SPEC.vnnlib --timeout T --out RESULT``: one VNN-COMP instance
   (:mod:`fastcert.vnncomp`); the result file holds ``sat`` / ``unsat`` / ``timeout`` / ``unknown``
   and, for ``sat``, the counterexample. ``--json`` adds one JSON line with the start-up and solve times.
+* ``serve --socket PATH``: a warm process that answers ``vnncomp --server PATH`` requests (networks
+  stay loaded); the client then costs only the interpreter and this module, provided ``import fastcert``
+  itself is light (see docs: the package ``__init__`` imports torch eagerly).
 * ``bench-suite DIR/instances.csv``: every instance of a benchmark folder in one process, compared with
   the published verdicts and the competition tools (:mod:`fastcert.vnncomp_suite`); exit status 1 on
   any contradiction with a published sat/unsat verdict.
@@ -168,43 +171,102 @@ def _add_vnncomp(p: argparse.ArgumentParser) -> None:
                    help="print one JSON line (verdict, reason, startup_s, solve_s, ...) instead of the verdict")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random restarts (default 0)")
     p.add_argument("--no-mip", action="store_true", help="attack and incomplete bounds only")
+    p.add_argument("--server", metavar="SOCKET",
+                   help="send the instance to a warm 'fastcert serve --socket SOCKET' process (solved here if "
+                        "none answers)")
+
+
+def _ask_server(sock_path: str, req: dict, timeout: float) -> dict | None:
+    """One request to a ``fastcert serve`` process; None when none listens at ``sock_path``."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5.0)
+        s.connect(sock_path)
+        s.settimeout(timeout)
+        s.sendall((json.dumps(req) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    finally:
+        s.close()
+    if not data:
+        raise RuntimeError(f"the server at {sock_path} closed the connection without an answer (did it crash? "
+                           f"see its log)")
+    return json.loads(data)
+
+
+def _report_vnncomp(args: argparse.Namespace, rec: dict, import_s: float | None) -> int:
+    rec["import_s"] = None if import_s is None else round(import_s, 4)
+    rec["startup_s"] = round((import_s or 0.0) + rec["load_s"], 4)
+    if rec["verdict"] in ("unknown", "timeout"):
+        print(f"fastcert vnncomp: {rec['verdict']}: {rec['reason']}", file=sys.stderr)
+    print(json.dumps(rec) if args.json else rec["verdict"])
+    return 0
 
 
 def _run_vnncomp(args: argparse.Namespace) -> int:
-    import_s = _process_age_s()  # interpreter + `import fastcert` (torch) so far
+    import_s = _process_age_s()  # interpreter + `import fastcert` so far
+    if args.server:
+        req = {"onnx": os.path.abspath(args.onnx), "vnnlib": os.path.abspath(args.vnnlib), "timeout": args.timeout,
+               "out": os.path.abspath(args.out) if args.out else None, "seed": args.seed, "use_mip": not args.no_mip}
+        rec = _ask_server(args.server, req, args.timeout + 120.0)
+        if rec is not None:
+            if "error" in rec:
+                if rec.get("kind") == "usage":
+                    raise _UsageError(rec["error"])
+                raise RuntimeError(f"server: {rec['error']}")
+            rec["server"] = args.server
+            return _report_vnncomp(args, rec, import_s)
+        print(f"fastcert vnncomp: no server at {args.server}; solving in this process", file=sys.stderr)
     t0 = time.perf_counter()
-    from fastcert.vnncomp import load_instance, solve_instance, write_result
+    from fastcert.vnncomp import (
+        load_instance,
+        result_record,
+        solve_instance,
+        write_result,
+    )
 
-    t1 = time.perf_counter()
+    import_s = None if import_s is None else import_s + time.perf_counter() - t0
     try:
         inst = load_instance(args.onnx, args.vnnlib)
     except FileNotFoundError as exc:
         raise _UsageError(str(exc)) from None
-    startup_s = (import_s if import_s is not None else 0.0) + (t1 - t0) + inst.load_s
     res = solve_instance(inst, args.timeout, seed=args.seed, use_mip=not args.no_mip)
     if args.out:
         write_result(args.out, res)
-    if res.verdict in ("unknown", "timeout"):
-        print(f"fastcert vnncomp: {res.verdict}: {res.reason}", file=sys.stderr)
-    if args.json:
-        rec = {"verdict": res.verdict, "reason": res.reason, "stage": res.stage, "onnx": str(inst.onnx_path),
-               "vnnlib": str(inst.vnnlib_path), "timeout_s": args.timeout,
-               "import_s": None if import_s is None else round(import_s + t1 - t0, 4),
-               "load_s": round(inst.load_s, 4), "startup_s": round(startup_s, 4), "solve_s": round(res.time_s, 4),
-               "out": args.out, "details": _jsonable(res.details)}
-        print(json.dumps(rec))
-    else:
-        print(res.verdict)
-    return 0
+    return _report_vnncomp(args, result_record(inst, res, args.timeout, args.out), import_s)
 
 
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float):
-            v = round(v, 4) if math.isfinite(v) else str(v)
-        out[k] = v
-    return out
+# -------------------------------------------------------------------------------------- serve
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
+    p.add_argument("--idle-timeout", type=_positive_float, default=None, metavar="S",
+                   help="stop after S seconds without a request (default: never)")
+    p.add_argument("--preload", action="append", default=[], metavar="NET.onnx",
+                   help="load this network before listening (repeatable)")
+    p.add_argument("--stop", action="store_true", help="ask the server listening on --socket to stop, and exit")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    if args.stop:
+        rec = _ask_server(args.socket, {"cmd": "shutdown"}, 30.0)
+        if rec is None:
+            print(f"fastcert serve: no server at {args.socket}", file=sys.stderr)
+            return 1
+        return 0
+    from fastcert.vnncomp import serve
+
+    try:
+        return serve(args.socket, idle_timeout=args.idle_timeout, preload=tuple(args.preload))
+    except FileNotFoundError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 # -------------------------------------------------------------------------------- bench-suite
@@ -298,6 +360,7 @@ SUBCOMMANDS: list[Subcommand] = [
     ("info", "print how the compiled core was built (BLAS, OpenMP, CUDA) as JSON", _add_info, _run_info),
     ("vnncomp", "decide one VNN-COMP instance (ONNX + VNN-LIB) and write the result file", _add_vnncomp,
      _run_vnncomp),
+    ("serve", "keep a warm process for 'fastcert vnncomp --server' (a Unix socket)", _add_serve, _run_serve),
     ("bench-suite", "run a VNN-COMP benchmark folder and compare with published verdicts and tools",
      _add_bench_suite, _run_bench_suite),
     ("evaluate", "clean / PGD / MIP-lower / certified-upper robust error table (MMR-style)", _add_evaluate,

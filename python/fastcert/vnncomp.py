@@ -43,8 +43,8 @@ from fastcert.io.vnnlib import Spec, VnnlibError, check_counterexample, load_vnn
 from fastcert.layers import Activation, Conv2d, Dense, Diag
 from fastcert.network import Network
 
-__all__ = ["VERDICTS", "Instance", "TorchTwin", "VnnResult", "format_result", "load_instance", "resolve_path",
-           "solve_instance", "write_result"]
+__all__ = ["VERDICTS", "Instance", "TorchTwin", "VnnResult", "format_result", "handle_request", "load_instance",
+           "resolve_path", "result_record", "serve", "solve_instance", "write_result"]
 
 VERDICTS = ("sat", "unsat", "timeout", "unknown")
 #: The MIP is not started with less time than this left: building the model (sparse convolution
@@ -101,14 +101,15 @@ def load_network(onnx_path: str | os.PathLike[str]) -> tuple[Network | None, tup
 
 def load_instance(onnx_path: str | os.PathLike[str], vnnlib_path: str | os.PathLike[str], *,
                   base: str | os.PathLike[str] | None = None,
-                  cache: dict[Path, tuple] | None = None) -> Instance:
+                  cache: dict[tuple, tuple] | None = None) -> Instance:
     """Resolve (``.gz`` fallback), load and parse one instance. ``cache`` (path -> loaded network) lets
-    a suite load each network once. Missing files raise ``FileNotFoundError``; unsupported content is
+    suite (or a server) load each network once. Missing files raise ``FileNotFoundError``; unsupported content is
     reported in ``Instance.problem``."""
     t0 = time.perf_counter()
     op = resolve_path(onnx_path, base)
     vp = resolve_path(vnnlib_path, base)
-    key = op.resolve()
+    st = op.stat()
+    key = (op.resolve(), st.st_mtime_ns, st.st_size)  # a rewritten file is loaded again
     if cache is not None and key in cache:
         net, shape, info, problem = cache[key]
     else:
@@ -457,3 +458,120 @@ def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_frac
         return done("timeout", f"time limit reached with {sum(open_)} of {len(open_)} conjunctions open")
     return done("unknown", f"{sum(open_)} of {len(open_)} conjunctions not decided by attack, {method} and MIP "
                 f"({note})")
+
+
+# --------------------------------------------------------------------------- warm server
+
+
+def result_record(inst: Instance, res: VnnResult, timeout: float, out: str | None) -> dict[str, Any]:
+    """The JSON record of ``fastcert vnncomp --json`` (without the client-side start-up figures)."""
+    det = {k: (round(v, 4) if math.isfinite(v) else str(v)) if isinstance(v, float) else v
+           for k, v in res.details.items()}
+    return {"verdict": res.verdict, "reason": res.reason, "stage": res.stage, "onnx": str(inst.onnx_path),
+            "vnnlib": str(inst.vnnlib_path), "timeout_s": timeout, "load_s": round(inst.load_s, 4),
+            "solve_s": round(res.time_s, 4), "out": out, "details": det}
+
+
+def handle_request(req: dict[str, Any], cache: dict[tuple, tuple]) -> dict[str, Any]:
+    """Serve one request ``{"onnx", "vnnlib", "timeout", "out"?, "seed"?, "use_mip"?}`` (absolute paths):
+    solve, write ``out`` if given, return :func:`result_record`; ``{"error", "kind"}`` on failure
+    (kind "usage" for a bad request or path, "internal" otherwise)."""
+    try:
+        onnx, vnn = str(req["onnx"]), str(req["vnnlib"])
+        timeout = float(req.get("timeout", 60.0))
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
+        inst = load_instance(onnx, vnn, cache=cache)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+        return {"error": str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}", "kind": "usage"}
+    try:
+        res = solve_instance(inst, timeout, seed=int(req.get("seed", 0)), use_mip=bool(req.get("use_mip", True)))
+        out = req.get("out")
+        if out:
+            write_result(out, res)
+        return result_record(inst, res, timeout, out)
+    except Exception as exc:  # noqa: BLE001 - the server keeps running; the client reports the error
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0], "kind": "internal"}
+
+
+def serve(socket_path: str | os.PathLike[str], *, idle_timeout: float | None = None,
+          preload: tuple[str, ...] = (), log: Any = None) -> int:
+    """A warm process for ``fastcert vnncomp --server SOCKET``: listen on a Unix socket, answer one JSON
+    request line per connection with one JSON line, keep every loaded network. Stops on a
+    ``{"cmd": "shutdown"}`` request, after ``idle_timeout`` seconds without requests, or on SIGTERM /
+    Ctrl-C; the socket file is removed. ``preload``: ONNX files to load before listening."""
+    import json
+    import signal
+    import socket
+    import sys
+
+    log = log if log is not None else sys.stderr
+    cache: dict[tuple, tuple] = {}
+    from fastcert import mip  # noqa: F401  (warm every import a request may need)
+
+    for p in preload:
+        rp = resolve_path(p)
+        st = rp.stat()
+        cache[(rp.resolve(), st.st_mtime_ns, st.st_size)] = load_network(rp)
+    path = os.fspath(socket_path)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise RuntimeError(f"a server is already listening on {path}; stop it with "
+                               f"'fastcert serve --socket {path} --stop'")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # a stale socket file
+        finally:
+            probe.close()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(8)
+    srv.settimeout(idle_timeout)
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    prev = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    print(f"fastcert serve: listening on {path} ({len(cache)} networks preloaded)", file=log, flush=True)
+    try:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                print(f"fastcert serve: idle for {idle_timeout:g} s, stopping", file=log)
+                return 0
+            with conn:
+                conn.settimeout(None)
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    req = json.loads(data.decode() or "null")
+                    if not isinstance(req, dict):
+                        raise TypeError("expected a JSON object")
+                except (TypeError, ValueError) as exc:
+                    reply: dict[str, Any] = {"error": f"bad request: {exc}", "kind": "usage"}
+                else:
+                    cmd = req.get("cmd", "solve")
+                    if cmd == "shutdown":
+                        conn.sendall(b'{"ok": true}\n')
+                        return 0
+                    reply = {"ok": True, "pid": os.getpid()} if cmd == "ping" else handle_request(req, cache)
+                try:
+                    conn.sendall((json.dumps(reply) + "\n").encode())
+                except OSError:
+                    pass  # the client went away (its own timeout); keep serving
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, prev)
+        srv.close()
+        if os.path.exists(path):
+            os.unlink(path)

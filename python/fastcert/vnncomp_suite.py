@@ -162,7 +162,7 @@ def run_suite(instances_csv: str | os.PathLike[str], *, timeout_scale: float = 1
     folder = path.parent
     todo = read_instances(path)[: limit if limit else None]
     verdicts = read_verdicts(folder)
-    cache: dict[Path, tuple] = {}
+    cache: dict[tuple, tuple] = {}
     rows: list[InstanceRow] = []
     counts = {"sat": 0, "unsat": 0, "timeout": 0, "unknown": 0}
     bar = tqdm(todo, desc=f"bench-suite {folder.name}", unit="inst", file=sys.stderr, disable=not progress)
