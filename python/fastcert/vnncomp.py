@@ -338,21 +338,14 @@ def _mip_stage(net: Network, shape: tuple[int, ...], spec: Spec, tg: _Targets, o
     from fastcert import mip
 
     solve_property = getattr(mip, "solve_property", None)
-    if solve_property is not None:
-        for d, p in enumerate(spec):
-            if not any(open_[t] for t, (dd, _) in enumerate(tg.pairs) if dd == d):
-                continue
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return None, "time limit reached during MIP"
-            verdict, cex, _info = solve_property(net, Spec([p], spec.n_inputs, spec.n_outputs), left)
-            if verdict == "sat" and cex is not None:
-                return np.asarray(cex, dtype=np.float64).reshape(-1), "mip.solve_property"
-            if verdict == "unsat":
-                for t, (dd, _) in enumerate(tg.pairs):
-                    if dd == d:
-                        open_[t] = False
-        return None, "mip.solve_property"
+    if solve_property is not None:  # the complete MIP of fastcert.mip on the whole specification
+        left = deadline - time.perf_counter()
+        verdict, cex, _info = solve_property(net, spec, left)
+        if verdict == "sat" and cex is not None:
+            return np.asarray(cex, dtype=np.float64).reshape(-1), "mip.solve_property"
+        if verdict == "unsat":
+            open_[:] = [False] * len(open_)
+        return None, f"mip.solve_property: {verdict}"
     # fallback: fastcert.verify on each row of each open conjunction (most promising rows first)
     jobs = [t for t in range(len(tg.pairs)) if open_[t]]
     for n_done, t in enumerate(jobs):
