@@ -13,6 +13,9 @@ template <typename T>
 static void def_all(py::module_& m) {
   m.def("interval_prep", &interval_prep<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("h").noconvert());
   m.def("interval_finish", &interval_finish<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("mg").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("l").noconvert(), py::arg("u").noconvert());
+  m.def("interval_prep_rows", &interval_prep_rows<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("cmax").noconvert());
+  m.def("interval_finish_rows", &interval_finish_rows<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("cmax").noconvert(), py::arg("rowabs").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("out_g").noconvert());
+  m.def("interval_dense", &interval_dense<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("rowabs").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("work").noconvert());
   m.def("act_interval", &act_interval<T>, py::arg("kind"), py::arg("alpha"), py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
   m.def("dense_forward", &dense_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert());
   m.def("dense_backward", &dense_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert());

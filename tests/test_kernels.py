@@ -87,6 +87,76 @@ def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype
     assert (gmag.double() >= (torch.maximum(l.abs(), u.abs()) @ W.abs().T) * (1 - 1e-6)).all()
 
 
+def _affine_layer(kind: str, g: torch.Generator) -> tuple[object, tuple[int, ...], torch.Tensor, torch.Tensor]:
+    from fastcert.layers import Diag
+
+    if kind == "dense":
+        W = torch.randn(20, 30, generator=g, dtype=torch.float64)
+        b = torch.randn(20, generator=g, dtype=torch.float64)
+        return Dense(W, b, (30,)), (30,), W, b
+    if kind == "conv":
+        W = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+        b = torch.randn(4, generator=g, dtype=torch.float64)
+        return Conv2d(W, b, (2, 2), (1, 1), (2, 7, 6)), (2, 7, 6), W, b
+    s = torch.randn(30, generator=g, dtype=torch.float64)
+    t = torch.randn(30, generator=g, dtype=torch.float64)
+    return Diag(s, t, (30,)), (30,), s, t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["dense", "conv", "diag"])
+@pytest.mark.parametrize("box", ["crossing", "degenerate", "positive", "negative", "large"])
+def test_interval_affine_every_layer_kind(dtype: torch.dtype, kind: str, box: str) -> None:
+    """Bounds contain W x + b for the exact float64 layer on the (dtype-representable) box, and the
+    returned g bounds |W| max(|l|,|u|) + |b|, for dense (fused kernel), conv (row kernels) and diag."""
+    g = torch.Generator().manual_seed(11)
+    L, shape, W, b = _affine_layer(kind, g)
+    n = int(np.prod(shape))
+    base = torch.randn(6, n, generator=g, dtype=torch.float64) * (1e3 if box == "large" else 1.0)
+    width = torch.rand(6, n, generator=g, dtype=torch.float64)
+    if box == "degenerate":
+        width.zero_()
+    if box == "positive":
+        base = base.abs() + 0.1
+    if box == "negative":
+        base = -base.abs() - 0.1 - width
+    l = base.to(dtype)
+    u = (base + width).to(dtype)
+    u = torch.maximum(l, u)
+    res, gmag = interval_affine(L, Box(l.contiguous(), u.contiguous()))
+    l64, u64 = l.double(), u.double()
+    c, r = (u64 + l64) / 2, (u64 - l64) / 2
+    h = torch.maximum(l64.abs(), u64.abs())
+    if kind == "dense":
+        mc, mr, mh, ab = c @ W.T + b, r @ W.abs().T, h @ W.abs().T, b.abs()
+    elif kind == "conv":
+        def cv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            return F.conv2d(x.reshape(6, *shape), w, bias, 2, 1).reshape(6, -1)
+        mc, mr, mh = cv(c, W, b), cv(r, W.abs(), None), cv(h, W.abs(), None)
+        ab = b.abs()[:, None].expand(4, mc.shape[1] // 4).reshape(-1)
+    else:
+        mc, mr, mh, ab = c * W + b, r * W.abs(), h * W.abs(), b.abs()
+    # the float64 products above are within ~1e-13 (relative) of exact: far inside float32's slack; in
+    # float64 the kernel's gamma-slack covers the reference's own rounding
+    assert (res.l.double() <= mc - mr).all() and (res.u.double() >= mc + mr).all()
+    assert (gmag.double() >= (mh + ab) * (1 - 1e-12)).all()
+    tol = 1e-3 if dtype == torch.float32 else 1e-9
+    scale = 1.0 + float((mh + ab).abs().max())
+    assert float((res.l.double() - (mc - mr)).abs().max()) <= tol * scale
+    assert float((res.u.double() - (mc + mr)).abs().max()) <= tol * scale
+
+
+def test_interval_row_kernels_reject_bad_sizes() -> None:
+    a = np.zeros(12)
+    with pytest.raises(ValueError, match="multiple of B"):
+        _C.interval_prep_rows(a, a, a.copy(), a.copy(), np.zeros(5))
+    with pytest.raises(ValueError, match="cmax"):
+        _C.interval_finish_rows(a.copy(), a.copy(), np.zeros(5), np.zeros(4), np.zeros(0), 1e-10, a.copy())
+    with pytest.raises(ValueError, match="work is too small"):
+        _C.interval_dense(a, a, np.zeros((4, 6)), np.zeros((4, 6)), np.zeros(4), np.zeros(4), np.zeros(4), 1e-10,
+                          np.zeros(8), np.zeros(8), np.zeros(8), np.zeros(3))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "sigmoid"])
 def test_act_interval_outward(dtype: torch.dtype, act: str) -> None:

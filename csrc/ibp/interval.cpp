@@ -5,6 +5,9 @@
 
 namespace fastcert {
 
+template <typename T>
+void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
+
 // c = (l+u)/2; r >= max(u-c, c-l) (rounded up); h = |c| + r (rounded up).  All [n].
 template <typename T>
 void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h) {
@@ -57,6 +60,107 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
     Lo[i] = down(C[i] - rad);
     Up[i] = up(C[i] + rad);
   }
+}
+
+// c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|.  l,u,c,r: [B, n]; cmax: [B].
+// Used with interval_finish_rows, which needs no |W| h product: |W| h <= |W| r + cmax * rowsum|W|.
+template <typename T>
+void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& cmax) {
+  const py::ssize_t n = l.size();
+  const py::ssize_t B = cmax.size();
+  expect_size(u.size(), n, "u");
+  expect_size(c.size(), n, "c");
+  expect_size(r.size(), n, "r");
+  if (B == 0 || n % B != 0) throw std::invalid_argument("interval_prep_rows: size is not a multiple of B");
+  const py::ssize_t m = n / B;
+  const T* L = ro(l, "l");
+  const T* U = ro(u, "u");
+  T* C = mut(c, "c");
+  T* R = mut(r, "r");
+  T* CM = mut(cmax, "cmax");
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (py::ssize_t b = 0; b < B; ++b) {
+    T cm = 0;
+    for (py::ssize_t k = b * m; k < (b + 1) * m; ++k) {
+      T ci = L[k] + (U[k] - L[k]) / 2;  // stays inside [l,u] for finite l<=u
+      C[k] = ci;
+      R[k] = up(std::max(U[k] - ci, ci - L[k]));
+      cm = std::max(cm, std::fabs(ci));
+    }
+    CM[b] = cm;
+  }
+}
+
+// From mc = W c (+b) and mr = |W| r (rows of [B, m]), write l = mc - rad, u = mc + rad with
+// rad = mr + gamma*g and g >= |W| max(|l_in|,|u_in|) + |b|, where
+//   |W| max(|l_in|,|u_in|) <= |W| r + |W| |c| <= mr (1 + 2 gamma) + cmax * rowabs
+// (mr falls short of the exact |W| r by at most a relative gamma; rowabs >= sum_j |W_ij| is given).
+// g is returned in out_g: the magnitude that bounds this layer's floating-point error downstream.
+template <typename T>
+void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& rowabs, const Arr<T>& absb,
+                          double gamma, Arr<T>& out_g) {
+  const py::ssize_t n = mc.size();
+  const py::ssize_t m = rowabs.size();
+  const py::ssize_t nb = absb.size();
+  expect_size(mr.size(), n, "mr");
+  expect_size(out_g.size(), n, "out_g");
+  if (m == 0 || n % m != 0) throw std::invalid_argument("interval_finish_rows: size is not a multiple of n_out");
+  expect_size(cmax.size(), n / m, "cmax");
+  if (nb != 0 && nb != m) throw std::invalid_argument("interval_finish_rows: absb must be empty or [n_out]");
+  T* C = mut(mc, "mc");
+  T* R = mut(mr, "mr");
+  T* G = mut(out_g, "out_g");
+  const T* CM = ro(cmax, "cmax");
+  const T* RA = ro(rowabs, "rowabs");
+  const T* AB = nb ? ro(absb, "absb") : nullptr;
+  const T g = static_cast<T>(gamma);
+  const T g2 = up(T(1) + up(2 * g));
+  const T g1 = up(T(1) + g);
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (py::ssize_t k = 0; k < n; ++k) {
+    const py::ssize_t j = k % m;
+    T gi = up(up(R[k] * g2) + up(CM[k / m] * RA[j]));
+    if (nb) gi = up(gi + AB[j]);
+    gi = up(gi * g1);
+    G[k] = gi;
+    const T rad = up(R[k] + up(g * gi));
+    const T c = C[k];
+    C[k] = down(c - rad);
+    R[k] = up(c + rad);
+  }
+}
+
+// The whole interval step of a dense layer in one call: out_l/out_u = bounds of W x + b over
+// x in [l, u] (rows [B, n_in] -> [B, n_out]), out_g = g as in interval_finish_rows.
+// work: >= 2*B*n_in + B elements.
+template <typename T>
+void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
+                    const Arr<T>& rowabs, const Arr<T>& absb, double gamma, Arr<T>& out_l, Arr<T>& out_u,
+                    Arr<T>& out_g, Arr<T>& work) {
+  if (W.ndim() != 2) throw std::invalid_argument("interval_dense: W must be 2-D [out, in]");
+  const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  expect_size(absW.size(), W.size(), "absW");
+  if (l.size() % n != 0) throw std::invalid_argument("interval_dense: l size is not a multiple of in_features");
+  const int B = static_cast<int>(l.size() / n);
+  expect_size(u.size(), l.size(), "u");
+  expect_size(out_l.size(), static_cast<py::ssize_t>(B) * m, "out_l");
+  expect_size(out_u.size(), static_cast<py::ssize_t>(B) * m, "out_u");
+  expect_size(out_g.size(), static_cast<py::ssize_t>(B) * m, "out_g");
+  expect_size(rowabs.size(), m, "rowabs");
+  const py::ssize_t need = 2 * static_cast<py::ssize_t>(B) * n + B;
+  if (work.size() < need) throw std::invalid_argument("interval_dense: work is too small");
+  if (B == 0) return;
+  T* wk = mut(work, "work");
+  // views of the workspace as arrays for the shared helpers (no copies)
+  auto view = [&](T* p, py::ssize_t k) { return Arr<T>({k}, {static_cast<py::ssize_t>(sizeof(T))}, p, work); };
+  Arr<T> c = view(wk, static_cast<py::ssize_t>(B) * n);
+  Arr<T> r = view(wk + static_cast<py::ssize_t>(B) * n, static_cast<py::ssize_t>(B) * n);
+  Arr<T> cm = view(wk + 2 * static_cast<py::ssize_t>(B) * n, B);
+  interval_prep_rows<T>(l, u, c, r, cm);
+  dense_forward<T>(c, W, b, out_l);
+  gemm(false, true, B, m, n, T(1), wk + static_cast<py::ssize_t>(B) * n, n, ro(absW, "absW"), n, T(0),
+       mut(out_u, "out_u"), m);
+  interval_finish_rows<T>(out_l, out_u, cm, rowabs, absb, gamma, out_g);
 }
 
 // Activations on intervals, rounded outward (leaky relu with a negative slope handled as non-monotone). kind: 0 relu, 1 leaky relu (slope alpha),
@@ -131,7 +235,12 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
   template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, Arr<T>&,   \
                                    Arr<T>&);                                                               \
   template void act_interval<T>(int, double, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);               \
-  template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);
+  template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);                       \
+  template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);             \
+  template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, \
+                                        Arr<T>&);                                                          \
+  template void interval_dense<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
+                                  const Arr<T>&, const Arr<T>&, double, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

@@ -91,7 +91,7 @@ def _round_to(v: torch.Tensor, dt: torch.dtype, up: bool) -> torch.Tensor:
 def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
     B = x.shape[0]
     dt = x.dtype
-    flat = x.reshape(B, -1).contiguous()
+    flat = x.detach().reshape(B, -1).contiguous()
     if not torch.isfinite(flat).all():
         raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
     if isinstance(eps, (str, bytes)) or eps is None:

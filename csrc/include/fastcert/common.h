@@ -48,7 +48,8 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
 }
 
 // Below this many elements a kernel runs on the calling thread: waking an OpenMP team costs more.
-constexpr py::ssize_t kParallelMin = 1 << 15;
+// (On a shared 2-core machine a sleeping team can take a scheduler tick to wake, so this is high.)
+constexpr py::ssize_t kParallelMin = 1 << 18;
 
 // Unit roundoff of T (half machine epsilon).
 template <typename T>

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fastcert._ext import _C
@@ -64,8 +65,8 @@ class _Pass:
 
 def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Rows ``sel`` of the layer's matrix, [S, n_in], without forming the whole matrix."""
-    if isinstance(L, Dense):
-        return L.params(dtype).W[sel].contiguous()
+    if isinstance(L, Dense):  # numpy's take: single-threaded, no OpenMP team to wake for a small copy
+        return torch.from_numpy(np.take(L.params(dtype).np[0], sel.numpy(), axis=0))
     if isinstance(L, Diag):
         out = torch.zeros(sel.numel(), L.n_in, dtype=dtype)
         out[torch.arange(sel.numel()), sel] = L.params(dtype).W[sel]
@@ -180,8 +181,11 @@ def _chunk(B: int, rows: int, width: int, itemsize: int) -> int:
     return max(1, min(B, _LAMBDA_BYTES // max(1, rows * width * itemsize)))
 
 
-def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool) -> Box:
-    """Back-substitution bounds on the input of activation layer i (the output of layer i-1)."""
+def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool, stats: dict | None = None) -> Box:
+    """Back-substitution bounds on the input of activation layer i (the output of layer i-1).
+
+    ``stats`` (optional) receives ``stats["rows"][i]``: [B] int64, the neurons each sample needs
+    bounded here (the work the method must do; the benchmarks' FLOP counts read it)."""
     L = st.layers[i - 1]
     dt = ibp.l.dtype
     B, n = ibp.l.shape
@@ -189,6 +193,8 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool)
     width = max(max(Lj.n_in, Lj.n_out) for Lj in st.layers[:i])
     unstable = (ibp.l < 0) & (ibp.u > 0)
     all_idx = torch.arange(n)
+    if stats is not None:
+        stats.setdefault("rows", {})[i] = unstable.sum(1) if intersect else torch.full((B,), n)
     b0 = 0
     while b0 < B:
         sel_all = unstable[b0:].any(0).nonzero().flatten() if intersect else all_idx
@@ -233,11 +239,26 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool)
     return Box(lo.contiguous(), hi.contiguous())
 
 
+def _check_overflow(st: _Pass, out_box: Box) -> None:
+    """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
+    iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
+    if bool(torch.isfinite(out_box.l).all()) and bool(torch.isfinite(out_box.u).all()):
+        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G[-2:]):
+            return
+    for L, g in zip(st.layers, st.G):
+        if g is not None and not bool(torch.isfinite(g).all()):
+            raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
+                             f"{g.dtype}; the weights, x or eps are too large (try float64 or a smaller eps)")
+    raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
+                     f"{out_box.l.dtype}; the weights, x or eps are too large (try float64 or a smaller eps)")
+
+
 def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
     """Bound on |C f_float64(x) - C f_exact(x)| over the region: [B, S] (float64 evaluation).
 
     E tracks a per-neuron bound on the rounding error of a float64 evaluation of the network: an
-    affine layer adds gamma64*g and maps the incoming error through |W|; an activation multiplies it
+    affine layer adds gamma64*g and maps the incoming error through |W| (bounded by the row sums of
+    |W| times the largest incoming error, which avoids a product per layer); an activation multiplies it
     by its Lipschitz constant and adds a few ulps of its output. (A float32 evaluation can deviate
     from the exact function by far more than any useful bound; see docs/architecture.md.)
     """
@@ -249,7 +270,10 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
         if L.is_affine:
             G = st.G[j]
             assert G is not None
-            E = gamma64 * G.double() + L.forward_abs(E.contiguous())
+            if isinstance(L, Diag):
+                E = gamma64 * G.double() + L.forward_abs(E.contiguous())
+            else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
+                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True)
             ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
             if ev_in is not None:
                 E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
@@ -267,11 +291,12 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
 
 
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
-                  lower_slope: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  lower_slope: str | None = None, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S].
 
     ``lower_slope`` overrides the method's ReLU lower slope for ``crown`` / ``crown-ibp``
-    ("adaptive", "parallel", "zero" or "one"; any slope in [0, 1] is sound)."""
+    ("adaptive", "parallel", "zero" or "one"; any slope in [0, 1] is sound). ``stats``, when given,
+    is filled with the per-layer row counts of the back-substitutions (see :func:`_intermediate`)."""
     cfg = METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
@@ -283,9 +308,6 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         st.boxes_in[i] = box
         if L.is_affine:
             box, st.G[i] = interval_affine(L, box)
-            if not torch.isfinite(st.G[i]).all():  # g >= |W| max(|l|,|u|) + |b|: finite iff the box is
-                raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the "
-                                 f"range of {dt}; the weights, x or eps are too large (try float64 or a smaller eps)")
             continue
         assert isinstance(L, Activation)
         if cfg is not None:
@@ -295,12 +317,13 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
             first_exact = prob.p == 0 and all(Lj.is_affine for Lj in layers[:i]) and \
                 sum(not isinstance(Lj, Diag) for Lj in layers[:i]) <= 1
             if inter == "backsub" and i > 0 and not first_exact:
-                box = _intermediate(st, i, box, intersect, symmetric=slope == "parallel")
+                box = _intermediate(st, i, box, intersect, symmetric=slope == "parallel", stats=stats)
                 st.boxes_in[i] = box
             lo_s, up_s, up_b = L.relax(box, slope)
             st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous())
         box = L.interval(box)
     out_box = box
+    _check_overflow(st, out_box)
     last = len(layers) - 1
     stop = last if cfg is None else 0
     S = C.shape[1]

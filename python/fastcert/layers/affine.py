@@ -20,6 +20,14 @@ class _Params:
     absW: torch.Tensor
     bias: torch.Tensor  # flat [n_out] (empty when no bias)
     absbias: torch.Tensor
+    rowabs: torch.Tensor  # flat [n_out]: >= the sum of |W| over each output's inputs (rounded up)
+    np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs) for the kernels
+
+
+def _round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 -> dtype, never below v."""
+    r = v.to(dtype)
+    return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r).contiguous()
 
 
 class _AffineBase(Layer):
@@ -43,9 +51,21 @@ class _AffineBase(Layer):
             if not (torch.isfinite(W).all() and torch.isfinite(bias).all()):
                 raise ValueError(f"{self.name or self.kind}: its parameters overflow {dtype} (they exceed its range); "
                                  f"pass x as float64 (x.double())")
-            p = _Params(W, W.abs().contiguous(), bias, bias.abs().contiguous())
+            absW = W.abs().contiguous()
+            # sum in float64 of max(|W64|, |W_dtype|), widened by the float64 summation error, rounded up
+            a64 = torch.maximum(self.W64.abs(), absW.double())
+            s64 = self._row_sums(a64)
+            s64 = s64 * (1 + 4 * torch.finfo(torch.float64).eps * (a64[0].numel() + 2))
+            rowabs = _round_up(s64, dtype)
+            absb = bias.abs().contiguous()
+            p = _Params(W, absW, bias, absb, rowabs,
+                        tuple(t.numpy() for t in (W, absW, bias, absb, rowabs)))
             self._cache[dtype] = p
         return p
+
+    def _row_sums(self, a64: torch.Tensor) -> torch.Tensor:
+        """Flat [n_out] sums of the nonnegative weights a64 (shaped like W64) over each output's inputs."""
+        return a64.reshape(a64.shape[0], -1).sum(1)
 
     @property
     def fan_in(self) -> int:
@@ -118,6 +138,11 @@ class Conv2d(_AffineBase):
         OC, OH, OW = self.out_shape
         return self.b64[:, None].expand(OC, OH * OW).reshape(-1).contiguous()
 
+    def _row_sums(self, a64: torch.Tensor) -> torch.Tensor:
+        # every output of channel oc sums at most the whole kernel of oc (fewer terms at the padding)
+        OC, OH, OW = self.out_shape
+        return a64.reshape(OC, -1).sum(1)[:, None].expand(OC, OH * OW).reshape(-1)
+
     def _work(self, dtype: torch.dtype, rows: int) -> torch.Tensor:
         OC, OH, OW = self.out_shape
         per = OH * OW * self.W64[0].numel()
@@ -168,6 +193,9 @@ class Diag(_AffineBase):
     be folded into a neighbouring layer). s, t: flat [n]. Elementwise, so it runs in torch."""
 
     kind = "diag"
+
+    def _row_sums(self, a64: torch.Tensor) -> torch.Tensor:
+        return a64.reshape(-1)
 
     def __init__(self, scale_flat: torch.Tensor, shift_flat: torch.Tensor, shape: tuple[int, ...], name: str = "") -> None:
         super().__init__(scale_flat.reshape(-1), shift_flat.reshape(-1), name)

@@ -22,12 +22,12 @@ from fastcert._ext import _C
 
 
 def np_view(t: torch.Tensor) -> np.ndarray:
-    """Zero-copy numpy view of a contiguous CPU tensor (the kernels write through it)."""
-    if t.device.type != "cpu":
-        raise ValueError(f"fastcert CPU kernels need CPU tensors, got a tensor on {t.device}; move it with .cpu()")
+    """Zero-copy numpy view of a contiguous CPU tensor (the kernels write through it).
+
+    Internal tensors only (never ones that require grad): the public API detaches its inputs."""
     if not t.is_contiguous():
         raise ValueError("internal: tensor passed to a kernel must be contiguous")
-    return t.detach().numpy()
+    return t.numpy()
 
 
 EMPTY = {torch.float32: torch.empty(0, dtype=torch.float32), torch.float64: torch.empty(0, dtype=torch.float64)}
@@ -77,7 +77,9 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     """Sound interval propagation through an affine layer in center/radius form.
 
     Returns the output box and ``g >= |W| max(|l|,|u|) + |b|`` (``[B, n_out]``), the magnitude that
-    bounds this layer's floating-point error. Uses three products: ``W c``, ``|W| r``, ``|W| h``.
+    bounds this layer's floating-point error. Dense and convolution layers use two products, ``W c``
+    and ``|W| r``, and bound ``|W| |c| <= max|c| * rowsum|W|`` per sample (a looser g, but only the
+    rounding-error terms see it); diagonal layers also compute ``|W| (|c| + r)`` (elementwise).
     """
     dt = box.l.dtype
     if gamma is None:
@@ -85,6 +87,27 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
 
         gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
     B = box.l.shape[0]
+    p = layer.params(dt)  # type: ignore[attr-defined]
+    n_out = layer.n_out
+    if layer.kind == "dense":
+        lo = torch.empty(B, n_out, dtype=dt)
+        hi = torch.empty(B, n_out, dtype=dt)
+        g = torch.empty(B, n_out, dtype=dt)
+        work = torch.empty(2 * box.l.numel() + B, dtype=dt)
+        W, absW, bias, absb, rowabs = p.np
+        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, absb, gamma, lo.numpy(), hi.numpy(),
+                          g.numpy(), work.numpy())
+        return Box(lo, hi), g
+    if layer.kind == "conv2d":
+        c = torch.empty_like(box.l)
+        r = torch.empty_like(box.l)
+        cmax = torch.empty(B, dtype=dt)
+        _C.interval_prep_rows(box.l.numpy(), box.u.numpy(), c.numpy(), r.numpy(), cmax.numpy())
+        mc = layer.forward(c)
+        mr = layer.forward_abs(r)
+        g = torch.empty(B, n_out, dtype=dt)
+        _C.interval_finish_rows(mc.numpy(), mr.numpy(), cmax.numpy(), p.np[4], p.np[3], gamma, g.numpy())
+        return Box(mc, mr), g  # finished in place: mc holds the lower, mr the upper bounds
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)
     h = torch.empty_like(box.l)
@@ -94,7 +117,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     mrg = layer.forward_abs(stacked)
     mr = mrg[:B].contiguous()
     mg = mrg[B:].contiguous()
-    lo = torch.empty(B, layer.n_out, dtype=dt)
-    hi = torch.empty(B, layer.n_out, dtype=dt)
-    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(layer.params(dt).absbias), gamma, np_view(lo), np_view(hi))
+    lo = torch.empty(B, n_out, dtype=dt)
+    hi = torch.empty(B, n_out, dtype=dt)
+    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(p.absbias), gamma, np_view(lo), np_view(hi))
     return Box(lo, hi), mg
