@@ -1,36 +1,46 @@
 """Exact verification of ReLU networks by mixed-integer programming (HiGHS).
 
-For every sample and every spec row ``c`` (default: the margins ``f_y - f_j``, ``j != y``) we solve
+Two entry points:
 
-    minimise  c . f(x')   over   ||x' - x||_p <= eps,  x_min <= x' <= x_max       (p = inf or 1)
+* :func:`verify` (``fastcert.verify``): per sample and spec row ``c`` (default: the margins ``f_y - f_j``)
+  ``min c . f(x')`` over ``||x' - x||_p <= eps``, ``x_min <= x' <= x_max`` (p = inf or 1), solved exactly
+  (or, with ``early_stop=True``, only until its sign is decided).
+* :func:`solve_property` (VNN-COMP style): does some ``x`` in a VNN-LIB disjunct's box satisfy one of its
+  output conjunctions ``A f(x) <= b``? -> ``"sat"`` (with a re-checked counterexample) / ``"unsat"`` /
+  ``"timeout"`` / ``"unknown"``; :func:`verify_box` is the one-box, one-conjunction shortcut.
 
-exactly, with the big-M encoding of Tjeng, Xiao & Tedrake (ICLR 2019):
+Encoding (Tjeng, Xiao & Tedrake, ICLR 2019): the pre-activation box ``[l, u]`` of every ReLU comes from
+fastcert's sound linear bounds (CROWN by default) on the prefix of the network in front of it, optionally
+tightened by per-neuron LPs (:mod:`fastcert.lp_refine`, rigorous dual certificates); a stable ReLU is
+exact and costs nothing (``y = z`` or the constant 0, and affine outputs feeding only dead ReLUs are
+dropped); an unstable one gets a binary ``a`` and ``y >= z, y >= 0, y <= z - l (1 - a), y <= u a``;
+affine layers (Dense, Conv2d expanded to sparse rows, Diag) are equality rows; the input box / L-inf
+ball are column bounds, the L1 ball adds ``t >= |x' - x|``, ``sum t <= eps`` (L2 is refused: it needs a
+second-order-cone solver). The model goes to HiGHS in one ``passModel`` call from sparse arrays,
+single-threaded, output off.
 
-* the pre-activation box ``[l, u]`` of every ReLU comes from fastcert's sound linear bounds
-  (``bounds_method``, CROWN by default) on the prefix of the network in front of it;
-* a stable neuron needs no binary (``u <= 0``: ``y = 0``; ``l >= 0``: ``y = z``); an unstable one
-  gets a binary ``a`` and ``y >= z, y >= 0, y <= z - l (1 - a), y <= u a``;
-* affine layers (Dense, Conv2d expanded to one sparse row per output, Diag) are equality rows;
-* the L-inf ball is the column box of the input variables (intersected with the domain box); the
-  L1 ball adds ``t >= |x' - x|`` and ``sum t <= eps``. L2 would need a second-order-cone solver and
-  is refused.
+Early decisions (``early_stop`` in :func:`verify`, always in :func:`solve_property`): the HiGHS option
+``objective_bound = B`` (a small positive cutoff, below) prunes every node whose relaxation cannot
+reach below ``B``: if the search ends without a point below ``B``, the minimum is ``>= B``; and an
+improving-solution callback re-executes every incumbent on the network (float64) and interrupts the
+solve as soon as one is a real violation.
 
-The whole model (sparse CSR matrix + integrality) is passed to HiGHS in one ``passModel`` call per
-(sample, row), single-threaded, output off, with ``time_limit`` seconds.
+Soundness. HiGHS works in floating point with feasibility / integrality tolerances, so its dual bound
+is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand out):
 
-Soundness. HiGHS works in floating point with feasibility / integrality tolerances, so its optimum
-is not a certificate by itself:
-
-* ``lower_bound = max(crown_lower, mip_dual_bound - margin)`` where ``crown_lower`` is fastcert's
-  rigorous bound and ``margin = 1e-6 (1 + |d|) + 10 tol S``: ``tol`` is the largest of HiGHS's
-  primal / MIP feasibility tolerances (set to 1e-9) and ``S`` bounds how far tolerance-sized
-  violations can move the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|``
-  (ReLU 1-Lipschitz) once per equality row, plus ``max(-l, u)`` times it for an unstable ReLU whose
-  binary may be fractional by ``tol``. A conservative, documented heuristic, not a proof;
-  ``verified`` requires ``lower_bound > 0``.
-* ``falsified`` is declared only when the solver's point, projected exactly into the region, is
-  re-executed on the torch model in float64 and really gives a row value ``< 0``; ``upper_bound``
-  is the best re-executed value (a true upper bound on the minimum, up to float64 evaluation).
+* ``lower_bound = max(crown_lower, min(mip_dual_bound, B) - margin)`` where ``crown_lower`` is fastcert's
+  rigorous bound and ``margin = 1e-6 (1 + |d|) + 10 tol S``: ``tol`` is the largest of HiGHS's primal /
+  MIP feasibility tolerances (set to 1e-9) and ``S`` bounds how far tolerance-sized violations can move
+  the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|`` (ReLU 1-Lipschitz) once
+  per equality row, plus ``max(-l, u)`` times it for an unstable ReLU whose binary may be fractional by
+  ``tol``. A conservative, documented heuristic (the usual standing of MIP-based verifiers), not a
+  proof; ``verified`` / ``unsat`` requires ``lower_bound > 0``. With the cutoff, ``B = 2 margin`` so
+  that a search that ends below nothing gives ``lower_bound = margin > 0``. The pre-activation bounds
+  the encoding relies on are rigorous (CROWN; the LP refinement evaluates weak duality with a bound on
+  every rounding error, see :mod:`fastcert.lp_refine`).
+* ``falsified`` / ``sat`` is declared only for a point moved exactly into the region, re-executed on the
+  model in float64 (and, for :func:`solve_property`, re-checked by
+  :func:`fastcert.io.check_counterexample`); ``upper_bound`` is the best re-executed value.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +60,10 @@ from torch import nn
 from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
 from fastcert.api import _as_tensor, _norm_key, _region
 from fastcert.layers import Activation, Conv2d, Dense, Diag
+from fastcert.lp_refine import Encoding, affine_matrix, encode, refine_bounds
 from fastcert.network import Network, as_network
 
-__all__ = ["MIPResult", "verify"]
+__all__ = ["MIPResult", "solve_property", "verify", "verify_box"]
 
 _FEAS_TOL = 1e-9
 
@@ -62,7 +74,8 @@ class MIPResult:
 
     verdict: "verified" (row > 0 on the whole region), "falsified" (a re-executed counterexample has
     row value < 0) or "unknown".
-    min_value: the solver's optimum of the row over the region when solved to optimality, else None.
+    min_value: the solver's optimum of the row over the region when solved to optimality (never with
+    ``early_stop``), else None.
     lower_bound / upper_bound: best bounds on the minimum (see the module docstring).
     counterexample: for "falsified", the input x' (float64, per-sample shape), else None.
     counterexample_value: the re-executed row value at the solver's point (None without one).
@@ -83,28 +96,7 @@ class MIPResult:
     time_s: float
 
 
-def _affine_matrix(L) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Sparse W [n_out, n_in] and bias [n_out] (float64) of an affine IR layer."""
-    b = L.bias_flat64()
-    bias = np.zeros(L.n_out) if b is None else b.detach().double().numpy().reshape(-1).copy()
-    if isinstance(L, Dense):
-        W = sp.csr_matrix(L.W64.detach().double().numpy())
-    elif isinstance(L, Diag):
-        W = sp.diags(L.W64.detach().double().numpy().reshape(-1)).tocsr()
-    elif isinstance(L, Conv2d):
-        n_in = L.n_in
-        eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *L.in_shape)
-        cols = []
-        for s in range(0, n_in, 512):  # image of each basis vector = one column (exact: single products)
-            out = torch.nn.functional.conv2d(eye[s:s + 512], L.W64, None, stride=L.stride, padding=L.padding)
-            cols.append(sp.csr_matrix(out.reshape(out.shape[0], -1).numpy()))
-        W = sp.vstack(cols).T.tocsr()
-        if W.shape != (L.n_out, n_in):  # pragma: no cover - shape bookkeeping
-            raise ValueError(f"conv expansion of {L.name} gave shape {W.shape}, expected {(L.n_out, n_in)}")
-    else:  # pragma: no cover - caller checks
-        raise ValueError(f"unsupported layer {type(L).__name__}")
-    W.eliminate_zeros()
-    return W, bias
+# --------------------------------------------------------------------------- shared pieces
 
 
 def _check_layers(layers: list) -> None:
@@ -139,7 +131,7 @@ def _project(xp: np.ndarray, x0: np.ndarray, eps: float, nk: str, dlo: np.ndarra
         if n1 > eps:
             d = d * (eps / n1) * (1.0 - 1e-12)
         xp = x0 + d
-        while float(np.abs(xp - x0).sum()) > eps and eps > 0:  # pragma: no cover - rounding corner
+        while float(np.abs(xp - x0).sum()) > eps > 0:  # pragma: no cover - rounding corner
             xp = x0 + (xp - x0) * 0.999999
         if eps == 0:
             xp = x0.copy()
@@ -172,18 +164,167 @@ def _domain(bnd: Any, shape: tuple, default: float) -> np.ndarray:
     return torch.broadcast_to(t, shape).reshape(-1).numpy().copy()
 
 
+def _prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Sound bounds [B, n] of the input of every activation layer (``method`` on the prefix in front)."""
+    pre: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    B = prob.x0.shape[0]
+    for i, L in enumerate(layers):
+        if isinstance(L, Activation):
+            if i == 0:
+                pre[i] = (prob.l0.numpy().copy(), prob.u0.numpy().copy())
+            else:
+                n = layers[i - 1].n_out
+                eye = torch.eye(n, dtype=torch.float64).expand(B, n, n).contiguous()
+                lo, up = linear_bounds(layers[:i], prob, eye, method)
+                pre[i] = (lo.numpy().copy(), up.numpy().copy())
+    return pre
+
+
+def _big_m(layers: list, pre: dict) -> dict[int, np.ndarray]:
+    out = {}
+    for i, (l, u) in pre.items():
+        uns = (l < 0) & (u > 0)
+        out[i] = np.where(uns, np.maximum(-l, u), 0.0)
+    return out
+
+
+def _augment(enc: Encoding, lo: np.ndarray, hi: np.ndarray, rows: sp.spmatrix, rlo: np.ndarray,
+             rhi: np.ndarray) -> tuple[Encoding, np.ndarray]:
+    """The encoding with ``len(lo)`` more (continuous) columns and the rows ``rlo <= rows @ v <= rhi``
+    (``rows`` over all columns, old and new). Returns (encoding, indices of the new columns)."""
+    k = len(lo)
+    new = np.arange(enc.ncol, enc.ncol + k)
+    A = sp.vstack([sp.hstack([enc.A, sp.csr_matrix((enc.A.shape[0], k))]), sp.csr_matrix(rows)]).tocsr()
+    A.sum_duplicates()
+    A.eliminate_zeros()
+    out = Encoding(enc.ncol + k, np.concatenate([enc.col_lo, lo]), np.concatenate([enc.col_hi, hi]),
+                   np.concatenate([enc.integer, np.zeros(k, dtype=bool)]), A,
+                   np.concatenate([enc.row_lo, rlo]), np.concatenate([enc.row_hi, rhi]), enc.x, enc.out, enc.binary)
+    return out, new
+
+
+@dataclass
+class _MipRun:
+    status: str
+    optimal: bool
+    dual: float  # HiGHS's dual bound (-inf when none)
+    raw_lower: float  # min(dual, cutoff): what the run shows about the minimum, before the margin
+    objective: float | None  # the incumbent's objective (None without one)
+    solution: np.ndarray | None  # the incumbent's column values
+    stopped: Any  # what the callback returned when it interrupted the solve (None otherwise)
+    nodes: int
+    time_s: float
+
+
+def _run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, *, cutoff: float | None = None,
+             on_solution: Callable[[np.ndarray, float], Any] | None = None, exact: bool = True,
+             heuristic_effort: float | None = None) -> _MipRun:
+    """Minimise ``cost . v + offset`` over the encoding with HiGHS (one passModel).
+
+    cutoff: HiGHS ``objective_bound``: nodes that cannot go below it are pruned (the run then says
+    nothing about the minimum above ``cutoff``: ``raw_lower = min(dual, cutoff)``).
+    on_solution(v, objective): called on every improving solution; a non-None return interrupts the
+    solve and is kept in ``stopped``.
+    exact: ``mip_rel_gap = 0`` (solve to optimality) instead of HiGHS's default gap.
+    """
+    import highspy
+
+    t0 = time.perf_counter()
+    inf = highspy.kHighsInf
+    lp = highspy.HighsLp()
+    ncol, nrow = enc.ncol, enc.A.shape[0]
+    lp.num_col_ = ncol
+    lp.num_row_ = nrow
+    lp.col_cost_ = np.asarray(cost, dtype=np.float64)
+    lp.offset_ = float(offset)
+    lp.col_lower_ = np.where(np.isfinite(enc.col_lo), enc.col_lo, -inf)
+    lp.col_upper_ = np.where(np.isfinite(enc.col_hi), enc.col_hi, inf)
+    lp.row_lower_ = np.where(np.isfinite(enc.row_lo), enc.row_lo, -inf)
+    lp.row_upper_ = np.where(np.isfinite(enc.row_hi), enc.row_hi, inf)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.num_col_ = ncol
+    lp.a_matrix_.num_row_ = nrow
+    lp.a_matrix_.start_ = enc.A.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = enc.A.indices.astype(np.int32)
+    lp.a_matrix_.value_ = enc.A.data
+    n_bin = int(enc.integer.sum())
+    if n_bin:
+        lp.integrality_ = [highspy.HighsVarType.kInteger if v else highspy.HighsVarType.kContinuous
+                           for v in enc.integer]
+    hs = highspy.Highs()
+    hs.setOptionValue("output_flag", False)
+    hs.setOptionValue("threads", 1)
+    hs.setOptionValue("random_seed", 0)
+    hs.setOptionValue("time_limit", float(max(1e-3, time_limit)))
+    if exact:
+        hs.setOptionValue("mip_rel_gap", 0.0)
+        hs.setOptionValue("mip_abs_gap", 1e-10)
+    hs.setOptionValue("primal_feasibility_tolerance", _FEAS_TOL)
+    hs.setOptionValue("dual_feasibility_tolerance", _FEAS_TOL)
+    hs.setOptionValue("mip_feasibility_tolerance", _FEAS_TOL)
+    if heuristic_effort is not None:
+        hs.setOptionValue("mip_heuristic_effort", float(heuristic_effort))
+    if cutoff is not None and n_bin:
+        hs.setOptionValue("objective_bound", float(cutoff))
+    stopped: list[Any] = [None]
+    if on_solution is not None and n_bin:
+        def cb(e: Any) -> None:
+            if stopped[0] is not None:
+                return
+            v = np.asarray(e.data_out.mip_solution, dtype=np.float64)
+            if v.shape[0] != ncol:  # pragma: no cover - defensive
+                return
+            r = on_solution(v, float(e.data_out.objective_function_value))
+            if r is not None:
+                stopped[0] = r
+                e.interrupt()
+
+        hs.cbMipImprovingSolution.subscribe(cb)
+    if hs.passModel(lp) == highspy.HighsStatus.kError:  # pragma: no cover
+        raise RuntimeError("HiGHS rejected the MIP model (passModel returned an error)")
+    hs.run()
+    ms = hs.getModelStatus()
+    status = hs.modelStatusToString(ms)
+    info = hs.getInfo()
+    optimal = ms == highspy.HighsModelStatus.kOptimal
+    infeasible = ms == highspy.HighsModelStatus.kInfeasible
+    if n_bin:
+        dual = float(info.mip_dual_bound)
+    else:
+        dual = float(info.objective_function_value) if optimal else -math.inf
+    if not math.isfinite(dual) or abs(dual) >= inf:
+        dual = math.inf if infeasible else -math.inf
+    if infeasible and cutoff is None:  # pragma: no cover - the region is never empty
+        dual = -math.inf
+    raw = dual if cutoff is None or not n_bin else min(dual, float(cutoff))
+    sol = None
+    obj = None
+    if info.primal_solution_status == 2:
+        sol = np.asarray(hs.getSolution().col_value, dtype=np.float64)
+        obj = float(info.objective_function_value)
+    if on_solution is not None and sol is not None and not n_bin and stopped[0] is None:
+        stopped[0] = on_solution(sol, obj)
+    nodes = int(info.mip_node_count) if n_bin else 0
+    return _MipRun(status, optimal, dual, raw, obj, sol, stopped[0], nodes, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- fastcert.verify
+
+
 def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labels: Any = None, C: Any = None,
            x_min: Any = None, x_max: Any = None, time_limit: float = 60.0,
-           bounds_method: str = "crown") -> list[list[MIPResult]]:
+           bounds_method: str = "crown", *, early_stop: bool = False, lp_refine: float = 0.0) -> list[list[MIPResult]]:
     """Exact (MIP) verification of ``C f(x') > 0`` over the ball ∩ box, per sample and per row.
 
     x: [B, *input_shape]; eps scalar or [B]; norm "inf" or "1" ("2" raises ValueError).
     C: [S, K] or [B, S, K]; default rows ``e_y - e_j`` for ``j != y`` with ``y = labels`` (or the
     prediction at x). time_limit: seconds per (sample, row). Returns ``results[b][s]``
     (:class:`MIPResult`).
+    early_stop: stop each row as soon as its sign is decided (verified / falsified) instead of solving to
+    optimality (``min_value`` is then None).
+    lp_refine: seconds per sample for tightening the pre-activation bounds by per-neuron LPs
+    (:func:`fastcert.lp_refine.refine_bounds`; 0 = off, CROWN bounds only).
     """
-    import highspy
-
     nk = _norm_key(norm)
     if nk == "2":
         raise ValueError("norm='2': an L2 ball is not linear-representable; exact verification over it needs a "
@@ -193,6 +334,8 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
         raise ValueError(f"unknown bounds_method {bounds_method!r}; choose one of {sorted(METHODS)}")
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if isinstance(lp_refine, bool) or not isinstance(lp_refine, (int, float)) or not lp_refine >= 0:
+        raise ValueError(f"lp_refine must be a number of seconds >= 0, got {lp_refine!r}")
     if isinstance(model, nn.Module) and model.training and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("the model is in training mode and has BatchNorm layers: call model.eval() first")
@@ -246,190 +389,69 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     S = Ct.shape[1]
 
     # ---- sound pre-activation boxes (prefix bounds) and rigorous output bounds
-    pre: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for i, L in enumerate(layers):
-        if isinstance(L, Activation):
-            if i == 0:
-                pre[i] = (prob.l0.numpy().copy(), prob.u0.numpy().copy())
-            else:
-                n = layers[i - 1].n_out
-                eye = torch.eye(n, dtype=torch.float64).expand(B, n, n).contiguous()
-                lo, up = linear_bounds(layers[:i], prob, eye, bounds_method)
-                pre[i] = (lo.numpy().copy(), up.numpy().copy())
+    pre_all = _prefix_bounds(layers, prob, bounds_method)
     crown_lo, crown_up = linear_bounds(layers, prob, Ct, bounds_method)
-
-    mats = [_affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
+    mats = [affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
     absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
 
     dlo = _domain(x_min, shape, -np.inf)
     dhi = _domain(x_max, shape, np.inf)
-    inf = highspy.kHighsInf
     results: list[list[MIPResult]] = []
     for b in range(B):
         t_b = time.perf_counter()
         x0 = xd[b].reshape(-1).numpy()
         e_b = float(prob.eps[b])
-        rows_r: list[int] = []
-        rows_c: list[int] = []
-        rows_v: list[float] = []
-        rlo: list[float] = []
-        rhi: list[float] = []
-        clo: list[np.ndarray] = []
-        chi: list[np.ndarray] = []
-        integ: list[np.ndarray] = []
-        ncol = 0
-        nrow = 0
-
-        def new_cols(lo_: np.ndarray, hi_: np.ndarray, binary: bool = False) -> np.ndarray:
-            nonlocal ncol
-            k = len(lo_)
-            clo.append(np.asarray(lo_, dtype=np.float64))
-            chi.append(np.asarray(hi_, dtype=np.float64))
-            integ.append(np.full(k, 1 if binary else 0, dtype=np.int64))
-            idx = np.arange(ncol, ncol + k)
-            ncol += k
-            return idx
-
-        def add_rows(M: sp.coo_matrix, cols_map: list[np.ndarray], lo_: np.ndarray, hi_: np.ndarray) -> None:
-            """Rows sum_k M_k[r, :] @ vars(cols_map[k]) in [lo_, hi_]; M is a list of (coo, colidx)."""
-            nonlocal nrow
-            for m, cm in zip(M, cols_map):
-                m = m.tocoo()
-                rows_r.append(m.row + nrow)
-                rows_c.append(cm[m.col])
-                rows_v.append(m.data)
-            rlo.append(np.asarray(lo_, dtype=np.float64))
-            rhi.append(np.asarray(hi_, dtype=np.float64))
-            nrow += len(lo_)
-
+        l0, u0 = prob.l0[b].numpy().copy(), prob.u0[b].numpy().copy()
+        pre = {i: (v[0][b].copy(), v[1][b].copy()) for i, v in pre_all.items()}
+        if lp_refine > 0 and nk == "inf":
+            pre, _ = refine_bounds(layers, mats, pre, l0, u0, time_budget=float(lp_refine))
+        enc = encode(layers, mats, pre, l0, u0, mode="mip")
+        xv = enc.x
         n0 = len(x0)
-        xv = new_cols(prob.l0[b].numpy(), prob.u0[b].numpy())
         if nk == "1":
-            tv = new_cols(np.zeros(n0), np.full(n0, e_b))
-            I = sp.identity(n0, format="coo")
-            add_rows([I, -I], [tv, xv], -x0, np.full(n0, inf))  # t - x' >= -x0
-            add_rows([I, I], [tv, xv], x0, np.full(n0, inf))  # t + x' >= x0
-            add_rows([sp.coo_matrix(np.ones((1, n0)))], [tv], [-inf], [e_b])
-        h = xv
-        n_bin = 0
-        bigM: dict[int, np.ndarray] = {}  # activation layer -> max(-l, u) on unstable neurons, 0 elsewhere
-        for i, L in enumerate(layers):
-            if isinstance(L, Activation):
-                lo, up = pre[i][0][b], pre[i][1][b]
-                n = len(lo)
-                act = lo >= 0
-                dead = up <= 0
-                uns = ~(act | dead)
-                yv = new_cols(np.where(dead, 0.0, np.maximum(lo, 0.0)), np.where(dead, 0.0, np.maximum(up, 0.0)))
-                ia = np.nonzero(act)[0]
-                if len(ia):  # y - z = 0
-                    k = len(ia)
-                    Ik = sp.identity(k, format="coo")
-                    add_rows([Ik, -Ik], [yv[ia], h[ia]], np.zeros(k), np.zeros(k))
-                iu = np.nonzero(uns)[0]
-                if len(iu):
-                    k = len(iu)
-                    av = new_cols(np.zeros(k), np.ones(k), binary=True)
-                    n_bin += k
-                    Mk = np.zeros(n)
-                    Mk[iu] = np.maximum(-lo[iu], up[iu])
-                    bigM[i] = Mk
-                    Ik = sp.identity(k, format="coo")
-                    add_rows([Ik, -Ik], [yv[iu], h[iu]], np.zeros(k), np.full(k, inf))  # y >= z
-                    add_rows([Ik, -Ik, sp.diags(-lo[iu]).tocoo()], [yv[iu], h[iu], av],
-                             np.full(k, -inf), -lo[iu])  # y - z - l a <= -l
-                    add_rows([Ik, sp.diags(-up[iu]).tocoo()], [yv[iu], av], np.full(k, -inf), np.zeros(k))  # y <= u a
-                h = yv
-            else:
-                W, bias = mats[i]
-                nxt = pre.get(i + 1)
-                if nxt is not None:
-                    zlo, zhi = nxt[0][b], nxt[1][b]
-                else:
-                    zlo, zhi = np.full(L.n_out, -inf), np.full(L.n_out, inf)
-                zv = new_cols(zlo, zhi)
-                Io = sp.identity(L.n_out, format="coo")
-                add_rows([Io, -W.tocoo()], [zv, h], bias, bias)  # z - W h = b
-                h = zv
-        out = h
-        col_lo = np.concatenate(clo)
-        col_hi = np.concatenate(chi)
-        col_int = np.concatenate(integ)
-        A = sp.csr_matrix((np.concatenate(rows_v), (np.concatenate(rows_r), np.concatenate(rows_c))),
-                          shape=(nrow, ncol))
-        A.sum_duplicates()
-        A.eliminate_zeros()
-        row_lo = np.concatenate(rlo)
-        row_hi = np.concatenate(rhi)
-        row_lo[row_lo == -np.inf] = -inf
-        row_hi[row_hi == np.inf] = inf
-        col_lo[col_lo == -np.inf] = -inf
-        col_hi[col_hi == np.inf] = inf
+            I = sp.identity(n0, format="csr")
+            Xs = sp.csr_matrix((np.ones(n0), (np.arange(n0), xv)), shape=(n0, enc.ncol))
+            rows = sp.vstack([sp.hstack([-Xs, I]), sp.hstack([Xs, I]),
+                              sp.hstack([sp.csr_matrix((1, enc.ncol)), sp.csr_matrix(np.ones((1, n0)))])])
+            enc, _ = _augment(enc, np.zeros(n0), np.full(n0, e_b), rows,
+                              np.concatenate([-x0, x0, [-np.inf]]), np.concatenate([np.full(2 * n0, np.inf), [e_b]]))
+        out = enc.out[-1]
+        n_bin = enc.n_binaries
+        bigM = _big_m(layers, pre)
         build_s = time.perf_counter() - t_b
 
         res_b: list[MIPResult] = []
         for s in range(S):
             t0 = time.perf_counter()
             c = Ct[b, s].numpy()
-            cost = np.zeros(ncol)
+            cost = np.zeros(enc.ncol)
             cost[out] = c
-            lp = highspy.HighsLp()
-            lp.num_col_ = ncol
-            lp.num_row_ = nrow
-            lp.col_cost_ = cost
-            lp.col_lower_ = col_lo
-            lp.col_upper_ = col_hi
-            lp.row_lower_ = row_lo
-            lp.row_upper_ = row_hi
-            lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-            lp.a_matrix_.num_col_ = ncol
-            lp.a_matrix_.num_row_ = nrow
-            lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-            lp.a_matrix_.index_ = A.indices.astype(np.int32)
-            lp.a_matrix_.value_ = A.data
-            if n_bin:
-                lp.integrality_ = [highspy.HighsVarType.kInteger if v else highspy.HighsVarType.kContinuous
-                                   for v in col_int]
-            hs = highspy.Highs()
-            hs.setOptionValue("output_flag", False)
-            hs.setOptionValue("threads", 1)
-            hs.setOptionValue("random_seed", 0)
-            hs.setOptionValue("time_limit", float(max(1e-3, time_limit - (build_s if s == 0 else 0.0))))
-            hs.setOptionValue("mip_rel_gap", 0.0)
-            hs.setOptionValue("mip_abs_gap", 1e-10)
-            hs.setOptionValue("primal_feasibility_tolerance", _FEAS_TOL)
-            hs.setOptionValue("dual_feasibility_tolerance", _FEAS_TOL)
-            hs.setOptionValue("mip_feasibility_tolerance", _FEAS_TOL)
-            st = hs.passModel(lp)
-            if st == highspy.HighsStatus.kError:  # pragma: no cover
-                raise RuntimeError("HiGHS rejected the MIP model (passModel returned an error)")
-            hs.run()
-            status = hs.modelStatusToString(hs.getModelStatus())
-            info = hs.getInfo()
-            optimal = hs.getModelStatus() == highspy.HighsModelStatus.kOptimal
-            if n_bin:
-                dual = float(info.mip_dual_bound)
-            else:
-                dual = float(info.objective_function_value) if optimal else -math.inf
-            if not math.isfinite(dual) or abs(dual) >= inf:
-                dual = -math.inf
-            tol = max(_FEAS_TOL, _opt(hs, "mip_feasibility_tolerance"), _opt(hs, "primal_feasibility_tolerance"))
-            margin = 1e-6 * (1.0 + abs(dual) if math.isfinite(dual) else 1.0) + \
-                10.0 * tol * _sensitivity(layers, absW, bigM, np.abs(c))
-            lower = max(float(crown_lo[b, s]), dual - margin)
-            min_value = float(info.objective_function_value) if optimal else None
-            cex = None
-            cex_val = None
-            upper = float(crown_up[b, s])
-            if info.primal_solution_status == 2:  # feasible point available
-                xs = np.asarray(hs.getSolution().col_value)[xv]
-                xp = _project(xs, x0, e_b, nk, dlo, dhi)
+            tol = _FEAS_TOL
+            sens = 10.0 * tol * _sensitivity(layers, absW, bigM, np.abs(c))
+            cutoff = None
+            if early_stop:
+                cutoff = 2.0 * (1e-6 + sens)
+            best: dict[str, Any] = {"val": math.inf, "x": None}
+
+            def on_sol(v: np.ndarray, obj: float, b=b, s=s, best=best, xv=xv, x0=x0, e_b=e_b) -> Any:
+                xp = _project(v[xv], x0, e_b, nk, dlo, dhi)
                 xt = torch.from_numpy(xp).reshape(1, *shape)
                 val = float(_reexec(ref_model, net, xt)[0].double() @ Ct[b, s])
-                cex_val = val
-                upper = min(upper, val)
-                if val < 0:
-                    cex = xt[0].clone()
+                if val < best["val"]:
+                    best["val"], best["x"] = val, xt[0].clone()
+                return True if (early_stop and val < 0) else None
+
+            run = _run_mip(enc, cost, 0.0, max(1e-3, time_limit - (build_s if s == 0 else 0.0)), cutoff=cutoff,
+                           on_solution=on_sol, exact=not early_stop)
+            if run.solution is not None:
+                on_sol(run.solution, run.objective if run.objective is not None else math.nan)
+            raw = run.raw_lower
+            margin = 1e-6 * (1.0 + abs(raw) if math.isfinite(raw) else 1.0) + sens
+            lower = max(float(crown_lo[b, s]), raw - margin)
+            min_value = run.objective if (run.optimal and cutoff is None) else None
+            upper = min(float(crown_up[b, s]), best["val"])
+            cex = best["x"] if best["val"] < 0 else None
+            cex_val = None if best["x"] is None else best["val"]
             if lower > 0 and cex is None:
                 verdict = "verified"
             elif cex is not None and lower <= 0:
@@ -437,7 +459,375 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             else:
                 verdict = "unknown"
                 cex = None
+            status = run.status
+            if run.stopped is not None:
+                status = "Interrupted: counterexample found"
+            elif cutoff is not None and run.status in ("Infeasible", "Optimal") and lower > 0:
+                status = "Cutoff: verified"
             res_b.append(MIPResult(b, s, targets[b][s], verdict, min_value, lower, upper, cex, cex_val, status,
                                    n_bin, time.perf_counter() - t0 + (build_s if s == 0 else 0.0)))
         results.append(res_b)
     return results
+
+
+# --------------------------------------------------------------------------- VNN-COMP style properties
+
+
+def _torch_forward(layers: list, h: torch.Tensor) -> torch.Tensor:
+    """Autograd float64 evaluation of IR layers on flat inputs [N, n] (for the attack only: every
+    reported value is re-executed with ``Network.forward``)."""
+    for L in layers:
+        if isinstance(L, Dense):
+            h = nn.functional.linear(h, L.W64, L.b64)
+        elif isinstance(L, Conv2d):
+            h = nn.functional.conv2d(h.reshape(h.shape[0], *L.in_shape), L.W64, L.b64, stride=L.stride,
+                                     padding=L.padding).reshape(h.shape[0], -1)
+        elif isinstance(L, Diag):
+            h = torch.addcmul(L.b64, h, L.W64)
+        else:
+            h = torch.relu(h)
+    return h
+
+
+def _conj_value(y: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """max over the rows of ``A y - b`` for outputs y [N, K] (<= 0: the conjunction holds)."""
+    return (y @ A.T - b).max(axis=1)
+
+
+def _pgd(layers: list, jobs: list, restarts: int, steps: int, seed: int, deadline: float) -> list[tuple[float, np.ndarray]]:
+    """Sign-gradient PGD on every job ``(lo, hi, A, b)``: minimise ``max_i (A_i f(x) - b_i)`` over the box
+    (steps scaled by each input's box width, a linearly decaying step, restart 0 at the centre, the
+    others uniform in the box). Returns per job the best (value by the torch twin, x)."""
+    g = torch.Generator().manual_seed(seed)
+    X, LO, HI, Am, bm, owner = [], [], [], [], [], []
+    m = max(A.shape[0] for _, _, A, _ in jobs)
+    K = jobs[0][2].shape[1]
+    for j, (lo, hi, A, b) in enumerate(jobs):
+        lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+        for r in range(restarts):
+            x = (lo_t + hi_t) / 2 if r == 0 else lo_t + (hi_t - lo_t) * torch.rand(lo_t.shape, generator=g, dtype=torch.float64)
+            X.append(x)
+            LO.append(lo_t)
+            HI.append(hi_t)
+            Ap = np.zeros((m, K))
+            bp = np.full(m, -np.inf)
+            Ap[:A.shape[0]] = A
+            bp[:A.shape[0]] = b
+            Ap[A.shape[0]:] = A[0]  # padding repeats row 0 (same max)
+            bp[A.shape[0]:] = b[0]
+            Am.append(torch.from_numpy(Ap))
+            bm.append(torch.from_numpy(bp))
+            owner.append(j)
+    x = torch.stack(X)
+    lo_b, hi_b = torch.stack(LO), torch.stack(HI)
+    A_b, b_b = torch.stack(Am), torch.stack(bm)
+    width = hi_b - lo_b
+    best_v = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+    best_x = x.clone()
+    for t in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        y = _torch_forward(layers, x)
+        v = (torch.einsum("nmk,nk->nm", A_b, y) - b_b).max(dim=1).values
+        with torch.no_grad():
+            better = v < best_v
+            best_v = torch.where(better, v, best_v)
+            best_x[better] = x[better]
+        if t == steps or time.perf_counter() > deadline or bool((best_v <= 0).any()):
+            break
+        (grad,) = torch.autograd.grad(v.sum(), x)
+        alpha = 0.2 * (1.0 - t / steps) + 0.01
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - alpha * width * grad.sign(), lo_b), hi_b)
+    out: list[tuple[float, np.ndarray]] = [(math.inf, jobs[j][0]) for j in range(len(jobs))]
+    for n, j in enumerate(owner):
+        if float(best_v[n]) < out[j][0]:
+            out[j] = (float(best_v[n]), best_x[n].detach().numpy().copy())
+    return out
+
+
+def _as_properties(prop: Any) -> list:
+    from fastcert.io.vnnlib import Property, Spec
+
+    if isinstance(prop, Spec):
+        return list(prop.properties)
+    if isinstance(prop, Property):
+        return [prop]
+    if isinstance(prop, (list, tuple)) and all(isinstance(p, Property) for p in prop):
+        return list(prop)
+    raise TypeError(f"prop must be a fastcert.io.vnnlib Spec, Property or list of Property, got {type(prop).__name__}")
+
+
+def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, input_shape: tuple | None = None,
+                   bounds_method: str = "crown", attack: bool = True, attack_restarts: int = 8, attack_steps: int = 100,
+                   lp_refine: bool = True, refine_fraction: float = 0.25, seed: int = 0,
+                   heuristic_effort: float | None = None, log: Callable[[str], None] | None = None) -> tuple[str, np.ndarray | None, dict]:
+    """Decide a VNN-LIB property: does some ``x`` in a disjunct's box satisfy one of its output
+    conjunctions (every row of ``A f(x) <= b``)?
+
+    net: a :class:`fastcert.Network` (e.g. from :func:`fastcert.io.load_onnx`; its ``input_shape`` is
+    used) or a torch ReLU model (``input_shape`` then defaults to ``(n_inputs,)``). prop: a
+    :class:`fastcert.io.vnnlib.Spec` (disjunction of properties), one ``Property`` or a list of them.
+    time_limit: seconds for the whole call (bounds, attack, LP refinement and MIPs share it).
+
+    Strategy: (1) CROWN bounds every row over each box: a conjunction with a row ``lower > b`` is closed;
+    (2) PGD (restarts, every open conjunction at once); (3) per box, pre-activation bounds tightened by
+    per-neuron LPs (``lp_refine``, at most ``refine_fraction`` of the remaining time), then one MIP per open
+    conjunction, most promising (lowest CROWN bound) first, each stopped as soon as it is decided
+    (cutoff above 0 for "no violation", an improving-solution callback that re-checks incumbents), under
+    a shared deadline (a first round gives each conjunction a share, a second round the rest).
+
+    Returns ``(verdict, counterexample, info)``: verdict "sat" (counterexample: flat float64 input in
+    ONNX row-major order, re-executed on the network and confirmed by
+    :func:`fastcert.io.check_counterexample`; float32-rounded when it stays a counterexample), "unsat"
+    (every conjunction of every disjunct closed), "timeout" (time ran out with conjunctions open) or
+    "unknown" (a non-ReLU network, or nothing left to try). info: ``stage``, ``time_s``, ``reason``,
+    ``best_lower`` (a lower bound of ``min max_i (A_i f - b_i)`` over every open conjunction: unsat iff
+    > 0), ``best_upper`` (the best re-executed value found), ``conjunctions`` (per conjunction: bounds,
+    status, time, binaries) and ``refine`` (LP refinement counts).
+    """
+    from fastcert.io.vnnlib import Spec, check_counterexample
+
+    t_start = time.perf_counter()
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    deadline = t_start + float(time_limit)
+    props = _as_properties(prop)
+    if not props:
+        raise ValueError("the property has no disjunct")
+    n_in = int(props[0].lo.size)
+    if isinstance(net, Network):
+        ir = net
+        shape = tuple(input_shape or net.input_shape or (n_in,))
+    elif isinstance(net, nn.Module):
+        shape = tuple(input_shape or (n_in,))
+        ir = Network.from_torch(copy.deepcopy(net).double().eval(), shape)
+    else:
+        raise TypeError(f"net must be a fastcert.Network or a torch nn.Module, got {type(net).__name__}")
+    layers = ir.layers_for(shape)
+    K = layers[-1].n_out
+    spec = Spec(props, n_in, K)
+    info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": [], "refine": [], "best_lower": -math.inf,
+                            "best_upper": math.inf}
+    say = log or (lambda _m: None)
+
+    def finish(verdict: str, reason: str, stage: str, x: np.ndarray | None = None) -> tuple[str, np.ndarray | None, dict]:
+        info.update(verdict=verdict, reason=reason, stage=stage, time_s=time.perf_counter() - t_start)
+        open_ = [c for c in info["conjunctions"] if not c["closed"]]
+        info["best_lower"] = min((c["lower"] for c in open_), default=math.inf)
+        info["best_upper"] = min((c["upper"] for c in info["conjunctions"]), default=math.inf)
+        say(f"{verdict} ({stage}): {reason}")
+        return verdict, x, info
+
+    try:
+        _check_layers(layers)
+    except ValueError as e:
+        return finish("unknown", str(e), "load")
+    for p in props:
+        if p.lo.shape != (n_in,) or p.hi.shape != (n_in,) or not (np.isfinite(p.lo).all() and np.isfinite(p.hi).all()):
+            raise ValueError("every disjunct needs a finite box of the same size")
+        for A, b in p.constraints:
+            if A.ndim != 2 or A.shape[1] != K or b.shape != (A.shape[0],):
+                raise ValueError(f"output constraints must be A [m, {K}], b [m]")
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return ir.forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).reshape(-1, *shape)).numpy()
+
+    checker = ir if ir.input_shape is not None else (lambda t: ir.forward(t.reshape(-1, *shape)))
+
+    def confirm(x: np.ndarray) -> np.ndarray | None:
+        """x (any point) -> a confirmed counterexample (float32-rounded when possible) or None."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        x32 = x.astype(np.float32).astype(np.float64)
+        for cand in (x32, x):
+            if any(bool(((cand >= p.lo) & (cand <= p.hi)).all()) for p in props):
+                ok, _ = check_counterexample(checker, spec, cand)
+                if ok:
+                    return cand
+        return None
+
+    # ---- jobs: (disjunct, conjunction)
+    jobs: list[dict[str, Any]] = []
+    for d, p in enumerate(props):
+        if not p.constraints:
+            continue
+        lo, hi = p.lo.astype(np.float64), p.hi.astype(np.float64)
+        if (lo > hi).any():  # an empty box has no counterexample
+            continue
+        x0 = (lo + hi) / 2
+        eps = float(((hi - lo) / 2).max())
+        prob = _region(torch.from_numpy(x0).reshape(1, *shape), eps, "inf", torch.from_numpy(lo).reshape(shape),
+                       torch.from_numpy(hi).reshape(shape))
+        rows = np.concatenate([A for A, _ in p.constraints], axis=0)
+        lb, ub = linear_bounds(layers, prob, torch.from_numpy(rows).unsqueeze(0), bounds_method)
+        lb, ub = lb[0].numpy(), ub[0].numpy()
+        r = 0
+        for k, (A, b) in enumerate(p.constraints):
+            m = A.shape[0]
+            t_lo = float(np.max(lb[r:r + m] - b)) if m else -math.inf
+            t_hi = float(np.max(ub[r:r + m] - b)) if m else -math.inf
+            r += m
+            job = {"disjunct": d, "conj": k, "rows": m, "crown_lower": t_lo, "crown_upper": t_hi, "lower": t_lo,
+                   "upper": math.inf, "closed": t_lo > 0, "status": "crown" if t_lo > 0 else "open",
+                   "time_s": 0.0, "n_binaries": None, "A": A, "b": b, "lo": lo, "hi": hi, "prob": prob}
+            jobs.append(job)
+    info["conjunctions"] = jobs
+    info["bounds_s"] = time.perf_counter() - t_start
+    if all(j["closed"] for j in jobs):
+        for j in jobs:
+            j.pop("prob", None)
+        return finish("unsat", f"{bounds_method} bounds close every conjunction", f"bounds:{bounds_method}")
+
+    def public() -> None:
+        for j in jobs:
+            for key in ("A", "b", "lo", "hi", "prob"):
+                j.pop(key, None)
+
+    # a conjunction CROWN shows to hold everywhere: the centre is a counterexample
+    for j in jobs:
+        if not j["closed"] and j["crown_upper"] <= 0:
+            x = confirm((j["lo"] + j["hi"]) / 2)
+            if x is not None:
+                public()
+                return finish("sat", "the conjunction holds on the whole box (CROWN upper bound <= 0)",
+                              f"bounds:{bounds_method}", x)
+
+    # ---- attack
+    if attack:
+        t_a = time.perf_counter()
+        todo = [j for j in jobs if not j["closed"]]
+        budget = min(deadline, t_a + min(0.1 * time_limit, 10.0))
+        res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j in todo], attack_restarts, attack_steps, seed,
+                   budget)
+        for j, (_, x) in zip(todo, res):
+            yv = evaluate(x)
+            val = float(_conj_value(yv, j["A"], j["b"])[0])
+            j["attack_value"] = val
+            j["upper"] = min(j["upper"], val)
+            if val <= 0:
+                xc = confirm(x)
+                if xc is not None:
+                    info["attack_s"] = time.perf_counter() - t_a
+                    public()
+                    return finish("sat", f"PGD counterexample (value {val:.3g}, re-checked)", "attack", xc)
+        info["attack_s"] = time.perf_counter() - t_a
+        say("attack values: " + ", ".join(f"{j['conj']}:{j.get('attack_value', math.nan):.3g}" for j in todo))
+    if time.perf_counter() >= deadline:
+        public()
+        return finish("timeout", "time limit reached after the attack", "attack")
+
+    # ---- MIP per disjunct
+    mats = [affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
+    absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
+    prepared: dict[int, tuple[Encoding, dict]] = {}
+
+    def prepare(d: int, job: dict) -> tuple[Encoding, dict]:
+        if d in prepared:
+            return prepared[d]
+        prob = job["prob"]
+        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in _prefix_bounds(layers, prob, bounds_method).items()}
+        if lp_refine:
+            left = deadline - time.perf_counter()
+            pre, rinfo = refine_bounds(layers, mats, pre, job["lo"], job["hi"], time_budget=refine_fraction * left)
+            rinfo["disjunct"] = d
+            info["refine"].append(rinfo)
+            say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
+                f"{rinfo['time_s']:.2f}s")
+        enc = encode(layers, mats, pre, job["lo"], job["hi"], mode="mip")
+        prepared[d] = (enc, _big_m(layers, pre))
+        return prepared[d]
+
+    found: list[np.ndarray] = []
+
+    def run_job(j: dict, budget: float) -> None:
+        enc, bigM = prepare(j["disjunct"], j)
+        A, b = j["A"], j["b"]
+        out = enc.out[-1]
+        m = A.shape[0]
+        sens = 10.0 * _FEAS_TOL * _sensitivity(layers, absW, bigM, np.abs(A).sum(axis=0))
+        cutoff = 2.0 * (1e-6 + sens)
+        if m == 1:
+            menc = enc
+            cost = np.zeros(enc.ncol)
+            cost[out] = A[0]
+            offset = -float(b[0])
+        else:  # min t  s.t.  A_i y - t <= b_i
+            rows = sp.lil_matrix((m, enc.ncol + 1))
+            for i in range(m):
+                rows[i, out] = A[i]
+                rows[i, enc.ncol] = -1.0
+            menc, tcol = _augment(enc, np.array([j["crown_lower"]]), np.array([max(j["crown_upper"], j["crown_lower"])]),
+                                  rows.tocsr(), np.full(m, -np.inf), b.astype(np.float64))
+            cost = np.zeros(menc.ncol)
+            cost[tcol] = 1.0
+            offset = 0.0
+        xv = enc.x
+        lo, hi = j["lo"], j["hi"]
+
+        def on_sol(v: np.ndarray, _obj: float) -> Any:
+            x = np.clip(v[xv], lo, hi)
+            val = float(_conj_value(evaluate(x), A, b)[0])
+            j["upper"] = min(j["upper"], val)
+            if val <= 0:
+                xc = confirm(x)
+                if xc is not None:
+                    found.append(xc)
+                    return True
+            return None
+
+        left = deadline - time.perf_counter()
+        run = _run_mip(menc, cost, offset, max(1e-3, min(budget, left)), cutoff=cutoff, on_solution=on_sol, exact=False,
+                       heuristic_effort=heuristic_effort)
+        if run.solution is not None and run.stopped is None:
+            on_sol(run.solution, run.objective or 0.0)
+        raw = run.raw_lower
+        margin = 1e-6 * (1.0 + abs(raw) if math.isfinite(raw) else 1.0) + sens
+        j["lower"] = max(j["lower"], raw - margin)
+        j["status"] = "mip: " + ("counterexample" if found else run.status)
+        j["time_s"] += run.time_s
+        j["n_binaries"] = enc.n_binaries
+        j["nodes"] = run.nodes
+        if j["lower"] > 0:
+            j["closed"] = True
+        say(f"MIP disjunct {j['disjunct']} conj {j['conj']}: {run.status}, lower {j['lower']:.4g}, upper "
+            f"{j['upper']:.4g}, {enc.n_binaries} binaries, {run.nodes} nodes, {run.time_s:.2f}s")
+
+    # most promising first: the lowest value seen by the attack, then the lowest CROWN bound
+    order = sorted((j for j in jobs if not j["closed"]), key=lambda j: (j["upper"], j["crown_lower"]))
+    t_m = time.perf_counter()
+    for rnd in (1, 2):
+        todo = [j for j in order if not j["closed"]]
+        for n, j in enumerate(todo):
+            left = deadline - time.perf_counter()
+            if left <= 0.05:
+                break
+            share = left / (len(todo) - n)
+            run_job(j, 1.5 * share if rnd == 1 else share)
+            if found:
+                info["mip_s"] = time.perf_counter() - t_m
+                public()
+                return finish("sat", f"MIP counterexample (disjunct {j['disjunct']}, conjunction {j['conj']}, "
+                              "re-executed and re-checked)", "mip", found[0])
+        if all(j["closed"] for j in jobs) or time.perf_counter() >= deadline - 0.05:
+            break
+    info["mip_s"] = time.perf_counter() - t_m
+    public()
+    if all(j["closed"] for j in jobs):
+        return finish("unsat", "every conjunction closed (bounds or MIP)", "mip")
+    if time.perf_counter() >= deadline - 0.05:
+        return finish("timeout", "time limit reached with conjunctions open", "mip")
+    return finish("unknown", "the MIP stopped undecided before the time limit", "mip")
+
+
+def verify_box(net: Network | nn.Module, lo: Any, hi: Any, A: Any, b: Any, time_limit: float,
+               **kwargs: Any) -> tuple[str, np.ndarray | None, dict]:
+    """Is there an ``x`` in ``[lo, hi]`` (flat, ONNX row-major order) with ``A f(x) <= b`` (every row)?
+    :func:`solve_property` on that one box and conjunction: "sat" (with the counterexample), "unsat",
+    "timeout" or "unknown"."""
+    from fastcert.io.vnnlib import Property
+
+    lo = np.asarray(lo, dtype=np.float64).reshape(-1)
+    hi = np.asarray(hi, dtype=np.float64).reshape(-1)
+    A = np.atleast_2d(np.asarray(A, dtype=np.float64))
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    return solve_property(net, Property(lo, hi, [(A, b)]), time_limit, **kwargs)
