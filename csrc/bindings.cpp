@@ -30,7 +30,14 @@ static void def_all(py::module_& m) {
         py::arg("gamma_prod"), py::arg("gamma_sum"), py::arg("W").noconvert(), py::arg("cbias").noconvert(),
         py::arg("g").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("out").noconvert(),
         py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(), py::arg("H"),
-        py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
+        py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("block_rows"),
+        py::arg("work").noconvert());
+  m.def("act_dense_backward", &act_dense_backward<T>, py::arg("lam").noconvert(), py::arg("lo_slope").noconvert(),
+        py::arg("up_slope").noconvert(), py::arg("up_bias").noconvert(), py::arg("zmag").noconvert(),
+        py::arg("gamma_prod"), py::arg("gamma_sum"), py::arg("W").noconvert(), py::arg("bvec").noconvert(),
+        py::arg("g").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("out").noconvert(),
+        py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(),
+        py::arg("block_rows"), py::arg("work").noconvert());
 }
 
 extern "C" char* scipy_openblas_get_config(void);

@@ -258,3 +258,75 @@ def test_two_sided_kernels_equal_the_negated_pass() -> None:
     neg_lo, _ = run(-lam, False)
     assert torch.allclose(hi, -neg_lo, rtol=1e-12, atol=1e-12) and (hi >= -neg_lo - 1e-12).all()
     assert (lo <= hi).all()
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("two", [False, True])
+@pytest.mark.parametrize("block_rows", [1, 3, 64])
+def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared: bool, two: bool,
+                                                              block_rows: int) -> None:
+    """act_dense_backward / act_conv_backward (row blocks, one GEMM per block) == backward_act, then
+    bias_mag, then the layer's transposed product, for every block size, shared rows and both-sided mode."""
+    g = torch.Generator().manual_seed(5)
+    B, S = 3, 5
+    if kind == "dense":
+        W = torch.randn(12, 7, generator=g, dtype=torch.float64)
+        n, n_in = 12, 7
+        bvec = torch.randn(n, generator=g, dtype=torch.float64)
+    else:
+        W = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+        L = Conv2d(W, torch.randn(4, generator=g, dtype=torch.float64), (2, 1), (1, 0), (2, 6, 5))
+        n, n_in = L.n_out, L.n_in
+        bvec = L.params(torch.float64).bias
+    lam = torch.randn(1 if shared else B, S, n, generator=g, dtype=torch.float64)
+    ls, us = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    if two:
+        ls = us.clone()
+    ub, zm = torch.randn(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    G = torch.rand(B, n, generator=g, dtype=torch.float64)
+    e = np.empty(0)
+
+    def state() -> tuple[torch.Tensor, ...]:
+        return (torch.randn(B, S, generator=torch.Generator().manual_seed(9), dtype=torch.float64),
+                torch.rand(B, S, generator=torch.Generator().manual_seed(8), dtype=torch.float64),
+                torch.randn(B, S, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+
+    bias1, mag1, bh1 = state()
+    mid = torch.empty(B, S, n, dtype=torch.float64)
+    _C.backward_act(np_view(lam), np_view(ls), np_view(us), e, np_view(ub), np_view(zm), np_view(mid), np_view(bias1),
+                    np_view(mag1), 1e-7, 1e-6, np_view(bh1) if two else e)
+    _C.bias_mag(np_view(mid), np_view(bvec), np_view(G), np_view(bias1), np_view(mag1), 1e-5, 1e-4,
+                np_view(bh1) if two else e)
+    bias2, mag2, bh2 = state()
+    out2 = torch.empty(B, S, n_in, dtype=torch.float64)
+    nthr = max(1, _C.omp_max_threads())
+    if kind == "dense":
+        out1 = (mid.reshape(B * S, n) @ W).reshape(B, S, n_in)
+        work = np.empty(block_rows * n * nthr)
+        _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W),
+                              np_view(bvec), np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2),
+                              np_view(bh2) if two else e, block_rows, work)
+    else:
+        out1 = L.backward(mid.reshape(B * S, n)).reshape(B, S, n_in)
+        per = n + 2 * 9 * L.out_shape[1] * L.out_shape[2]
+        work = np.empty(block_rows * per * nthr)
+        _C.act_conv_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
+                             np_view(L.params(torch.float64).W), np_view(bvec), np_view(G), 1e-5, 1e-4, np_view(out2),
+                             np_view(bias2), np_view(mag2), np_view(bh2) if two else e, 6, 5, 2, 1, 1, 0, block_rows,
+                             work)
+    assert torch.allclose(out2, out1, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(bias2, bias1, rtol=1e-13, atol=1e-13)
+    assert torch.allclose(mag2, mag1, rtol=1e-13, atol=1e-13)
+    if two:
+        assert torch.allclose(bh2, bh1, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="workspace too small"):
+        fn = _C.act_dense_backward if kind == "dense" else None
+        if fn is None:
+            _C.act_conv_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
+                                 np_view(L.params(torch.float64).W), np_view(bvec), np_view(G), 1e-5, 1e-4,
+                                 np_view(out2), np_view(bias2), np_view(mag2), e, 6, 5, 2, 1, 1, 0, block_rows,
+                                 np.empty(1))
+        else:
+            fn(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W), np_view(bvec),
+               np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows, np.empty(1))

@@ -7,6 +7,7 @@
 
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
+#include "fastcert/relax_row.h"
 
 namespace fastcert {
 
@@ -60,10 +61,10 @@ void im2col(const Geo& g, const T* x, T* cols) {
       }
 }
 
-// img += col2im(cols) for one sample (img zeroed by the caller)
+// img += col2im(cols) for one sample (img zeroed by the caller); cols rows are ld apart (default OH*OW)
 template <typename T>
-void col2im_add(const Geo& g, const T* cols, T* img) {
-  const py::ssize_t ohw = g.ohw();
+void col2im_add(const Geo& g, const T* cols, T* img, py::ssize_t ld = 0) {
+  const py::ssize_t ohw = ld ? ld : g.ohw();
   py::ssize_t q = 0;
   for (int c = 0; c < g.C; ++c)
     for (int kh = 0; kh < g.KH; ++kh)
@@ -167,13 +168,15 @@ namespace fastcert {
 //      exactly as backward_act),
 //   2. the conv's bias and magnitude terms (as bias_mag with the conv bias and g),
 //   3. out[b,s,:] = conv^T(relaxed)  (GEMM + col2im),
-// without writing the relaxed rows to memory. lam may be [1,S,n] (rows shared by the batch).
-// work: at least (n + C*KH*KW*OH*OW) elements per OpenMP thread.
+// without writing the relaxed rows to memory. Rows go in blocks of block_rows: the block's relaxed
+// rows are written channel-major ([OC, rows*OH*OW]) so that one GEMM W^T[CKK,OC] @ block serves the
+// whole block, then col2im per row. lam may be [1,S,n] (rows shared by the batch).
+// work: at least block_rows*(n + C*KH*KW*OH*OW) elements per OpenMP thread.
 template <typename T>
 void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
                        const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& Wt, const Arr<T>& cbias,
                        const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, Arr<T>& work) {
+                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, int block_rows, Arr<T>& work) {
   const Geo geo = make_geo(Wt, H, W, sh, sw, ph, pw);
   if (lam.ndim() != 3) throw std::invalid_argument("act_conv_backward: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
@@ -194,7 +197,9 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   expect_size(mag.size(), B * S, "mag");
   const bool two = bias_hi.size() != 0;
   if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
-  const py::ssize_t per = n + geo.ckk() * geo.ohw();
+  if (block_rows < 1) throw std::invalid_argument("act_conv_backward: block_rows must be >= 1");
+  const py::ssize_t R = block_rows;
+  const py::ssize_t per = R * (n + geo.ckk() * geo.ohw());
   const int nthreads = omp_get_max_threads();
   if (work.size() < per * nthreads) throw std::invalid_argument("act_conv_backward: workspace too small");
   const T* Lm = ro(lam, "Lam");
@@ -211,66 +216,39 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
   T* ws = mut(work, "work");
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
-  const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
-  const int M = static_cast<int>(geo.ckk()), Nn = static_cast<int>(geo.ohw()), K = geo.OC;
-#pragma omp parallel if (B * S * n > kParallelMin)
+  const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
+  const py::ssize_t ohw = geo.ohw(), rows = B * S, nblocks = (rows + R - 1) / R;
+  const int M = static_cast<int>(geo.ckk()), K = geo.OC;
+#pragma omp parallel if (nblocks > 1 && rows * n > kParallelMin)
   {
-    T* row = ws + per * omp_get_thread_num();
-    T* cols = row + n;
-#pragma omp for collapse(2) schedule(static)
-    for (py::ssize_t b = 0; b < B; ++b)
-      for (py::ssize_t s = 0; s < S; ++s) {
-        const T* lr = Lm + b * lam_bstride + s * n;
-        const T* ls = LS + b * n;
-        const T* us = US + b * n;
-        const T* ub = UB + b * n;
-        const T* zm = ZM + b * n;
-        const T* gr = G + b * n;
-        T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0, cacc_b = 0, cacc_m = 0, cacc_bm = 0;
-#pragma omp simd reduction(+ : acc_b, acc_m, acc_i, acc_h, cacc_b, cacc_m, cacc_bm)
-        for (py::ssize_t j = 0; j < n; ++j) {
-          const T v = lr[j], b_u = ub[j];
-          const T vp = v >= 0 ? v : T(0), vn = v < 0 ? v : T(0);
-          const T r = v * (v >= 0 ? ls[j] : us[j]);
-          const T abu = b_u < 0 ? -b_u : b_u;
-          acc_b += vn * b_u;
-          acc_i += (two ? vp - vn : -vn) * abu;
-          acc_h += vp * b_u;
-          acc_m += (vp - vn) * zm[j];
-          row[j] = r;
-          const T ar = r < 0 ? -r : r;
-          cacc_m += ar * gr[j];
-          const T cb = CB ? CB[j] : T(0);
-          cacc_b += r * cb;
-          cacc_bm += ar * (cb < 0 ? -cb : cb);
-        }
-        if (!two) acc_h = 0;
-        // activation step (as backward_act), then the conv's bias step (as bias_mag)
-        T nb = BI[b * S + s] + acc_b;
-        T m = gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb);
-        nb = nb + cacc_b;
-        m += gg * cacc_m + gb * cacc_bm + 2 * uu * std::fabs(nb);
-        BI[b * S + s] = nb;
-        if (two) {
-          T nh = BH[b * S + s] + acc_h;
-          m += 2 * uu * std::fabs(nh);
-          nh = nh + cacc_b;
-          m += 2 * uu * std::fabs(nh);
-          BH[b * S + s] = nh;
-        }
-        MG[b * S + s] += m;
-        gemm(true, false, M, Nn, K, T(1), Wp, M, row, Nn, T(0), cols, Nn);
-        T* img = O + (b * S + s) * geo.chw();
-        std::memset(img, 0, sizeof(T) * geo.chw());
-        col2im_add(geo, cols, img);
+    T* blk = ws + per * omp_get_thread_num();
+    T* cols = blk + R * n;
+#pragma omp for schedule(dynamic, 1)
+    for (py::ssize_t ib = 0; ib < nblocks; ++ib) {
+      const py::ssize_t q0 = ib * R, nr = std::min(R, rows - q0);
+      for (py::ssize_t r = 0; r < nr; ++r) {
+        const py::ssize_t q = q0 + r, b = q / S, s = q % S;
+        RowSums<T> a;
+        relax_row(Lm + b * lam_bstride + s * n, LS + b * n, US + b * n, UB + b * n, ZM + b * n, G + b * n, CB, n,
+                  ohw, nr * ohw, two, blk + r * ohw, a);
+        apply_row_sums(a, gp, gs, gg, gb, BI + q, two ? BH + q : nullptr, MG + q);
       }
+      // cols[CKK, nr*OHW] = W^T[CKK, OC] @ blk[OC, nr*OHW]
+      gemm(true, false, M, static_cast<int>(nr * ohw), K, T(1), Wp, M, blk, static_cast<int>(nr * ohw), T(0), cols,
+           static_cast<int>(nr * ohw));
+      for (py::ssize_t r = 0; r < nr; ++r) {
+        T* img = O + (q0 + r) * geo.chw();
+        std::memset(img, 0, sizeof(T) * geo.chw());
+        col2im_add(geo, cols + r * ohw, img, nr * ohw);
+      }
+    }
   }
 }
 
 #define FASTCERT_INST(T)                                                                                         \
   template void act_conv_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
                                      double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
-                                     Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, Arr<T>&);
+                                     Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

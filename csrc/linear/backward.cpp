@@ -5,7 +5,10 @@
 // bias[b,s] (constant terms collected so far) and mag[b,s] (a bound on the floating-point error
 // accumulated by the pass so far; each kernel adds its own, see docs/architecture.md "Floating point").
 #include "fastcert/common.h"
+#include <omp.h>
+
 #include "fastcert/kernels.h"
+#include "fastcert/relax_row.h"
 
 namespace fastcert {
 
@@ -261,13 +264,83 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
     }
 }
 
+// Fused backward step through an activation and the dense layer before it (the dense analogue of
+// act_conv_backward): per row, the relaxation and both layers' bias / slack terms (exactly as
+// backward_act then bias_mag), written to a block buffer that stays in cache, then one GEMM per block
+// of block_rows rows: out[rows] = relaxed[rows, n] @ W[n, n_in]. Saves three passes over the rows in
+// memory. lam may be [1,S,n] (rows shared by the batch). work: >= block_rows*n per OpenMP thread.
+template <typename T>
+void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
+                        const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& W, const Arr<T>& bvec,
+                        const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
+                        Arr<T>& bias_hi, int block_rows, Arr<T>& work) {
+  if (lam.ndim() != 3) throw std::invalid_argument("act_dense_backward: Lam must be [B,S,n] or [1,S,n]");
+  if (W.ndim() != 2) throw std::invalid_argument("act_dense_backward: W must be [n, n_in]");
+  const py::ssize_t S = lam.shape(1), n = lam.shape(2), n_in = W.shape(1);
+  if (W.shape(0) != n) throw std::invalid_argument("act_dense_backward: W rows must equal the activation width");
+  if (n == 0 || lo_s.size() % n != 0) throw std::invalid_argument("act_dense_backward: slopes must be [B,n]");
+  const py::ssize_t B = lo_s.size() / n;
+  if (lam.shape(0) != B && lam.shape(0) != 1) throw std::invalid_argument("act_dense_backward: Lam batch mismatch");
+  const py::ssize_t lam_bstride = lam.shape(0) == 1 ? 0 : S * n;
+  expect_size(up_s.size(), B * n, "up_slope");
+  expect_size(up_b.size(), B * n, "up_bias");
+  expect_size(zmag.size(), B * n, "zmag");
+  expect_size(g.size(), B * n, "g");
+  const bool has_b = bvec.size() != 0;
+  if (has_b) expect_size(bvec.size(), n, "bias vector");
+  expect_size(out.size(), B * S * n_in, "out");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  const bool two = bias_hi.size() != 0;
+  if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
+  if (block_rows < 1) throw std::invalid_argument("act_dense_backward: block_rows must be >= 1");
+  const py::ssize_t R = block_rows;
+  if (work.size() < R * n * omp_get_max_threads()) throw std::invalid_argument("act_dense_backward: workspace too small");
+  const T* Lm = ro(lam, "Lam");
+  const T* LS = ro(lo_s, "lo_slope");
+  const T* US = ro(up_s, "up_slope");
+  const T* UB = ro(up_b, "up_bias");
+  const T* ZM = ro(zmag, "zmag");
+  const T* Wp = ro(W, "W");
+  const T* BV = has_b ? ro(bvec, "bias vector") : nullptr;
+  const T* G = ro(g, "g");
+  T* O = mut(out, "out");
+  T* BI = mut(bias, "bias");
+  T* MG = mut(mag, "mag");
+  T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
+  T* ws = mut(work, "work");
+  const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
+  const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
+  const py::ssize_t rows = B * S, nblocks = (rows + R - 1) / R;
+#pragma omp parallel if (nblocks > 1 && rows * n > kParallelMin)
+  {
+    T* blk = ws + R * n * omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+    for (py::ssize_t ib = 0; ib < nblocks; ++ib) {
+      const py::ssize_t q0 = ib * R, nr = std::min(R, rows - q0);
+      for (py::ssize_t r = 0; r < nr; ++r) {
+        const py::ssize_t q = q0 + r, b = q / S, s = q % S;
+        RowSums<T> a;
+        relax_row(Lm + b * lam_bstride + s * n, LS + b * n, US + b * n, UB + b * n, ZM + b * n, G + b * n, BV, n, n,
+                  0, two, blk + r * n, a);
+        apply_row_sums(a, gp, gs, gg, gb, BI + q, two ? BH + q : nullptr, MG + q);
+      }
+      gemm(false, false, static_cast<int>(nr), static_cast<int>(n_in), static_cast<int>(n), T(1), blk,
+           static_cast<int>(n), Wp, static_cast<int>(n_in), T(0), O + q0 * n_in, static_cast<int>(n_in));
+    }
+  }
+}
+
 #define FASTCERT_INST(T)                                                                                       \
   template void backward_act<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,     \
                                 const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, double, double, Arr<T>&);          \
   template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, double, double,    \
                             Arr<T>&);                                                                        \
   template void concretize<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, int,  \
-                              const Arr<T>&, const Arr<T>&, double, Arr<T>&, const Arr<T>&, Arr<T>&);
+                              const Arr<T>&, const Arr<T>&, double, Arr<T>&, const Arr<T>&, Arr<T>&);        \
+  template void act_dense_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, \
+                                      double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
+                                      Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

@@ -42,5 +42,10 @@ template <typename T>
 void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
                        const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& Wt, const Arr<T>& cbias,
                        const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, Arr<T>& work);
+                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, int block_rows, Arr<T>& work);
+template <typename T>
+void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
+                        const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& W, const Arr<T>& bvec,
+                        const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
+                        Arr<T>& bias_hi, int block_rows, Arr<T>& work);
 }  // namespace fastcert

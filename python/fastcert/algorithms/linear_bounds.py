@@ -39,6 +39,8 @@ METHODS: dict[str, tuple[str, str, bool] | None] = {
 
 # Budget (bytes) for one chunk of coefficient matrices [Bc, rows, n] in the backward pass.
 _LAMBDA_BYTES = 384 << 20
+# Elements of one block of relaxed rows in the fused activation+affine kernels (sized for the L2 cache).
+_BLOCK_ELEMS = 1 << 16
 
 
 @dataclass
@@ -107,21 +109,32 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
     while j >= stop:
         L = st.layers[j]
         prev = st.layers[j - 1] if j - 1 >= stop else None
-        if not L.is_affine and isinstance(prev, Conv2d):
-            # activation + the convolution before it in one kernel: the relaxed rows never hit memory
+        if not L.is_affine and isinstance(prev, (Conv2d, Dense)):
+            # activation + the affine layer before it in one kernel: the relaxed rows never hit memory
             r = st.relax[j]
             G = st.G[j - 1]
             assert r is not None and G is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
             out = torch.empty(Bc, S, prev.n_in, dtype=dt)
-            C_, H_, W_ = prev.in_shape
-            per = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
-            work = torch.empty(per * max(1, _C.omp_max_threads()), dtype=dt)  # a slice per thread
-            _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                                 gamma_n(0, dt), gamma_n(L.n_in, dt), np_view(prev.params(dt).W),
-                                 np_view(prev.params(dt).bias), np_view(G[b0:b1]), gamma_n(prev.back_len, dt),
-                                 gamma_n(prev.n_out, dt), np_view(out), np_view(bias), np_view(mag), bh, H_, W_,
-                                 prev.stride[0], prev.stride[1], prev.padding[0], prev.padding[1], np_view(work))
+            p = prev.params(dt)
+            nthr = max(1, _C.omp_max_threads())
+            if isinstance(prev, Conv2d):
+                C_, H_, W_ = prev.in_shape
+                per_row = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
+                R = max(1, min(Bc * S, _BLOCK_ELEMS // per_row))
+                work = torch.empty(R * per_row * nthr, dtype=dt)  # a block per thread
+                _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                     gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
+                                     np_view(G[b0:b1]), gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt),
+                                     np_view(out), np_view(bias), np_view(mag), bh, H_, W_, prev.stride[0],
+                                     prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
+            else:
+                R = max(1, min(Bc * S, _BLOCK_ELEMS // L.n_in))
+                work = torch.empty(R * L.n_in * nthr, dtype=dt)
+                _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                      gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
+                                      gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt), np_view(out),
+                                      np_view(bias), np_view(mag), bh, R, np_view(work))
             lam = out
             j -= 2
             continue
