@@ -152,11 +152,6 @@ def _sensitivity(layers: list, absW: list, bigM: dict, s: np.ndarray) -> float:
     return total + float(s.sum())
 
 
-def _opt(hs: Any, name: str) -> float:
-    v = hs.getOptionValue(name)
-    return float(v[-1] if isinstance(v, tuple) else v)
-
-
 def _domain(bnd: Any, shape: tuple, default: float) -> np.ndarray:
     if bnd is None:
         return np.full(int(np.prod(shape)), default)
@@ -279,7 +274,12 @@ def _run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, 
                 stopped[0] = r
                 e.interrupt()
 
+        def stop(e: Any) -> None:  # HiGHS honours user_interrupt in the interrupt callbacks
+            if stopped[0] is not None:
+                e.interrupt()
+
         hs.cbMipImprovingSolution.subscribe(cb)
+        hs.cbMipInterrupt.subscribe(stop)
     if hs.passModel(lp) == highspy.HighsStatus.kError:  # pragma: no cover
         raise RuntimeError("HiGHS rejected the MIP model (passModel returned an error)")
     hs.run()
@@ -494,27 +494,29 @@ def _conj_value(y: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (y @ A.T - b).max(axis=1)
 
 
-def _pgd(layers: list, jobs: list, restarts: int, steps: int, seed: int, deadline: float) -> list[tuple[float, np.ndarray]]:
+def _pgd(layers: list, jobs: list, restarts: int, steps: int, seed: int, deadline: float,
+         starts: list | None = None) -> list[tuple[float, np.ndarray]]:
     """Sign-gradient PGD on every job ``(lo, hi, A, b)``: minimise ``max_i (A_i f(x) - b_i)`` over the box
-    (steps scaled by each input's box width, a linearly decaying step, restart 0 at the centre, the
-    others uniform in the box). Returns per job the best (value by the torch twin, x)."""
+    (steps scaled by each input's box width, a linearly decaying step; restart 0 at ``starts[j]`` or the
+    centre, the others uniform in the box). Returns per job the best (value by the torch twin, x)."""
     g = torch.Generator().manual_seed(seed)
     X, LO, HI, Am, bm, owner = [], [], [], [], [], []
     m = max(A.shape[0] for _, _, A, _ in jobs)
-    K = jobs[0][2].shape[1]
     for j, (lo, hi, A, b) in enumerate(jobs):
         lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+        Ap = np.repeat(A[:1], m, axis=0)  # padding repeats row 0 (same max)
+        bp = np.repeat(b[:1], m)
+        Ap[:A.shape[0]] = A
+        bp[:A.shape[0]] = b
         for r in range(restarts):
-            x = (lo_t + hi_t) / 2 if r == 0 else lo_t + (hi_t - lo_t) * torch.rand(lo_t.shape, generator=g, dtype=torch.float64)
+            if r == 0:
+                x = (lo_t + hi_t) / 2 if starts is None or starts[j] is None else \
+                    torch.minimum(torch.maximum(torch.from_numpy(np.asarray(starts[j], dtype=np.float64)), lo_t), hi_t)
+            else:
+                x = lo_t + (hi_t - lo_t) * torch.rand(lo_t.shape, generator=g, dtype=torch.float64)
             X.append(x)
             LO.append(lo_t)
             HI.append(hi_t)
-            Ap = np.zeros((m, K))
-            bp = np.full(m, -np.inf)
-            Ap[:A.shape[0]] = A
-            bp[:A.shape[0]] = b
-            Ap[A.shape[0]:] = A[0]  # padding repeats row 0 (same max)
-            bp[A.shape[0]:] = b[0]
             Am.append(torch.from_numpy(Ap))
             bm.append(torch.from_numpy(bp))
             owner.append(j)
@@ -538,7 +540,7 @@ def _pgd(layers: list, jobs: list, restarts: int, steps: int, seed: int, deadlin
         alpha = 0.2 * (1.0 - t / steps) + 0.01
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - alpha * width * grad.sign(), lo_b), hi_b)
-    out: list[tuple[float, np.ndarray]] = [(math.inf, jobs[j][0]) for j in range(len(jobs))]
+    out: list[tuple[float, np.ndarray]] = [(math.inf, (jobs[j][0] + jobs[j][1]) / 2) for j in range(len(jobs))]
     for n, j in enumerate(owner):
         if float(best_v[n]) < out[j][0]:
             out[j] = (float(best_v[n]), best_x[n].detach().numpy().copy())
@@ -557,35 +559,64 @@ def _as_properties(prop: Any) -> list:
     raise TypeError(f"prop must be a fastcert.io.vnnlib Spec, Property or list of Property, got {type(prop).__name__}")
 
 
+def _conj_model(enc: Encoding, A: np.ndarray, b: np.ndarray, t_lo: float, t_hi: float
+                ) -> tuple[Encoding, np.ndarray, float]:
+    """(model, cost, offset) whose minimum is ``min max_i (A_i f - b_i)`` over the encoding: the row itself
+    for one row, else a column ``t`` with rows ``A_i y - t <= b_i`` (t in [t_lo, t_hi], CROWN's range)."""
+    out = enc.out[-1]
+    m = A.shape[0]
+    if m == 1:
+        cost = np.zeros(enc.ncol)
+        cost[out] = A[0]
+        return enc, cost, -float(b[0])
+    rows = sp.lil_matrix((m, enc.ncol + 1))
+    for i in range(m):
+        rows[i, out] = A[i]
+        rows[i, enc.ncol] = -1.0
+    menc, tcol = _augment(enc, np.array([t_lo]), np.array([max(t_hi, t_lo)]), rows.tocsr(), np.full(m, -np.inf),
+                          b.astype(np.float64))
+    cost = np.zeros(menc.ncol)
+    cost[tcol] = 1.0
+    return menc, cost, 0.0
+
+
 def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, input_shape: tuple | None = None,
                    bounds_method: str = "crown", attack: bool = True, attack_restarts: int = 8, attack_steps: int = 100,
                    lp_refine: bool = True, refine_fraction: float = 0.25, seed: int = 0,
-                   heuristic_effort: float | None = None, log: Callable[[str], None] | None = None) -> tuple[str, np.ndarray | None, dict]:
+                   heuristic_effort: float | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[str, np.ndarray | None, dict]:
     """Decide a VNN-LIB property: does some ``x`` in a disjunct's box satisfy one of its output
     conjunctions (every row of ``A f(x) <= b``)?
 
     net: a :class:`fastcert.Network` (e.g. from :func:`fastcert.io.load_onnx`; its ``input_shape`` is
     used) or a torch ReLU model (``input_shape`` then defaults to ``(n_inputs,)``). prop: a
     :class:`fastcert.io.vnnlib.Spec` (disjunction of properties), one ``Property`` or a list of them.
-    time_limit: seconds for the whole call (bounds, attack, LP refinement and MIPs share it).
+    time_limit: seconds for the whole call (bounds, attacks, LPs and MIPs share one deadline).
 
-    Strategy: (1) CROWN bounds every row over each box: a conjunction with a row ``lower > b`` is closed;
-    (2) PGD (restarts, every open conjunction at once); (3) per box, pre-activation bounds tightened by
-    per-neuron LPs (``lp_refine``, at most ``refine_fraction`` of the remaining time), then one MIP per open
-    conjunction, most promising (lowest CROWN bound) first, each stopped as soon as it is decided
-    (cutoff above 0 for "no violation", an improving-solution callback that re-checks incumbents), under
-    a shared deadline (a first round gives each conjunction a share, a second round the rest).
+    Stages, each conjunction ("job") closed or the call answered as soon as possible:
+
+    1. CROWN bounds every row over each box: a conjunction with a row ``lower > b`` is closed.
+    2. PGD (``attack_restarts`` x ``attack_steps``, every open conjunction at once).
+    3. Per box: pre-activation bounds tightened by per-neuron LPs (``lp_refine``, at most
+       ``refine_fraction`` of the remaining time; :mod:`fastcert.lp_refine`), then one LP per open
+       conjunction on the triangle relaxation: its rigorous dual bound may close the conjunction, and its
+       optimal point (re-executed, then polished by a short PGD) is a counterexample candidate.
+    4. One MIP per open conjunction, most promising first (lowest value seen so far, then lowest CROWN
+       bound), stopped as soon as it is decided (cutoff just above 0, an improving-solution callback
+       that re-checks incumbents on the network), under the shared deadline: a first round gives each
+       conjunction 1.5x its share of the remaining time, a second round splits what is left.
 
     Returns ``(verdict, counterexample, info)``: verdict "sat" (counterexample: flat float64 input in
     ONNX row-major order, re-executed on the network and confirmed by
     :func:`fastcert.io.check_counterexample`; float32-rounded when it stays a counterexample), "unsat"
     (every conjunction of every disjunct closed), "timeout" (time ran out with conjunctions open) or
     "unknown" (a non-ReLU network, or nothing left to try). info: ``stage``, ``time_s``, ``reason``,
-    ``best_lower`` (a lower bound of ``min max_i (A_i f - b_i)`` over every open conjunction: unsat iff
-    > 0), ``best_upper`` (the best re-executed value found), ``conjunctions`` (per conjunction: bounds,
-    status, time, binaries) and ``refine`` (LP refinement counts).
+    ``best_lower`` (lower bound of ``min max_i (A_i f - b_i)`` over the open conjunctions: the instance
+    is unsat iff it is > 0), ``best_upper`` (the lowest re-executed value found), ``conjunctions`` (per
+    conjunction: bounds, status, time, binaries), ``refine`` (LP refinement counts) and stage times.
     """
     from fastcert.io.vnnlib import Spec, check_counterexample
+    from fastcert.lp_refine import _highs_lp, certified_lower
 
     t_start = time.perf_counter()
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
@@ -594,7 +625,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     props = _as_properties(prop)
     if not props:
         raise ValueError("the property has no disjunct")
-    n_in = int(props[0].lo.size)
+    n_in = int(np.asarray(props[0].lo).size)
     if isinstance(net, Network):
         ir = net
         shape = tuple(input_shape or net.input_shape or (n_in,))
@@ -609,12 +640,15 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": [], "refine": [], "best_lower": -math.inf,
                             "best_upper": math.inf}
     say = log or (lambda _m: None)
+    jobs: list[dict[str, Any]] = []
 
     def finish(verdict: str, reason: str, stage: str, x: np.ndarray | None = None) -> tuple[str, np.ndarray | None, dict]:
+        for j in jobs:
+            for key in ("A", "b", "lo", "hi", "prob"):
+                j.pop(key, None)
         info.update(verdict=verdict, reason=reason, stage=stage, time_s=time.perf_counter() - t_start)
-        open_ = [c for c in info["conjunctions"] if not c["closed"]]
-        info["best_lower"] = min((c["lower"] for c in open_), default=math.inf)
-        info["best_upper"] = min((c["upper"] for c in info["conjunctions"]), default=math.inf)
+        info["best_lower"] = min((c["lower"] for c in jobs if not c["closed"]), default=math.inf)
+        info["best_upper"] = min((c["upper"] for c in jobs), default=math.inf)
         say(f"{verdict} ({stage}): {reason}")
         return verdict, x, info
 
@@ -623,10 +657,11 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     except ValueError as e:
         return finish("unknown", str(e), "load")
     for p in props:
-        if p.lo.shape != (n_in,) or p.hi.shape != (n_in,) or not (np.isfinite(p.lo).all() and np.isfinite(p.hi).all()):
+        lo_, hi_ = np.asarray(p.lo), np.asarray(p.hi)
+        if lo_.shape != (n_in,) or hi_.shape != (n_in,) or not (np.isfinite(lo_).all() and np.isfinite(hi_).all()):
             raise ValueError("every disjunct needs a finite box of the same size")
         for A, b in p.constraints:
-            if A.ndim != 2 or A.shape[1] != K or b.shape != (A.shape[0],):
+            if np.ndim(A) != 2 or np.shape(A)[1] != K or np.shape(b) != (np.shape(A)[0],):
                 raise ValueError(f"output constraints must be A [m, {K}], b [m]")
 
     def evaluate(x: np.ndarray) -> np.ndarray:
@@ -636,7 +671,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     checker = ir if ir.input_shape is not None else (lambda t: ir.forward(t.reshape(-1, *shape)))
 
     def confirm(x: np.ndarray) -> np.ndarray | None:
-        """x (any point) -> a confirmed counterexample (float32-rounded when possible) or None."""
+        """A confirmed counterexample near x (x itself, or its float32 rounding when that stays one), or None."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         x32 = x.astype(np.float32).astype(np.float64)
         for cand in (x32, x):
@@ -646,133 +681,147 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
                     return cand
         return None
 
-    # ---- jobs: (disjunct, conjunction)
-    jobs: list[dict[str, Any]] = []
+    def candidate(j: dict, x: np.ndarray, what: str) -> np.ndarray | None:
+        """Re-execute x (clipped into j's box) for job j: update its upper bound; a confirmed
+        counterexample or None."""
+        x = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), j["lo"], j["hi"])
+        val = float(_conj_value(evaluate(x), j["A"], j["b"])[0])
+        j[what] = min(j.get(what, math.inf), val)
+        j["upper"] = min(j["upper"], val)
+        return confirm(x) if val <= 0 else None
+
+    # ---- 1. CROWN on every row of every disjunct
     for d, p in enumerate(props):
-        if not p.constraints:
-            continue
-        lo, hi = p.lo.astype(np.float64), p.hi.astype(np.float64)
-        if (lo > hi).any():  # an empty box has no counterexample
+        lo, hi = np.asarray(p.lo, dtype=np.float64), np.asarray(p.hi, dtype=np.float64)
+        if not p.constraints or (lo > hi).any():  # nothing to satisfy / an empty box
             continue
         x0 = (lo + hi) / 2
         eps = float(((hi - lo) / 2).max())
         prob = _region(torch.from_numpy(x0).reshape(1, *shape), eps, "inf", torch.from_numpy(lo).reshape(shape),
                        torch.from_numpy(hi).reshape(shape))
-        rows = np.concatenate([A for A, _ in p.constraints], axis=0)
+        rows = np.concatenate([np.asarray(A, dtype=np.float64) for A, _ in p.constraints], axis=0)
         lb, ub = linear_bounds(layers, prob, torch.from_numpy(rows).unsqueeze(0), bounds_method)
         lb, ub = lb[0].numpy(), ub[0].numpy()
         r = 0
         for k, (A, b) in enumerate(p.constraints):
+            A = np.asarray(A, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
             m = A.shape[0]
-            t_lo = float(np.max(lb[r:r + m] - b)) if m else -math.inf
-            t_hi = float(np.max(ub[r:r + m] - b)) if m else -math.inf
+            if m == 0:  # an empty conjunction holds everywhere
+                x = confirm(x0)
+                if x is not None:
+                    return finish("sat", "an empty output conjunction", "bounds", x)
+                continue
+            t_lo = float(np.max(lb[r:r + m] - b))
+            t_hi = float(np.max(ub[r:r + m] - b))
             r += m
-            job = {"disjunct": d, "conj": k, "rows": m, "crown_lower": t_lo, "crown_upper": t_hi, "lower": t_lo,
-                   "upper": math.inf, "closed": t_lo > 0, "status": "crown" if t_lo > 0 else "open",
-                   "time_s": 0.0, "n_binaries": None, "A": A, "b": b, "lo": lo, "hi": hi, "prob": prob}
-            jobs.append(job)
+            jobs.append({"disjunct": d, "conj": k, "rows": m, "crown_lower": t_lo, "crown_upper": t_hi,
+                         "lower": t_lo, "upper": math.inf, "closed": t_lo > 0,
+                         "status": "closed: " + bounds_method if t_lo > 0 else "open", "time_s": 0.0,
+                         "n_binaries": None, "A": A, "b": b, "lo": lo, "hi": hi, "prob": prob})
     info["conjunctions"] = jobs
     info["bounds_s"] = time.perf_counter() - t_start
     if all(j["closed"] for j in jobs):
-        for j in jobs:
-            j.pop("prob", None)
         return finish("unsat", f"{bounds_method} bounds close every conjunction", f"bounds:{bounds_method}")
-
-    def public() -> None:
-        for j in jobs:
-            for key in ("A", "b", "lo", "hi", "prob"):
-                j.pop(key, None)
-
-    # a conjunction CROWN shows to hold everywhere: the centre is a counterexample
-    for j in jobs:
+    for j in jobs:  # CROWN shows the conjunction holds on the whole box: the centre is a counterexample
         if not j["closed"] and j["crown_upper"] <= 0:
-            x = confirm((j["lo"] + j["hi"]) / 2)
+            x = candidate(j, (j["lo"] + j["hi"]) / 2, "attack_value")
             if x is not None:
-                public()
                 return finish("sat", "the conjunction holds on the whole box (CROWN upper bound <= 0)",
                               f"bounds:{bounds_method}", x)
 
-    # ---- attack
+    # ---- 2. PGD
     if attack:
         t_a = time.perf_counter()
         todo = [j for j in jobs if not j["closed"]]
-        budget = min(deadline, t_a + min(0.1 * time_limit, 10.0))
-        res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j in todo], attack_restarts, attack_steps, seed,
-                   budget)
+        stop = min(deadline, t_a + min(0.1 * time_limit, 10.0))
+        res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j in todo], attack_restarts, attack_steps, seed, stop)
         for j, (_, x) in zip(todo, res):
-            yv = evaluate(x)
-            val = float(_conj_value(yv, j["A"], j["b"])[0])
-            j["attack_value"] = val
-            j["upper"] = min(j["upper"], val)
-            if val <= 0:
-                xc = confirm(x)
-                if xc is not None:
-                    info["attack_s"] = time.perf_counter() - t_a
-                    public()
-                    return finish("sat", f"PGD counterexample (value {val:.3g}, re-checked)", "attack", xc)
+            xc = candidate(j, x, "attack_value")
+            if xc is not None:
+                info["attack_s"] = time.perf_counter() - t_a
+                return finish("sat", f"PGD counterexample (value {j['attack_value']:.3g}, re-checked)", "attack", xc)
         info["attack_s"] = time.perf_counter() - t_a
-        say("attack values: " + ", ".join(f"{j['conj']}:{j.get('attack_value', math.nan):.3g}" for j in todo))
+        say("PGD values: " + ", ".join(f"{j['conj']}:{j['attack_value']:.3g}" for j in todo))
     if time.perf_counter() >= deadline:
-        public()
         return finish("timeout", "time limit reached after the attack", "attack")
 
-    # ---- MIP per disjunct
+    # ---- 3. refined bounds and one LP per open conjunction
     mats = [affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
     absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
-    prepared: dict[int, tuple[Encoding, dict]] = {}
-
-    def prepare(d: int, job: dict) -> tuple[Encoding, dict]:
-        if d in prepared:
-            return prepared[d]
-        prob = job["prob"]
-        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in _prefix_bounds(layers, prob, bounds_method).items()}
+    prepared: dict[int, dict] = {}
+    t_lp = time.perf_counter()
+    for d in sorted({j["disjunct"] for j in jobs if not j["closed"]}):
+        dj = [j for j in jobs if j["disjunct"] == d and not j["closed"]]
+        if time.perf_counter() >= deadline:
+            return finish("timeout", "time limit reached during the LP stage", "lp")
+        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in _prefix_bounds(layers, dj[0]["prob"], bounds_method).items()}
+        lo, hi = dj[0]["lo"], dj[0]["hi"]
         if lp_refine:
             left = deadline - time.perf_counter()
-            pre, rinfo = refine_bounds(layers, mats, pre, job["lo"], job["hi"], time_budget=refine_fraction * left)
+            pre, rinfo = refine_bounds(layers, mats, pre, lo, hi, time_budget=refine_fraction * left)
             rinfo["disjunct"] = d
             info["refine"].append(rinfo)
             say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
                 f"{rinfo['time_s']:.2f}s")
-        enc = encode(layers, mats, pre, job["lo"], job["hi"], mode="mip")
-        prepared[d] = (enc, _big_m(layers, pre))
-        return prepared[d]
+        prepared[d] = {"mip": encode(layers, mats, pre, lo, hi, mode="mip"), "bigM": _big_m(layers, pre)}
+        enc_lp = encode(layers, mats, pre, lo, hi, mode="lp")
+        starts = []
+        for j in dj:
+            if time.perf_counter() >= deadline:
+                return finish("timeout", "time limit reached during the LP stage", "lp")
+            menc, cost, offset = _conj_model(enc_lp, j["A"], j["b"], j["crown_lower"], j["crown_upper"])
+            hs = _highs_lp(menc, cost, deadline - time.perf_counter())
+            hs.run()
+            sol = hs.getSolution()
+            x_lp = None
+            if sol.dual_valid:
+                lb = certified_lower(menc, cost, np.asarray(sol.row_dual)) + offset
+                lb = float(np.nextafter(lb, -np.inf))  # the rounding of "+ offset"
+                j["lp_lower"] = lb
+                j["lower"] = max(j["lower"], lb)
+                if lb > 0:
+                    j["closed"] = True
+                    j["status"] = "closed: LP"
+            if sol.value_valid and not j["closed"]:
+                x_lp = np.asarray(sol.col_value)[menc.x]
+                xc = candidate(j, x_lp, "lp_value")
+                if xc is not None:
+                    info["lp_s"] = time.perf_counter() - t_lp
+                    return finish("sat", f"LP-relaxation point is a counterexample (value {j['lp_value']:.3g})", "lp", xc)
+            starts.append(x_lp)
+        if attack:  # polish the LP points by PGD
+            todo = [(j, x) for j, x in zip(dj, starts) if x is not None and not j["closed"]]
+            if todo:
+                stop = min(deadline, time.perf_counter() + min(0.05 * time_limit, 5.0))
+                res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j, _ in todo], 1, attack_steps // 2, seed + 1,
+                           stop, starts=[x for _, x in todo])
+                for (j, _), (_, x) in zip(todo, res):
+                    xc = candidate(j, x, "lp_value")
+                    if xc is not None:
+                        info["lp_s"] = time.perf_counter() - t_lp
+                        return finish("sat", f"PGD from an LP point (value {j['lp_value']:.3g}, re-checked)", "lp", xc)
+        say("LP stage: " + ", ".join(f"{j['conj']}:[{j['lower']:.3g}, {j['upper']:.3g}]" for j in dj))
+    info["lp_s"] = time.perf_counter() - t_lp
+    if all(j["closed"] for j in jobs):
+        return finish("unsat", "every conjunction closed by bounds or LP certificates", "lp")
 
+    # ---- 4. MIP per open conjunction
     found: list[np.ndarray] = []
 
     def run_job(j: dict, budget: float) -> None:
-        enc, bigM = prepare(j["disjunct"], j)
+        enc, bigM = prepared[j["disjunct"]]["mip"], prepared[j["disjunct"]]["bigM"]
         A, b = j["A"], j["b"]
-        out = enc.out[-1]
-        m = A.shape[0]
         sens = 10.0 * _FEAS_TOL * _sensitivity(layers, absW, bigM, np.abs(A).sum(axis=0))
         cutoff = 2.0 * (1e-6 + sens)
-        if m == 1:
-            menc = enc
-            cost = np.zeros(enc.ncol)
-            cost[out] = A[0]
-            offset = -float(b[0])
-        else:  # min t  s.t.  A_i y - t <= b_i
-            rows = sp.lil_matrix((m, enc.ncol + 1))
-            for i in range(m):
-                rows[i, out] = A[i]
-                rows[i, enc.ncol] = -1.0
-            menc, tcol = _augment(enc, np.array([j["crown_lower"]]), np.array([max(j["crown_upper"], j["crown_lower"])]),
-                                  rows.tocsr(), np.full(m, -np.inf), b.astype(np.float64))
-            cost = np.zeros(menc.ncol)
-            cost[tcol] = 1.0
-            offset = 0.0
+        menc, cost, offset = _conj_model(enc, A, b, j["crown_lower"], j["crown_upper"])
         xv = enc.x
-        lo, hi = j["lo"], j["hi"]
 
         def on_sol(v: np.ndarray, _obj: float) -> Any:
-            x = np.clip(v[xv], lo, hi)
-            val = float(_conj_value(evaluate(x), A, b)[0])
-            j["upper"] = min(j["upper"], val)
-            if val <= 0:
-                xc = confirm(x)
-                if xc is not None:
-                    found.append(xc)
-                    return True
+            xc = candidate(j, v[xv], "mip_value")
+            if xc is not None:
+                found.append(xc)
+                return True
             return None
 
         left = deadline - time.perf_counter()
@@ -786,13 +835,13 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
         j["status"] = "mip: " + ("counterexample" if found else run.status)
         j["time_s"] += run.time_s
         j["n_binaries"] = enc.n_binaries
-        j["nodes"] = run.nodes
-        if j["lower"] > 0:
+        j["nodes"] = j.get("nodes", 0) + run.nodes
+        if j["lower"] > 0 and not found:
             j["closed"] = True
+            j["status"] = "closed: MIP"
         say(f"MIP disjunct {j['disjunct']} conj {j['conj']}: {run.status}, lower {j['lower']:.4g}, upper "
             f"{j['upper']:.4g}, {enc.n_binaries} binaries, {run.nodes} nodes, {run.time_s:.2f}s")
 
-    # most promising first: the lowest value seen by the attack, then the lowest CROWN bound
     order = sorted((j for j in jobs if not j["closed"]), key=lambda j: (j["upper"], j["crown_lower"]))
     t_m = time.perf_counter()
     for rnd in (1, 2):
@@ -805,25 +854,22 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             run_job(j, 1.5 * share if rnd == 1 else share)
             if found:
                 info["mip_s"] = time.perf_counter() - t_m
-                public()
                 return finish("sat", f"MIP counterexample (disjunct {j['disjunct']}, conjunction {j['conj']}, "
                               "re-executed and re-checked)", "mip", found[0])
         if all(j["closed"] for j in jobs) or time.perf_counter() >= deadline - 0.05:
             break
     info["mip_s"] = time.perf_counter() - t_m
-    public()
     if all(j["closed"] for j in jobs):
-        return finish("unsat", "every conjunction closed (bounds or MIP)", "mip")
+        return finish("unsat", "every conjunction closed (bounds, LP or MIP)", "mip")
     if time.perf_counter() >= deadline - 0.05:
         return finish("timeout", "time limit reached with conjunctions open", "mip")
-    return finish("unknown", "the MIP stopped undecided before the time limit", "mip")
+    return finish("unknown", "the MIPs stopped undecided before the time limit", "mip")
 
 
 def verify_box(net: Network | nn.Module, lo: Any, hi: Any, A: Any, b: Any, time_limit: float,
                **kwargs: Any) -> tuple[str, np.ndarray | None, dict]:
     """Is there an ``x`` in ``[lo, hi]`` (flat, ONNX row-major order) with ``A f(x) <= b`` (every row)?
-    :func:`solve_property` on that one box and conjunction: "sat" (with the counterexample), "unsat",
-    "timeout" or "unknown"."""
+    :func:`solve_property` on that one box and conjunction (same keywords and return value)."""
     from fastcert.io.vnnlib import Property
 
     lo = np.asarray(lo, dtype=np.float64).reshape(-1)
