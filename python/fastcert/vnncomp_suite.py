@@ -78,6 +78,7 @@ class SuiteResult:
     contradictions: list[InstanceRow]
     published: dict[str, int]
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout_scale: float = 1.0
 
 
 def read_instances(csv_path: str | os.PathLike[str]) -> list[tuple[str, str, float]]:
@@ -194,7 +195,7 @@ def run_suite(instances_csv: str | os.PathLike[str], *, timeout_scale: float = 1
         benchmark=str(folder), rows=rows, counts=counts, solved=sum(r.solved for r in rows),
         total_time_s=sum(times), median_time_s=statistics.median(times) if times else 0.0,
         contradictions=[r for r in rows if r.agrees == "no"], published=published,
-        tools=tool_summaries(folder, keys, verdicts),
+        tools=tool_summaries(folder, keys, verdicts), timeout_scale=timeout_scale,
     )
 
 
@@ -217,15 +218,15 @@ def format_summary(res: SuiteResult, out: TextIO) -> None:
     pub = ", ".join(f"{k} {v}" for k, v in sorted(res.published.items()))
     print(f"benchmark {res.benchmark}: {n} instances (published: {pub})", file=out)
     c = res.counts
-    print(f"fastcert: sat {c['sat']}, unsat {c['unsat']}, timeout {c['timeout']}, unknown {c['unknown']}; "
-          f"solved {res.solved}/{n}; total {res.total_time_s:.1f} s, median {res.median_time_s:.2f} s per instance",
-          file=out)
+    print(f"fastcert (time limits x{res.timeout_scale:g}): sat {c['sat']}, unsat {c['unsat']}, timeout "
+          f"{c['timeout']}, unknown {c['unknown']}; solved {res.solved}/{n}; total {res.total_time_s:.1f} s, median "
+          f"{res.median_time_s:.2f} s per instance", file=out)
     if res.tools:
         print(f"\n{'tool':20s} {'solved':>6s} {'sat':>4s} {'unsat':>5s} {'wrong':>5s} {'t_solved_s':>10s} "
               f"{'t_total_s':>10s}", file=out)
         ours = {"n": n, "solved": res.solved, "sat": c["sat"], "unsat": c["unsat"], "wrong": len(res.contradictions),
                 "time_solved_s": sum(r.time_s for r in res.rows if r.solved), "time_total_s": res.total_time_s}
-        for name, s in sorted([("fastcert (this run)", ours), *res.tools.items()], key=lambda kv: -kv[1]["solved"]):
+        for name, s in sorted([(f"fastcert (x{res.timeout_scale:g})", ours), *res.tools.items()], key=lambda kv: -kv[1]["solved"]):
             print(f"{name:20s} {s['solved']:6d} {s['sat']:4d} {s['unsat']:5d} {s['wrong']:5d} "
                   f"{s['time_solved_s']:10.1f} {s['time_total_s']:10.1f}", file=out)
         print("(tools: the competition's own run_time on its hardware and full time limits; 'wrong' = against "
