@@ -12,7 +12,7 @@ the package imports torch).
   and, for ``sat``, the counterexample. ``--json`` adds one JSON line with the start-up and solve times.
 * ``serve --socket PATH``: a warm process that answers ``vnncomp --server PATH`` requests (networks
   stay loaded); the client then costs only the interpreter and this module, provided ``import fastcert``
-  itself is light (see docs: the package ``__init__`` imports torch eagerly).
+  itself is light (see docs/vnncomp.md: today the package ``__init__`` imports torch eagerly).
 * ``bench-suite DIR/instances.csv``: every instance of a benchmark folder in one process, compared with
   the published verdicts and the competition tools (:mod:`fastcert.vnncomp_suite`); exit status 1 on
   any contradiction with a published sat/unsat verdict.
