@@ -10,7 +10,22 @@ namespace py = pybind11;
 using namespace fastcert;
 
 template <typename T>
+static void step_outward(const Arr<T>& x, Arr<T>& out_up, Arr<T>& out_down) {
+  expect_size(out_up.size(), x.size(), "out_up");
+  expect_size(out_down.size(), x.size(), "out_down");
+  const T* X = ro(x, "x");
+  T* U = mut(out_up, "out_up");
+  T* D = mut(out_down, "out_down");
+  for (py::ssize_t i = 0; i < x.size(); ++i) {
+    U[i] = up(X[i]);
+    D[i] = down(X[i]);
+  }
+}
+
+template <typename T>
 static void def_all(py::module_& m) {
+  m.def("_step_outward", &step_outward<T>, py::arg("x").noconvert(), py::arg("out_up").noconvert(),
+        py::arg("out_down").noconvert(), "Test hook: the core's up()/down() rounding steps, elementwise.");
   m.def("interval_prep", &interval_prep<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("h").noconvert());
   m.def("interval_finish", &interval_finish<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("mg").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("l").noconvert(), py::arg("u").noconvert());
   m.def("interval_prep_rows", &interval_prep_rows<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("cmax").noconvert());

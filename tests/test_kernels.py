@@ -330,3 +330,20 @@ def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared:
         else:
             fn(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W), np_view(bvec),
                np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows, np.empty(1))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_core_rounding_steps_equal_nextafter(dt: type) -> None:
+    """The core's inline up()/down() are exactly nextafter(x, +/-inf), special values included."""
+    fi = np.finfo(dt)
+    specials = [0.0, -0.0, fi.smallest_subnormal, -fi.smallest_subnormal, fi.tiny, -fi.tiny, fi.max, -fi.max, 1.0,
+                -1.0, np.inf, -np.inf, 3.5e-30, -7.25e12]
+    x = np.concatenate([np.array(specials, dtype=dt),
+                        np.random.default_rng(0).standard_normal(1000).astype(dt) * dt(1e3)])
+    u, d = np.empty_like(x), np.empty_like(x)
+    _C._step_outward(x, u, d)
+    np.testing.assert_array_equal(u, np.nextafter(x, dt(np.inf)))
+    np.testing.assert_array_equal(d, np.nextafter(x, dt(-np.inf)))
+    n = np.array([np.nan], dtype=dt)
+    _C._step_outward(n, u[:1], d[:1])
+    assert np.isnan(u[0]) and np.isnan(d[0])

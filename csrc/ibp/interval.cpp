@@ -116,17 +116,21 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   const T g = static_cast<T>(gamma);
   const T g2 = up(T(1) + up(2 * g));
   const T g1 = up(T(1) + g);
+  const py::ssize_t rows = n / m;
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t k = 0; k < n; ++k) {
-    const py::ssize_t j = k % m;
-    T gi = up(up(R[k] * g2) + up(CM[k / m] * RA[j]));
-    if (nb) gi = up(gi + AB[j]);
-    gi = up(gi * g1);
-    G[k] = gi;
-    const T rad = up(R[k] + up(g * gi));
-    const T c = C[k];
-    C[k] = down(c - rad);
-    R[k] = up(c + rad);
+  for (py::ssize_t row = 0; row < rows; ++row) {
+    const T cm = CM[row];
+    for (py::ssize_t j = 0; j < m; ++j) {
+      const py::ssize_t k = row * m + j;
+      T gi = up(up(R[k] * g2) + up(cm * RA[j]));
+      if (nb) gi = up(gi + AB[j]);
+      gi = up(gi * g1);
+      G[k] = gi;
+      const T rad = up(R[k] + up(g * gi));
+      const T c = C[k];
+      C[k] = down(c - rad);
+      R[k] = up(c + rad);
+    }
   }
 }
 

@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -58,12 +60,22 @@ constexpr T unit_roundoff() {
 }
 // Move x one step outward (down / up): a cheap way to make a rounded result a sound bound
 // when its error is at most one ulp (used after elementwise libm calls and single products).
-template <typename T>
-inline T down(T x) {
-  return std::nextafter(x, -std::numeric_limits<T>::infinity());
-}
+// Equal to std::nextafter(x, -/+inf) for every input (NaN and the infinity in that direction are
+// returned unchanged), but inline bit arithmetic instead of a libm call.
 template <typename T>
 inline T up(T x) {
-  return std::nextafter(x, std::numeric_limits<T>::infinity());
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(U), "float32 / float64 only");
+  if (x != x || x == std::numeric_limits<T>::infinity()) return x;
+  if (x == 0) return std::numeric_limits<T>::denorm_min();
+  U b;
+  std::memcpy(&b, &x, sizeof b);
+  b = x > 0 ? b + 1 : b - 1;  // positive: larger magnitude; negative: smaller magnitude
+  std::memcpy(&x, &b, sizeof b);
+  return x;
+}
+template <typename T>
+inline T down(T x) {
+  return -up(-x);
 }
 }  // namespace fastcert
