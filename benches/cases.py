@@ -12,6 +12,7 @@ The specification (``benches.peers.margin_spec``) is the robustness margin used 
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def mlp(widths: list[int], n_in: int = 784, n_out: int = 10) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     dims = [n_in] + widths
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in itertools.pairwise(dims):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(dims[-1], n_out))
     return nn.Sequential(*layers)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
 from fastcert.api import _region
 from fastcert.layers import Conv2d, Dense, Diag, Layer

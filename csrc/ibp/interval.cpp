@@ -62,10 +62,11 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   }
 }
 
-// c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|.  l,u,c,r: [B, n]; cmax: [B].
-// Used with interval_finish_rows, which needs no |W| h product: |W| h <= |W| r + cmax * rowsum|W|.
+// c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|; c2[b] >= ||c[b,:]||_2.
+// l,u,c,r: [B, n]; cmax, c2: [B]. Used with interval_finish_rows, which needs no |W| h product:
+// |W| h <= |W| r + |W| |c|  and  (|W| |c|)_i <= min(cmax * rowsum_i |W|, ||c||_2 ||W_i||_2).
 template <typename T>
-void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& cmax) {
+void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& cmax, Arr<T>& c2) {
   const py::ssize_t n = l.size();
   const py::ssize_t B = cmax.size();
   expect_size(u.size(), n, "u");
@@ -78,27 +79,39 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
   T* C = mut(c, "c");
   T* R = mut(r, "r");
   T* CM = mut(cmax, "cmax");
+  expect_size(c2.size(), B, "c2");
+  T* C2 = mut(c2, "c2");
+  // the sum of squares in double: each square and addition has relative error <= u64, so the sum is
+  // within (1 + (m+1) u64) of exact; inflate by 2(m+2) u64, take sqrt (correctly rounded), step up
+  const double infl = 1.0 + 2.0 * static_cast<double>(m + 2) * unit_roundoff<double>();
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b) {
     T cm = 0;
+    double ss = 0;
     for (py::ssize_t k = b * m; k < (b + 1) * m; ++k) {
       T ci = L[k] + (U[k] - L[k]) / 2;  // stays inside [l,u] for finite l<=u
       C[k] = ci;
       R[k] = up(std::max(U[k] - ci, ci - L[k]));
       cm = std::max(cm, std::fabs(ci));
+      ss += static_cast<double>(ci) * static_cast<double>(ci);
     }
     CM[b] = cm;
+    const double nrm = up(std::sqrt(up(ss * infl)));
+    T t = static_cast<T>(nrm);  // round to T, then make sure it is not below
+    if (static_cast<double>(t) < nrm) t = up(t);
+    C2[b] = t;
   }
 }
 
 // From mc = W c (+b) and mr = |W| r (rows of [B, m]), write l = mc - rad, u = mc + rad with
 // rad = mr + gamma*g and g >= |W| max(|l_in|,|u_in|) + |b|, where
-//   |W| max(|l_in|,|u_in|) <= |W| r + |W| |c| <= mr (1 + 2 gamma) + cmax * rowabs
-// (mr falls short of the exact |W| r by at most a relative gamma; rowabs >= sum_j |W_ij| is given).
+//   |W| max(|l_in|,|u_in|) <= |W| r + |W| |c| <= mr (1 + 2 gamma) + min(cmax * rowabs, c2 * rownorm)
+// (mr falls short of the exact |W| r by at most a relative gamma; rowabs >= sum_j |W_ij| and
+// rownorm >= ||W_i||_2 are given; the second is Cauchy-Schwarz, usually the tighter one).
 // g is returned in out_g: the magnitude that bounds this layer's floating-point error downstream.
 template <typename T>
-void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& rowabs, const Arr<T>& absb,
-                          double gamma, Arr<T>& out_g) {
+void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& c2, const Arr<T>& rowabs,
+                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_g) {
   const py::ssize_t n = mc.size();
   const py::ssize_t m = rowabs.size();
   const py::ssize_t nb = absb.size();
@@ -106,6 +119,10 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   expect_size(out_g.size(), n, "out_g");
   if (m == 0 || n % m != 0) throw std::invalid_argument("interval_finish_rows: size is not a multiple of n_out");
   expect_size(cmax.size(), n / m, "cmax");
+  expect_size(c2.size(), n / m, "c2");
+  expect_size(rownorm.size(), m, "rownorm");
+  const T* C2 = ro(c2, "c2");
+  const T* RN = ro(rownorm, "rownorm");
   if (nb != 0 && nb != m) throw std::invalid_argument("interval_finish_rows: absb must be empty or [n_out]");
   T* C = mut(mc, "mc");
   T* R = mut(mr, "mr");
@@ -119,10 +136,10 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   const py::ssize_t rows = n / m;
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t row = 0; row < rows; ++row) {
-    const T cm = CM[row];
+    const T cm = CM[row], cn = C2[row];
     for (py::ssize_t j = 0; j < m; ++j) {
       const py::ssize_t k = row * m + j;
-      T gi = up(up(R[k] * g2) + up(cm * RA[j]));
+      T gi = up(up(R[k] * g2) + std::min(up(cm * RA[j]), up(cn * RN[j])));
       if (nb) gi = up(gi + AB[j]);
       gi = up(gi * g1);
       G[k] = gi;
@@ -136,11 +153,11 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
 
 // The whole interval step of a dense layer in one call: out_l/out_u = bounds of W x + b over
 // x in [l, u] (rows [B, n_in] -> [B, n_out]), out_g = g as in interval_finish_rows.
-// work: >= 2*B*n_in + B elements.
+// work: >= 2*B*n_in + 2*B elements.
 template <typename T>
 void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
-                    const Arr<T>& rowabs, const Arr<T>& absb, double gamma, Arr<T>& out_l, Arr<T>& out_u,
-                    Arr<T>& out_g, Arr<T>& work) {
+                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_l,
+                    Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work) {
   if (W.ndim() != 2) throw std::invalid_argument("interval_dense: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
   expect_size(absW.size(), W.size(), "absW");
@@ -151,7 +168,7 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   expect_size(out_u.size(), static_cast<py::ssize_t>(B) * m, "out_u");
   expect_size(out_g.size(), static_cast<py::ssize_t>(B) * m, "out_g");
   expect_size(rowabs.size(), m, "rowabs");
-  const py::ssize_t need = 2 * static_cast<py::ssize_t>(B) * n + B;
+  const py::ssize_t need = 2 * static_cast<py::ssize_t>(B) * n + 2 * B;
   if (work.size() < need) throw std::invalid_argument("interval_dense: work is too small");
   if (B == 0) return;
   T* wk = mut(work, "work");
@@ -160,11 +177,12 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   Arr<T> c = view(wk, static_cast<py::ssize_t>(B) * n);
   Arr<T> r = view(wk + static_cast<py::ssize_t>(B) * n, static_cast<py::ssize_t>(B) * n);
   Arr<T> cm = view(wk + 2 * static_cast<py::ssize_t>(B) * n, B);
-  interval_prep_rows<T>(l, u, c, r, cm);
+  Arr<T> cn = view(wk + 2 * static_cast<py::ssize_t>(B) * n + B, B);
+  interval_prep_rows<T>(l, u, c, r, cm, cn);
   dense_forward<T>(c, W, b, out_l);
   gemm(false, true, B, m, n, T(1), wk + static_cast<py::ssize_t>(B) * n, n, ro(absW, "absW"), n, T(0),
        mut(out_u, "out_u"), m);
-  interval_finish_rows<T>(out_l, out_u, cm, rowabs, absb, gamma, out_g);
+  interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, out_g);
 }
 
 // Activations on intervals, rounded outward (leaky relu with a negative slope handled as non-monotone). kind: 0 relu, 1 leaky relu (slope alpha),
@@ -240,11 +258,12 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
                                    Arr<T>&);                                                               \
   template void act_interval<T>(int, double, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);               \
   template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);                       \
-  template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);             \
-  template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, \
-                                        Arr<T>&);                                                          \
+  template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);    \
+  template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,        \
+                                        const Arr<T>&, const Arr<T>&, double, Arr<T>&);                     \
   template void interval_dense<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                  const Arr<T>&, const Arr<T>&, double, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);
+                                  const Arr<T>&, const Arr<T>&, const Arr<T>&, double, Arr<T>&, Arr<T>&,     \
+                                  Arr<T>&, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

@@ -21,7 +21,8 @@ class _Params:
     bias: torch.Tensor  # flat [n_out] (empty when no bias)
     absbias: torch.Tensor
     rowabs: torch.Tensor  # flat [n_out]: >= the sum of |W| over each output's inputs (rounded up)
-    np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs) for the kernels
+    rownorm: torch.Tensor  # flat [n_out]: >= the 2-norm of each output's weights (rounded up)
+    np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs, rownorm)
 
 
 def _round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -54,12 +55,12 @@ class _AffineBase(Layer):
             absW = W.abs().contiguous()
             # sum in float64 of max(|W64|, |W_dtype|), widened by the float64 summation error, rounded up
             a64 = torch.maximum(self.W64.abs(), absW.double())
-            s64 = self._row_sums(a64)
-            s64 = s64 * (1 + 4 * torch.finfo(torch.float64).eps * (a64[0].numel() + 2))
-            rowabs = _round_up(s64, dtype)
+            infl = 1 + 4 * torch.finfo(torch.float64).eps * (a64[0].numel() + 2)
+            rowabs = _round_up(self._row_sums(a64) * infl, dtype)
+            rownorm = _round_up(torch.sqrt(self._row_sums(a64 * a64) * infl) * infl, dtype)
             absb = bias.abs().contiguous()
-            p = _Params(W, absW, bias, absb, rowabs,
-                        tuple(t.numpy() for t in (W, absW, bias, absb, rowabs)))
+            p = _Params(W, absW, bias, absb, rowabs, rownorm,
+                        tuple(t.numpy() for t in (W, absW, bias, absb, rowabs, rownorm)))
             self._cache[dtype] = p
         return p
 

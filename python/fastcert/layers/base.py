@@ -77,9 +77,10 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     """Sound interval propagation through an affine layer in center/radius form.
 
     Returns the output box and ``g >= |W| max(|l|,|u|) + |b|`` (``[B, n_out]``), the magnitude that
-    bounds this layer's floating-point error. Dense and convolution layers use two products, ``W c``
-    and ``|W| r``, and bound ``|W| |c| <= max|c| * rowsum|W|`` per sample (a looser g, but only the
-    rounding-error terms see it); diagonal layers also compute ``|W| (|c| + r)`` (elementwise).
+    bounds this layer's floating-point error. Dense layers use two products, ``W c`` and ``|W| r``, and
+    bound ``(|W| |c|)_i <= min(max|c| rowsum_i|W|, ||c||_2 ||W_i||_2)`` per sample (a looser g, but only
+    the rounding-error terms see it). Convolutions and diagonal layers compute ``|W| h`` as well: for a
+    convolution the global ``||c||_2`` would be far looser than the patch each output sees.
     """
     dt = box.l.dtype
     if gamma is None:
@@ -93,21 +94,11 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
         lo = torch.empty(B, n_out, dtype=dt)
         hi = torch.empty(B, n_out, dtype=dt)
         g = torch.empty(B, n_out, dtype=dt)
-        work = torch.empty(2 * box.l.numel() + B, dtype=dt)
-        W, absW, bias, absb, rowabs = p.np
-        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, absb, gamma, lo.numpy(), hi.numpy(),
-                          g.numpy(), work.numpy())
+        work = torch.empty(2 * box.l.numel() + 2 * B, dtype=dt)
+        W, absW, bias, absb, rowabs, rownorm = p.np
+        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, rownorm, absb, gamma, lo.numpy(),
+                          hi.numpy(), g.numpy(), work.numpy())
         return Box(lo, hi), g
-    if layer.kind == "conv2d":
-        c = torch.empty_like(box.l)
-        r = torch.empty_like(box.l)
-        cmax = torch.empty(B, dtype=dt)
-        _C.interval_prep_rows(box.l.numpy(), box.u.numpy(), c.numpy(), r.numpy(), cmax.numpy())
-        mc = layer.forward(c)
-        mr = layer.forward_abs(r)
-        g = torch.empty(B, n_out, dtype=dt)
-        _C.interval_finish_rows(mc.numpy(), mr.numpy(), cmax.numpy(), p.np[4], p.np[3], gamma, g.numpy())
-        return Box(mc, mr), g  # finished in place: mc holds the lower, mr the upper bounds
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)
     h = torch.empty_like(box.l)
