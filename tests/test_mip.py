@@ -1,21 +1,30 @@
-"""Exact MIP verification (fastcert.mip): optimum == brute force over activation patterns, sandwiched
-by CROWN and attacks, counterexamples re-checked, time limits never produce a wrong verdict."""
+"""Exact MIP verification (fastcert.mip, fastcert.lp_refine): optimum == brute force over activation
+patterns, sandwiched by CROWN and attacks, counterexamples re-checked, time limits never produce a wrong
+verdict, early stops agree with full solves, LP-refined bounds contain every reachable pre-activation
+(sampling and exact MIPs) and are at least as tight as CROWN, LP dual certificates are valid for any
+multipliers, and solve_property agrees with brute force on VNN-LIB style properties."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import time
 
+import fastcert
 import numpy as np
 import pytest
 import torch
+from fastcert import attacks
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import linprog
 from torch import nn
 
-import fastcert
-from fastcert import attacks
-
 pytest.importorskip("highspy")
-from fastcert import mip  # noqa: E402
+from fastcert import lp_refine, mip
+from fastcert.api import _region
+from fastcert.io.vnnlib import Property, Spec, check_counterexample
+from fastcert.layers import Activation
 
 
 def _net(seed: int, n_in: int, widths: list[int], n_out: int = 3, scale: float = 1.0) -> nn.Sequential:
@@ -196,7 +205,8 @@ def test_unfolded_batchnorm_and_relu_output():
     for r in res:
         assert r.min_value is not None
         assert r.min_value <= float((out[:, y] - out[:, r.target]).min()) + 1e-9
-        assert r.lower_bound <= r.min_value <= r.upper_bound + 1e-9
+        # min_value is the solver's optimum (feasibility tolerance 1e-9); the bounds are rigorous
+        assert r.lower_bound <= r.min_value + 1e-8 and r.min_value <= r.upper_bound + 1e-9
 
 
 def test_time_limit_never_gives_a_wrong_verdict():
@@ -242,3 +252,331 @@ def test_refusals():
         mip.verify(model, x, 0.1, "inf", time_limit=0)
     with pytest.raises(ValueError, match="bounds_method"):
         mip.verify(model, x, 0.1, "inf", bounds_method="nope")
+
+
+# --------------------------------------------------------------------------- early stop, LP refinement
+
+
+@pytest.mark.parametrize("seed,n_in,widths,eps,norm,domain", CASES[::2])
+def test_early_stop_agrees_with_full_solve(seed, n_in, widths, eps, norm, domain):
+    model = _net(seed, n_in, widths, scale=1.3)
+    x = torch.rand(2, n_in, generator=torch.Generator().manual_seed(200 + seed), dtype=torch.float64)
+    lo, hi = (None, None) if domain is None else domain
+    full = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0)
+    fast = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, early_stop=True)
+    refined = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, lp_refine=5.0)
+    for b in range(2):
+        for f, q, r in zip(full[b], fast[b], refined[b]):
+            assert f.min_value is not None and q.min_value is None
+            # LP-refined pre-activation bounds change the encoding, never the optimum
+            assert r.min_value is not None and abs(r.min_value - f.min_value) <= 1e-6 * (1 + abs(f.min_value))
+            assert r.n_binaries <= f.n_binaries or norm == "1"
+            if abs(f.min_value) > 1e-4:
+                assert q.verdict == f.verdict == ("verified" if f.min_value > 0 else "falsified")
+            assert q.lower_bound <= f.min_value + 1e-9 <= q.upper_bound + 2e-9
+            if q.verdict == "falsified":
+                out = model(q.counterexample.unsqueeze(0))[0].detach()
+                y = int(model(x[b:b + 1]).argmax())
+                assert float(out[y] - out[q.target]) < 0
+
+
+def _pre_values(model: nn.Sequential, pts: torch.Tensor) -> dict[int, np.ndarray]:
+    """Pre-activation values [N, n] of every ReLU (keyed by module index = IR layer index)."""
+    out = {}
+    h = pts
+    with torch.no_grad():
+        for i, m in enumerate(model):
+            if isinstance(m, nn.ReLU):
+                out[i] = h.numpy().copy()
+            h = m(h)
+    return out
+
+
+def _box_setup(seed: int, n_in: int, widths: list[int], half: float):
+    model = _net(seed, n_in, widths, scale=1.2)
+    g = torch.Generator().manual_seed(seed + 7)
+    c = torch.rand(n_in, generator=g, dtype=torch.float64)
+    lo = (c - half * torch.rand(n_in, generator=g, dtype=torch.float64)).numpy()
+    hi = (c + half * torch.rand(n_in, generator=g, dtype=torch.float64)).numpy()
+    net = fastcert.Network.from_torch(model, (n_in,))
+    layers = net.layers_for((n_in,))
+    x0 = (lo + hi) / 2
+    prob = _region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
+                   torch.from_numpy(hi))
+    pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip._prefix_bounds(layers, prob, "crown").items()}
+    mats = [lp_refine.affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
+    return model, layers, mats, pre, lo, hi
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(seed=st.integers(0, 10**6), n_in=st.integers(2, 4), widths=st.lists(st.integers(3, 7), min_size=2, max_size=3),
+       half=st.floats(0.05, 0.8))
+def test_lp_refined_bounds_are_sound_and_tighter(seed, n_in, widths, half):
+    model, layers, mats, pre, lo, hi = _box_setup(seed, n_in, widths, half)
+    new, info = lp_refine.refine_bounds(layers, mats, pre, lo, hi, time_budget=20.0)
+    assert info["complete"] and set(new) == set(pre)
+    for i in pre:  # never looser than CROWN
+        assert (new[i][0] >= pre[i][0]).all() and (new[i][1] <= pre[i][1]).all()
+        assert (new[i][0] <= new[i][1]).all()
+    # sampling: uniform points, every box corner
+    g = torch.Generator().manual_seed(seed)
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+    pts = lo_t + (hi_t - lo_t) * torch.rand(3000, n_in, generator=g, dtype=torch.float64)
+    corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n_in)), dtype=torch.float64)
+    pts = torch.cat([pts, lo_t + (hi_t - lo_t) * corners])
+    for i, v in _pre_values(model, pts).items():
+        l, u = new[i]
+        tol = 1e-12 * (1 + np.abs(v))
+        assert (v >= l - tol).all() and (v <= u + tol).all()
+    # exact: each refined neuron's true range (MIP on the prefix with CROWN bounds) lies inside
+    x0 = torch.from_numpy((lo + hi) / 2)[None]
+    eps = float((hi - lo).max() / 2)
+    for i in list(pre)[1:]:
+        l, u = pre[i]
+        uns = np.nonzero((l < 0) & (u > 0))[0]
+        if len(uns) == 0:
+            continue
+        prefix = nn.Sequential(*list(model)[:i])
+        n = layers[i - 1].n_out
+        C = torch.cat([torch.eye(n, dtype=torch.float64)[uns], -torch.eye(n, dtype=torch.float64)[uns]])
+        res = mip.verify(prefix, x0, eps, "inf", C=C, x_min=lo_t, x_max=hi_t, time_limit=20.0)[0]
+        k = len(uns)
+        for q, nrn in enumerate(uns):
+            zmin, zmax = res[q].min_value, -res[k + q].min_value
+            assert new[i][0][nrn] <= zmin + 1e-7 * (1 + abs(zmin))
+            assert new[i][1][nrn] >= zmax - 1e-7 * (1 + abs(zmax))
+
+
+def test_lp_refinement_tightens():
+    """On a deeper net with a wide box the triangle LPs beat CROWN for some neurons and stabilise some."""
+    gained = 0
+    for seed in range(3):
+        _, layers, mats, pre, lo, hi = _box_setup(seed, 6, [16, 16, 16], 0.6)
+        new, info = lp_refine.refine_bounds(layers, mats, pre, lo, hi, time_budget=20.0)
+        gained += sum(int((new[i][0] > pre[i][0]).sum() + (new[i][1] < pre[i][1]).sum()) for i in pre)
+        assert info["lps"] > 0
+    assert gained > 0
+
+
+def _true_point(enc: lp_refine.Encoding, layers: list, x: np.ndarray) -> np.ndarray:
+    """The encoding's columns at the network's real values for input x (binaries = activation signs)."""
+    v = np.zeros(enc.ncol)
+    v[enc.x] = x
+    h = torch.from_numpy(x)[None]
+    for i, L in enumerate(layers):
+        if i in enc.binary:
+            nrn, cols = enc.binary[i]
+            v[cols] = (h[0].numpy()[nrn] > 0).astype(float)
+        h = L.forward(h)
+        c = enc.out[i]
+        v[c[c >= 0]] = h[0].numpy()[c >= 0]
+    return v
+
+
+@pytest.mark.parametrize("mode", ["lp", "mip"])
+def test_encoding_contains_every_true_point_and_certificates_are_valid(mode):
+    for seed in range(4):
+        _, layers, mats, pre, lo, hi = _box_setup(seed, 4, [6, 5], 0.5)
+        enc = lp_refine.encode(layers, mats, pre, lo, hi, mode=mode)
+        g = np.random.default_rng(seed)
+        pts = lo + (hi - lo) * g.random((200, 4))
+        V = np.stack([_true_point(enc, layers, p) for p in pts])
+        AV = V @ enc.A.T.toarray()
+        assert (AV >= enc.row_lo - 1e-9).all() and (AV <= enc.row_hi + 1e-9).all()
+        assert (V >= enc.col_lo - 1e-12).all() and (V <= enc.col_hi + 1e-12).all()
+        # weak duality: HiGHS's duals give (almost) the LP optimum, any multipliers give a valid bound
+        lpenc = enc if mode == "lp" else lp_refine.Encoding(enc.ncol, enc.col_lo, enc.col_hi, 0 * enc.integer, enc.A,
+                                                            enc.row_lo, enc.row_hi, enc.x, enc.out, enc.binary)
+        for _ in range(3):
+            cost = g.standard_normal(enc.ncol)
+            hs = lp_refine._highs_lp(lpenc, cost, 10.0)
+            hs.run()
+            opt = hs.getInfo().objective_function_value
+            lam = np.asarray(hs.getSolution().row_dual)
+            cert = lp_refine.certified_lower(lpenc, cost, lam)
+            assert opt - 1e-6 * (1 + abs(opt)) <= cert <= opt + 1e-9 * (1 + abs(opt))
+            for scale in (1e-3, 1.0):
+                bad = lp_refine.certified_lower(lpenc, cost, lam + scale * g.standard_normal(len(lam)))
+                assert bad <= opt + 1e-9 * (1 + abs(opt))
+                assert bad <= float((V @ cost).min()) + 1e-12  # below the objective at every true point
+
+
+# --------------------------------------------------------------------------- solve_property
+
+
+def _brute_conj_min(model: nn.Sequential, lo: np.ndarray, hi: np.ndarray, A: np.ndarray, b: np.ndarray) -> float:
+    """min over the box of max_i (A_i f(x) - b_i), one LP (variables x, t) per activation pattern."""
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    hidden = [lin.out_features for lin in lins[:-1]]
+    n = lo.size
+    best = np.inf
+    for pattern in itertools.product((0, 1), repeat=sum(hidden)):
+        F, f = np.eye(n), np.zeros(n)
+        G, h = [], []
+        k = 0
+        for li, lin in enumerate(lins):
+            W, bb = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+            F, f = W @ F, W @ f + bb
+            if li == len(lins) - 1:
+                break
+            p = np.array(pattern[k:k + W.shape[0]], dtype=float)
+            k += W.shape[0]
+            for r in range(W.shape[0]):
+                s = -1.0 if p[r] else 1.0
+                G.append(np.append(s * F[r], 0.0))
+                h.append(-s * f[r])
+            F, f = p[:, None] * F, p * f
+        for i in range(A.shape[0]):  # A_i (F x + f) - b_i - t <= 0
+            G.append(np.append(A[i] @ F, -1.0))
+            h.append(b[i] - A[i] @ f)
+        r = linprog(np.append(np.zeros(n), 1.0), A_ub=np.array(G), b_ub=np.array(h),
+                    bounds=[*zip(lo, hi), (None, None)], method="highs")
+        if r.status == 0:
+            best = min(best, r.fun)
+    return best
+
+
+def _random_property(seed: int, model: nn.Sequential, n_in: int, K: int) -> list[Property]:
+    g = np.random.default_rng(seed)
+    props = []
+    for _ in range(1 + seed % 2):  # one or two disjuncts
+        c = g.random(n_in)
+        half = 0.05 + 0.4 * g.random()
+        lo, hi = np.clip(c - half, 0, 1), np.clip(c + half, 0, 1)
+        y = int(model(torch.from_numpy(c)[None]).argmax())
+        cons = []
+        for j in range(K):  # margins: f_j >= f_y
+            if j != y:
+                A = np.zeros((1, K))
+                A[0, y], A[0, j] = 1.0, -1.0
+                cons.append((A, np.zeros(1)))
+        t = (y + 1) % K  # targeted: f_t >= every other output (a multi-row conjunction)
+        A = np.zeros((K - 1, K))
+        for r, j in enumerate(jj for jj in range(K) if jj != t):
+            A[r, j], A[r, t] = 1.0, -1.0
+        cons.append((A, np.full(K - 1, 0.05 * g.standard_normal())))
+        props.append(Property(lo, hi, cons))
+    return props
+
+
+def _hard_property(seed: int, model: nn.Sequential, n_in: int, K: int, sat: bool) -> tuple[list[Property], float]:
+    """:func:`_random_property` with every conjunction's b shifted so that its exact minimum is +-delta
+    (delta in [0.01, 0.05]): unsat when ``sat`` is False, else exactly one conjunction reaches -delta.
+    Returns (properties, exact minimum over all conjunctions)."""
+    g = np.random.default_rng(1000 + seed)
+    props = _random_property(seed, model, n_in, K)
+    jobs = [(p, k) for p in props for k in range(len(p.constraints))]
+    bad = int(g.integers(len(jobs))) if sat else -1
+    truth = np.inf
+    for n, (p, k) in enumerate(jobs):
+        A, b = p.constraints[k]
+        t = _brute_conj_min(model, p.lo, p.hi, A, b)
+        delta = 0.01 + 0.04 * g.random()
+        target = -delta if n == bad else delta
+        p.constraints[k] = (A, b + (t - target))  # shifting b by s moves the minimum by -s
+        truth = min(truth, target)
+    return props, truth
+
+
+CASES_SP = [(seed, False) for seed in range(8)] + [(seed, True) for seed in range(8, 16)]
+
+
+@pytest.mark.parametrize("seed,hard", CASES_SP)
+def test_solve_property_agrees_with_brute_force(seed, hard):
+    K, n_in = 3, 3
+    model = _net(300 + seed, n_in, [5, 3], n_out=K, scale=1.5)
+    if hard:
+        props, truth = _hard_property(seed, model, n_in, K, sat=seed % 2 == 1)
+    else:
+        props = _random_property(seed, model, n_in, K)
+        truth = min(_brute_conj_min(model, p.lo, p.hi, A, b) for p in props for A, b in p.constraints)
+    if abs(truth) < 1e-5:
+        pytest.skip("a property on the boundary")
+    want = "sat" if truth < 0 else "unsat"
+    net = fastcert.Network.from_torch(model, (n_in,))
+    spec = Spec(props, n_in, K)
+    for kwargs in ({}, {"attack": False}, {"attack": False, "lp_refine": False}):
+        verdict, x, info = mip.solve_property(net if kwargs else model, spec, 30.0, **kwargs)
+        assert verdict == want, (kwargs, info)
+        assert info["best_lower"] <= truth + 1e-9 if verdict == "sat" else info["best_lower"] == math.inf
+        if verdict == "sat":
+            assert x is not None and x.dtype == np.float64 and x.shape == (n_in,)
+            assert check_counterexample(net, spec, x)[0]
+            assert any(((x >= p.lo) & (x <= p.hi)).all() for p in props)
+            assert info["best_upper"] <= 0
+        else:
+            assert x is None and all(c["closed"] for c in info["conjunctions"])
+        if want == "unsat" and kwargs.get("attack") is False:
+            assert info["stage"] in ("bounds:crown", "lp", "mip")
+
+
+def test_solve_property_time_limit_and_refusals():
+    model = _net(11, 4, [12, 12, 12], n_out=4, scale=1.0)
+    net = fastcert.Network.from_torch(model, (4,))
+    props = _random_property(1, model, 4, 4)
+    for tl in (1e-3, 0.05):
+        verdict, x, info = mip.solve_property(net, props, tl, attack=False)
+        assert verdict in ("timeout", "sat", "unsat") and info["time_s"] < tl + 2.0
+        if verdict == "sat":
+            assert check_counterexample(net, Spec(props, 4, 4), x)[0]
+    tanh = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 4)).double()
+    verdict, x, info = mip.solve_property(tanh, props, 5.0)
+    assert verdict == "unknown" and x is None and "ReLU networks only" in info["reason"]
+    with pytest.raises(ValueError, match="time_limit"):
+        mip.solve_property(net, props, 0)
+    with pytest.raises(TypeError, match="Spec, Property"):
+        mip.solve_property(net, "prop.vnnlib", 5.0)
+    small = _net(5, 3, [4, 3], n_out=4, scale=1.5)
+    for p in _random_property(3, small, 3, 4):
+        for A, b in p.constraints:
+            v1 = mip.verify_box(small, p.lo, p.hi, A, b, 20.0)[0]
+            v2 = mip.solve_property(small, Property(p.lo, p.hi, [(A, b)]), 20.0, attack=False)[0]
+            assert v1 == v2 == ("sat" if _brute_conj_min(small, p.lo, p.hi, A, b) < 0 else "unsat")
+
+
+@pytest.mark.parametrize("prop,want", [("prop_2_0.03", "sat"), ("prop_11_0.05", "unsat"), ("prop_4_0.03", "unsat")])
+def test_solve_property_on_vnncomp_mnist_fc(prop, want):
+    from fastcert.io import load_onnx, load_vnnlib
+    from shared_data import require_shared
+
+    root = require_shared("vnncomp2022/mnist_fc")
+    net, _, info = load_onnx(root / "onnx/mnist-net_256x2.onnx.gz")
+    spec = load_vnnlib(root / f"vnnlib/{prop}.vnnlib.gz", info["n_inputs"], info["n_outputs"])
+    t0 = time.perf_counter()
+    verdict, x, res = mip.solve_property(net, spec, 60.0)
+    assert verdict == want, res["reason"]
+    assert time.perf_counter() - t0 < 30.0
+    if want == "sat":
+        assert check_counterexample(net, spec, x)[0]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_solve_property_close_margins_match_the_exact_mip(seed):
+    """Margins shifted to +-[0.01, 0.05] of their exact minima (fastcert.verify, checked against brute
+    force above): bounds and LP points cannot decide most of them, the early-stopping MIP must."""
+    model = _net(500 + seed, 4, [10, 8], n_out=4, scale=1.5)
+    g = np.random.default_rng(seed)
+    c = g.random(4)
+    lo, hi = np.clip(c - 0.3, 0, 1), np.clip(c + 0.3, 0, 1)
+    y = int(model(torch.from_numpy(c)[None]).argmax())
+    exact = mip.verify(model, torch.from_numpy((lo + hi) / 2)[None], float((hi - lo).max() / 2), "inf", labels=[y],
+                       x_min=torch.from_numpy(lo), x_max=torch.from_numpy(hi))[0]
+    bad = int(g.integers(3)) if seed % 2 else -1
+    cons = []
+    for n, r in enumerate(exact):
+        A = np.zeros((1, 4))
+        A[0, y], A[0, r.target] = 1.0, -1.0
+        delta = 0.01 + 0.04 * g.random()
+        cons.append((A, np.array([r.min_value - (-delta if n == bad else delta)])))
+    prop = Property(lo, hi, cons)
+    want = "sat" if bad >= 0 else "unsat"
+    for kwargs in ({}, {"attack": False}):
+        verdict, x, info = mip.solve_property(model, prop, 30.0, **kwargs)
+        assert verdict == want
+        if seed in (0, 1) and kwargs:
+            assert info["stage"] == "mip"
+        if verdict == "sat":
+            assert check_counterexample(fastcert.Network.from_torch(model, (4,)), Spec([prop], 4, 4), x)[0]
+        else:
+            lower = [cj["lower"] for cj in info["conjunctions"]]
+            assert all(0 < lb <= 0.05 + 1e-9 for lb in lower)  # bounds below the true minima (delta)

@@ -157,7 +157,9 @@ def encode(layers: list, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, 
     (flat arrays) of the input of activation layer i; they also bound the output columns of layer i-1.
     mode "mip": big-M with a binary per unstable ReLU (Tjeng et al.); "lp": the triangle relaxation.
     Stable ReLUs are exact and add nothing: an active one reuses its input column, a dead one is the
-    constant 0 (column -1). Affine outputs that only feed dead ReLUs get no column either (-1; leaving
+    constant 0 (column -1). Every column gets finite bounds (an affine layer not followed by a ReLU: interval
+    arithmetic on the bounds of its input, widened by 1e-9 of the magnitudes, far more than the float64
+    rounding of the products for any realistic layer width). Affine outputs that only feed dead ReLUs get no column either (-1; leaving
     out their rows only relaxes the model); ``last_keep`` restricts the outputs of the last encoded
     layer further.
     """
@@ -165,12 +167,14 @@ def encode(layers: list, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, 
     n = len(layers) if upto is None else upto
     x = bld.cols(lo, hi)
     h = x
+    hl, hu = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)  # bounds of the values h
     outs: list[np.ndarray] = []
     binary: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in range(n):
         L = layers[i]
         if isinstance(L, Activation):
             l, u = pre[i]
+            hl, hu = np.maximum(l, 0.0), np.maximum(u, 0.0)
             act = l >= 0
             uns = (l < 0) & (u > 0)
             y = np.where(act, h, -1)
@@ -199,8 +203,13 @@ def encode(layers: list, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, 
             if nxt is not None:
                 zl, zu = nxt
                 keep = zu > 0  # outputs feeding a dead ReLU are not needed (dropping rows only relaxes)
-            else:
-                zl, zu = np.full(L.n_out, -INF), np.full(L.n_out, INF)
+            else:  # interval bounds, widened far beyond the float64 rounding of these products
+                mid, rad = (hl + hu) / 2, (hu - hl) / 2
+                aW = abs(W)
+                c = W @ mid + b
+                mag = aW @ np.maximum(np.abs(hl), np.abs(hu)) + np.abs(b)
+                slack = aW @ rad + 1e-9 * mag + 1e-300
+                zl, zu = c - slack, c + slack
                 keep = np.ones(L.n_out, dtype=bool)
             if i == n - 1 and last_keep is not None:
                 keep = keep & last_keep
@@ -213,6 +222,7 @@ def encode(layers: list, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, 
             ar = np.arange(k)
             bld.rows([(ar, z[rows_k], np.ones(k)), (Wc.row, h[live][Wc.col], -Wc.data)], b[rows_k], b[rows_k])
             h = z  # z - W h = b
+            hl, hu = zl, zu
         outs.append(h)
     return bld.done(x, outs, binary)
 

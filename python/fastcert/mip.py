@@ -138,17 +138,21 @@ def _project(xp: np.ndarray, x0: np.ndarray, eps: float, nk: str, dlo: np.ndarra
     return np.clip(xp, dlo, dhi)  # towards x coordinate-wise: stays in the ball
 
 
-def _sensitivity(layers: list, absW: list, bigM: dict, s: np.ndarray) -> float:
+def _sensitivity(layers: list, absW: list, pre: dict, s: np.ndarray) -> float:
     """sum over the variables v of (how much |c . f| can move per unit change of v) * (how much a
     tolerance-sized violation can move v, in units of tol): 1 per equality row, plus the big-M of an
-    unstable ReLU whose binary may be fractional by tol. ReLU is 1-Lipschitz; affine layers by |W|."""
+    unstable ReLU whose binary may be fractional by tol. ReLU is 1-Lipschitz; affine layers by |W|;
+    a dead ReLU (``u <= 0``) is the constant 0 in the encoding (no variable), so nothing reaches its input."""
     total = float(s.sum())
     for i in range(len(layers) - 1, -1, -1):
         if absW[i] is not None:
             total += float(s.sum())
             s = absW[i] @ s
         else:
-            total += float(s.sum()) + float(s @ bigM.get(i, 0.0 * s))
+            l, u = pre[i]
+            uns = (l < 0) & (u > 0)
+            total += float(s.sum()) + float(s[uns] @ np.maximum(-l[uns], u[uns]))
+            s = np.where(u > 0, s, 0.0)
     return total + float(s.sum())
 
 
@@ -173,14 +177,6 @@ def _prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.n
                 lo, up = linear_bounds(layers[:i], prob, eye, method)
                 pre[i] = (lo.numpy().copy(), up.numpy().copy())
     return pre
-
-
-def _big_m(layers: list, pre: dict) -> dict[int, np.ndarray]:
-    out = {}
-    for i, (l, u) in pre.items():
-        uns = (l < 0) & (u > 0)
-        out[i] = np.where(uns, np.maximum(-l, u), 0.0)
-    return out
 
 
 def _augment(enc: Encoding, lo: np.ndarray, hi: np.ndarray, rows: sp.spmatrix, rlo: np.ndarray,
@@ -417,7 +413,6 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
                               np.concatenate([-x0, x0, [-np.inf]]), np.concatenate([np.full(2 * n0, np.inf), [e_b]]))
         out = enc.out[-1]
         n_bin = enc.n_binaries
-        bigM = _big_m(layers, pre)
         build_s = time.perf_counter() - t_b
 
         res_b: list[MIPResult] = []
@@ -427,7 +422,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             cost = np.zeros(enc.ncol)
             cost[out] = c
             tol = _FEAS_TOL
-            sens = 10.0 * tol * _sensitivity(layers, absW, bigM, np.abs(c))
+            sens = 10.0 * tol * _sensitivity(layers, absW, pre, np.abs(c))
             cutoff = None
             if early_stop:
                 cutoff = 2.0 * (1e-6 + sens)
@@ -764,7 +759,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             info["refine"].append(rinfo)
             say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
                 f"{rinfo['time_s']:.2f}s")
-        prepared[d] = {"mip": encode(layers, mats, pre, lo, hi, mode="mip"), "bigM": _big_m(layers, pre)}
+        prepared[d] = {"mip": encode(layers, mats, pre, lo, hi, mode="mip"), "pre": pre}
         enc_lp = encode(layers, mats, pre, lo, hi, mode="lp")
         starts = []
         for j in dj:
@@ -810,9 +805,9 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     found: list[np.ndarray] = []
 
     def run_job(j: dict, budget: float) -> None:
-        enc, bigM = prepared[j["disjunct"]]["mip"], prepared[j["disjunct"]]["bigM"]
+        enc, pre = prepared[j["disjunct"]]["mip"], prepared[j["disjunct"]]["pre"]
         A, b = j["A"], j["b"]
-        sens = 10.0 * _FEAS_TOL * _sensitivity(layers, absW, bigM, np.abs(A).sum(axis=0))
+        sens = 10.0 * _FEAS_TOL * _sensitivity(layers, absW, pre, np.abs(A).sum(axis=0))
         cutoff = 2.0 * (1e-6 + sens)
         menc, cost, offset = _conj_model(enc, A, b, j["crown_lower"], j["crown_upper"])
         xv = enc.x
