@@ -480,7 +480,9 @@ def test_numpy_inputs_work() -> None:
     res = fastcert.bounds(model, X.numpy(), np.float64(0.1), C=np.array([[1.0, -1.0]]), x_min=np.float64(0.0),
                           x_max=np.ones(3))
     assert isinstance(res.lower, torch.Tensor) and res.lower.dtype == torch.float64
-    assert (res.lower >= ref.lower).all()  # the box can only tighten
+    # the domain box can only tighten the bound, up to the rigorous rounding slack (which depends on the
+    # box's centre and so may grow by a few ulps when the box is clipped)
+    assert (res.lower >= ref.lower - 1e-14 * (1 + ref.lower.abs())).all()
     r32 = fastcert.bounds(model, X.numpy().astype(np.float32), 0.1)
     assert r32.lower.dtype == torch.float32
     c = fastcert.certify(model, X.numpy(), np.array([0.01, 0.02]), labels=np.array([0, 1]))
