@@ -31,13 +31,18 @@ is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand
 * ``lower_bound = max(crown_lower, min(mip_dual_bound, B) - margin)`` where ``crown_lower`` is fastcert's
   rigorous bound and ``margin = 1e-6 (1 + |d|) + 10 tol S``: ``tol`` is the largest of HiGHS's primal /
   MIP feasibility tolerances (set to 1e-9) and ``S`` bounds how far tolerance-sized violations can move
-  the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|`` (ReLU 1-Lipschitz) once
-  per equality row, plus ``max(-l, u)`` times it for an unstable ReLU whose binary may be fractional by
-  ``tol``. A conservative, documented heuristic (the usual standing of MIP-based verifiers), not a
-  proof; ``verified`` / ``unsat`` requires ``lower_bound > 0``. With the cutoff, ``B = 2 margin`` so
-  that a search that ends below nothing gives ``lower_bound = margin > 0``. The pre-activation bounds
-  the encoding relies on are rigorous (CROWN; the LP refinement evaluates weak duality with a bound on
-  every rounding error, see :mod:`fastcert.lp_refine`).
+  the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|`` (ReLU 1-Lipschitz, a
+  dead ReLU passes nothing: it is a constant in the model) once per equality row, plus ``max(-l, u)``
+  times it for an unstable ReLU whose binary may be fractional by ``tol``. A conservative, documented
+  heuristic (the usual standing of MIP-based verifiers), not a proof; ``verified`` / ``unsat`` requires
+  ``lower_bound > 0``. With the cutoff, ``B = 2 margin`` so that a search that ends with nothing below
+  ``B`` gives ``lower_bound = B - margin > 0``; the dual bound HiGHS reports above ``B`` is never used
+  (nodes pruned by the cutoff are not bounded by it). The pre-activation bounds the encoding relies on
+  are rigorous (CROWN; the LP refinement evaluates weak duality with a bound on every rounding error,
+  see :mod:`fastcert.lp_refine`).
+* A conjunction closed by the LP stage of :func:`solve_property` (no MIP) is closed *rigorously*: the
+  same weak-duality certificate, from HiGHS's row duals, on the triangle relaxation, which contains
+  every true point.
 * ``falsified`` / ``sat`` is declared only for a point moved exactly into the region, re-executed on the
   model in float64 (and, for :func:`solve_property`, re-checked by
   :func:`fastcert.io.check_counterexample`); ``upper_bound`` is the best re-executed value.
@@ -255,6 +260,10 @@ def _run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, 
     hs.setOptionValue("mip_feasibility_tolerance", _FEAS_TOL)
     if heuristic_effort is not None:
         hs.setOptionValue("mip_heuristic_effort", float(heuristic_effort))
+        if heuristic_effort == 0:  # no sub-MIP heuristics either: a pure proof search
+            for opt in ("mip_heuristic_run_rins", "mip_heuristic_run_rens", "mip_heuristic_run_root_reduced_cost",
+                        "mip_heuristic_run_feasibility_jump"):
+                hs.setOptionValue(opt, False)
     if cutoff is not None and n_bin:
         hs.setOptionValue("objective_bound", float(cutoff))
     stopped: list[Any] = [None]
@@ -592,14 +601,17 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
 
     1. CROWN bounds every row over each box: a conjunction with a row ``lower > b`` is closed.
     2. PGD (``attack_restarts`` x ``attack_steps``, every open conjunction at once).
-    3. Per box: pre-activation bounds tightened by per-neuron LPs (``lp_refine``, at most
-       ``refine_fraction`` of the remaining time; :mod:`fastcert.lp_refine`), then one LP per open
-       conjunction on the triangle relaxation: its rigorous dual bound may close the conjunction, and its
-       optimal point (re-executed, then polished by a short PGD) is a counterexample candidate.
+    3. Per box, one LP per open conjunction on the triangle relaxation: its rigorous dual bound may
+       close the conjunction, and its optimal point (re-executed, then polished by a short PGD) is a
+       counterexample candidate; first with the CROWN pre-activation bounds, then again after the
+       bounds are tightened by per-neuron LPs (``lp_refine``, at most ``refine_fraction`` of the
+       remaining time; :mod:`fastcert.lp_refine`).
     4. One MIP per open conjunction, most promising first (lowest value seen so far, then lowest CROWN
        bound), stopped as soon as it is decided (cutoff just above 0, an improving-solution callback
        that re-checks incumbents on the network), under the shared deadline: a first round gives each
-       conjunction 1.5x its share of the remaining time, a second round splits what is left.
+       conjunction 1.5x its share of the remaining time with HiGHS's primal heuristics off (a pure proof
+       search: about 3x faster on rows that hold; branching still finds incumbents), a second round
+       splits what is left with the heuristics on (``heuristic_effort`` fixes one effort for both).
 
     Returns ``(verdict, counterexample, info)``: verdict "sat" (counterexample: flat float64 input in
     ONNX row-major order, re-executed on the network and confirmed by
@@ -690,10 +702,12 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
         lo, hi = np.asarray(p.lo, dtype=np.float64), np.asarray(p.hi, dtype=np.float64)
         if not p.constraints or (lo > hi).any():  # nothing to satisfy / an empty box
             continue
-        x0 = (lo + hi) / 2
-        eps = float(((hi - lo) / 2).max())
+        x0 = np.clip((lo + hi) / 2, lo, hi)
+        eps = float(((hi - lo) / 2).max()) * (1 + 1e-9) + 1e-300  # the ball contains the box: region == box
         prob = _region(torch.from_numpy(x0).reshape(1, *shape), eps, "inf", torch.from_numpy(lo).reshape(shape),
                        torch.from_numpy(hi).reshape(shape))
+        if not (np.array_equal(prob.l0[0].numpy(), lo) and np.array_equal(prob.u0[0].numpy(), hi)):  # pragma: no cover
+            raise RuntimeError("internal error: the bounded region differs from the disjunct's box")
         rows = np.concatenate([np.asarray(A, dtype=np.float64) for A, _ in p.constraints], axis=0)
         lb, ub = linear_bounds(layers, prob, torch.from_numpy(rows).unsqueeze(0), bounds_method)
         lb, ub = lb[0].numpy(), ub[0].numpy()
@@ -707,12 +721,13 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
                 if x is not None:
                     return finish("sat", "an empty output conjunction", "bounds", x)
                 continue
-            t_lo = float(np.max(lb[r:r + m] - b))
-            t_hi = float(np.max(ub[r:r + m] - b))
+            t_lo = float(np.nextafter(np.max(lb[r:r + m] - b), -np.inf))  # rounded outwards: the column range
+            t_hi = float(np.nextafter(np.max(ub[r:r + m] - b), np.inf))   # of t must contain every true value
             r += m
+            closed = bool(np.any(lb[r - m:r] > b))  # some row can never hold
             jobs.append({"disjunct": d, "conj": k, "rows": m, "crown_lower": t_lo, "crown_upper": t_hi,
-                         "lower": t_lo, "upper": math.inf, "closed": t_lo > 0,
-                         "status": "closed: " + bounds_method if t_lo > 0 else "open", "time_s": 0.0,
+                         "lower": t_lo, "upper": math.inf, "closed": closed,
+                         "status": "closed: " + bounds_method if closed else "open", "time_s": 0.0,
                          "n_binaries": None, "A": A, "b": b, "lo": lo, "hi": hi, "prob": prob})
     info["conjunctions"] = jobs
     info["bounds_s"] = time.perf_counter() - t_start
@@ -741,30 +756,21 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     if time.perf_counter() >= deadline:
         return finish("timeout", "time limit reached after the attack", "attack")
 
-    # ---- 3. refined bounds and one LP per open conjunction
+    # ---- 3. one LP per open conjunction (CROWN bounds, then refined bounds)
     mats = [affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
     absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
     prepared: dict[int, dict] = {}
     t_lp = time.perf_counter()
-    for d in sorted({j["disjunct"] for j in jobs if not j["closed"]}):
-        dj = [j for j in jobs if j["disjunct"] == d and not j["closed"]]
-        if time.perf_counter() >= deadline:
-            return finish("timeout", "time limit reached during the LP stage", "lp")
-        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in _prefix_bounds(layers, dj[0]["prob"], bounds_method).items()}
-        lo, hi = dj[0]["lo"], dj[0]["hi"]
-        if lp_refine:
-            left = deadline - time.perf_counter()
-            pre, rinfo = refine_bounds(layers, mats, pre, lo, hi, time_budget=refine_fraction * left)
-            rinfo["disjunct"] = d
-            info["refine"].append(rinfo)
-            say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
-                f"{rinfo['time_s']:.2f}s")
-        prepared[d] = {"mip": encode(layers, mats, pre, lo, hi, mode="mip"), "pre": pre}
-        enc_lp = encode(layers, mats, pre, lo, hi, mode="lp")
+
+    def lp_stage(dj: list, pre: dict, tag: str) -> tuple[np.ndarray, str] | None:
+        """LP per open job of one disjunct: certificate (may close it), optimal point and its PGD polish
+        (counterexample candidates). Returns (counterexample, reason) or None."""
+        enc_lp = encode(layers, mats, pre, dj[0]["lo"], dj[0]["hi"], mode="lp")
         starts = []
         for j in dj:
-            if time.perf_counter() >= deadline:
-                return finish("timeout", "time limit reached during the LP stage", "lp")
+            if j["closed"] or time.perf_counter() >= deadline:
+                starts.append(None)
+                continue
             menc, cost, offset = _conj_model(enc_lp, j["A"], j["b"], j["crown_lower"], j["crown_upper"])
             hs = _highs_lp(menc, cost, deadline - time.perf_counter())
             hs.run()
@@ -773,7 +779,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             if sol.dual_valid:
                 lb = certified_lower(menc, cost, np.asarray(sol.row_dual)) + offset
                 lb = float(np.nextafter(lb, -np.inf))  # the rounding of "+ offset"
-                j["lp_lower"] = lb
+                j["lp_lower"] = max(j.get("lp_lower", -math.inf), lb)
                 j["lower"] = max(j["lower"], lb)
                 if lb > 0:
                     j["closed"] = True
@@ -782,29 +788,50 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
                 x_lp = np.asarray(sol.col_value)[menc.x]
                 xc = candidate(j, x_lp, "lp_value")
                 if xc is not None:
-                    info["lp_s"] = time.perf_counter() - t_lp
-                    return finish("sat", f"LP-relaxation point is a counterexample (value {j['lp_value']:.3g})", "lp", xc)
+                    return xc, f"LP-relaxation point ({tag} bounds) is a counterexample (value {j['lp_value']:.3g})"
             starts.append(x_lp)
         if attack:  # polish the LP points by PGD
             todo = [(j, x) for j, x in zip(dj, starts) if x is not None and not j["closed"]]
             if todo:
                 stop = min(deadline, time.perf_counter() + min(0.05 * time_limit, 5.0))
-                res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j, _ in todo], 1, attack_steps // 2, seed + 1,
-                           stop, starts=[x for _, x in todo])
+                res = _pgd(layers, [(j["lo"], j["hi"], j["A"], j["b"]) for j, _ in todo], 1, attack_steps // 2,
+                           seed + 1, stop, starts=[x for _, x in todo])
                 for (j, _), (_, x) in zip(todo, res):
                     xc = candidate(j, x, "lp_value")
                     if xc is not None:
-                        info["lp_s"] = time.perf_counter() - t_lp
-                        return finish("sat", f"PGD from an LP point (value {j['lp_value']:.3g}, re-checked)", "lp", xc)
-        say("LP stage: " + ", ".join(f"{j['conj']}:[{j['lower']:.3g}, {j['upper']:.3g}]" for j in dj))
+                        return xc, f"PGD from an LP point ({tag} bounds; value {j['lp_value']:.3g}, re-checked)"
+        say(f"LP stage ({tag}): " + ", ".join(f"{j['conj']}:[{j['lower']:.3g}, {j['upper']:.3g}]" for j in dj))
+        return None
+
+    for d in sorted({j["disjunct"] for j in jobs if not j["closed"]}):
+        dj = [j for j in jobs if j["disjunct"] == d and not j["closed"]]
+        if time.perf_counter() >= deadline:
+            return finish("timeout", "time limit reached during the LP stage", "lp")
+        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in _prefix_bounds(layers, dj[0]["prob"], bounds_method).items()}
+        lo, hi = dj[0]["lo"], dj[0]["hi"]
+        hit = lp_stage(dj, pre, bounds_method)
+        if hit is None and lp_refine and not all(j["closed"] for j in dj) and time.perf_counter() < deadline:
+            left = deadline - time.perf_counter()
+            pre, rinfo = refine_bounds(layers, mats, pre, lo, hi, time_budget=refine_fraction * left)
+            rinfo["disjunct"] = d
+            info["refine"].append(rinfo)
+            say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
+                f"{rinfo['time_s']:.2f}s")
+            hit = lp_stage(dj, pre, "refined")
+        if hit is not None:
+            info["lp_s"] = time.perf_counter() - t_lp
+            return finish("sat", hit[1], "lp", hit[0])
+        prepared[d] = {"mip": encode(layers, mats, pre, lo, hi, mode="mip"), "pre": pre}
     info["lp_s"] = time.perf_counter() - t_lp
     if all(j["closed"] for j in jobs):
         return finish("unsat", "every conjunction closed by bounds or LP certificates", "lp")
+    if time.perf_counter() >= deadline:
+        return finish("timeout", "time limit reached during the LP stage", "lp")
 
     # ---- 4. MIP per open conjunction
     found: list[np.ndarray] = []
 
-    def run_job(j: dict, budget: float) -> None:
+    def run_job(j: dict, budget: float, effort: float | None) -> None:
         enc, pre = prepared[j["disjunct"]]["mip"], prepared[j["disjunct"]]["pre"]
         A, b = j["A"], j["b"]
         sens = 10.0 * _FEAS_TOL * _sensitivity(layers, absW, pre, np.abs(A).sum(axis=0))
@@ -821,7 +848,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
 
         left = deadline - time.perf_counter()
         run = _run_mip(menc, cost, offset, max(1e-3, min(budget, left)), cutoff=cutoff, on_solution=on_sol, exact=False,
-                       heuristic_effort=heuristic_effort)
+                       heuristic_effort=effort)
         if run.solution is not None and run.stopped is None:
             on_sol(run.solution, run.objective or 0.0)
         raw = run.raw_lower
@@ -846,7 +873,11 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             if left <= 0.05:
                 break
             share = left / (len(todo) - n)
-            run_job(j, 1.5 * share if rnd == 1 else share)
+            if heuristic_effort is not None:
+                effort = heuristic_effort
+            else:  # round 1: a pure proof search (3x faster on unsat rows), round 2: HiGHS's heuristics too
+                effort = 0.0 if rnd == 1 else None
+            run_job(j, 1.5 * share if rnd == 1 else share, effort)
             if found:
                 info["mip_s"] = time.perf_counter() - t_m
                 return finish("sat", f"MIP counterexample (disjunct {j['disjunct']}, conjunction {j['conj']}, "
