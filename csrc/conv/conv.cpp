@@ -3,6 +3,7 @@
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "fastcert/common.h"
@@ -71,15 +72,16 @@ void col2im_add(const Geo& g, const T* cols, T* img, py::ssize_t ld = 0) {
       for (int kw = 0; kw < g.KW; ++kw, ++q) {
         const T* row = cols + q * ohw;
         T* ic = img + static_cast<py::ssize_t>(c) * g.H * g.W;
+        // the output columns whose input column iw = ow*SW - PW + kw lies inside [0, W): no test per element
+        const int ow_lo = kw >= g.PW ? 0 : (g.PW - kw + g.SW - 1) / g.SW;
+        const int ow_hi = std::min(g.OW, g.W - 1 + g.PW - kw < 0 ? 0 : (g.W - 1 + g.PW - kw) / g.SW + 1);
         for (int oh = 0; oh < g.OH; ++oh) {
           const int ih = oh * g.SH - g.PH + kh;
           if (ih < 0 || ih >= g.H) continue;
-          const T* src = row + static_cast<py::ssize_t>(oh) * g.OW;
-          T* dst = ic + static_cast<py::ssize_t>(ih) * g.W;
-          for (int ow = 0; ow < g.OW; ++ow) {
-            const int iw = ow * g.SW - g.PW + kw;
-            if (iw >= 0 && iw < g.W) dst[iw] += src[ow];
-          }
+          const T* __restrict src = row + static_cast<py::ssize_t>(oh) * g.OW;
+          T* __restrict dst = ic + static_cast<py::ssize_t>(ih) * g.W;
+          const int sw = g.SW, off = kw - g.PW;
+          for (int ow = ow_lo; ow < ow_hi; ++ow) dst[ow * sw + off] += src[ow];
         }
       }
 }
