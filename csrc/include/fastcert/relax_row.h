@@ -34,10 +34,10 @@ inline void relax_row_impl(const T* __restrict lr, const T* __restrict ls, const
     const T* __restrict cb_ = HAS_CB ? cb + k0 : nullptr;
 #pragma omp simd reduction(+ : acc_b, acc_m, acc_i, acc_h, cacc_b, cacc_m, cacc_bm)
     for (py::ssize_t j = 0; j < seg; ++j) {
-      const T v = l[j], b_u = ub_[j];
+      const T v = l[j], b_u = ub_[j], sl = ls_[j], su = us_[j];  // unconditional loads: selects, not branches
       const bool pos = v >= 0;
       const T vp = pos ? v : T(0), vn = pos ? T(0) : v;
-      const T r = v * (pos ? ls_[j] : us_[j]);
+      const T r = v * (pos ? sl : su);
       const T abu = std::fabs(b_u);
       acc_b += vn * b_u;
       if constexpr (TWO) {
