@@ -26,6 +26,7 @@ _LAZY = {
     "UnsupportedError": "fastcert.layers",
     "bounds": "fastcert.api",
     "build_info": "fastcert._ext",
+    "empty_cache": "fastcert.algorithms.linear_bounds",
     "set_blas_threads": "fastcert._ext",
     "verify": "fastcert.mip",
     "certify": "fastcert.api",
@@ -37,6 +38,7 @@ __all__ = sorted([*_LAZY, *_SUBMODULES])
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from fastcert import attacks
     from fastcert._ext import build_info, set_blas_threads
+    from fastcert.algorithms.linear_bounds import empty_cache
     from fastcert.api import BoundsResult, CertifyResult, bounds, certify
     from fastcert.layers import UnsupportedError
     from fastcert.mip import verify

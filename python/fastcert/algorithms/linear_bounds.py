@@ -18,6 +18,7 @@ function and for its float64 evaluation.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,39 @@ METHODS: dict[str, tuple[str, str, bool] | None] = {
 _LAMBDA_BYTES = 384 << 20
 # Elements of one block of relaxed rows in the fused activation+affine kernels (sized for the L2 cache).
 _BLOCK_ELEMS = 1 << 16
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch buffers of the backward pass, kept between calls.
+
+    The coefficient matrices of a back-substitution are tens to hundreds of MiB; allocating them
+    fresh every step makes the C library map new pages and the kernel zero them (page faults cost
+    as much as the arithmetic on small networks). Buffers grow to the largest size asked for and are
+    reused; :func:`empty_cache` frees them. Nothing returned to a caller ever lives in them."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        buf = self.bufs.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            self.bufs.pop((name, dtype), None)  # free the old one before allocating the larger one
+            buf = torch.empty(max(numel, 1), dtype=dtype)
+            self.bufs[(name, dtype)] = buf
+        return buf[:numel].view(shape)
+
+
+_WS = _Workspace()
+
+
+def empty_cache() -> int:
+    """Free this thread's scratch buffers of the backward pass; returns the bytes released."""
+    freed = sum(b.numel() * b.element_size() for b in _WS.bufs.values())
+    _WS.bufs.clear()
+    return freed
 
 
 @dataclass
@@ -105,6 +139,12 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
     Bc, S = bias.shape
     e = empty_like_dtype(dt)
     bh = e if bias_hi is None else np_view(bias_hi)
+    flip = [0]
+
+    def out_buf(n_in: int) -> torch.Tensor:  # alternate two scratch buffers: a step reads one, writes the other
+        flip[0] ^= 1
+        return _WS.get("ping" if flip[0] else "pong", (Bc, S, n_in), dt)
+
     j = start - 1
     while j >= stop:
         L = st.layers[j]
@@ -115,14 +155,14 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
             G = st.G[j - 1]
             assert r is not None and G is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
-            out = torch.empty(Bc, S, prev.n_in, dtype=dt)
+            out = out_buf(prev.n_in)
             p = prev.params(dt)
             nthr = max(1, _C.omp_max_threads())
             if isinstance(prev, Conv2d):
                 C_, H_, W_ = prev.in_shape
                 per_row = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
                 R = max(1, min(Bc * S, _BLOCK_ELEMS // per_row))
-                work = torch.empty(R * per_row * nthr, dtype=dt)  # a block per thread
+                work = _WS.get("work", (R * per_row * nthr,), dt)  # a block per thread
                 _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                                      gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
                                      np_view(G[b0:b1]), gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt),
@@ -130,7 +170,7 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
                                      prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
             else:
                 R = max(1, min(Bc * S, _BLOCK_ELEMS // L.n_in))
-                work = torch.empty(R * L.n_in * nthr, dtype=dt)
+                work = _WS.get("work", (R * L.n_in * nthr,), dt)
                 _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                                       gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
                                       gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt), np_view(out),
@@ -149,7 +189,7 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
             r = st.relax[idx]
             assert r is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
-            out = torch.empty(Bc, S, L.n_in, dtype=dt)
+            out = out_buf(L.n_in)
             _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag),
                             np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt), gamma_n(L.n_in, dt), bh)
             lam = out
@@ -184,7 +224,8 @@ def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, sto
         lo, hi = _backsub(st, lam, bias.clone(), mag, start, stop, b0, b1, bias_hi=bias.clone())
         assert hi is not None
         return lo, hi
-    lam2 = torch.cat([lam, -lam], 1)
+    lam2 = _WS.get("in", (lam.shape[0], 2 * S, lam.shape[2]), lam.dtype)
+    torch.cat([lam, -lam], 1, out=lam2)
     mag = torch.zeros(Bc, 2 * S, dtype=lam.dtype)
     res, _ = _backsub(st, lam2, torch.cat([bias, -bias], 1), mag, start, stop, b0, b1)
     return res[:, :S], -res[:, S:]
@@ -232,7 +273,9 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
             start = i
             first_shared = not L.is_affine
         if not first_shared:
-            lam = lam.expand(b1 - b0, S, lam.shape[2]).contiguous()
+            rows = _WS.get("rows", (b1 - b0, S, lam.shape[2]), dt)
+            rows.copy_(lam.expand(b1 - b0, S, lam.shape[2]))
+            lam = rows
         bias = bsel.unsqueeze(0).expand(b1 - b0, S).contiguous()  # rows and bias are exact copies: no slack
         l_new, u_new = _two_sided(st, lam, bias, start, 0, b0, b1, symmetric)
         if intersect:
