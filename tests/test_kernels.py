@@ -42,12 +42,38 @@ def test_dense_forward_backward(B: int, n: int, m: int) -> None:
         _err32(L.backward(lam.float()), lam.float() @ W.float(), exact_b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,n,m", [(1, 9, 7), (5, 9, 1), (1, 1, 6), (4, 1, 3), (1, 6, 1), (3, 4, 2)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_single_row_and_column_products(dtype: type, B: int, n: int, m: int, with_bias: bool) -> None:
+    """The BLAS wrapper sends one-row / one-column products to GEMV (both orientations, forward
+    x W^T and backward lam W); outputs are pre-filled with NaN, which beta = 0 must ignore."""
+    rng = np.random.default_rng(B * 100 + n * 10 + m)
+    W = rng.standard_normal((m, n)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype) if with_bias else np.zeros(0, dtype)
+    x = rng.standard_normal((B, n)).astype(dtype)
+    lam = rng.standard_normal((B, m)).astype(dtype)
+    out_f = np.full((B, m), np.nan, dtype)
+    out_b = np.full((B, n), np.nan, dtype)
+    _C.dense_forward(x, W, b, out_f)
+    _C.dense_backward(lam, W, out_b)
+    W64, x64, l64 = W.astype(np.float64), x.astype(np.float64), lam.astype(np.float64)
+    want_f = x64 @ W64.T + (b.astype(np.float64) if with_bias else 0)
+    want_b = l64 @ W64
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.isfinite(out_f).all() and np.isfinite(out_b).all()
+    np.testing.assert_allclose(out_f, want_f, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out_b, want_b, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("cfg", [
     dict(C=1, H=5, W=5, OC=2, k=3, s=1, p=0),
     dict(C=2, H=8, W=7, OC=3, k=3, s=2, p=1),
     dict(C=3, H=9, W=9, OC=4, k=4, s=2, p=2),
     dict(C=1, H=28, W=28, OC=16, k=4, s=2, p=1),
     dict(C=2, H=6, W=6, OC=2, k=1, s=1, p=0),
+    dict(C=2, H=3, W=3, OC=3, k=3, s=1, p=0),  # 1x1 output: one-column products (GEMV)
+    dict(C=3, H=6, W=5, OC=1, k=3, s=1, p=1),  # one output channel: one-row products (GEMV)
 ])
 def test_conv_forward_backward(cfg: dict) -> None:
     g = torch.Generator().manual_seed(cfg["H"] * 7 + cfg["OC"])

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -37,17 +38,35 @@ inline void expect_size(py::ssize_t got, py::ssize_t want, const char* name) {
                                 std::to_string(got));
 }
 
-// C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
-inline void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-                 int ldb, float beta, float* C, int ldc) {
-  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
-                    lda, B, ldb, beta, C, ldc);
-}
-inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
-                 int ldb, double beta, double* C, int ldc) {
-  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
-                    lda, B, ldb, beta, C, ldc);
-}
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major. A single-row (M == 1) or single-column
+// (N == 1) product goes to GEMV: OpenBLAS's GEMM packs its operands even then, which made batch-1
+// interval passes ~2x slower than the bandwidth-bound matrix-vector product. (Any summation order is
+// covered by the callers' rounding bounds.)
+#define FASTCERT_GEMM(T, GEMM, GEMV)                                                                           \
+  inline void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb,   \
+                   T beta, T* C, int ldc) {                                                                    \
+    if (M == 1 && N > 1 && K > 0) {                                                                            \
+      /* c[N] = op(B)^T a: B is [K,N] (ldb) or, transposed, [N,K]; C zeroed first when beta == 0 so that */    \
+      /* whatever it held (even NaN) is ignored, whatever the BLAS's scal does with 0 * NaN */                  \
+      if (beta == T(0)) std::fill(C, C + N, T(0));                                                             \
+      GEMV(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, B, ldb, A,            \
+           ta ? lda : 1, beta, C, 1);                                                                          \
+      return;                                                                                                  \
+    }                                                                                                          \
+    if (N == 1 && M > 1 && K > 0) {                                                                            \
+      /* c[M] = op(A) b: A is [M,K] (lda) or, transposed, [K,M] */                                             \
+      if (beta == T(0))                                                                                        \
+        for (int i = 0; i < M; ++i) C[static_cast<py::ssize_t>(i) * ldc] = T(0);                               \
+      GEMV(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, ta ? K : M, ta ? M : K, alpha, A, lda, B,            \
+           tb ? 1 : ldb, beta, C, ldc);                                                                        \
+      return;                                                                                                  \
+    }                                                                                                          \
+    GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, \
+         B, ldb, beta, C, ldc);                                                                                \
+  }
+FASTCERT_GEMM(float, scipy_cblas_sgemm, scipy_cblas_sgemv)
+FASTCERT_GEMM(double, scipy_cblas_dgemm, scipy_cblas_dgemv)
+#undef FASTCERT_GEMM
 
 // Below this many elements a kernel runs on the calling thread: waking an OpenMP team costs more.
 // (On a shared 2-core machine a sleeping team can take a scheduler tick to wake, so this is high.)
