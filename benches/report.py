@@ -216,7 +216,7 @@ def markdown(rep: Report) -> str:
     if rep.source:
         lines.append(f"Source: `{rep.source}`" + (f" ({rep.machine})" if rep.machine else ""))
     gemm = f"{rep.gemm_gflops:.1f} GFLOP/s" if rep.gemm_gflops else "not measured"
-    lines += [f"GEMM rate (one large SGEMM, same BLAS): {gemm}.",
+    lines += [f"GEMM rate (one large SGEMM, same BLAS, the fastest of one thread and all cores): {gemm}.",
               "Ratios are peer time / fastcert time (> 1: fastcert is faster); " + DASH + ": did not run.", ""]
     head = (["case", "method", "batch", "eps", "fastcert ms"] + [f"{p} ms" for p in rep.peers]
             + [f"{p} / fastcert" for p in rep.peers] + ["fastest peer / fastcert", "fastcert GFLOP/s", "% of GEMM"])
