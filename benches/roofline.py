@@ -10,7 +10,10 @@ Counts are of the work the *algorithm* needs, not of what any implementation hap
   for ``crown`` each sample's neurons that interval arithmetic cannot prove stable (per sample, as
   fastcert reports them), twice (lower and upper); for ``kw`` / Fast-Lin every neuron, once (its
   relaxation is symmetric, so one pass gives both bounds). The first product of an intermediate
-  bound is a gather of the layer's own rows and costs nothing.
+  bound is a gather of the layer's own rows and costs nothing. The rows of a convolution's neurons
+  in a Conv/activation chain are non-zero only on their receptive field, so through each earlier
+  convolution they cost the transposed convolution of that window (``C h w`` outputs of ``C_in KH KW``
+  multiply-adds), not of the whole image (``linear_bounds.patch_geometry``; auto_LiRPA's patches).
 - the specification (``S`` rows) through every layer, once for symmetric relaxations, twice otherwise.
 
 Bytes: every product reads its weights once and reads/writes its coefficient rows once
@@ -22,7 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
+from fastcert.algorithms.linear_bounds import (
+    METHODS,
+    linear_bounds,
+    patch_geometry,
+    patch_steps,
+)
 from fastcert.api import _region
 from fastcert.layers import Conv2d, Dense, Diag, Layer
 from fastcert.network import Network
@@ -85,6 +93,16 @@ def count(net: Network, x: torch.Tensor, eps: float, method: str, C: torch.Tenso
     rows = {i: float(r.double().mean()) for i, r in stats.get("rows", {}).items()}
     for i, rmean in rows.items():
         R = B * rmean * dirs
+        steps = patch_steps(layers, i)
+        if steps is not None:  # windowed rows: each step's transposed convolution on a window
+            geo = patch_geometry(layers, i, steps)
+            for k, j in enumerate(steps):
+                conv = layers[j - 1]
+                C_a, h, w = geo[k][:3]
+                C_n, hn, wn = geo[k + 1][:3]
+                flops += 2 * R * C_a * h * w * int(conv.W64[0].numel())
+                byts += (n_weights(conv) + R * (C_a * h * w + C_n * hn * wn)) * item
+            continue
         for j in range(i - 1):  # layers i-2 .. 0 (layer i-1's rows are gathered)
             L = layers[j]
             flops += 2 * R * macs(L)

@@ -5,21 +5,21 @@ fresh process state, bit for bit."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
+import fastcert
 import pytest
 import torch
-from torch import nn
-
-import fastcert
 from fastcert.algorithms import linear_bounds as lb
+from torch import nn
 
 
 def _mlp(seed: int, widths: list[int]) -> nn.Sequential:
     torch.manual_seed(seed)
     dims = [12, *widths]
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in itertools.pairwise(dims):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(dims[-1], 5))
     return nn.Sequential(*layers).double()
