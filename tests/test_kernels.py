@@ -96,20 +96,28 @@ def test_conv_forward_backward(cfg: dict) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("B", [1, 2, 8])  # 1-2: the fused one-pass product; 8: two BLAS products
+@pytest.mark.parametrize("m,n,bias", [(20, 30, True), (600, 500, True), (7, 40, False)])  # 600x500: OpenMP rows
+def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype, B: int, m: int, n: int,
+                                                               bias: bool) -> None:
     g = torch.Generator().manual_seed(3)
-    W = torch.randn(20, 30, generator=g, dtype=torch.float64)
-    b = torch.randn(20, generator=g, dtype=torch.float64)
-    L = Dense(W, b, (30,))
-    l = torch.randn(8, 30, generator=g, dtype=torch.float64)
-    u = l + torch.rand(8, 30, generator=g, dtype=torch.float64) * torch.tensor([0.0, 1.0]).repeat(15)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    b = torch.randn(m, generator=g, dtype=torch.float64)
+    L = Dense(W, b if bias else None, (n,))
+    l = torch.randn(B, n, generator=g, dtype=torch.float64)
+    u = l + torch.rand(B, n, generator=g, dtype=torch.float64) * (torch.arange(n) % 2)  # every other l == u
     box, gmag = interval_affine(L, Box(l.to(dtype), u.to(dtype)), 1e-6 if dtype == torch.float32 else 1e-14)
     c, r = (u + l) / 2, (u - l) / 2
-    exact_l = c @ W.T + b - r @ W.abs().T
-    exact_u = c @ W.T + b + r @ W.abs().T
+    bb = b if bias else torch.zeros(m, dtype=torch.float64)
+    exact_l = c @ W.T + bb - r @ W.abs().T
+    exact_u = c @ W.T + bb + r @ W.abs().T
     assert (box.l.double() <= exact_l).all() and (box.u.double() >= exact_u).all()
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
-    assert torch.allclose(box.l.double(), exact_l, atol=tol) and torch.allclose(box.u.double(), exact_u, atol=tol)
+    # the outward rounding is a few gamma_n * (|W| max(|l|,|u|) + |b|): allow 4x that
+    mag = (torch.maximum(l.abs(), u.abs()) @ W.abs().T + bb.abs()).max().item()
+    unit = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
+    tol = 4 * (n + 2) * unit * mag + (1e-6 if dtype == torch.float32 else 1e-12)
+    assert torch.allclose(box.l.double(), exact_l, rtol=0, atol=tol)
+    assert torch.allclose(box.u.double(), exact_u, rtol=0, atol=tol)
     assert (gmag.double() >= (torch.maximum(l.abs(), u.abs()) @ W.abs().T) * (1 - 1e-6)).all()
 
 

@@ -221,7 +221,7 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
   const py::ssize_t ohw = geo.ohw(), rows = B * S, nblocks = (rows + R - 1) / R;
   const int M = static_cast<int>(geo.ckk()), K = geo.OC;
-#pragma omp parallel if (nblocks > 1 && rows * n > kParallelMin)
+#pragma omp parallel if (nblocks > 1 && rows * n * geo.ckk() > kParallelMacs)
   {
     T* blk = ws + per * omp_get_thread_num();
     T* cols = blk + R * n;

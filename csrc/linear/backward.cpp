@@ -312,7 +312,7 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
   const py::ssize_t rows = B * S, nblocks = (rows + R - 1) / R;
-#pragma omp parallel if (nblocks > 1 && rows * n > kParallelMin)
+#pragma omp parallel if (nblocks > 1 && rows * n * n_in > kParallelMacs)
   {
     T* blk = ws + R * n * omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)

@@ -71,6 +71,9 @@ FASTCERT_GEMM(double, scipy_cblas_dgemm, scipy_cblas_dgemv)
 // Below this many elements a kernel runs on the calling thread: waking an OpenMP team costs more.
 // (On a shared 2-core machine a sleeping team can take a scheduler tick to wake, so this is high.)
 constexpr py::ssize_t kParallelMin = 1 << 18;
+// Kernels whose work is GEMMs (the fused backward steps) split rows over threads above this many
+// multiply-adds: ~1 ms of one core's GEMM, where a team's wake-up (tens of microseconds) is noise.
+constexpr py::ssize_t kParallelMacs = 1 << 22;
 
 // Unit roundoff of T (half machine epsilon).
 template <typename T>
