@@ -63,6 +63,7 @@ class Timing:
     median_s: float
     flops: float = float("nan")
     bytes: float = float("nan")
+    min_s: float = float("nan")  # the fastest round (used for the GEMM ceiling)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def parse(data: dict[str, Any]) -> tuple[list[Timing], int]:
             continue
         out.append(Timing(impl=str(impl), case=str(info.get("case", "")), method=str(info.get("method", "")),
                           batch=int(_num(info.get("batch"), 0)), eps=_num(info.get("eps"), 0.0), median_s=median,
-                          flops=_num(info.get("flops")), bytes=_num(info.get("bytes"))))
+                          flops=_num(info.get("flops")), bytes=_num(info.get("bytes")),
+                          min_s=_num((b.get("stats") or {}).get("min"))))
     return out, ignored
 
 
@@ -145,15 +147,18 @@ def _method_rank(m: str) -> tuple[int, str]:
 
 
 def build(timings: Iterable[Timing], source: str = "", machine: str = "", ignored: int = 0) -> Report:
-    """Group the timings into table rows; the GEMM rate from the ``gemm`` timings (the fastest)."""
+    """Group the timings into table rows; the GEMM rate from the ``gemm`` timings (the fastest round of
+    the fastest)."""
     rows: dict[Key, Row] = {}
     gemm: list[float] = []
     others: list[Timing] = []
     seen_peers: set[str] = set()
     for t in timings:
-        if t.impl == GEMM:
-            if t.median_s > 0 and math.isfinite(t.flops) and t.flops > 0:
-                gemm.append(t.flops / t.median_s / 1e9)
+        if t.impl == GEMM:  # a ceiling: the fastest round (OpenBLAS's thread pool on a shared machine
+            # does not always get the second core, so its median can be a one-core figure)
+            best = t.min_s if math.isfinite(t.min_s) and t.min_s > 0 else t.median_s
+            if best > 0 and math.isfinite(t.flops) and t.flops > 0:
+                gemm.append(t.flops / best / 1e9)
             continue
         if t.impl in OTHER_IMPLS:
             others.append(t)
@@ -216,7 +221,7 @@ def markdown(rep: Report) -> str:
     if rep.source:
         lines.append(f"Source: `{rep.source}`" + (f" ({rep.machine})" if rep.machine else ""))
     gemm = f"{rep.gemm_gflops:.1f} GFLOP/s" if rep.gemm_gflops else "not measured"
-    lines += [f"GEMM rate (one large SGEMM, same BLAS, the fastest of one thread and all cores): {gemm}.",
+    lines += [f"GEMM rate (one large SGEMM, same BLAS; the fastest round of one thread and of all cores): {gemm}.",
               "Ratios are peer time / fastcert time (> 1: fastcert is faster); " + DASH + ": did not run.", ""]
     head = (["case", "method", "batch", "eps", "fastcert ms"] + [f"{p} ms" for p in rep.peers]
             + [f"{p} / fastcert" for p in rep.peers] + ["fastest peer / fastcert", "fastcert GFLOP/s", "% of GEMM"])

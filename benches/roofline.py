@@ -13,7 +13,9 @@ Counts are of the work the *algorithm* needs, not of what any implementation hap
   bound is a gather of the layer's own rows and costs nothing. The rows of a convolution's neurons
   in a Conv/activation chain are non-zero only on their receptive field, so through each earlier
   convolution they cost the transposed convolution of that window (``C h w`` outputs of ``C_in KH KW``
-  multiply-adds), not of the whole image (``linear_bounds.patch_geometry``; auto_LiRPA's patches).
+  multiply-adds), not of the whole image (``linear_bounds.patch_geometry``; auto_LiRPA's patches),
+  where the window is smaller than the image. (fastcert's own choice, ``patches_cheaper``, also
+  weighs that a window pass bounds whole channels; on these cases both choose windows.)
 - the specification (``S`` rows) through every layer, once for symmetric relaxations, twice otherwise.
 
 Bytes: every product reads its weights once and reads/writes its coefficient rows once
@@ -29,6 +31,7 @@ from fastcert.algorithms.linear_bounds import (
     METHODS,
     linear_bounds,
     patch_geometry,
+    patch_row_macs,
     patch_steps,
 )
 from fastcert.api import _region
@@ -94,7 +97,8 @@ def count(net: Network, x: torch.Tensor, eps: float, method: str, C: torch.Tenso
     for i, rmean in rows.items():
         R = B * rmean * dirs
         steps = patch_steps(layers, i)
-        if steps is not None:  # windowed rows: each step's transposed convolution on a window
+        if steps is not None and patch_row_macs(layers, i, steps)[0] < patch_row_macs(layers, i, steps)[1]:
+            # windowed rows (when fewer multiply-adds): each step's transposed convolution on a window
             geo = patch_geometry(layers, i, steps)
             for k, j in enumerate(steps):
                 conv = layers[j - 1]

@@ -1,7 +1,7 @@
 """The windowed (patches) back-substitution for convolution layers equals the full-width rows.
 
 ``linear_bounds._intermediate_patches`` bounds a convolution's neurons with rows restricted to their
-receptive fields; it must give the bounds of the full-width pass (``_PATCHES = False``) up to the order
+receptive fields; it must give the bounds of the full-width pass (``_PATCHES = "never"``) up to the order
 of the sums, for every stride / padding / kernel shape, norm, method, and for degenerate balls, and the
 result must contain the sampled outputs (the soundness suite covers that on random networks too).
 """
@@ -48,9 +48,9 @@ def _both(model: nn.Module, x: torch.Tensor, eps: float, norm: str, method: str,
         return orig(*a, **k)
 
     monkeypatch.setattr(lb, "_intermediate_patches", counted)
-    monkeypatch.setattr(lb, "_PATCHES", True)
+    monkeypatch.setattr(lb, "_PATCHES", "always")
     r1 = fastcert.bounds(model, x, eps, norm=norm, method=method)
-    monkeypatch.setattr(lb, "_PATCHES", False)
+    monkeypatch.setattr(lb, "_PATCHES", "never")
     r2 = fastcert.bounds(model, x, eps, norm=norm, method=method)
     return r1, r2, calls[0]
 
@@ -84,3 +84,26 @@ def test_patches_sound_against_samples_float32() -> None:
         for d in (corner, uni):
             y = m64(x.double() + eps * d)
             assert (r.lower.double() <= y).all() and (y <= r.upper.double()).all()
+
+
+def test_auto_takes_the_cheaper_layout() -> None:
+    """"auto" windows the rows where that is fewer multiply-adds, and keeps full-width rows where the
+    window covers the image (deep chains on small images) or few neurons need bounds."""
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(32 * 8 * 8, 10)).double()
+    layers = fastcert.Network.from_torch(big).layers_for((3, 32, 32))
+    steps = lb.patch_steps(layers, 3)
+    assert steps == [1]
+    assert lb.patches_cheaper(layers, 3, steps, None)  # 16x4x4 window vs 16x16x16 image
+    need = torch.zeros(2, 32 * 8 * 8, dtype=torch.bool)
+    need[0, :3] = True  # three neurons of channel 0: full-width rows are cheaper than 64 windows
+    assert not lb.patches_cheaper(layers, 3, steps, need)
+    need[:, :] = True
+    assert lb.patches_cheaper(layers, 3, steps, need)
+    small = nn.Sequential(nn.Conv2d(2, 3, 3, 1, 1), nn.ReLU(), nn.Conv2d(3, 3, 3, 1, 1), nn.ReLU(),
+                          nn.Conv2d(3, 3, 3, 1, 1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).double()
+    layers = fastcert.Network.from_torch(small).layers_for((2, 3, 3))
+    steps = lb.patch_steps(layers, 5)
+    assert steps == [3, 1]
+    assert not lb.patches_cheaper(layers, 5, steps, None)  # 7x7 windows on a 3x3 image

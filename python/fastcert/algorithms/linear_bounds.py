@@ -41,9 +41,10 @@ METHODS: dict[str, tuple[str, str, bool] | None] = {
 
 # Budget (bytes) for one chunk of coefficient matrices [Bc, rows, n] in the backward pass.
 _LAMBDA_BYTES = 384 << 20
-# Windowed (patches) back-substitution for the bounds of convolution layers (see _intermediate_patches);
-# False runs the full-width rows instead (the tests compare the two).
-_PATCHES = True
+# Windowed (patches) back-substitution for the bounds of convolution layers (see _intermediate_patches):
+# "auto" takes it when its multiply-adds are fewer than the full-width rows' (patches_cheaper);
+# "always" / "never" force one (the tests compare the two).
+_PATCHES = "auto"
 # Elements of one block of relaxed rows in the fused activation+affine kernels (sized for the L2 cache).
 _BLOCK_ELEMS = 1 << 16
 
@@ -272,6 +273,41 @@ def patch_geometry(layers: list[Layer], i: int, steps: list[int]) -> list[tuple[
     return geo
 
 
+def _conv_macs(conv: Conv2d) -> int:
+    OC, OH, OW = conv.out_shape
+    return OC * OH * OW * int(conv.W64[0].numel())
+
+
+def patch_row_macs(layers: list[Layer], i: int, steps: list[int]) -> tuple[int, int]:
+    """Multiply-adds of one row of conv i-1's neurons through the steps' convolutions: (on its window,
+    on the whole image)."""
+    geo = patch_geometry(layers, i, steps)
+    win = full = 0
+    for k, j in enumerate(steps):
+        conv = layers[j - 1]
+        assert isinstance(conv, Conv2d)
+        C_a, h, w = geo[k][:3]
+        win += C_a * h * w * int(conv.W64[0].numel())
+        full += _conv_macs(conv)
+    return win, full
+
+
+def patches_cheaper(layers: list[Layer], i: int, steps: list[int], need: torch.Tensor | None) -> bool:
+    """Whether the windowed rows cost fewer multiply-adds than the full-width ones for the bounds of
+    conv i-1. need: [B, n] the neurons to bound (None: all). The windowed pass bounds every position
+    of a channel that needs any; the full-width one each neuron that any sample needs. A window that is
+    as large as the image (deep chains on small images) is never cheaper."""
+    win, full = patch_row_macs(layers, i, steps)
+    L = layers[i - 1]
+    OC, OH, OW = L.out_shape
+    if need is None:
+        return win < full
+    anyb = need.any(0)
+    rows_full = int(anyb.sum())
+    rows_win = int(anyb.view(OC, OH * OW).any(1).sum()) * OH * OW
+    return rows_win * win < rows_full * full
+
+
 def _windows(A: torch.Tensor, h: int, w: int, sy: int, sx: int, oy: int, ox: int, nh: int, nw: int) -> torch.Tensor:
     """Windows of the images A [B, C, H, W]: window (a, b) covers rows oy + a*sy .. + h and columns
     ox + b*sx .. + w, zeros outside the image. Returns [B * nh * nw, C * h * w] (window-major per
@@ -410,8 +446,9 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     unstable = (ibp.l < 0) & (ibp.u > 0)
     if stats is not None:
         stats.setdefault("rows", {})[i] = unstable.sum(1) if intersect else torch.full((B,), n)
-    steps = patch_steps(st.layers, i) if _PATCHES else None
-    if steps is not None:
+    steps = patch_steps(st.layers, i) if _PATCHES != "never" else None
+    if steps is not None and (_PATCHES == "always" or
+                              patches_cheaper(st.layers, i, steps, unstable if intersect else None)):
         return _intermediate_patches(st, i, ibp, intersect, symmetric, steps)
     lo, hi = ibp.l.clone(), ibp.u.clone()
     width = max(max(Lj.n_in, Lj.n_out) for Lj in st.layers[:i])
