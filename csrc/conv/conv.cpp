@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
@@ -84,6 +85,44 @@ void col2im_add(const Geo& g, const T* cols, T* img, py::ssize_t ld = 0) {
           for (int ow = ow_lo; ow < ow_hi; ++ow) dst[ow * sw + off] += src[ow];
         }
       }
+}
+
+// Flat image index of every (c,kh,kw) x output-position entry of the cols buffer, -1 where it falls in
+// the zero padding: col2im as one scatter-add loop over the table (long inner loops; the per-(c,kh,kw,oh)
+// loop set-up of col2im_add dominated on small windows). Returns whether every entry is inside.
+inline bool col2im_table(const Geo& g, std::vector<int>& idx) {
+  const py::ssize_t ohw = g.ohw();
+  idx.assign(static_cast<size_t>(g.ckk() * ohw), -1);
+  bool all_in = true;
+  py::ssize_t q = 0;
+  for (int c = 0; c < g.C; ++c)
+    for (int kh = 0; kh < g.KH; ++kh)
+      for (int kw = 0; kw < g.KW; ++kw, ++q)
+        for (int oh = 0; oh < g.OH; ++oh)
+          for (int ow = 0; ow < g.OW; ++ow) {
+            const int ih = oh * g.SH - g.PH + kh, iw = ow * g.SW - g.PW + kw;
+            const bool in = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+            all_in = all_in && in;
+            idx[static_cast<size_t>(q * ohw + oh * g.OW + ow)] = in ? (c * g.H + ih) * g.W + iw : -1;
+          }
+  return all_in;
+}
+
+// img += col2im(cols) through the table; cols rows are ld apart. (Entries of one (c,kh,kw) row go to
+// distinct image positions; their order of addition into a position is that of col2im_add.)
+template <typename T>
+inline void col2im_add_table(const Geo& g, const int* idx, bool all_in, const T* cols, T* img, py::ssize_t ld) {
+  const py::ssize_t ohw = g.ohw(), ckk = g.ckk();
+  for (py::ssize_t q = 0; q < ckk; ++q) {
+    const T* __restrict src = cols + q * ld;
+    const int* __restrict d = idx + q * ohw;
+    if (all_in) {
+      for (py::ssize_t k = 0; k < ohw; ++k) img[d[k]] += src[k];
+    } else {
+      for (py::ssize_t k = 0; k < ohw; ++k)
+        if (d[k] >= 0) img[d[k]] += src[k];
+    }
+  }
 }
 }  // namespace
 
@@ -221,6 +260,9 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
   const py::ssize_t ohw = geo.ohw(), rows = B * S, nblocks = (rows + R - 1) / R;
   const int M = static_cast<int>(geo.ckk()), K = geo.OC;
+  std::vector<int> table;
+  const bool all_in = col2im_table(geo, table);
+  const int* tab = table.data();
 #pragma omp parallel if (nblocks > 1 && rows * n * geo.ckk() > kParallelMacs)
   {
     T* blk = ws + per * omp_get_thread_num();
@@ -241,7 +283,7 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
       for (py::ssize_t r = 0; r < nr; ++r) {
         T* img = O + (q0 + r) * geo.chw();
         std::memset(img, 0, sizeof(T) * geo.chw());
-        col2im_add(geo, cols + r * ohw, img, nr * ohw);
+        col2im_add_table(geo, tab, all_in, cols + r * ohw, img, nr * ohw);
       }
     }
   }
