@@ -246,6 +246,56 @@ def markdown(rep: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _span(vals: list[tuple[float, str]]) -> str:
+    lo, hi = min(vals), max(vals)
+    return f"{lo[0]:.2f}x ({lo[1]}) .. {hi[0]:.2f}x ({hi[1]})"
+
+
+def targets(rep: Report) -> str:
+    """Issue #3's speed targets checked against the report's rows (Markdown table).
+
+    Each target lists the smallest and largest ratio over the rows it covers (with their case and
+    eps) and holds only if every such row meets it. Same bound: CROWN is computed by auto_LiRPA and
+    the plain-torch reference; KW (Fast-Lin) by convex_adversarial."""
+    def rows(method: str, batch: int) -> list[Row]:
+        return [r for r in rep.rows if r.method == method and r.batch == batch and r.fastcert_s() is not None]
+
+    out = ["| target | holds? | ratios (worst .. best) |", "|---|---|---|"]
+
+    def add(name: str, need: float, vals: list[tuple[float, str]]) -> None:
+        if not vals:
+            out.append(f"| {name} | not measured | {DASH} |")
+            return
+        ok = min(vals)[0] >= need
+        n_ok = sum(v >= need for v, _ in vals)
+        out.append(f"| {name} | {'**yes**' if ok else f'no ({n_ok} of {len(vals)} rows)'} | {_span(vals)} |")
+
+    def ratios(rs: list[Row], peers: Sequence[str]) -> list[tuple[float, str]]:
+        vals = []
+        for r in rs:
+            got = [x for p in peers if (x := r.ratio(p)) is not None]
+            if got:
+                vals.append((min(got), f"{r.case} eps {_eps(r.eps)}"))
+        return vals
+
+    add("CROWN >= 10x auto_LiRPA, batch 32", 10, ratios(rows("crown", 32), ["auto_LiRPA"]))
+    add("CROWN >= 3x the fastest same-bound peer, batch 32", 3,
+        ratios(rows("crown", 32), ["auto_LiRPA", "torch-reference"]))
+    add("CROWN >= 5x auto_LiRPA, batch 1", 5, ratios(rows("crown", 1), ["auto_LiRPA"]))
+    add("IBP >= 2x auto_LiRPA, batch 1", 2, ratios(rows("ibp", 1), ["auto_LiRPA"]))
+    floor = [t for t in rep.others if t.impl == "gemm-floor" and t.case == "mnist-mlp-3x1024" and t.batch == 32]
+    ibp = [r for r in rows("ibp", 32) if r.case == "mnist-mlp-3x1024"]
+    if floor and ibp:
+        f = min(t.median_s for t in floor)
+        worst = max(r.fastcert_s() or 0.0 for r in ibp)
+        ok = worst <= 1.3 * f
+        out.append(f"| IBP within 1.3x of the GEMM floor, mnist-mlp-3x1024 batch 32 | {'**yes**' if ok else 'no'} | "
+                   f"{worst * 1e3:.2f} ms vs {f * 1e3:.2f} ms ({worst / f:.2f}x) |")
+    add("(not a target) KW vs convex_adversarial, batch 32", 1, ratios(rows("kw", 32), ["convex_adversarial"]))
+    add("(not a target) KW vs convex_adversarial, batch 1", 1, ratios(rows("kw", 1), ["convex_adversarial"]))
+    return "\n".join(out) + "\n"
+
+
 def plot(rep: Report, path: Path) -> Path:
     """Chart of fastcert's speed-up over each peer (PNG, matplotlib Agg).
 
@@ -346,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if rep.ignored:
         print(f"benches.report: ignored {rep.ignored} benchmark(s) without extra_info['impl']", file=sys.stderr)
-    md = markdown(rep)
+    md = markdown(rep) + "\n### Issue #3 targets against this run\n\n" + targets(rep)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(md)

@@ -1,5 +1,7 @@
 // Interval kernels: center/radius preparation, sound finishing of interval affine maps,
 // monotone activations, and plain dense affine maps (GEMM + bias).
+#include <omp.h>
+
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
 
@@ -88,6 +90,8 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
   for (py::ssize_t b = 0; b < B; ++b) {
     T cm = 0;
     double ss = 0;
+    // any summation order: the bound above holds for each
+#pragma omp simd reduction(max : cm) reduction(+ : ss)
     for (py::ssize_t k = b * m; k < (b + 1) * m; ++k) {
       T ci = L[k] + (U[k] - L[k]) / 2;  // stays inside [l,u] for finite l<=u
       C[k] = ci;
@@ -134,21 +138,28 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   const T g2 = up(T(1) + up(2 * g));
   const T g1 = up(T(1) + g);
   const py::ssize_t rows = n / m;
+  // one vectorizable loop per case (no bias: AB is null and must not be read, even speculatively)
+  auto run = [&](auto has_bias) {
+    constexpr bool HB = decltype(has_bias)::value;
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t row = 0; row < rows; ++row) {
-    const T cm = CM[row], cn = C2[row];
-    for (py::ssize_t j = 0; j < m; ++j) {
-      const py::ssize_t k = row * m + j;
-      T gi = up(up(R[k] * g2) + std::min(up(cm * RA[j]), up(cn * RN[j])));
-      if (nb) gi = up(gi + AB[j]);
-      gi = up(gi * g1);
-      G[k] = gi;
-      const T rad = up(R[k] + up(g * gi));
-      const T c = C[k];
-      C[k] = down(c - rad);
-      R[k] = up(c + rad);
+    for (py::ssize_t row = 0; row < rows; ++row) {
+      const T cm = CM[row], cn = C2[row];
+#pragma omp simd
+      for (py::ssize_t j = 0; j < m; ++j) {
+        const py::ssize_t k = row * m + j;
+        T gi = up(up(R[k] * g2) + std::min(up(cm * RA[j]), up(cn * RN[j])));
+        if constexpr (HB) gi = up(gi + AB[j]);
+        gi = up(gi * g1);
+        G[k] = gi;
+        const T rad = up(R[k] + up(g * gi));
+        const T c = C[k];
+        C[k] = down(c - rad);
+        R[k] = up(c + rad);
+      }
     }
-  }
+  };
+  if (nb) run(std::true_type{});
+  else run(std::false_type{});
 }
 
 // The whole interval step of a dense layer in one call: out_l/out_u = bounds of W x + b over
@@ -205,9 +216,26 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
       }
     }
   } else {
-    dense_forward<T>(c, W, b, out_l);
-    gemm(false, true, B, m, n, T(1), wk + static_cast<py::ssize_t>(B) * n, n, ro(absW, "absW"), n, T(0),
-         mut(out_u, "out_u"), m);
+    // the two products W c (+b) and |W| r are independent: one per OpenMP thread (each GEMM runs on
+    // the single-threaded BLAS of its thread); pointers and checks are taken before the region
+    const py::ssize_t nb = b.size();
+    if (nb != 0 && nb != m) throw std::invalid_argument("interval_dense: bias size must equal out_features");
+    const T* Wp = ro(W, "W");
+    const T* AWp = ro(absW, "absW");
+    const T* bp = nb ? ro(b, "b") : nullptr;
+    T* OL = mut(out_l, "out_l");
+    T* OU = mut(out_u, "out_u");
+    const T* cp = wk;
+    const T* rp = wk + static_cast<py::ssize_t>(B) * n;
+    if (bp)
+      for (int i = 0; i < B; ++i) std::copy(bp, bp + m, OL + static_cast<py::ssize_t>(i) * m);
+    const bool par = static_cast<py::ssize_t>(B) * m * n > kParallelMacs && omp_get_max_threads() > 1;
+#pragma omp parallel num_threads(2) if (par)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      if (t == 0) gemm(false, true, B, m, n, T(1), cp, n, Wp, n, bp ? T(1) : T(0), OL, m);
+      if (t == nt - 1) gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), OU, m);
+    }
   }
   interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, out_g);
 }

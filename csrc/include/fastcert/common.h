@@ -88,13 +88,17 @@ template <typename T>
 inline T up(T x) {
   using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
   static_assert(sizeof(T) == sizeof(U), "float32 / float64 only");
-  if (x != x || x == std::numeric_limits<T>::infinity()) return x;
-  if (x == 0) return std::numeric_limits<T>::denorm_min();
-  U b;
+  // branch-free (selects only), so that loops calling it vectorize
+  U b, tiny;
+  const T dmin = std::numeric_limits<T>::denorm_min();
   std::memcpy(&b, &x, sizeof b);
-  b = x > 0 ? b + 1 : b - 1;  // positive: larger magnitude; negative: smaller magnitude
-  std::memcpy(&x, &b, sizeof b);
-  return x;
+  std::memcpy(&tiny, &dmin, sizeof tiny);
+  U nb = x > 0 ? b + 1 : b - 1;  // positive: larger magnitude; negative: smaller magnitude
+  nb = x == 0 ? tiny : nb;
+  nb = (x != x || x == std::numeric_limits<T>::infinity()) ? b : nb;
+  T r;
+  std::memcpy(&r, &nb, sizeof r);
+  return r;
 }
 template <typename T>
 inline T down(T x) {
