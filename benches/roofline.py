@@ -97,16 +97,16 @@ def count(net: Network, x: torch.Tensor, eps: float, method: str, C: torch.Tenso
     for i, rmean in rows.items():
         R = B * rmean * dirs
         steps = patch_steps(layers, i)
-        if steps is not None and patch_row_macs(layers, i, steps)[0] < patch_row_macs(layers, i, steps)[1]:
-            # windowed rows (when fewer multiply-adds): each step's transposed convolution on a window
-            geo = patch_geometry(layers, i, steps)
-            for k, j in enumerate(steps):
-                conv = layers[j - 1]
-                C_a, h, w = geo[k][:3]
-                C_n, hn, wn = geo[k + 1][:3]
-                flops += 2 * R * C_a * h * w * int(conv.W64[0].numel())
-                byts += (n_weights(conv) + R * (C_a * h * w + C_n * hn * wn)) * item
-            continue
+        if steps is not None:
+            win, full = patch_row_macs(layers, i, steps)
+            if win < full:  # windowed rows: each step's transposed convolution on a window
+                flops += 2 * R * win
+                geo = patch_geometry(layers, i, steps)
+                for k, j in enumerate(steps):
+                    C_a, h, w = geo[k][:3]
+                    C_n, hn, wn = geo[k + 1][:3]
+                    byts += (n_weights(layers[j - 1]) + R * (C_a * h * w + C_n * hn * wn)) * item
+                continue
         for j in range(i - 1):  # layers i-2 .. 0 (layer i-1's rows are gathered)
             L = layers[j]
             flops += 2 * R * macs(L)

@@ -106,16 +106,18 @@ def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype
     L = Dense(W, b if bias else None, (n,))
     l = torch.randn(B, n, generator=g, dtype=torch.float64)
     u = l + torch.rand(B, n, generator=g, dtype=torch.float64) * (torch.arange(n) % 2)  # every other l == u
-    box, gmag = interval_affine(L, Box(l.to(dtype), u.to(dtype)), 1e-6 if dtype == torch.float32 else 1e-14)
+    gam = 1e-6 if dtype == torch.float32 else 1e-14
+    box, gmag = interval_affine(L, Box(l.to(dtype), u.to(dtype)), gam)
     c, r = (u + l) / 2, (u - l) / 2
     bb = b if bias else torch.zeros(m, dtype=torch.float64)
     exact_l = c @ W.T + bb - r @ W.abs().T
     exact_u = c @ W.T + bb + r @ W.abs().T
     assert (box.l.double() <= exact_l).all() and (box.u.double() >= exact_u).all()
-    # the outward rounding is a few gamma_n * (|W| max(|l|,|u|) + |b|): allow 4x that
+    # tight: the kernel moves the bounds out by gam * g (g ~ |W| max(|l|,|u|) + |b|) and its own sums
+    # round by at most (n+2) units; 1.5x that, no absolute slack
     mag = (torch.maximum(l.abs(), u.abs()) @ W.abs().T + bb.abs()).max().item()
     unit = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
-    tol = 4 * (n + 2) * unit * mag + (1e-6 if dtype == torch.float32 else 1e-12)
+    tol = 1.5 * (gam + (n + 2) * unit) * mag
     assert torch.allclose(box.l.double(), exact_l, rtol=0, atol=tol)
     assert torch.allclose(box.u.double(), exact_u, rtol=0, atol=tol)
     assert (gmag.double() >= (torch.maximum(l.abs(), u.abs()) @ W.abs().T) * (1 - 1e-6)).all()

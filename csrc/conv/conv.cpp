@@ -63,33 +63,9 @@ void im2col(const Geo& g, const T* x, T* cols) {
       }
 }
 
-// img += col2im(cols) for one sample (img zeroed by the caller); cols rows are ld apart (default OH*OW)
-template <typename T>
-void col2im_add(const Geo& g, const T* cols, T* img, py::ssize_t ld = 0) {
-  const py::ssize_t ohw = ld ? ld : g.ohw();
-  py::ssize_t q = 0;
-  for (int c = 0; c < g.C; ++c)
-    for (int kh = 0; kh < g.KH; ++kh)
-      for (int kw = 0; kw < g.KW; ++kw, ++q) {
-        const T* row = cols + q * ohw;
-        T* ic = img + static_cast<py::ssize_t>(c) * g.H * g.W;
-        // the output columns whose input column iw = ow*SW - PW + kw lies inside [0, W): no test per element
-        const int ow_lo = kw >= g.PW ? 0 : (g.PW - kw + g.SW - 1) / g.SW;
-        const int ow_hi = std::min(g.OW, g.W - 1 + g.PW - kw < 0 ? 0 : (g.W - 1 + g.PW - kw) / g.SW + 1);
-        for (int oh = 0; oh < g.OH; ++oh) {
-          const int ih = oh * g.SH - g.PH + kh;
-          if (ih < 0 || ih >= g.H) continue;
-          const T* __restrict src = row + static_cast<py::ssize_t>(oh) * g.OW;
-          T* __restrict dst = ic + static_cast<py::ssize_t>(ih) * g.W;
-          const int sw = g.SW, off = kw - g.PW;
-          for (int ow = ow_lo; ow < ow_hi; ++ow) dst[ow * sw + off] += src[ow];
-        }
-      }
-}
-
 // Flat image index of every (c,kh,kw) x output-position entry of the cols buffer, -1 where it falls in
 // the zero padding: col2im as one scatter-add loop over the table (long inner loops; the per-(c,kh,kw,oh)
-// loop set-up of col2im_add dominated on small windows). Returns whether every entry is inside.
+// loop set-up per (c,kh,kw,oh) dominated on small windows). Returns whether every entry is inside.
 inline bool col2im_table(const Geo& g, std::vector<int>& idx) {
   const py::ssize_t ohw = g.ohw();
   idx.assign(static_cast<size_t>(g.ckk() * ohw), -1);
@@ -108,8 +84,8 @@ inline bool col2im_table(const Geo& g, std::vector<int>& idx) {
   return all_in;
 }
 
-// img += col2im(cols) through the table; cols rows are ld apart. (Entries of one (c,kh,kw) row go to
-// distinct image positions; their order of addition into a position is that of col2im_add.)
+// img += col2im(cols) through the table (img zeroed by the caller); cols rows are ld apart. Entries of
+// one (c,kh,kw) row go to distinct image positions; each position receives its terms in (c,kh,kw) order.
 template <typename T>
 inline void col2im_add_table(const Geo& g, const int* idx, bool all_in, const T* cols, T* img, py::ssize_t ld) {
   const py::ssize_t ohw = g.ohw(), ckk = g.ckk();
@@ -180,6 +156,9 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   T* O = mut(out, "out");
   T* ws = mut(work, "work");
   const int M = static_cast<int>(g.ckk()), Nn = static_cast<int>(g.ohw()), K = g.OC;
+  std::vector<int> table;
+  const bool all_in = col2im_table(g, table);
+  const int* tab = table.data();
   for (py::ssize_t r0 = 0; r0 < R; r0 += chunk) {
     const py::ssize_t rc = std::min(chunk, R - r0);
     // Rows are independent: each OpenMP thread runs its rows' (single-threaded) GEMMs and col2im.
@@ -188,7 +167,7 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
       gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
       T* img = O + (r0 + i) * g.chw();
       std::memset(img, 0, sizeof(T) * g.chw());
-      col2im_add(g, ws + i * per, img);
+      col2im_add_table(g, tab, all_in, ws + i * per, img, Nn);
     }
   }
 }

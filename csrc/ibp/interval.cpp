@@ -179,6 +179,8 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   expect_size(out_u.size(), static_cast<py::ssize_t>(B) * m, "out_u");
   expect_size(out_g.size(), static_cast<py::ssize_t>(B) * m, "out_g");
   expect_size(rowabs.size(), m, "rowabs");
+  const py::ssize_t nb = b.size();
+  if (nb != 0 && nb != m) throw std::invalid_argument("interval_dense: bias size must equal out_features");
   const py::ssize_t need = 2 * static_cast<py::ssize_t>(B) * n + 2 * B;
   if (work.size() < need) throw std::invalid_argument("interval_dense: work is too small");
   if (B == 0) return;
@@ -190,18 +192,19 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   Arr<T> cm = view(wk + 2 * static_cast<py::ssize_t>(B) * n, B);
   Arr<T> cn = view(wk + 2 * static_cast<py::ssize_t>(B) * n + B, B);
   interval_prep_rows<T>(l, u, c, r, cm, cn);
+  const T* Wp = ro(W, "W");
+  const T* bp = nb ? ro(b, "b") : nullptr;
+  T* OL = mut(out_l, "out_l");
+  T* OU = mut(out_u, "out_u");
+  const T* cp = wk;                                  // centres [B, n]
+  const T* rp = wk + static_cast<py::ssize_t>(B) * n;  // radii [B, n]
   if (B <= 2) {
     // A matrix-vector product is bound by reading the matrix, and BLAS has no product that gives
     // W c and |W| r together: one pass over W does both (|w| on the fly), half the traffic of two GEMVs.
     // Sums in a different order than BLAS's: the rounding bound of interval_finish_rows holds for any.
-    const T* Wp = ro(W, "W");
-    const T* bp = b.size() ? ro(b, "b") : nullptr;
-    if (b.size() && b.size() != m) throw std::invalid_argument("interval_dense: bias size must equal out_features");
-    T* OL = mut(out_l, "out_l");
-    T* OU = mut(out_u, "out_u");
     for (int s = 0; s < B; ++s) {
-      const T* cs = wk + static_cast<py::ssize_t>(s) * n;
-      const T* rs = wk + static_cast<py::ssize_t>(B) * n + static_cast<py::ssize_t>(s) * n;
+      const T* cs = cp + static_cast<py::ssize_t>(s) * n;
+      const T* rs = rp + static_cast<py::ssize_t>(s) * n;
 #pragma omp parallel for schedule(static) if (static_cast<py::ssize_t>(m) * n > kParallelMin)
       for (int i = 0; i < m; ++i) {
         const T* w = Wp + static_cast<py::ssize_t>(i) * n;
@@ -218,15 +221,7 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   } else {
     // the two products W c (+b) and |W| r are independent: one per OpenMP thread (each GEMM runs on
     // the single-threaded BLAS of its thread); pointers and checks are taken before the region
-    const py::ssize_t nb = b.size();
-    if (nb != 0 && nb != m) throw std::invalid_argument("interval_dense: bias size must equal out_features");
-    const T* Wp = ro(W, "W");
     const T* AWp = ro(absW, "absW");
-    const T* bp = nb ? ro(b, "b") : nullptr;
-    T* OL = mut(out_l, "out_l");
-    T* OU = mut(out_u, "out_u");
-    const T* cp = wk;
-    const T* rp = wk + static_cast<py::ssize_t>(B) * n;
     if (bp)
       for (int i = 0; i < B; ++i) std::copy(bp, bp + m, OL + static_cast<py::ssize_t>(i) * m);
     const bool par = static_cast<py::ssize_t>(B) * m * n > kParallelMacs && omp_get_max_threads() > 1;

@@ -240,6 +240,15 @@ def _chunk(B: int, rows: int, width: int, itemsize: int) -> int:
     return max(1, min(B, _LAMBDA_BYTES // max(1, rows * width * itemsize)))
 
 
+def _uncrossed(lo: torch.Tensor, hi: torch.Tensor) -> Box:
+    """The box [lo, hi]; a bound that crosses (lo > hi) can only come from rounding on a degenerate
+    box, and swapping the two keeps it sound."""
+    bad = lo > hi
+    if bad.any():
+        lo, hi = torch.where(bad, torch.minimum(lo, hi), lo), torch.where(bad, torch.maximum(lo, hi), hi)
+    return Box(lo.contiguous(), hi.contiguous())
+
+
 def patch_steps(layers: list[Layer], i: int) -> list[int] | None:
     """Indices j of the (activation j, conv j-1) steps from layer i-1 down to the input when
     layers[0..i-1] are Conv2d, activation, Conv2d, ..., Conv2d, the shape the windowed (patches)
@@ -429,10 +438,7 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
             lo_v[:, sel_c] = l_new
             hi_v[:, sel_c] = u_new
         b0 = b1
-    bad = lo > hi
-    if bad.any():
-        lo, hi = torch.where(bad, torch.minimum(lo, hi), lo), torch.where(bad, torch.maximum(lo, hi), hi)
-    return Box(lo.contiguous(), hi.contiguous())
+    return _uncrossed(lo, hi)
 
 
 def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool, stats: dict | None = None) -> Box:
@@ -492,11 +498,7 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
             lo[b0:b1, sel] = l_new
             hi[b0:b1, sel] = u_new
         b0 = b1
-    # a bound that crosses (lo > hi) can only come from rounding on a degenerate box: keep it sound
-    bad = lo > hi
-    if bad.any():
-        lo, hi = torch.where(bad, torch.minimum(lo, hi), lo), torch.where(bad, torch.maximum(lo, hi), hi)
-    return Box(lo.contiguous(), hi.contiguous())
+    return _uncrossed(lo, hi)
 
 
 def _check_overflow(st: _Pass, out_box: Box) -> None:
