@@ -27,10 +27,10 @@ static void def_all(py::module_& m) {
   m.def("_step_outward", &step_outward<T>, py::arg("x").noconvert(), py::arg("out_up").noconvert(),
         py::arg("out_down").noconvert(), "Test hook: the core's up()/down() rounding steps, elementwise.");
   m.def("interval_prep", &interval_prep<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("h").noconvert());
-  m.def("interval_finish", &interval_finish<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("mg").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("l").noconvert(), py::arg("u").noconvert());
+  m.def("interval_finish", &interval_finish<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("mg").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("l").noconvert(), py::arg("u").noconvert());
   m.def("interval_prep_rows", &interval_prep_rows<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert());
-  m.def("interval_finish_rows", &interval_finish_rows<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("out_g").noconvert());
-  m.def("interval_dense", &interval_dense<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("work").noconvert());
+  m.def("interval_finish_rows", &interval_finish_rows<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_g").noconvert());
+  m.def("interval_dense", &interval_dense<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("work").noconvert());
   m.def("act_interval", &act_interval<T>, py::arg("kind"), py::arg("alpha"), py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
   m.def("dense_forward", &dense_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert());
   m.def("dense_backward", &dense_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert());
@@ -64,6 +64,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
   def_all<float>(m);
   def_all<double>(m);
+  m.def("fp_env_ok", &fp_env_ok,
+        "Whether this thread rounds to nearest with gradual underflow (no flush-to-zero / denormals-are-zero), "
+        "as the core's rounding analysis assumes.");
   m.def("omp_max_threads", []() { return omp_get_max_threads(); },
         "Threads an OpenMP region of the core would use now (sizes per-thread workspaces).");
   m.def("build_info", []() {

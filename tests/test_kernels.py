@@ -188,10 +188,10 @@ def test_interval_row_kernels_reject_bad_sizes() -> None:
         _C.interval_prep_rows(a, a, a.copy(), a.copy(), np.zeros(5), np.zeros(5))
     with pytest.raises(ValueError, match="cmax"):
         _C.interval_finish_rows(a.copy(), a.copy(), np.zeros(5), np.zeros(5), np.zeros(4), np.zeros(4), np.zeros(0),
-                                1e-10, a.copy())
+                                1e-10, 1e-300, a.copy())
     with pytest.raises(ValueError, match="work is too small"):
         _C.interval_dense(a, a, np.zeros((4, 6)), np.zeros((4, 6)), np.zeros(4), np.zeros(4), np.zeros(4),
-                          np.zeros(4), 1e-10, np.zeros(8), np.zeros(8), np.zeros(8), np.zeros(5))
+                          np.zeros(4), 1e-10, 1e-300, np.zeros(8), np.zeros(8), np.zeros(8), np.zeros(5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

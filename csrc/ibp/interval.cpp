@@ -36,9 +36,10 @@ void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T
 // From mc = W c (+b), mr = |W| r, mg = |W| h (+|b| added here), write sound bounds:
 //   l = mc - mr - gamma*g,  u = mc + mr + gamma*g,  g = mg + |b|  (gamma covers the GEMM rounding).
 // bias may be empty (size 0). Arrays are [B, m] with the bias broadcast over rows.
+// tiny: the absolute (underflow) error bound of one of the products' sums (underflow_slack of its length).
 template <typename T>
-void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, Arr<T>& l,
-                     Arr<T>& u) {
+void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, double tiny,
+                     Arr<T>& l, Arr<T>& u) {
   const py::ssize_t n = mc.size();
   const py::ssize_t m = absb.size();
   expect_size(mr.size(), n, "mr");
@@ -52,13 +53,16 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   T* Lo = mut(l, "l");
   T* Up = mut(u, "u");
   const T g = static_cast<T>(gamma);
+  const T tn = static_cast<T>(tiny);
+  if (!(tn > 0)) throw std::invalid_argument("interval_finish: tiny must be > 0");
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (py::ssize_t i = 0; i < n; ++i) {
-    // g as computed may fall short of the exact |W|h + |b| by a relative gamma: inflate it
-    T gi = G[i] + (m ? AB[i % m] : T(0));
-    gi = up(up(gi) * (T(1) + g));
+    // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
+    T gi = up(up(G[i] + tn) + (m ? AB[i % m] : T(0)));
+    gi = up(gi * up(T(1) + g));
     G[i] = gi;
-    T rad = up(R[i] + up(g * gi));
+    // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+    T rad = up(up(R[i] + up(g * gi)) + 2 * tn);
     Lo[i] = down(C[i] - rad);
     Up[i] = up(C[i] + rad);
   }
@@ -100,7 +104,8 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
       ss += static_cast<double>(ci) * static_cast<double>(ci);
     }
     CM[b] = cm;
-    const double nrm = up(std::sqrt(up(ss * infl)));
+    // squares of float64 entries below 2^-537 underflow: each loses at most eta64, so add m+2 of them
+    const double nrm = up(std::sqrt(up(up(ss + static_cast<double>(m + 2) * eta<double>()) * infl)));
     T t = static_cast<T>(nrm);  // round to T, then make sure it is not below
     if (static_cast<double>(t) < nrm) t = up(t);
     C2[b] = t;
@@ -115,7 +120,7 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
 // g is returned in out_g: the magnitude that bounds this layer's floating-point error downstream.
 template <typename T>
 void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& c2, const Arr<T>& rowabs,
-                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_g) {
+                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny, Arr<T>& out_g) {
   const py::ssize_t n = mc.size();
   const py::ssize_t m = rowabs.size();
   const py::ssize_t nb = absb.size();
@@ -137,6 +142,8 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   const T g = static_cast<T>(gamma);
   const T g2 = up(T(1) + up(2 * g));
   const T g1 = up(T(1) + g);
+  const T tn = static_cast<T>(tiny);
+  if (!(tn > 0)) throw std::invalid_argument("interval_finish_rows: tiny must be > 0");
   const py::ssize_t rows = n / m;
   // one vectorizable loop per case (no bias: AB is null and must not be read, even speculatively)
   auto run = [&](auto has_bias) {
@@ -147,11 +154,12 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
 #pragma omp simd
       for (py::ssize_t j = 0; j < m; ++j) {
         const py::ssize_t k = row * m + j;
-        T gi = up(up(R[k] * g2) + std::min(up(cm * RA[j]), up(cn * RN[j])));
+        // mr falls short of |W| r by at most a relative gamma and an absolute tiny (underflow)
+        T gi = up(up(up(R[k] * g2) + 2 * tn) + std::min(up(cm * RA[j]), up(cn * RN[j])));
         if constexpr (HB) gi = up(gi + AB[j]);
         gi = up(gi * g1);
         G[k] = gi;
-        const T rad = up(R[k] + up(g * gi));
+        const T rad = up(up(R[k] + up(g * gi)) + 2 * tn);
         const T c = C[k];
         C[k] = down(c - rad);
         R[k] = up(c + rad);
@@ -167,8 +175,8 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
 // work: >= 2*B*n_in + 2*B elements.
 template <typename T>
 void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
-                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_l,
-                    Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work) {
+                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny,
+                    Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work) {
   if (W.ndim() != 2) throw std::invalid_argument("interval_dense: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
   expect_size(absW.size(), W.size(), "absW");
@@ -232,7 +240,7 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
       if (t == nt - 1) gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), OU, m);
     }
   }
-  interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, out_g);
+  interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, tiny, out_g);
 }
 
 // Activations on intervals, rounded outward (leaky relu with a negative slope handled as non-monotone). kind: 0 relu, 1 leaky relu (slope alpha),
@@ -243,7 +251,12 @@ inline T act_eval(int kind, T x, T alpha) {
     case 0: return x > 0 ? x : T(0);
     case 1: return x > 0 ? x : alpha * x;
     case 2: return std::tanh(x);
-    default: return T(1) / (T(1) + std::exp(-x));
+    default: {
+      // sigmoid; for x < 0 as e^x / (1 + e^x): 1 / (1 + e^-x) gives 0 once e^-x overflows, below the
+      // true (subnormal) value, which no ulp step would recover
+      const T e = std::exp(-std::fabs(x));
+      return x >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+    }
   }
 }
 template <typename T>
@@ -304,15 +317,15 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
 
 #define FASTCERT_INST(T)                                                                                    \
   template void interval_prep<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                  \
-  template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, Arr<T>&,   \
-                                   Arr<T>&);                                                               \
+  template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, double,    \
+                                   Arr<T>&, Arr<T>&);                                                      \
   template void act_interval<T>(int, double, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);               \
   template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);                       \
   template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);    \
   template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,        \
-                                        const Arr<T>&, const Arr<T>&, double, Arr<T>&);                     \
+                                        const Arr<T>&, const Arr<T>&, double, double, Arr<T>&);             \
   template void interval_dense<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                  const Arr<T>&, const Arr<T>&, const Arr<T>&, double, Arr<T>&, Arr<T>&,     \
+                                  const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, Arr<T>&, Arr<T>&, \
                                   Arr<T>&, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)

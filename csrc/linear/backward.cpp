@@ -203,6 +203,7 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
   const T* BH = two ? ro(bias_hi, "bias_hi") : nullptr;
   const T g = static_cast<T>(gamma);
   const T uu = unit_roundoff<T>();
+  const T tn = underflow_slack<T>(n);  // each sum of n products below may also lose this much to underflow
 #pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
   for (py::ssize_t b = 0; b < B; ++b)
     for (py::ssize_t s = 0; s < S; ++s) {
@@ -210,7 +211,7 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
       const T* xr = X + b * n;
       const T* lo = Lo + b * n;
       const T* hi = Up + b * n;
-      T box = 0, boxh = 0, boxmag = 0, dot = 0, dotmag = 0, nrm = 0;
+      T box = 0, boxh = 0, boxmag = 0, dot = 0, dotmag = 0, dn = 0;
       // SIMD reductions: the summation order changes, which the rounding bound (any order) covers
 #pragma omp simd reduction(+ : box, boxmag)
       for (py::ssize_t j = 0; j < n; ++j) {
@@ -231,22 +232,19 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
           dotmag += std::fabs(lr[j]) * std::fabs(xr[j]);
         }
         if (p == 2) {
-#pragma omp simd reduction(+ : nrm)
-          for (py::ssize_t j = 0; j < n; ++j) nrm += lr[j] * lr[j];  // dual of L2 is L2
+          dn = l2_norm_upper(lr, n, g);  // dual of L2 is L2 (scaled: squares would underflow / overflow)
         } else {
-          for (py::ssize_t j = 0; j < n; ++j) nrm = std::max(nrm, std::fabs(lr[j]));  // dual of L1 is Linf
+          for (py::ssize_t j = 0; j < n; ++j) dn = std::max(dn, std::fabs(lr[j]));  // dual of L1 is Linf (exact)
         }
       }
       // mag was summed in floating point too: 1% covers its own relative rounding (n*u << 1%)
       const T m0 = up(MG[b * S + s] * T(1.01));
-      const T bslack = up(g * boxmag);
+      const T bslack = up(up(g * boxmag) + tn);
       T best = down(box - bslack);
       T besth = up(boxh + bslack);
       if (p) {
-        // the dual norm: sum of squares has relative error <= gamma, sqrt one more ulp
-        const T dn = (p == 2) ? up(up(std::sqrt(nrm)) * (T(1) + g)) : nrm;
         const T pen = up(E[b] * dn);
-        const T dslack = up(g * up(dotmag + pen));
+        const T dslack = up(up(g * up(dotmag + pen)) + tn);
         best = std::max(best, down(dot - pen - dslack));
         besth = std::min(besth, up(dot + pen + dslack));
       }

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cfenv>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -103,5 +104,64 @@ inline T up(T x) {
 template <typename T>
 inline T down(T x) {
   return -up(-x);
+}
+
+// The smallest positive (subnormal) number of T. Under IEEE gradual underflow a rounded product or
+// quotient is (exact)(1 + d) + e with |d| <= u and |e| <= eta/2 (additions have no e term), so a sum of
+// n rounded products carries, besides the relative gamma_n term, an absolute error of at most n * eta.
+template <typename T>
+constexpr T eta() {
+  return std::numeric_limits<T>::denorm_min();
+}
+
+// A bound on the absolute (underflow) part of the error of a sum of n rounded products: 2(n+2) eta
+// (twice the n * eta of the model above, so the rounding of the relative terms' own magnitudes is
+// covered too). Exact in T for any n < 2^22.
+template <typename T>
+inline T underflow_slack(py::ssize_t n) {
+  return up(static_cast<T>(2 * (n + 2)) * eta<T>());
+}
+
+// The floating-point environment the rounding analysis assumes: round to nearest, and gradual
+// underflow (no flush-to-zero / denormals-are-zero, which torch.set_flush_denormal(True) turns on).
+inline bool fp_env_ok() {
+  if (std::fegetround() != FE_TONEAREST) return false;
+  volatile double dmin = std::numeric_limits<double>::denorm_min();
+  volatile double tiny = std::numeric_limits<double>::min();
+  volatile float fmin = std::numeric_limits<float>::denorm_min();
+  const double half = tiny / 2;  // 0 under flush-to-zero
+  const double daz = dmin + 0.0;  // 0 under denormals-are-zero
+  const float fdaz = fmin * 1.0f;
+  return half != 0 && daz != 0 && fdaz != 0;
+}
+
+// An upper bound on ||v||_2 (n entries), never spoiled by underflow or overflow of the squares: the
+// entries are scaled by a power of two that brings the largest to [0.5, 1) (as BLAS nrm2 scales), so
+// the sum of squares is >= 1/4 and what underflow loses (at most eta per scaled entry and per square)
+// is bounded explicitly: ||y|| <= sqrt((ss + 2n eta)(1 + gamma)) + n eta for the scaled y. gamma must
+// cover a sum of n rounded squares (gamma_n). Overflow of the result gives +inf (still an upper bound).
+template <typename T>
+inline T l2_norm_upper(const T* v, py::ssize_t n, T gamma) {
+  T amax = 0;
+#pragma omp simd reduction(max : amax)
+  for (py::ssize_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(v[j]));
+  if (amax == T(0)) return T(0);
+  if (!(amax <= std::numeric_limits<T>::max())) return amax;  // inf (an upper bound) or NaN (propagated)
+  int e = 0;
+  std::frexp(amax, &e);  // amax = f 2^e, f in [0.5, 1)
+  // 2^-e in two factors, each representable even when 2^-e alone is not (e near the exponent limits)
+  const int e1 = -e / 2, e2 = -e - e1;
+  const T s1 = std::ldexp(T(1), e1), s2 = std::ldexp(T(1), e2);
+  T ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (py::ssize_t j = 0; j < n; ++j) {
+    const T y = (v[j] * s1) * s2;
+    ss += y * y;
+  }
+  const T tn = static_cast<T>(2 * n) * eta<T>();
+  T r = up(std::sqrt(up(up(ss + up(tn)) * up(T(1) + gamma))));
+  r = up(r + up(tn));
+  // back to the original scale: 2^e = 1/(s1 s2), again in two exact-or-rounded-up steps
+  return up(up(r * std::ldexp(T(1), -e1)) * std::ldexp(T(1), -e2));
 }
 }  // namespace fastcert

@@ -5,17 +5,17 @@
 namespace fastcert {
 template <typename T> void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h);
 template <typename T>
-void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, Arr<T>& l,
-                     Arr<T>& u);
+void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, double tiny,
+                     Arr<T>& l, Arr<T>& u);
 template <typename T>
 void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& cmax, Arr<T>& c2);
 template <typename T>
 void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& c2, const Arr<T>& rowabs,
-                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_g);
+                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny, Arr<T>& out_g);
 template <typename T>
 void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
-                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, Arr<T>& out_l,
-                    Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work);
+                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny,
+                    Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work);
 template <typename T> void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou);
 template <typename T> void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
 template <typename T> void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out);

@@ -19,7 +19,7 @@ function and for its float64 evaluation.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
 from fastcert.network import gamma_for, gamma_n
+from fastcert.rounding import eta, round_up, underflow_slack
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
 METHODS: dict[str, tuple[str, str, bool] | None] = {
@@ -102,6 +103,48 @@ class _Pass:
     boxes_in: list[Box | None]
     G: list[torch.Tensor | None]
     relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
+    uf: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B] float64 underflow units
+
+
+def _underflow_units(st: _Pass, j: int) -> torch.Tensor:
+    """[B] float64 ``a`` such that ``a * eta`` bounds the absolute (underflow) error that one backward
+    step through layer j adds to every row's bound, whatever the row (see rounding.py's model):
+
+    - affine layer (input box magnitude ``m``): each entry of ``Lam W`` is a sum of ``back_len``
+      products, off by at most ``back_len * eta`` beyond the relative term, and that error multiplies
+      ``|x_k| <= m_k``: ``back_len * ||m||_1``; the bias and magnitude dot products over ``n_out``
+      terms add ``3 n_out``;
+    - activation (pre-activation magnitude ``m``): the slope products ``Lam_k * slope_k`` lose
+      ``eta / 2`` each, times ``|z_k|``: ``||m||_1``; the intercept and magnitude sums add ``5 n``.
+
+    Needs the final box of layer j (set before any back-substitution passes through it)."""
+    a = st.uf.get(j)
+    if a is None:
+        L = st.layers[j]
+        box = st.boxes_in[j]
+        assert box is not None
+        n = box.l.shape[1]
+        l1 = box.mag().double().sum(1) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms, rounded up
+        if L.is_affine:
+            a = (L.back_len + 2) * l1 + (3 * L.n_out + 8)  # type: ignore[attr-defined]
+        else:
+            a = 2 * l1 + (5 * n + 8)
+        st.uf[j] = a
+    return a
+
+
+def _initial_mag(st: _Pass, start: int, stop: int, b0: int, b1: int, S: int, dt: torch.dtype,
+                 repeat: int = 1) -> torch.Tensor:
+    """The ``mag`` a back-substitution from layer ``start`` down to ``stop`` starts with: the sum of the
+    steps' underflow bounds (:func:`_underflow_units`) for samples [b0, b1), as [Bc * repeat, S] of
+    dtype ``dt``, rounded up (``repeat``: rows per sample, e.g. the windows of the patches path)."""
+    total = torch.zeros(b1 - b0, dtype=torch.float64)
+    for j in range(stop, start):
+        total = total + _underflow_units(st, j)[b0:b1]
+    v = round_up((total * (1 + 1e-12) + 1) * eta(dt), dt)
+    if repeat > 1:
+        v = v.repeat_interleave(repeat)
+    return v[:, None].expand(v.shape[0], S).contiguous()
 
 
 def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -225,13 +268,13 @@ def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, sto
     Bc = b1 - b0
     S = lam.shape[1]
     if symmetric:
-        mag = torch.zeros(Bc, S, dtype=lam.dtype)
+        mag = _initial_mag(st, start, stop, b0, b1, S, lam.dtype)
         lo, hi = _backsub(st, lam, bias.clone(), mag, start, stop, b0, b1, bias_hi=bias.clone())
         assert hi is not None
         return lo, hi
     lam2 = _WS.get("in", (lam.shape[0], 2 * S, lam.shape[2]), lam.dtype)
     torch.cat([lam, -lam], 1, out=lam2)
-    mag = torch.zeros(Bc, 2 * S, dtype=lam.dtype)
+    mag = _initial_mag(st, start, stop, b0, b1, 2 * S, lam.dtype)
     res, _ = _backsub(st, lam2, torch.cat([bias, -bias], 1), mag, start, stop, b0, b1)
     return res[:, :S], -res[:, S:]
 
@@ -376,7 +419,8 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
         lam = rows if symmetric else torch.cat([rows, -rows], 1)
         S = lam.shape[1]
         bias = (bsel if symmetric else torch.cat([bsel, -bsel])).unsqueeze(0).expand(Bc * P, S).contiguous()
-        mag = torch.zeros(Bc * P, S, dtype=dt)
+        # the windows of a sample see at most its whole boxes: the per-sample underflow bound covers them
+        mag = _initial_mag(st, i - 1, 0, b0, b1, S, dt, repeat=P)
         bias_hi = bias.clone() if symmetric else None
         e = empty_like_dtype(dt)
         bh = e if bias_hi is None else np_view(bias_hi)
@@ -525,6 +569,7 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
     from the exact function by far more than any useful bound; see docs/architecture.md.)
     """
     u = torch.finfo(torch.float64).eps / 2
+    eta64 = eta(torch.float64)
     gamma64 = gamma_for(st.layers, torch.float64)
     B = C.shape[0]
     E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
@@ -532,10 +577,13 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
         if L.is_affine:
             G = st.G[j]
             assert G is not None
+            # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
+            # subtraction, division and product)
+            uf = underflow_slack(L.fan_in + 8, torch.float64)  # type: ignore[attr-defined]
             if isinstance(L, Diag):
-                E = gamma64 * G.double() + L.forward_abs(E.contiguous())
+                E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
             else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
-                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True)
+                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True) + uf
             ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
             if ev_in is not None:
                 E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
@@ -547,9 +595,12 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
             assert isinstance(L, Activation)
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
             assert nxt is not None
-            E = L.lipschitz * E + 4 * u * nxt.mag().double()
+            # libm's few ulps, relative or (for a subnormal result) absolute
+            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64
+    K = out_box.l.shape[1]
     Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
-    return (torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6)).to(C.dtype)
+    slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
+    return round_up(slack, C.dtype)
 
 
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
@@ -559,6 +610,10 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
     ``lower_slope`` overrides the method's ReLU lower slope for ``crown`` / ``crown-ibp``
     ("adaptive", "parallel", "zero" or "one"; any slope in [0, 1] is sound). ``stats``, when given,
     is filled with the per-layer row counts of the back-substitutions (see :func:`_intermediate`)."""
+    if not _C.fp_env_ok():
+        raise ValueError("the floating-point environment flushes subnormal numbers to zero or does not round to "
+                         "nearest (e.g. after torch.set_flush_denormal(True)); fastcert's rounding analysis needs "
+                         "IEEE round-to-nearest with gradual underflow: call torch.set_flush_denormal(False)")
     cfg = METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])

@@ -9,6 +9,7 @@ import torch
 
 from fastcert._ext import _C
 from fastcert.layers.base import Layer, np_view
+from fastcert.rounding import eta, round_up, rounding_is_relative
 
 # Workspace budget for the convolution kernels (elements); chunks of samples are processed in it.
 _CONV_WORK_ELEMS = 1 << 22
@@ -25,10 +26,7 @@ class _Params:
     np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs, rownorm)
 
 
-def _round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float64 -> dtype, never below v."""
-    r = v.to(dtype)
-    return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r).contiguous()
+_round_up = round_up
 
 
 class _AffineBase(Layer):
@@ -52,12 +50,24 @@ class _AffineBase(Layer):
             if not (torch.isfinite(W).all() and torch.isfinite(bias).all()):
                 raise ValueError(f"{self.name or self.kind}: its parameters overflow {dtype} (they exceed its range); "
                                  f"pass x as float64 (x.double())")
+            bf64 = torch.empty(0, dtype=torch.float64) if bf is None else bf
+            for what, v64 in (("weight", self.W64), ("bias", bf64)):
+                ok = rounding_is_relative(v64, dtype)
+                if not bool(ok.all()):
+                    k = int((~ok).flatten().nonzero()[0])
+                    raise ValueError(
+                        f"{self.name or self.kind}: {what} entry {float(v64.flatten()[k])!r} lies below the normal range "
+                        f"of {dtype} and does not round exactly to it (its rounding error is not covered by the "
+                        f"{dtype} analysis); pass x as float64 (x.double())")
             absW = W.abs().contiguous()
             # sum in float64 of max(|W64|, |W_dtype|), widened by the float64 summation error, rounded up
             a64 = torch.maximum(self.W64.abs(), absW.double())
             infl = 1 + 4 * torch.finfo(torch.float64).eps * (a64[0].numel() + 2)
             rowabs = _round_up(self._row_sums(a64) * infl, dtype)
-            rownorm = _round_up(torch.sqrt(self._row_sums(a64 * a64) * infl) * infl, dtype)
+            # squares below 2^-1074 vanish: each loses at most eta64, so add one per term (and 2)
+            n_row = a64[0].numel() + 2
+            rownorm = _round_up(torch.sqrt(self._row_sums(a64 * a64) * infl + n_row * eta(torch.float64)) * infl,
+                                dtype)
             absb = bias.abs().contiguous()
             p = _Params(W, absW, bias, absb, rowabs, rownorm,
                         tuple(t.numpy() for t in (W, absW, bias, absb, rowabs, rownorm)))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C
+from fastcert.rounding import underflow_slack
 
 
 def np_view(t: torch.Tensor) -> np.ndarray:
@@ -87,6 +88,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
         from fastcert.network import gamma_n
 
         gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
+    tiny = underflow_slack(layer.fan_in, dt)  # type: ignore[attr-defined]
     B = box.l.shape[0]
     p = layer.params(dt)  # type: ignore[attr-defined]
     n_out = layer.n_out
@@ -96,7 +98,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
         g = torch.empty(B, n_out, dtype=dt)
         work = torch.empty(2 * box.l.numel() + 2 * B, dtype=dt)
         W, absW, bias, absb, rowabs, rownorm = p.np
-        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, rownorm, absb, gamma, lo.numpy(),
+        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, rownorm, absb, gamma, tiny, lo.numpy(),
                           hi.numpy(), g.numpy(), work.numpy())
         return Box(lo, hi), g
     c = torch.empty_like(box.l)
@@ -110,5 +112,5 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     mg = mrg[B:].contiguous()
     lo = torch.empty(B, n_out, dtype=dt)
     hi = torch.empty(B, n_out, dtype=dt)
-    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(p.absbias), gamma, np_view(lo), np_view(hi))
+    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(p.absbias), gamma, tiny, np_view(lo), np_view(hi))
     return Box(lo, hi), mg
