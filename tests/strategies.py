@@ -85,6 +85,11 @@ class NetSpec:
     seed: int
     f32_weights: bool = False
     input_bound: float = 4.0  # every coordinate of every input point has |x'| <= input_bound
+    # extreme magnitudes: the k-th Linear / Conv2d's weights are multiplied by layer_scales[k] (1 when
+    # absent) and the inputs by input_scale (RegionSpec.scale must match); biases follow the product
+    # of the scales so far, so that they stay comparable with W x
+    layer_scales: tuple[float, ...] = ()
+    input_scale: float = 1.0
 
     @property
     def relu_only(self) -> bool:
@@ -110,24 +115,35 @@ def build_network(spec: NetSpec) -> nn.Sequential:
         return lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)
 
     shape = tuple(spec.input_shape)
-    M = spec.input_bound  # bound on |activation| entering the current layer, for "pos"/"neg" biases
+    # bound on |activation| entering the current layer, for "pos"/"neg" biases
+    M = spec.input_bound * spec.input_scale
     mods: list[nn.Module] = []
+    cum = [spec.input_scale]  # typical magnitude of the values entering the current layer
+    n_affine = [0]
+
+    def layer_scale() -> float:
+        k = n_affine[0]
+        n_affine[0] += 1
+        s = spec.layer_scales[k] if k < len(spec.layer_scales) else 1.0
+        cum[0] *= s
+        return s
 
     def bias_for(rowabs: torch.Tensor, n: int) -> torch.Tensor:
-        big = rowabs * M + 1.0 + uni(0, 2, n)
+        c = cum[0]
+        big = rowabs * M + (1.0 + uni(0, 2, n)) * c
         mode = spec.bias_mode
         if mode == "zero":
             return torch.zeros(n, dtype=torch.float64)
         if mode == "normal":
-            return rnd(n) * 0.5
+            return rnd(n) * 0.5 * c
         if mode == "big":
-            return rnd(n) * 20.0
+            return rnd(n) * 20.0 * c
         if mode == "pos":
             return big
         if mode == "neg":
             return -big
         pick = torch.randint(0, 3, (n,), generator=g)
-        return torch.where(pick == 0, big, torch.where(pick == 1, -big, rnd(n) * 0.5))
+        return torch.where(pick == 0, big, torch.where(pick == 1, -big, rnd(n) * 0.5 * c))
 
     for L in spec.layers:
         kind = L[0]
@@ -140,28 +156,28 @@ def build_network(spec: NetSpec) -> nn.Sequential:
         elif kind == "linear":
             n_in = int(torch.tensor(shape).prod())
             lin = nn.Linear(n_in, L[1], bias=L[2]).double()
-            W = _f32(rnd(L[1], n_in) * (spec.weight_scale / math.sqrt(n_in)), spec)
+            W = _f32(rnd(L[1], n_in) * (spec.weight_scale / math.sqrt(n_in) * layer_scale()), spec)
             rowabs = W.abs().sum(1)
             with torch.no_grad():
                 lin.weight.copy_(W)
                 if L[2]:
                     lin.bias.copy_(_f32(bias_for(rowabs, L[1]), spec))
             b = lin.bias.detach().abs().max() if L[2] else 0.0
-            M = float((rowabs * M).max() + b) + 1.0
+            M = float((rowabs * M).max() + b) + cum[0]
             mods.append(lin)
             shape = (L[1],)
         elif kind == "conv":
             _, oc, k, s, p, hb = L
             C = shape[0]
             conv = nn.Conv2d(C, oc, k, stride=s, padding=p, bias=hb).double()
-            W = _f32(rnd(oc, C, k, k) * (spec.weight_scale / math.sqrt(C * k * k)), spec)
+            W = _f32(rnd(oc, C, k, k) * (spec.weight_scale / math.sqrt(C * k * k) * layer_scale()), spec)
             rowabs = W.abs().flatten(1).sum(1)
             with torch.no_grad():
                 conv.weight.copy_(W)
                 if hb:
                     conv.bias.copy_(_f32(bias_for(rowabs, oc), spec))
             b = conv.bias.detach().abs().max() if hb else 0.0
-            M = float((rowabs * M).max() + b) + 1.0
+            M = float((rowabs * M).max() + b) + cum[0]
             mods.append(conv)
             H = (shape[1] + 2 * p - k) // s + 1
             Wd = (shape[2] + 2 * p - k) // s + 1
@@ -195,7 +211,9 @@ def build_network(spec: NetSpec) -> nn.Sequential:
                         nn.LeakyReLU(L[2]))
             if a == "leaky_relu":
                 M = M * max(1.0, abs(L[2]))
-            M = M + 1.0
+            M = M + (1.0 if a in ("tanh", "sigmoid") else cum[0])
+            if a in ("tanh", "sigmoid"):
+                cum[0] = 1.0  # bounded outputs
         elif kind == "identity":
             mods.append(nn.Identity())
         elif kind == "nest":
@@ -350,6 +368,7 @@ class RegionSpec:
     box: str | None
     x_on_edge: bool
     seed: int
+    scale: float = 1.0  # x, eps and the box are multiplied by it (extreme magnitudes)
 
 
 @st.composite
@@ -390,13 +409,14 @@ def build_region(spec: RegionSpec, input_shape: tuple[int, ...], dtype: torch.dt
     if spec.x_on_edge:
         m = torch.rand(x.shape, generator=g) < 0.3
         x = torch.where(m, (torch.rand(x.shape, generator=g) < 0.5).double(), x)
-    x = x.to(dtype)
+    x = (x * spec.scale).to(dtype)
     if spec.eps_kind == "mixed":
         kinds = ["zero", "tiny", "small", "large"]
-        eps_list = [_eps_value(kinds[int(torch.randint(0, 4, (), generator=g))], spec.norm, g) for _ in range(B)]
+        eps_list = [_eps_value(kinds[int(torch.randint(0, 4, (), generator=g))], spec.norm, g) * spec.scale
+                    for _ in range(B)]
         eps_arg: object = torch.tensor(eps_list, dtype=torch.float64)
     else:
-        eps_arg = _eps_value(spec.eps_kind, spec.norm, g)
+        eps_arg = _eps_value(spec.eps_kind, spec.norm, g) * spec.scale
         eps_list = [eps_arg] * B  # type: ignore[list-item]
     eps = torch.tensor(eps_list, dtype=torch.float64)
     x64 = x.double()
@@ -405,16 +425,19 @@ def build_region(spec: RegionSpec, input_shape: tuple[int, ...], dtype: torch.dt
         lo = torch.full_like(x64, -math.inf)
         hi = torch.full_like(x64, math.inf)
     elif spec.box == "unit":
-        x_min, x_max = 0.0, 1.0
-        lo, hi = torch.zeros_like(x64), torch.ones_like(x64)
+        x_min, x_max = 0.0, float(torch.tensor(spec.scale, dtype=torch.float64).to(dtype))
+        lo, hi = torch.zeros_like(x64), torch.full_like(x64, x_max)
     elif spec.box == "tensor":  # per-feature bounds on multiples of 1/64 (exact in float32 and float64), hugging x
-        xm = torch.floor(x64.amin(0) * 64) / 64 - torch.randint(0, 3, input_shape, generator=g) / 64
-        xM = torch.ceil(x64.amax(0) * 64) / 64 + torch.randint(0, 3, input_shape, generator=g) / 64
+        sc = spec.scale
+        xm = (torch.floor(x64.amin(0) / sc * 64) / 64 - torch.randint(0, 3, input_shape, generator=g) / 64) * sc
+        xM = (torch.ceil(x64.amax(0) / sc * 64) / 64 + torch.randint(0, 3, input_shape, generator=g) / 64) * sc
+        xm = torch.minimum(xm, x64.amin(0))  # x / sc * sc may round past x
+        xM = torch.maximum(xM, x64.amax(0))
         x_min, x_max = xm, xM
         lo, hi = xm.expand_as(x64).clone(), xM.expand_as(x64).clone()
     else:  # "tensor64": float64 per-feature bounds that float32 cannot represent, some touching x
-        xm = x64.amin(0) - 0.05 * torch.rand(input_shape, generator=g, dtype=torch.float64)
-        xM = x64.amax(0) + 0.05 * torch.rand(input_shape, generator=g, dtype=torch.float64)
+        xm = x64.amin(0) - 0.05 * spec.scale * torch.rand(input_shape, generator=g, dtype=torch.float64)
+        xM = x64.amax(0) + 0.05 * spec.scale * torch.rand(input_shape, generator=g, dtype=torch.float64)
         touch = torch.rand(input_shape, generator=g) < 0.3
         xm = torch.where(touch, x64.amin(0), xm)
         xM = torch.where(torch.rand(input_shape, generator=g) < 0.3, x64.amax(0), xM)
@@ -453,10 +476,18 @@ def in_region(pts: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str, 
         inside = (ah < e3) | ((ah == e3) & (dl * torch.sign(dh) <= 0))
         return ok & inside.all(-1)
     n = p.shape[-1]
-    a = torch.nextafter(dh.abs() + dl.abs(), torch.tensor(math.inf, dtype=torch.float64))  # >= |d_i|
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    a = torch.nextafter(dh.abs() + dl.abs(), inf)  # >= |d_i|
     if norm == "2":
-        S = (a * a).sum(-1) * (1 + 2 * (n + 2) * _U64)
-        lim = e * e * (1 - 4 * _U64)
+        # scale by the power of two that brings eps to [0.5, 1) (exact for eps; a * s rounded up), so
+        # that squares neither underflow nor overflow; what the squares of tiny entries still lose to
+        # underflow is at most eta each: add n of them
+        _, k = torch.frexp(e)
+        s = torch.ldexp(torch.ones_like(e), -k.clamp(-1000, 1000))
+        a = torch.nextafter(a * s[..., None], inf)
+        es = e * s
+        S = (a * a).sum(-1) * (1 + 2 * (n + 2) * _U64) + (n + 1) * 2.0**-1074
+        lim = es * es * (1 - 4 * _U64)
     else:
         S = a.sum(-1) * (1 + 2 * (n + 2) * _U64)
         lim = e * (1 - 2 * _U64)
@@ -618,3 +649,66 @@ def random_C(K: int, B: int, g: torch.Generator, dtype: torch.dtype = torch.floa
     if kind == 1:
         C = torch.round(C * 2)
     return C.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Extreme magnitudes: per-layer weight scales and input scales
+# ------------------------------------------------------------------------------------------------
+
+# Decimal exponents, per dtype: of the inputs, of one layer's scale, of the running product
+# input_scale * layer scales (kept clear of overflow), and the "valley" the products are driven into
+# (float32: below its normal range 1.2e-38, into the subnormals; float64: below 2.2e-308 and even
+# below its smallest subnormal 4.9e-324), from which later layers climb back.
+_RANGES = {  # dtype: (input lo, hi), (layer lo, hi), (cumulative lo, hi), (valley lo, hi)
+    torch.float32: ((-24, 12), (-24, 24), (-70, 24), (-50, -38)),
+    torch.float64: ((-170, 12), (-170, 300), (-340, 270), (-335, -305)),
+}
+
+
+@st.composite
+def scale_profiles(draw, n_affine: int, dtype: torch.dtype) -> tuple[float, tuple[float, ...]]:
+    """(input_scale, layer_scales), powers of ten. "uniform": each layer's exponent in -12..12;
+    "valley": the running product is driven down into the subnormal range of ``dtype`` (a tiny input
+    and tiny layers: subnormal products) by layer k, then the later layers climb with huge weights,
+    which amplify whatever the subnormal products lost."""
+    (ilo, ihi), (llo, lhi), (clo, chi), (vlo, vhi) = _RANGES[dtype]
+
+    def clamp(v: int, lo: int, hi: int) -> int:
+        return max(lo, min(hi, v))
+
+    exps: list[int] = []
+    if draw(st.sampled_from(("uniform", "valley", "valley"))) == "uniform":
+        e_in = draw(st.integers(-12, 12))
+        cum = e_in
+        for _ in range(n_affine):
+            new = clamp(cum + draw(st.integers(-12, 12)), clo, chi)
+            exps.append(new - cum)
+            cum = new
+        return 10.0**e_in, tuple(10.0**e for e in exps)
+    target = draw(st.integers(vlo, vhi))
+    k = draw(st.integers(0, n_affine - 1))
+    e_in = clamp(target - (k + 1) * draw(st.integers(llo // 2, 0)), ilo, ihi)
+    cum = e_in
+    for i in range(n_affine):
+        if i <= k:  # descend to the valley (as far as the per-layer range allows)
+            want = (target - cum) // (k + 1 - i) + draw(st.integers(-2, 2))
+            e = clamp(want, llo, lhi)
+        else:  # climb back
+            e = draw(st.integers(0, lhi))
+        new = clamp(cum + e, clo, chi)
+        exps.append(new - cum)
+        cum = new
+    return 10.0**e_in, tuple(10.0**e for e in exps)
+
+
+@st.composite
+def scaled_specs(draw, dtype: torch.dtype, act_mode: str | None = None, cnn: bool = True) -> NetSpec:
+    """A network of :func:`net_specs` (or :func:`mlp_specs`) with a :func:`scale_profiles` draw; the
+    region must use ``RegionSpec.scale = spec.input_scale``."""
+    base = draw(net_specs(act_mode) if cnn else mlp_specs(act_mode))
+    n_aff = sum(L[0] in ("linear", "conv") for L in base.layers)
+    inp, scales = draw(scale_profiles(n_aff, dtype))
+    # float32-rounded weights only where float32 can hold them
+    f32 = base.f32_weights and all(1e-25 < v < 1e25 for v in (inp, *scales))
+    return NetSpec(base.input_shape, base.layers, base.weight_scale, base.bias_mode, base.seed, f32,
+                   base.input_bound, scales, inp)

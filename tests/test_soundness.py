@@ -45,6 +45,7 @@ from strategies import (
     random_C,
     region_specs,
     sample_points,
+    scaled_specs,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -262,6 +263,24 @@ def test_float32_input_float64_model(net: NetSpec, reg: RegionSpec) -> None:
     """float32 x with a float64 model whose weights float32 cannot represent: the bounds must still
     hold for the model as given (evaluated in float64)."""
     _check_network(net, reg, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# extreme magnitudes: per-layer weight scales 1e-12..1e12 (float64 also 1e-170..1e300), inputs too,
+# so that products fall into the subnormal range and later layers amplify what they lost
+# ------------------------------------------------------------------------------------------------
+
+
+@fc_settings(150)
+@given(net=scaled_specs(torch.float64), reg=region_specs())
+def test_extreme_scales_float64_sound(net: NetSpec, reg: RegionSpec) -> None:
+    _check_network(net, dataclasses.replace(reg, scale=net.input_scale))
+
+
+@fc_settings(150)
+@given(net=scaled_specs(torch.float32), reg=region_specs())
+def test_extreme_scales_float32_sound(net: NetSpec, reg: RegionSpec) -> None:
+    _check_network(net, dataclasses.replace(reg, scale=net.input_scale), dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------
