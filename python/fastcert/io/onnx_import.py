@@ -20,7 +20,9 @@ BatchNormalization                     into the previous Dense/Conv2d by the IR 
 Flatten, Reshape, Squeeze, Unsqueeze   shape bookkeeping only (tensors are flat in the IR)
 Transpose                              an index permutation, folded into the next Dense's
                                        columns (or, for an NHWC input, into the first Conv)
-Identity, Dropout, Cast(float), Pad    nothing (Pad only with all-zero pads)
+Identity, Dropout, Pad                 nothing (Pad only with all-zero pads)
+Cast to an equal or wider float type   nothing (FLOAT16 -> FLOAT -> DOUBLE is exact; a narrowing Cast
+                                       of the tensor, e.g. to FLOAT16, is refused: see Rounding)
 =====================================  =======================================================
 
 Anything else (MaxPool included: fastcert cannot bound it yet) raises :class:`OnnxImportError`
@@ -45,10 +47,20 @@ BatchNorm conversion. Operations that are exact identities (``x + 0``, ``x * 1``
 dropped. A constant Add right after a bias-free Gemm/MatMul/Conv becomes its bias (exact); other
 elementwise maps after an affine layer are folded into it by the IR (``network._fold``), which
 records the evaluation error.
+
+**Cast.** The imported network is bounded in float64 (a FLOAT or FLOAT16 model is read as the same
+graph evaluated in float64; the rounding of a lower-precision *evaluation* is not covered, see
+docs/architecture.md). A ``Cast`` of the tensor is exact when the target type holds every value of the
+tensor's current type (the same type, FLOAT16 -> FLOAT / DOUBLE, FLOAT -> DOUBLE) and is then dropped;
+a narrowing ``Cast`` (DOUBLE -> FLOAT, anything -> FLOAT16 / BFLOAT16 / FLOAT8) is an explicit
+rounding of the function, not an affine map, and raises :class:`OnnxImportError` naming the node and
+both types. A ``Cast`` of a constant is evaluated with the real rounding, as onnxruntime does (to
+FLOAT16 / BFLOAT16 through FLOAT); float -> integer casts of constants must be finite and in range.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from dataclasses import dataclass
@@ -65,8 +77,8 @@ _U = 2.0**-53  # unit roundoff of float64
 
 SUPPORTED_OPS = ("Gemm, MatMul, Add, Sub, Mul, Div, Neg, Relu, LeakyRelu, Sigmoid, Tanh, Conv, AveragePool, "
                  "GlobalAveragePool, BatchNormalization, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Pad "
-                 "(all-zero pads), Constant, Identity, Dropout, Cast (to float), and constant subgraphs "
-                 "(Shape, Gather, Concat, Slice, ...)")
+                 "(all-zero pads), Constant, Identity, Dropout, Cast (to an equal or wider float type), and "
+                 "constant subgraphs (Shape, Gather, Concat, Slice, ...)")
 
 
 class OnnxImportError(ValueError):
@@ -185,6 +197,7 @@ class _Converter:
             raise OnnxImportError(f"{name}: input {inp.name!r} is not a floating-point tensor")
         self.input_name = inp.name
         self.dyn = _Dyn(inp.name, tuple(int(d) for d in sample), batched)
+        self.dyn_type = int(tt.elem_type)  # the ONNX element type of the tensor (changed only by Cast)
         self.ir_input_shape: tuple[int, ...] = self.dyn.logical
         self.ir_shape: tuple[int, ...] = self.dyn.logical
         self.ops: list[_Op] = []
@@ -449,9 +462,7 @@ class _Converter:
             if op == "Shape":
                 return np.array(x.shape, dtype=np.int64)[at.get("start", 0):at.get("end", None)]
             if op == "Cast":
-                import onnx
-
-                return x.astype(onnx.helper.tensor_dtype_to_np_dtype(at["to"]))
+                return self._fold_cast(np.asarray(x), at)
             if op == "Transpose":
                 return np.transpose(x, at.get("perm"))
             if op in ("Add", "Sub", "Mul", "Div"):
@@ -492,6 +503,34 @@ class _Converter:
             raise self.err(f"cannot evaluate this constant expression ({type(e).__name__}: {e})") from e
         raise self.err(f"unsupported ONNX operator {op} (on constants). fastcert supports: {SUPPORTED_OPS}")
 
+    def _fold_cast(self, x: np.ndarray, at: dict) -> np.ndarray:
+        """``Cast`` of a constant, rounded as onnxruntime rounds it: to FLOAT16 / BFLOAT16 from a wider type
+        through FLOAT (onnxruntime converts DOUBLE -> FLOAT -> FLOAT16, which differs from one rounding at
+        ties); float -> integer truncates toward zero and is refused for NaN, inf and out-of-range values
+        (undefined in ONNX; onnxruntime gives INT_MIN)."""
+        import onnx
+        from onnx import TensorProto
+
+        to = at.get("to")
+        if to is None:
+            raise self.err("Cast without a 'to' attribute")
+        if to == TensorProto.STRING or x.dtype.kind in "OSU":
+            raise self.err(f"Cast of a {x.dtype} constant to {_type_name(to)}: string casts are not supported")
+        if to not in (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE,
+                      TensorProto.BOOL) and to in _float_tables()[0]:
+            raise self.err(f"Cast of a constant to {_type_name(to)} is not supported (only FLOAT16, BFLOAT16, FLOAT, "
+                           f"DOUBLE and integer types)")
+        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        if to in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and x.dtype.itemsize > 4:
+            x = x.astype(np.float32)  # as onnxruntime: through FLOAT
+        if np.issubdtype(dt, np.integer) and x.dtype.kind == "f":
+            info = np.iinfo(dt)
+            xf = x.astype(np.float64)
+            if not np.isfinite(xf).all() or np.any(np.trunc(xf) < info.min) or np.any(np.trunc(xf) > info.max):
+                raise self.err(f"Cast of a constant with NaN, inf or values outside the range of "
+                               f"{_type_name(to)} (undefined in ONNX)")
+        return x.astype(dt)
+
     # ---- operators on the dynamic tensor
     def _op_Identity(self, node, ins, at) -> None:
         pass
@@ -501,10 +540,23 @@ class _Converter:
             raise self.err("Dropout in training mode (random) cannot be verified")
 
     def _op_Cast(self, node, ins, at) -> None:
-        from onnx import TensorProto
-
-        if at.get("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-            raise self.err("Cast of the tensor to a non-floating-point type is not supported")
+        """Exact (an identity) when every value of the tensor's type is a value of the target type:
+        FLOAT16 -> FLOAT / DOUBLE, FLOAT -> DOUBLE, or the same type. A narrowing Cast (DOUBLE -> FLOAT,
+        anything -> FLOAT16 / BFLOAT16 / FLOAT8) rounds every entry to the target's grid (and can overflow
+        to inf): not an affine map, so it is refused rather than bounded as the identity."""
+        to, src = at.get("to"), self.dyn_type
+        floats, exact = _float_tables()
+        if to is None:
+            raise self.err("Cast without a 'to' attribute")
+        if to not in floats:
+            raise self.err(f"Cast of the tensor to {_type_name(to)} (not a floating-point type) is not supported")
+        if to in exact.get(src, ()):
+            self.dyn_type = int(to)
+            return
+        raise self.err(f"Cast of the tensor from {_type_name(src)} to {_type_name(to)} rounds it to a narrower "
+                       f"floating-point type; fastcert bounds the network in float64 and cannot bound that rounding "
+                       f"(it is not an affine map). Remove the Cast (export the network in one precision) or cast "
+                       f"only to an equal or wider type")
 
     def _act(self, kind: str, alpha: float = 0.0) -> None:
         self._flush()
@@ -818,6 +870,30 @@ class _DynMarker:
 
 
 _DYN = _DynMarker()
+
+
+def _type_name(t: Any) -> str:
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(int(t))
+    except (ValueError, TypeError):
+        return f"element type {t!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _float_tables() -> tuple[frozenset, dict[int, frozenset]]:
+    """(the ONNX floating-point element types, {type: the types that hold all its values})."""
+    from onnx import TensorProto as T
+
+    floats = frozenset(getattr(T, n) for n in ("FLOAT16", "BFLOAT16", "FLOAT", "DOUBLE", "FLOAT8E4M3FN",
+                                               "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT4E2M1",
+                                               "FLOAT8E8M0") if hasattr(T, n))
+    # the target types that hold every value of the source type (a Cast between them is exact)
+    exact = {T.FLOAT16: frozenset({T.FLOAT16, T.FLOAT, T.DOUBLE}), T.BFLOAT16: frozenset({T.BFLOAT16, T.FLOAT, T.DOUBLE}),
+             T.FLOAT: frozenset({T.FLOAT, T.DOUBLE}), T.DOUBLE: frozenset({T.DOUBLE})}
+    return floats, exact
+
 
 
 def _reshape_target(full, target, allowzero: int = 0, err=None) -> tuple[int, ...]:

@@ -20,6 +20,18 @@ same box are grouped into one :class:`Property` (``(or (and box1 out1) (and box1
 ``box1 /\\ (or out1 out2)`` give the same result). Constraints that mix X and Y, or relate two inputs,
 are rejected with a clear error, as is any input left unbounded.
 
+**Limits and strictness (every violation is a** :class:`VnnlibError` **naming it).** Nesting depth is
+limited by memory only: s-expressions, formulas and arithmetic are read with explicit stacks. Variables
+are ``X_<i>`` / ``Y_<j>`` with a decimal index without leading zeros below ``10**18``, each declared
+once; without ``n_inputs`` / ``n_outputs`` the sizes are counted from the declarations, which must then
+be ``X_0 .. X_{n-1}`` without gaps (so no box is larger than the file), and with them every index must
+be below the size. Numbers are ASCII decimals (``[+-]digits[.digits][e[+-]digits]``; no ``inf``,
+``nan``, underscores or non-ASCII digits), finite in float64, and every coefficient and constant the
+arithmetic produces must stay finite (an overflowed box bound would shrink the region). The
+disjunctive normal form may have at most 1,000,000 terms and 20,000,000 comparisons in all its terms
+(nested ``or`` inside ``and`` multiplies out). Counterexample files follow the same rules for names and
+values, and their indices must be ``0..n-1`` without gaps.
+
 **Decision on the ``vnnlib`` package from PyPI (evaluated, not used).** Its current line (1.0.x, a
 pybind11 wrapper of a BNFC-generated C++ parser) implements VNN-LIB *2.0* syntax and fails on the
 VNN-LIB 1.0 files VNN-COMP 2021/2022 ship (``Parse error: syntax error at line 1, column 1`` on
@@ -41,6 +53,7 @@ from __future__ import annotations
 import functools
 import gc
 import gzip
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -175,24 +188,53 @@ def _where_unbalanced(text: str) -> str:
 
 
 def _show(e: Sexp, limit: int = 80) -> str:
-    s = e if isinstance(e, str) else "(" + " ".join(_show(x, limit) for x in e) + ")"
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+    """``e`` written back as text, cut to ``limit`` characters (iterative: any nesting depth)."""
+    parts: list[str] = []
+    size = 0
+    todo: list = [e]
+    while todo and size <= limit:
+        x = todo.pop()
+        if x is _CLOSE:
+            s = ")"
+        elif isinstance(x, str):
+            s = x
+        else:
+            s = "("
+            todo.append(_CLOSE)
+            todo.extend(reversed(x))
+        if parts and parts[-1] != "(" and s != ")":
+            parts.append(" ")
+            size += 1
+        parts.append(s)
+        size += len(s)
+    out = "".join(parts)
+    return out if not todo and len(out) <= limit else out[: limit - 3] + "..."
+
+
+_CLOSE = object()  # _show's marker for the end of a list
 
 
 # --------------------------------------------------------------------------- formulas
 
-_VAR = re.compile(r"^([XY])_(\d+)$")
+# a variable: X_<i> / Y_<j>, the index in decimal without leading zeros and below 10**18
+_VAR = re.compile(r"([XY])_(0|[1-9][0-9]{0,17})")
+# a numeral or decimal (ASCII only, optional sign and exponent; no inf / nan / underscores)
+_NUM = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_ARITH = ("+", "-", "*", "/")
+_CMP = ("<=", ">=", "<", ">", "=")
 
 # a linear expression: ({(kind, index): coef}, constant); kind "X" or "Y"
 Lin = tuple[dict, float]
 
 
 class _Reader:
+    """Reads declarations, linear expressions and formulas. Both readers walk the s-expression with an
+    explicit stack, so nesting depth is limited by memory only (no RecursionError)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.declared: dict[str, str] = {}
-        self.n_x = 0
-        self.n_y = 0
+        self.idx: dict[str, set[int]] = {"X": set(), "Y": set()}
         self._cache: dict[str, Lin] = {}  # variables (their dicts are never mutated)
 
     def err(self, msg: str, e: Sexp | None = None) -> VnnlibError:
@@ -204,44 +246,72 @@ class _Reader:
         v, sort = e[1], e[2]
         if sort not in ("Real", "Int"):
             raise self.err(f"variable {v} has sort {sort}; only Real is supported", e)
-        m = _VAR.match(v)
+        m = _VAR.fullmatch(v)
         if not m:
-            raise self.err(f"variable {v!r} is neither X_<i> (input) nor Y_<j> (output)", e)
+            raise self.err(f"variable {_show(v)!r} is neither X_<i> (input) nor Y_<j> (output) with i, j decimal "
+                           f"indices without leading zeros below 10**18", e)
+        if v in self.declared:
+            raise self.err(f"variable {v} is declared twice", e)
         self.declared[v] = sort
-        if m.group(1) == "X":
-            self.n_x = max(self.n_x, int(m.group(2)) + 1)
-        else:
-            self.n_y = max(self.n_y, int(m.group(2)) + 1)
+        self.idx[m.group(1)].add(int(m.group(2)))
 
-    def lin(self, e: Sexp) -> Lin:
-        if isinstance(e, str):
-            hit = self._cache.get(e)
-            if hit is not None:
-                return hit
-            m = _VAR.match(e)
-            if m:
-                if e not in self.declared:
-                    raise self.err(f"variable {e} is used but not declared (declare-const)")
-                out = {(m.group(1), int(m.group(2))): 1.0}, 0.0
-                self._cache[e] = out
-                return out
-            try:
-                v = float(e)
-            except ValueError:
-                raise self.err(f"unknown symbol {e!r}") from None
-            if not np.isfinite(v):
-                raise self.err(f"non-finite constant {e!r}")
-            return {}, v
-        if not e:
-            raise self.err("empty expression ()")
-        op, args = e[0], [self.lin(a) for a in e[1:]]
+    def _atom(self, e: str) -> Lin:
+        hit = self._cache.get(e)
+        if hit is not None:
+            return hit
+        m = _VAR.fullmatch(e)
+        if m:
+            if e not in self.declared:
+                raise self.err(f"variable {e} is used but not declared (declare-const)")
+            out = {(m.group(1), int(m.group(2))): 1.0}, 0.0
+            self._cache[e] = out
+            return out
+        if not _NUM.fullmatch(e):
+            raise self.err(f"unknown symbol {_show(e)!r}")
+        v = float(e)
+        if not math.isfinite(v):
+            raise self.err(f"constant {_show(e)!r} is out of the float64 range")
+        return {}, v
+
+    def lin(self, root: Sexp) -> Lin:
+        """A linear expression (iterative post-order walk over the nested arithmetic)."""
+        stack: list[list] = []  # frames [expression, next argument, evaluated arguments]
+        node = root
+        while True:
+            while True:  # descend to the first atom
+                if isinstance(node, str):
+                    res = self._atom(node)
+                    break
+                if not node:
+                    raise self.err("empty expression ()")
+                if not (isinstance(node[0], str) and node[0] in _ARITH):
+                    raise self.err(f"unsupported arithmetic {_show(node[0])!r}", node)
+                if len(node) == 1:
+                    res = self._apply(node, [])
+                    break
+                stack.append([node, 2, []])
+                node = node[1]
+            while stack:  # ascend: apply every operator whose arguments are all evaluated
+                fr = stack[-1]
+                fr[2].append(res)
+                if fr[1] < len(fr[0]):
+                    node = fr[0][fr[1]]
+                    fr[1] += 1
+                    break
+                stack.pop()
+                res = self._apply(fr[0], fr[2])
+            else:
+                return res
+
+    def _apply(self, e: list, args: list[Lin]) -> Lin:
+        op = e[0]
         if op == "+" and args:
-            return _lin_sum(args, [1.0] * len(args))
-        if op == "-" and len(args) == 1:
-            return _lin_scale(args[0], -1.0)
-        if op == "-" and len(args) >= 2:
-            return _lin_sum(args, [1.0] + [-1.0] * (len(args) - 1))
-        if op == "*" and args:
+            out = _lin_sum(args, [1.0] * len(args))
+        elif op == "-" and len(args) == 1:
+            out = _lin_scale(args[0], -1.0)
+        elif op == "-" and len(args) >= 2:
+            out = _lin_sum(args, [1.0] + [-1.0] * (len(args) - 1))
+        elif op == "*" and args:
             out = args[0]
             for a in args[1:]:
                 if not out[0]:
@@ -250,20 +320,67 @@ class _Reader:
                     out = _lin_scale(out, a[1])
                 else:
                     raise self.err("nonlinear product of variables", e)
-            return out
-        if op == "/" and len(args) == 2:
+        elif op == "/" and len(args) == 2:
             if args[1][0] or args[1][1] == 0:
                 raise self.err("division by a variable or by zero", e)
-            return _lin_scale(args[0], 1.0 / args[1][1])
-        raise self.err(f"unsupported arithmetic {op!r}", e)
+            out = _lin_scale(args[0], 1.0 / args[1][1])
+        else:
+            raise self.err(f"wrong number of arguments for {op!r}", e)
+        if not (math.isfinite(out[1]) and all(math.isfinite(v) for v in out[0].values())):
+            raise self.err("a coefficient or constant overflows float64", e)
+        return out
 
-    def formula(self, e: Sexp) -> list[list[Lin]]:
+    def formula(self, root: Sexp) -> list[list[Lin]]:
         """The disjunctive normal form of a boolean formula: a list of terms (conjunctions), each a list
-        of atoms ``(coefs, const)`` meaning ``coefs . v + const <= 0``."""
+        of atoms ``(coefs, const)`` meaning ``coefs . v + const <= 0``. Iterative post-order walk over
+        nested ``and`` / ``or``; the size of the result is bounded (:func:`_check_size`)."""
+        stack: list[list] = []  # frames [expression, next argument, DNF so far, its number of atoms]
+        node = root
+        while True:
+            while True:  # descend to the first comparison
+                op = node[0] if isinstance(node, list) and node else None
+                if op in _CMP and len(node) > 3:  # chained (<= a b c) = (and (<= a b) (<= b c))
+                    node = ["and"] + [[op, node[i], node[i + 1]] for i in range(1, len(node) - 1)]
+                    continue
+                if op == "and" or op == "or":
+                    if len(node) < 2:
+                        if op == "or":
+                            raise self.err("empty (or)", node)
+                        res: list[list] = [[]]
+                        break
+                    stack.append([node, 2, [[]] if op == "and" else [], 0])
+                    node = node[1]
+                    continue
+                res = self._comparison(node)
+                break
+            while stack:  # ascend: combine with the enclosing and / or
+                fr = stack[-1]
+                acc = fr[2]
+                if fr[0][0] == "or":
+                    acc.extend(res)
+                    fr[3] += sum(map(len, res))
+                    _check_size(self.name, len(acc), fr[3])
+                elif len(acc) == 1 and len(res) == 1:
+                    acc[0].extend(res[0])  # acc's terms are fresh lists owned by this frame
+                    fr[3] += len(res[0])
+                    _check_size(self.name, 1, fr[3])
+                else:
+                    fr[2] = _dnf_and(acc, res, self.name)
+                    fr[3] = sum(map(len, fr[2]))
+                if fr[1] < len(fr[0]):
+                    node = fr[0][fr[1]]
+                    fr[1] += 1
+                    break
+                res = stack.pop()[2]
+            else:
+                return res
+
+    def _comparison(self, e: Sexp) -> list[list[Lin]]:
+        """The DNF of a leaf of a formula: a comparison of two expressions, ``true`` or ``false``."""
         if isinstance(e, str) or not e:
-            if e in ("true",):
+            if e == "true":
                 return [[]]
-            if e in ("false",):
+            if e == "false":
                 return []
             raise self.err(f"expected a formula, got {_show(e)!r}")
         op = e[0]
@@ -272,28 +389,16 @@ class _Reader:
             a, b = self.lin(e[1]), self.lin(e[2])
             if not b[0]:
                 return [[(a[0], a[1] - b[1])]] if op == "<=" else [[({k: -v for k, v in a[0].items()}, b[1] - a[1])]]
-        if op == "and":
-            terms: list[list] = [[]]
-            for sub in e[1:]:
-                terms = _dnf_and(terms, self.formula(sub), self.name)
-            return terms
-        if op == "or":
-            if len(e) < 2:
-                raise self.err("empty (or)", e)
-            out: list[list] = []
-            for sub in e[1:]:
-                out.extend(self.formula(sub))
-            return out
-        if op in ("<=", ">=", "<", ">", "="):
-            if len(e) < 3:
+        if op in _CMP:
+            if len(e) != 3:
                 raise self.err(f"comparison {op} needs two operands", e)
-            if len(e) > 3:  # chained (<= a b c) = (and (<= a b) (<= b c))
-                return self.formula(["and"] + [[op, e[i], e[i + 1]] for i in range(1, len(e) - 1)])
             a, b = self.lin(e[1]), self.lin(e[2])
             if not b[0]:  # the usual "X_i <= c" / "Y_j >= c": no merging needed
                 d = a[0], a[1] - b[1]
             else:
                 d = _lin_sum([a, b], [1.0, -1.0])  # a - b
+            if not (math.isfinite(d[1]) and all(math.isfinite(v) for v in d[0].values())):
+                raise self.err("the difference of the two sides overflows float64", e)
             if op in ("<=", "<"):
                 return [[d]]
             if op in (">=", ">"):
@@ -301,7 +406,7 @@ class _Reader:
             return [[d, _lin_scale(d, -1.0)]]
         if op == "not":
             raise self.err("'not' is not supported (rewrite the comparison)", e)
-        raise self.err(f"unsupported formula {op!r}", e)
+        raise self.err(f"unsupported formula {_show(op)!r}", e)
 
 
 def _lin_scale(a: Lin, s: float) -> Lin:
@@ -318,12 +423,25 @@ def _lin_sum(args: list[Lin], signs: list[float]) -> Lin:
     return coefs, const
 
 
+# Limits on the disjunctive normal form (nested and/or can multiply out exponentially): at most
+# _MAX_TERMS terms and _MAX_ATOMS comparisons in all its terms together.
 _MAX_TERMS = 1_000_000
+_MAX_ATOMS = 20_000_000
+
+
+def _check_size(name: str, n_terms: int, n_atoms: int) -> None:
+    if n_terms > _MAX_TERMS:
+        raise VnnlibError(f"{name}: the disjunctive normal form has more than {_MAX_TERMS} terms (nested or/and "
+                          f"multiply out); split the specification into several files")
+    if n_atoms > _MAX_ATOMS:
+        raise VnnlibError(f"{name}: the disjunctive normal form has more than {_MAX_ATOMS} comparisons in all its "
+                          f"terms (nested or/and multiply out); split the specification into several files")
 
 
 def _dnf_and(t1: list[list], t2: list[list], name: str) -> list[list]:
-    if len(t1) * len(t2) > _MAX_TERMS:
-        raise VnnlibError(f"{name}: the disjunctive normal form has more than {_MAX_TERMS} terms")
+    """The DNF of the conjunction of two DNFs (new term lists)."""
+    a1, a2 = sum(map(len, t1)), sum(map(len, t2))
+    _check_size(name, len(t1) * len(t2), len(t2) * a1 + len(t1) * a2)
     if len(t1) == 1:
         return [t1[0] + b for b in t2]
     if len(t2) == 1:
@@ -338,6 +456,9 @@ def _dnf_and(t1: list[list], t2: list[list], name: str) -> list[list]:
 def parse_vnnlib(text: str, n_inputs: int | None = None, n_outputs: int | None = None,
                  name: str = "<string>") -> Spec:
     """Parse VNN-LIB ``text``; see :func:`load_vnnlib`."""
+    if not isinstance(text, str):
+        raise TypeError(f"parse_vnnlib expects the text as str, got {type(text).__name__}; use load_vnnlib for "
+                        f"a path or the file's bytes")
     rd = _Reader(name)
     asserts: list[Sexp] = []
     for e in _parse_sexps(text, name):
@@ -353,12 +474,8 @@ def parse_vnnlib(text: str, n_inputs: int | None = None, n_outputs: int | None =
             continue
         else:
             raise rd.err(f"unsupported command {e[0]!r}", e)
-    n_in = rd.n_x if n_inputs is None else int(n_inputs)
-    n_out = rd.n_y if n_outputs is None else int(n_outputs)
-    if rd.n_x > n_in:
-        raise rd.err(f"declares X_{rd.n_x - 1} but the network has {n_in} inputs (X_0..X_{n_in - 1})")
-    if rd.n_y > n_out:
-        raise rd.err(f"declares Y_{rd.n_y - 1} but the network has {n_out} outputs (Y_0..Y_{n_out - 1})")
+    n_in = _n_vars(rd, "X", n_inputs)
+    n_out = _n_vars(rd, "Y", n_outputs)
     if n_in <= 0:
         raise rd.err("no input variables (X_i)")
     if not asserts:
@@ -410,6 +527,29 @@ def parse_vnnlib(text: str, n_inputs: int | None = None, n_outputs: int | None =
     if not order:
         raise rd.err("every disjunct contains a constant-false comparison: the specification is empty")
     return Spec([groups[k] for k in order], n_in, n_out, name)
+
+
+def _n_vars(rd: _Reader, kind: str, given: Any) -> int:
+    """The number of inputs (``kind`` "X") or outputs ("Y"): ``given`` (the network's size; every declared
+    index must be below it), or, when None, counted from the declarations, which must then be
+    ``X_0 .. X_{n-1}`` without gaps (so the boxes are as large as the file, never more)."""
+    what, arg = ("inputs", "n_inputs") if kind == "X" else ("outputs", "n_outputs")
+    idx = rd.idx[kind]
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < 0:
+            raise VnnlibError(f"{rd.name}: {arg} must be a non-negative int, got {given!r}")
+        n = int(given)
+        top = max(idx, default=-1)
+        if top >= n:
+            raise rd.err(f"declares {kind}_{top} but the network has {n} {what} ({kind}_0..{kind}_{n - 1})")
+        return n
+    n = max(idx, default=-1) + 1
+    if len(idx) != n:
+        gap = next(i for i, v in enumerate(sorted(idx)) if i != v)
+        raise rd.err(f"declares {kind}_{n - 1} but not {kind}_{gap}: without {arg} the number of {what} is "
+                     f"counted from the declarations, which must be {kind}_0..{kind}_<n-1>; pass {arg} (the "
+                     f"network's size)")
+    return n
 
 
 def _split(rd: _Reader, atoms: list[Lin], n_in: int, lo0: np.ndarray | None = None,
@@ -493,13 +633,15 @@ def read_counterexample(path: Union[str, os.PathLike, bytes]) -> tuple[np.ndarra
     for pair in items[0]:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise VnnlibError(f"{name}: expected (X_i value), got {_show(pair)}")
-        m = _VAR.match(pair[0])
+        m = _VAR.fullmatch(pair[0])
         if not m:
-            raise VnnlibError(f"{name}: unknown variable {pair[0]!r}")
-        try:
-            v = float(pair[1])
-        except ValueError:
-            raise VnnlibError(f"{name}: bad value {pair[1]!r} for {pair[0]}") from None
+            raise VnnlibError(f"{name}: unknown variable {_show(pair[0])!r} (expected X_<i> or Y_<j>, i and j "
+                              f"decimal indices without leading zeros below 10**18)")
+        if not _NUM.fullmatch(pair[1]):
+            raise VnnlibError(f"{name}: bad value {_show(pair[1])!r} for {pair[0]} (expected a decimal number)")
+        v = float(pair[1])
+        if not math.isfinite(v):
+            raise VnnlibError(f"{name}: value {_show(pair[1])!r} for {pair[0]} is out of the float64 range")
         d = vals[m.group(1)]
         i = int(m.group(2))
         if i in d:
@@ -508,9 +650,10 @@ def read_counterexample(path: Union[str, os.PathLike, bytes]) -> tuple[np.ndarra
 
     def dense(d: dict[int, float], what: str) -> np.ndarray:
         n = max(d) + 1
-        if len(d) != n:
-            missing = sorted(set(range(n)) - set(d))[0]
-            raise VnnlibError(f"{name}: {what}_{missing} is missing")
+        if len(d) != n:  # (never materializes range(n): n may be huge)
+            missing = next(i for i, v in enumerate(sorted(d)) if i != v)
+            raise VnnlibError(f"{name}: {what}_{missing} is missing (the file gives {what}_{n - 1}; the values "
+                              f"must be {what}_0..{what}_<n-1> without gaps)")
         out = np.empty(n)
         for i, v in d.items():
             out[i] = v
