@@ -171,8 +171,8 @@ class VnnResult:
     verdict: one of :data:`VERDICTS`. reason: a sentence saying how it was decided (or why not).
     stage: "attack", "bounds:<method>", "mip", "load" or "" (undecided).
     counterexample / output: for ``sat``, the proved input x (flat, ONNX row-major order; exactly the
-    point that was checked) and fastcert's float64 f(x), both float64 arrays; else None. time_s: seconds spent in :func:`solve_instance`.
-    details: per-stage timings and counts.
+    point that was checked) and fastcert's float64 f(x), both float64 arrays; else None.
+    time_s: seconds spent in :func:`solve_instance`. details: per-stage timings and counts.
     """
 
     verdict: str
@@ -401,7 +401,8 @@ def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_frac
         if x is not None:
             xc = _confirm(net, shape, spec, x)
             if xc is not None:
-                return done("sat", f"PGD found a counterexample (proved by rigorous bounds at the point; float64 value {v:.3g})", "attack", xc)
+                return done("sat", f"PGD found a counterexample (proved by rigorous bounds at the point; "
+                            f"float64 value {v:.3g})", "attack", xc)
         if time.perf_counter() >= deadline:
             return done("timeout", "time limit reached during the attack")
         return None
@@ -441,7 +442,8 @@ def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_frac
     if cex is not None:
         xc = _confirm(net, shape, spec, cex)
         if xc is not None:
-            return done("sat", f"MIP found a counterexample ({note}; proved by rigorous bounds at the point)", "mip", xc)
+            return done("sat", f"MIP found a counterexample ({note}; proved by rigorous bounds at the point)",
+                        "mip", xc)
     if not any(open_):
         return done("unsat", f"bounds + MIP ({note}) prove every disjunct infeasible", "mip")
     if time.perf_counter() >= deadline - 0.05:
