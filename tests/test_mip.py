@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from fractions import Fraction
 
 import fastcert
 import numpy as np
@@ -580,3 +581,191 @@ def test_solve_property_close_margins_match_the_exact_mip(seed):
         else:
             lower = [cj["lower"] for cj in info["conjunctions"]]
             assert all(0 < lb <= 0.05 + 1e-9 for lb in lower)  # bounds below the true minima (delta)
+
+
+# --------------------------------------------------------------------------- counterexamples proved exactly
+# (issue #9, point 8): "falsified" / "sat" only for a point inside the region in exact arithmetic whose
+# violation fastcert's rigorous bounds prove; rounding alone never makes a counterexample.
+
+
+def _exact_forward(model: nn.Sequential, x) -> list:
+    """The exact real output of a Linear/ReLU Sequential at x (rational arithmetic)."""
+    h = [Fraction(float(v)) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+    for m in model:
+        if isinstance(m, nn.Linear):
+            W, b = m.weight.detach().double().numpy(), m.bias.detach().double().numpy()
+            h = [sum((Fraction(float(W[i, j])) * h[j] for j in range(len(h))), Fraction(float(b[i])))
+                 for i in range(W.shape[0])]
+        else:
+            h = [max(v, Fraction(0)) for v in h]
+    return h
+
+
+def _l1_excess(xp, x0, eps):
+    return sum(abs(Fraction(float(a)) - Fraction(float(b))) for a, b in zip(xp, x0)) - Fraction(eps)
+
+
+def _seq(*layers) -> nn.Sequential:
+    """Linear(W, b) / "relu" entries -> a float64 Sequential with exactly those weights."""
+    mods: list[nn.Module] = []
+    for L in layers:
+        if L == "relu":
+            mods.append(nn.ReLU())
+            continue
+        W, b = torch.tensor(L[0], dtype=torch.float64), torch.tensor(L[1], dtype=torch.float64)
+        lin = nn.Linear(W.shape[1], W.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(W)
+            lin.bias.copy_(b)
+        mods.append(lin)
+    return nn.Sequential(*mods).eval()
+
+
+# found by a random sweep of fastcert.verify(norm="1"): the solver's point, moved into the ball with a
+# float check, lay one ulp (5.55e-17 / 6.16e-17) outside the L1 ball in exact arithmetic
+L1_CASES = [
+    ([[-1.2077009446902867, 0.23360543294006658]], 8.771594383151001,
+     ([[0.24042880535125732, -0.5529108643531799], [-0.18966713547706604, 0.06411471217870712],
+       [0.08567189425230026, -0.24982164800167084]], [-0.7009816765785217, -0.18389040231704712, 0.27070945501327515]),
+     ([[0.4971392750740051, -0.521364152431488, 0.27564695477485657],
+       [-0.5478326082229614, -0.552121102809906, -0.36156246066093445]], [-0.07625832408666611, 0.16125039756298065])),
+    ([[0.0008443358596002815, -0.001624763154713959]], 1.3342003827745208,
+     ([[-0.27070295810699463, 0.2794628441333771], [-0.6268987655639648, -0.3616795539855957],
+       [0.26559004187583923, -0.6008022427558899]], [0.35242411494255066, 0.05943598970770836, -0.5895907282829285]),
+     ([[-0.5729809999465942, 0.18247193098068237, 0.2728951573371887],
+       [-0.11541598290205002, -0.510525107383728, -0.3327537477016449]], [0.06136276200413704, 0.021004583686590195])),
+]
+
+
+@pytest.mark.parametrize("case", range(len(L1_CASES)))
+def test_l1_counterexamples_lie_in_the_ball_exactly(case):
+    x0, eps, l1, l2 = L1_CASES[case]
+    model = _seq(l1, "relu", l2)
+    x = torch.tensor(x0, dtype=torch.float64)
+    found = 0
+    for early in (False, True):
+        for r in mip.verify(model, x, eps, "1", time_limit=10.0, early_stop=early)[0]:
+            if r.verdict != "falsified":
+                continue
+            found += 1
+            assert _l1_excess(r.counterexample, x[0], eps) <= 0, "counterexample outside the L1 ball"
+            exact = _exact_forward(model, r.counterexample)
+            assert exact[0] * (1 if r.target == 1 else -1) + exact[1] * (-1 if r.target == 1 else 1) < 0
+    assert found  # the falsification path is exercised
+
+
+def _rounding_net(out: str) -> nn.Sequential:
+    """h = (x + 660000, x) -> g = (h0 - 660000, h1): float64 makes g0 = 0 for 0 < x < 5.8e-11, exactly g0 = x.
+    out "margin": y0 = g0 - g1 / 2 (float: -x/2 < 0, exactly +x/2 > 0), y1 = 0; out "equal": y = (g0, 0)."""
+    last = [[1.0, -0.5], [0.0, 0.0]] if out == "margin" else [[1.0, 0.0], [0.0, 0.0]]
+    return _seq(([[1.0], [1.0]], [660000.0, 0.0]), "relu", ([[1.0, 0.0], [0.0, 1.0]], [-660000.0, 0.0]), "relu",
+                (last, [0.0, 0.0]))
+
+
+ROUND_LO, ROUND_HI = 2e-11, 4e-11
+
+
+def test_rounding_only_violations_are_never_falsified():
+    model = _rounding_net("margin")
+    x = torch.tensor([[3e-11]], dtype=torch.float64)
+    for p in (x[0], torch.tensor([ROUND_LO]), torch.tensor([ROUND_HI])):  # the premise, in exact arithmetic
+        assert float(model(p[None].double()).detach()[0, 0]) < 0 < _exact_forward(model, p)[0]
+    for early in (False, True):
+        r = mip.verify(model, x, 1e-11, "inf", C=torch.tensor([[1.0, 0.0]]), time_limit=5.0, early_stop=early)[0][0]
+        assert r.verdict != "falsified" and r.counterexample is None, r
+        assert r.upper_bound >= 0  # a rigorous upper bound of the minimum (exactly 1e-11 > 0)
+
+
+@pytest.mark.parametrize("kind", ["margin", "output", "equal"])
+def test_rounding_only_violations_are_never_sat(kind):
+    lo, hi = np.array([ROUND_LO]), np.array([ROUND_HI])
+    if kind == "margin":  # y0 <= 0: float64 says y0 = -x/2, exactly y0 = x/2 > 0
+        model, A, b = _rounding_net("margin"), np.array([[1.0, 0.0]]), np.array([0.0])
+    elif kind == "output":  # outputs near 6.6e5: y0 <= 660000 with y0 = x + 660000 (float64: exactly 660000)
+        model, A, b = _seq(([[1.0]], [660000.0])), np.array([[1.0]]), np.array([660000.0])
+    else:  # Y_0 = Y_1: float64 gives y = (0, 0), exactly y0 = x != 0 = y1
+        model, A, b = _rounding_net("equal"), np.array([[1.0, -1.0], [-1.0, 1.0]]), np.zeros(2)
+    xm = np.array([3e-11])
+    y = model(torch.from_numpy(xm)[None]).detach().numpy()[0]
+    assert np.all(A @ y <= b)  # float64 says "violated" ...
+    exact = _exact_forward(model, xm)
+    assert max(sum(Fraction(float(a)) * v for a, v in zip(row, exact)) - Fraction(float(bb))
+               for row, bb in zip(A, b)) > 0  # ... exact arithmetic says not
+    for kwargs in ({}, {"attack": False}):
+        verdict, x, info = mip.solve_property(model, Property(lo, hi, [(A, b)]), 5.0, **kwargs)
+        assert verdict != "sat" and x is None, info["reason"]
+
+
+def test_true_violations_near_the_rounding_limit_are_still_sat():
+    """The same network with a spec that holds with room (exactly y0 = x/2 <= 2e-11 < 1e-7; the rigorous
+    bounds at a point are about 1e-8 wide here): sat, and the reported point is a proved counterexample."""
+    model = _rounding_net("margin")
+    prop = Property(np.array([ROUND_LO]), np.array([ROUND_HI]), [(np.array([[1.0, 0.0]]), np.array([1e-7]))])
+    verdict, x, info = mip.solve_property(model, prop, 5.0)
+    assert verdict == "sat", info["reason"]
+    assert ROUND_LO <= x[0] <= ROUND_HI and _exact_forward(model, x)[0] < 1e-7
+
+
+def _exact_inside(p, x0, eps, norm, lo, hi) -> bool:
+    F = Fraction
+    if np.any(p < lo) or np.any(p > hi):
+        return False
+    d = [abs(F(float(a)) - F(float(b))) for a, b in zip(p, x0)]
+    if norm == "inf":
+        return max(d) <= F(eps)
+    if norm == "1":
+        return sum(d) <= F(eps)
+    return sum(v * v for v in d) <= F(eps) ** 2
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 5), norm=st.sampled_from(["inf", "1", "2"]),
+       scale=st.sampled_from([1e-300, 1e-12, 1.0, 1e3, 1e200]), boxed=st.booleans())
+def test_region_membership_is_exact(seed, n, norm, scale, boxed):
+    """confirm.in_region agrees with rational arithmetic on points at the ball's boundary (a float
+    projection onto it lands an ulp inside or outside), and into_region returns points that are inside."""
+    from fastcert.confirm import in_region, into_region
+
+    g = np.random.default_rng(seed)
+    x0 = g.normal(size=n) * scale * 10 ** g.uniform(-2, 2, size=n)
+    eps = float(scale * 10 ** g.uniform(-3, 1))
+    lo, hi = (x0 - g.random(n) * eps, x0 + g.random(n) * eps) if boxed else (np.full(n, -np.inf), np.full(n, np.inf))
+    for _ in range(6):
+        d = g.normal(size=n)
+        size = {"inf": np.abs(d).max(), "1": np.abs(d).sum(), "2": np.sqrt((d * d).sum())}[norm]
+        p = x0 + d * (eps / size) * (1 + g.choice([-1, 0, 1]) * 2.0 ** -52)
+        p = np.where(g.random(n) < 0.2, np.nextafter(p, g.choice([-np.inf, np.inf])), p)
+        assert in_region(p, x0, eps, norm, lo, hi) == _exact_inside(p, x0, eps, norm, lo, hi)
+        q = into_region(p, x0, eps, norm, lo, hi)
+        assert q is not None and _exact_inside(q, x0, eps, norm, lo, hi)
+        if _exact_inside(p, x0, eps, norm, lo, hi):
+            assert np.array_equal(q, p)  # a point inside is kept as it is
+        else:
+            assert np.all(np.abs(q - x0) <= np.abs(p - x0))  # moved towards the centre only
+
+
+def test_confirm_property_strictness_and_disjuncts():
+    """A conjunction is proved only by the rigorous bounds at the point: strict by default (the parser
+    reads ``<`` as ``<=``), non-strict where the property says so; an equality is never proved (the
+    bounds have width); the box is exact (no tolerance); the disjunct and conjunction are reported."""
+    from fastcert.confirm import confirm_point, confirm_property, output_upper
+
+    model = _seq(([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]))  # y = x, exact in every arithmetic
+    net = fastcert.Network.from_torch(model, (2,))
+    box = (np.zeros(2), np.ones(2))
+    x = np.array([0.25, 0.5])
+    eq = (np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([0.25, -0.25]))  # y0 = 0.25 holds exactly
+    lt = (np.array([[0.0, 1.0]]), np.array([0.75]))  # y1 < 0.75
+    up = float(output_upper(net, (2,), x, lt[0])[0])
+    assert 0.5 < up < 0.75
+    at = (lt[0], np.array([up]))  # y1 <= up: its bound reaches b exactly
+    assert confirm_property(net, (2,), [Property(*box, [eq])], x) is None
+    p = Property(*box, [at, lt])
+    assert confirm_property(net, (2,), [p], x) == (0, 1)  # strict: up < up fails
+    p.strict = [np.array([False]), np.array([True])]  # the parser may record strictness
+    assert confirm_property(net, (2,), [p], x) == (0, 0)
+    assert confirm_property(net, (2,), [Property(np.zeros(2), np.array([1.0, np.nextafter(0.5, 0)]), [lt]),
+                                        Property(*box, [lt])], x) == (1, 0)  # one ulp outside box 0
+    x3 = np.array([0.1, 0.3])  # not float32-representable: the float32 neighbour is reported
+    got = confirm_point(net, (2,), [Property(*box, [lt])], x3)
+    assert got is not None and np.array_equal(got, x3.astype(np.float32).astype(np.float64))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastcert.cli import main
 from fastcert.io import check_counterexample, read_counterexample
 from fastcert.vnncomp import (
@@ -295,3 +296,62 @@ def test_published_verdicts_are_never_contradicted(bench: str, tmp_path: Path) -
           f"at {SHARED_TIMEOUT_S} s per instance ({time.perf_counter() - t0:.1f} s)")
     assert not bad, "contradictions with published verdicts:\n" + "\n".join(bad)
 
+
+
+# =========================================================================== counterexamples proved exactly
+
+
+def _onnx_chain(path: Path, layers: list) -> Path:
+    """Gemm (W, b) / "relu" entries -> an ONNX graph on a [1, n] input (weights exact in float32)."""
+    inits, nodes, cur = [], [], "x"
+    for i, L in enumerate(layers):
+        if L == "relu":
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
+            continue
+        W, b = np.asarray(L[0], dtype=np.float32), np.asarray(L[1], dtype=np.float32)
+        inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"b{i}"], [f"h{i}"], transB=1))
+        cur = f"h{i}"
+    nodes[-1].output[0] = "y"
+    n_in = np.asarray(layers[0][0]).shape[1]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
+# h = (x + 660000, x), g = (h0 - 660000, h1): in float64 g0 = 0 for 0 < x < 5.8e-11, exactly g0 = x
+ROUND = [([[1.0], [1.0]], [660000.0, 0.0]), "relu", ([[1.0, 0.0], [0.0, 1.0]], [-660000.0, 0.0]), "relu"]
+ROUND_BOX = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n" \
+            "(assert (>= X_0 0.00000000002))\n(assert (<= X_0 0.00000000004))\n"
+
+
+@pytest.mark.parametrize("kind", ["margin", "output", "equal", "true"])
+def test_rounding_only_violations_are_never_sat(tmp_path: Path, kind: str) -> None:
+    """Issue #9, point 8: the float64 forward pass violates these specs, exact arithmetic does not (the
+    network's output at every x of the box: y0 = x/2 > 0 ("margin"), y0 = x + 660000 > 660000 ("output"),
+    y0 = x != 0 = y1 ("equal")); "true" holds with room (y0 = x/2 <= 2e-11 < 1e-7) and must stay sat."""
+    last = {"margin": [[1.0, -0.5], [0.0, 0.0]], "equal": [[1.0, 0.0], [0.0, 0.0]], "true": [[1.0, -0.5], [0.0, 0.0]]}
+    if kind == "output":
+        layers: list = [([[1.0], [1.0]], [660000.0, 0.0])]
+        spec = "(assert (<= Y_0 660000.0))\n"
+    else:
+        layers = ROUND + [(last[kind], [0.0, 0.0])]
+        spec = {"margin": "(assert (<= Y_0 0.0))\n", "equal": "(assert (= Y_0 Y_1))\n",
+                "true": "(assert (<= Y_0 0.0000001))\n"}[kind]
+    _onnx_chain(tmp_path / "net.onnx", layers)
+    (tmp_path / "spec.vnnlib").write_text(ROUND_BOX + spec)
+    inst = load_instance(tmp_path / "net.onnx", tmp_path / "spec.vnnlib")
+    assert inst.spec is not None and inst.net is not None
+    y = inst.net.forward(torch.tensor([[3e-11]], dtype=torch.float64))[0].numpy()
+    assert check_counterexample(inst.net, inst.spec, np.array([3e-11]))[0]  # float64 says violated
+    res = solve_instance(inst, 5.0)
+    if kind == "true":
+        assert res.verdict == "sat", res.reason
+        write_result(tmp_path / "r.txt", res)
+        x, _ = read_counterexample(tmp_path / "r.txt")
+        np.testing.assert_array_equal(x, res.counterexample)
+        assert 2e-11 <= x[0] <= 4e-11
+    else:
+        assert res.verdict != "sat", (res.reason, y)

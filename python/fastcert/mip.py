@@ -6,7 +6,7 @@ Two entry points:
   ``min c . f(x')`` over ``||x' - x||_p <= eps``, ``x_min <= x' <= x_max`` (p = inf or 1), solved exactly
   (or, with ``early_stop=True``, only until its sign is decided).
 * :func:`solve_property` (VNN-COMP style): does some ``x`` in a VNN-LIB disjunct's box satisfy one of its
-  output conjunctions ``A f(x) <= b``? -> ``"sat"`` (with a re-checked counterexample) / ``"unsat"`` /
+  output conjunctions ``A f(x) <= b``? -> ``"sat"`` (with a proved counterexample) / ``"unsat"`` /
   ``"timeout"`` / ``"unknown"``; :func:`verify_box` is the one-box, one-conjunction shortcut.
 
 Encoding (Tjeng, Xiao & Tedrake, ICLR 2019): the pre-activation box ``[l, u]`` of every ReLU comes from
@@ -22,8 +22,8 @@ single-threaded, output off.
 Early decisions (``early_stop`` in :func:`verify`, always in :func:`solve_property`): the HiGHS option
 ``objective_bound = B`` (a small positive cutoff, below) prunes every node whose relaxation cannot
 reach below ``B``: if the search ends without a point below ``B``, the minimum is ``>= B``; and an
-improving-solution callback re-executes every incumbent on the network (float64) and interrupts the
-solve as soon as one is a real violation.
+improving-solution callback checks every incumbent (below) and interrupts the solve as soon as one is
+a proved violation.
 
 Soundness. HiGHS works in floating point with feasibility / integrality tolerances, so its dual bound
 is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand out):
@@ -43,9 +43,11 @@ is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand
 * A conjunction closed by the LP stage of :func:`solve_property` (no MIP) is closed *rigorously*: the
   same weak-duality certificate, from HiGHS's row duals, on the triangle relaxation, which contains
   every true point.
-* ``falsified`` / ``sat`` is declared only for a point moved exactly into the region, re-executed on the
-  model in float64 (and, for :func:`solve_property`, re-checked by
-  :func:`fastcert.io.check_counterexample`); ``upper_bound`` is the best re-executed value.
+* ``falsified`` / ``sat`` is declared only for a *proved* counterexample (:mod:`fastcert.confirm`): a
+  point moved into the region and checked there in exact arithmetic, whose violation fastcert's
+  rigorous IBP bounds at that point prove (``c . f(x') < 0``, resp. every row of a conjunction);
+  a float64 evaluation that violates the spec only by rounding is not one. ``upper_bound`` is the
+  least of the CROWN upper bound and those rigorous point bounds (a true upper bound of the minimum).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from torch import nn
 
 from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
 from fastcert.api import _as_tensor, _norm_key, _region
+from fastcert.confirm import confirm_point, into_region, output_upper
 from fastcert.layers import Activation, Conv2d, Dense, Diag
 from fastcert.lp_refine import Encoding, affine_matrix, encode, refine_bounds
 from fastcert.network import Network, as_network
@@ -77,13 +80,15 @@ _FEAS_TOL = 1e-9
 class MIPResult:
     """Result for one (sample, spec row).
 
-    verdict: "verified" (row > 0 on the whole region), "falsified" (a re-executed counterexample has
-    row value < 0) or "unknown".
+    verdict: "verified" (row > 0 on the whole region), "falsified" (a counterexample in the region whose
+    row value < 0 is proved by rigorous bounds at that point, :mod:`fastcert.confirm`) or "unknown".
     min_value: the solver's optimum of the row over the region when solved to optimality (never with
     ``early_stop``), else None.
     lower_bound / upper_bound: best bounds on the minimum (see the module docstring).
-    counterexample: for "falsified", the input x' (float64, per-sample shape), else None.
-    counterexample_value: the re-executed row value at the solver's point (None without one).
+    counterexample: for "falsified", the input x' (float64, per-sample shape; in the region exactly),
+    else None.
+    counterexample_value: the row value re-executed in float64 at the best point checked (the one with
+    the lowest rigorous upper bound; None without one).
     target: the class j of the margin row f_y - f_j (None when C was given).
     """
 
@@ -121,26 +126,6 @@ def _reexec(model: Any, net: Network, x: torch.Tensor) -> torch.Tensor:
         if isinstance(model, nn.Module):
             return model(x.double())
         return net.forward(x.double())
-
-
-def _project(xp: np.ndarray, x0: np.ndarray, eps: float, nk: str, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray:
-    """Move a solver point (which may violate constraints by the tolerances) exactly into the region."""
-    if nk == "inf":
-        lo, hi = x0 - eps, x0 + eps
-        lo = np.where(x0 - lo > eps, np.nextafter(lo, np.inf), lo)
-        hi = np.where(hi - x0 > eps, np.nextafter(hi, -np.inf), hi)
-        xp = np.clip(xp, lo, hi)
-    else:
-        d = xp - x0
-        n1 = float(np.abs(d).sum())
-        if n1 > eps:
-            d = d * (eps / n1) * (1.0 - 1e-12)
-        xp = x0 + d
-        while float(np.abs(xp - x0).sum()) > eps > 0:  # pragma: no cover - rounding corner
-            xp = x0 + (xp - x0) * 0.999999
-        if eps == 0:
-            xp = x0.copy()
-    return np.clip(xp, dlo, dhi)  # towards x coordinate-wise: stays in the ball
 
 
 def _sensitivity(layers: list, absW: list, pre: dict, s: np.ndarray) -> float:
@@ -435,15 +420,19 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             cutoff = None
             if early_stop:
                 cutoff = 2.0 * (1e-6 + sens)
-            best: dict[str, Any] = {"val": math.inf, "x": None}
+            best: dict[str, Any] = {"up": math.inf, "x": None, "val": None}
 
             def on_sol(v: np.ndarray, obj: float, b=b, s=s, best=best, xv=xv, x0=x0, e_b=e_b) -> Any:
-                xp = _project(v[xv], x0, e_b, nk, dlo, dhi)
-                xt = torch.from_numpy(xp).reshape(1, *shape)
-                val = float(_reexec(ref_model, net, xt)[0].double() @ Ct[b, s])
-                if val < best["val"]:
-                    best["val"], best["x"] = val, xt[0].clone()
-                return True if (early_stop and val < 0) else None
+                xp = into_region(v[xv], x0, e_b, nk, dlo, dhi)  # exactly in the region
+                if xp is None:  # pragma: no cover - x0 itself is in the region
+                    return None
+                c = Ct[b, s].numpy()[None]
+                up = float(output_upper(net, shape, xp, c)[0])  # rigorous: c . f(xp) <= up
+                if up < best["up"]:
+                    xt = torch.from_numpy(xp).reshape(shape)
+                    val = float(_reexec(ref_model, net, xt[None])[0].double() @ Ct[b, s])
+                    best.update(up=up, x=xt.clone(), val=val)
+                return True if (early_stop and up < 0) else None
 
             run = _run_mip(enc, cost, 0.0, max(1e-3, time_limit - (build_s if s == 0 else 0.0)), cutoff=cutoff,
                            on_solution=on_sol, exact=not early_stop)
@@ -453,9 +442,9 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             margin = 1e-6 * (1.0 + abs(raw) if math.isfinite(raw) else 1.0) + sens
             lower = max(float(crown_lo[b, s]), raw - margin)
             min_value = run.objective if (run.optimal and cutoff is None) else None
-            upper = min(float(crown_up[b, s]), best["val"])
-            cex = best["x"] if best["val"] < 0 else None
-            cex_val = None if best["x"] is None else best["val"]
+            upper = min(float(crown_up[b, s]), best["up"])
+            cex = best["x"] if best["up"] < 0 else None  # proved: c . f(x') < 0 at a point of the region
+            cex_val = best["val"]
             if lower > 0 and cex is None:
                 verdict = "verified"
             elif cex is not None and lower <= 0:
@@ -538,7 +527,7 @@ def _pgd(layers: list, jobs: list, restarts: int, steps: int, seed: int, deadlin
             better = v < best_v
             best_v = torch.where(better, v, best_v)
             best_x[better] = x[better]
-        if t == steps or time.perf_counter() > deadline or bool((best_v <= 0).any()):
+        if t == steps or time.perf_counter() > deadline or bool((best_v < 0).any()):
             break
         (grad,) = torch.autograd.grad(v.sum(), x)
         alpha = 0.2 * (1.0 - t / steps) + 0.01
@@ -608,21 +597,21 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
        remaining time; :mod:`fastcert.lp_refine`).
     4. One MIP per open conjunction, most promising first (lowest value seen so far, then lowest CROWN
        bound), stopped as soon as it is decided (cutoff just above 0, an improving-solution callback
-       that re-checks incumbents on the network), under the shared deadline: a first round gives each
+       that stops it on a proved violation), under the shared deadline: a first round gives each
        conjunction 1.5x its share of the remaining time with HiGHS's primal heuristics off (a pure proof
        search: about 3x faster on rows that hold; branching still finds incumbents), a second round
        splits what is left with the heuristics on (``heuristic_effort`` fixes one effort for both).
 
     Returns ``(verdict, counterexample, info)``: verdict "sat" (counterexample: flat float64 input in
-    ONNX row-major order, re-executed on the network and confirmed by
-    :func:`fastcert.io.check_counterexample`; float32-rounded when it stays a counterexample), "unsat"
+    ONNX row-major order, in a disjunct's box exactly, one of whose conjunctions rigorous bounds at the
+    point prove (:func:`fastcert.confirm.confirm_point`; rows strict unless the property says not);
+    float32-rounded when it stays a proved counterexample), "unsat"
     (every conjunction of every disjunct closed), "timeout" (time ran out with conjunctions open) or
     "unknown" (a non-ReLU network, or nothing left to try). info: ``stage``, ``time_s``, ``reason``,
     ``best_lower`` (lower bound of ``min max_i (A_i f - b_i)`` over the open conjunctions: the instance
     is unsat iff it is > 0), ``best_upper`` (the lowest re-executed value found), ``conjunctions`` (per
     conjunction: bounds, status, time, binaries), ``refine`` (LP refinement counts) and stage times.
     """
-    from fastcert.io.vnnlib import Spec, check_counterexample
     from fastcert.lp_refine import _highs_lp, certified_lower
 
     t_start = time.perf_counter()
@@ -643,7 +632,6 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
         raise TypeError(f"net must be a fastcert.Network or a torch nn.Module, got {type(net).__name__}")
     layers = ir.layers_for(shape)
     K = layers[-1].n_out
-    spec = Spec(props, n_in, K)
     info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": [], "refine": [], "best_lower": -math.inf,
                             "best_upper": math.inf}
     say = log or (lambda _m: None)
@@ -675,18 +663,9 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
         with torch.no_grad():
             return ir.forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).reshape(-1, *shape)).numpy()
 
-    checker = ir if ir.input_shape is not None else (lambda t: ir.forward(t.reshape(-1, *shape)))
-
     def confirm(x: np.ndarray) -> np.ndarray | None:
-        """A confirmed counterexample near x (x itself, or its float32 rounding when that stays one), or None."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        x32 = x.astype(np.float32).astype(np.float64)
-        for cand in (x32, x):
-            if any(bool(((cand >= p.lo) & (cand <= p.hi)).all()) for p in props):
-                ok, _ = check_counterexample(checker, spec, cand)
-                if ok:
-                    return cand
-        return None
+        """A proved counterexample at x (its float32 rounding when that is one, else x), or None."""
+        return confirm_point(ir, shape, props, x)
 
     def candidate(j: dict, x: np.ndarray, what: str) -> np.ndarray | None:
         """Re-execute x (clipped into j's box) for job j: update its upper bound; a confirmed
@@ -750,7 +729,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             xc = candidate(j, x, "attack_value")
             if xc is not None:
                 info["attack_s"] = time.perf_counter() - t_a
-                return finish("sat", f"PGD counterexample (value {j['attack_value']:.3g}, re-checked)", "attack", xc)
+                return finish("sat", f"PGD counterexample (value {j['attack_value']:.3g}, proved)", "attack", xc)
         info["attack_s"] = time.perf_counter() - t_a
         say("PGD values: " + ", ".join(f"{j['conj']}:{j['attack_value']:.3g}" for j in todo))
     if time.perf_counter() >= deadline:
@@ -881,7 +860,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             if found:
                 info["mip_s"] = time.perf_counter() - t_m
                 return finish("sat", f"MIP counterexample (disjunct {j['disjunct']}, conjunction {j['conj']}, "
-                              "re-executed and re-checked)", "mip", found[0])
+                              "proved by rigorous bounds at the point)", "mip", found[0])
         if all(j["closed"] for j in jobs) or time.perf_counter() >= deadline - 0.05:
             break
     info["mip_s"] = time.perf_counter() - t_m

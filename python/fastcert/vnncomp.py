@@ -5,10 +5,12 @@ Strategy inside the time limit (:func:`solve_instance`):
 
 1. **Attack.** Batched PGD (sign steps scaled by each input's box width, random restarts) on every
    conjunction of every disjunct at once, minimising ``max_rows (A y - b)`` in float64 with an autograd
-   twin of the network. A point with a value ``< 0`` is re-checked by
-   :func:`fastcert.io.check_counterexample` on fastcert's own float64 evaluation before ``sat`` is
-   answered; the point is first moved onto float32-representable inputs inside the box when that keeps it
-   a counterexample, so that a float32 checker reads the same input.
+   twin of the network. ``sat`` is answered only for a *proved* counterexample
+   (:func:`fastcert.confirm.confirm_point`): the point lies in a disjunct's box exactly and fastcert's
+   rigorous bounds at that point satisfy every row of one of its conjunctions (a violation by rounding
+   of the float64 forward pass is none); the point is first moved onto float32-representable inputs
+   inside the box when that keeps it a proved counterexample, so that a float32 checker reads the same
+   input. Every ``sat`` of the later stages goes through the same check.
 2. **Incomplete bounds.** CROWN (IBP when the network has an activation without a linear relaxation,
    such as sigmoid or tanh) bounds every row ``A_i y`` over each disjunct's box; a conjunction is
    infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
@@ -39,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcert.io.vnnlib import Spec, VnnlibError, check_counterexample, load_vnnlib
+from fastcert.confirm import confirm_point
+from fastcert.io.vnnlib import Spec, VnnlibError, load_vnnlib
 from fastcert.layers import Activation, Conv2d, Dense, Diag
 from fastcert.network import Network
 
@@ -167,9 +170,9 @@ class VnnResult:
 
     verdict: one of :data:`VERDICTS`. reason: a sentence saying how it was decided (or why not).
     stage: "attack", "bounds:<method>", "mip", "load" or "" (undecided).
-    counterexample / output: for ``sat``, the input x (flat, ONNX row-major order) and fastcert's float64
-    f(x), both float64 arrays; else None. time_s: seconds spent in :func:`solve_instance`.
-    details: per-stage timings and counts.
+    counterexample / output: for ``sat``, the proved input x (flat, ONNX row-major order; exactly the
+    point that was checked) and fastcert's float64 f(x), both float64 arrays; else None.
+    time_s: seconds spent in :func:`solve_instance`. details: per-stage timings and counts.
     """
 
     verdict: str
@@ -270,17 +273,11 @@ def _attack(twin: TorchTwin, tg: _Targets, targets: list[int], deadline: float, 
     return best_x.numpy(), best_v
 
 
-def _confirm(net: Network, spec: Spec, x: np.ndarray) -> np.ndarray | None:
-    """``x`` if it is a checked counterexample, preferring its float32-representable version (rounded
-    into the box); None if neither checks out."""
-    p = next((p for p in spec if np.all(x >= p.lo) and np.all(x <= p.hi)), None)
-    if p is not None:
-        x32 = x.astype(np.float32).astype(np.float64)
-        x32 = np.where(x32 < p.lo, np.nextafter(x32.astype(np.float32), np.float32(np.inf)).astype(np.float64), x32)
-        x32 = np.where(x32 > p.hi, np.nextafter(x32.astype(np.float32), np.float32(-np.inf)).astype(np.float64), x32)
-        if np.all(x32 >= p.lo) and np.all(x32 <= p.hi) and check_counterexample(net, spec, x32, box_tol=0.0)[0]:
-            return x32
-    return x if check_counterexample(net, spec, x, box_tol=0.0)[0] else None
+def _confirm(net: Network, shape: tuple[int, ...], spec: Spec, x: np.ndarray) -> np.ndarray | None:
+    """The proved counterexample to report for the candidate ``x`` (its float32-representable version
+    when that is one, else ``x``), or None: :func:`fastcert.confirm.confirm_point` (``x`` in a box
+    exactly, the conjunction proved by fastcert's rigorous bounds at that point)."""
+    return confirm_point(net, shape, list(spec), x)
 
 
 def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
@@ -402,9 +399,10 @@ def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_frac
         det[f"attack{phase}_s"] = time.perf_counter() - t
         det["attack_best"] = min(v, det.get("attack_best", math.inf))
         if x is not None:
-            xc = _confirm(net, spec, x)
+            xc = _confirm(net, shape, spec, x)
             if xc is not None:
-                return done("sat", f"PGD found a counterexample (re-checked in float64; value {v:.3g})", "attack", xc)
+                return done("sat", f"PGD found a counterexample (proved by rigorous bounds at the point; "
+                            f"float64 value {v:.3g})", "attack", xc)
         if time.perf_counter() >= deadline:
             return done("timeout", "time limit reached during the attack")
         return None
@@ -442,9 +440,10 @@ def solve_instance(inst: Instance, timeout: float, *, seed: int = 0, attack_frac
     cex, note = _mip_stage(net, shape, spec, tg, open_, lower, deadline)
     det.update(mip_s=time.perf_counter() - tm, mip=note, open_after_mip=sum(open_))
     if cex is not None:
-        xc = _confirm(net, spec, cex)
+        xc = _confirm(net, shape, spec, cex)
         if xc is not None:
-            return done("sat", f"MIP found a counterexample ({note}; re-checked in float64)", "mip", xc)
+            return done("sat", f"MIP found a counterexample ({note}; proved by rigorous bounds at the point)",
+                        "mip", xc)
     if not any(open_):
         return done("unsat", f"bounds + MIP ({note}) prove every disjunct infeasible", "mip")
     if time.perf_counter() >= deadline - 0.05:

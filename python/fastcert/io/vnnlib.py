@@ -673,6 +673,10 @@ def check_counterexample(network: Any, spec: Spec, x: Any, *, box_tol: float = B
     ``network``: a :class:`fastcert.Network` (built for its input shape, e.g. by ``load_onnx``), or any
     callable mapping a float64 torch tensor ``[1, n_inputs]`` to ``[1, n_outputs]``.
     Returns ``(ok, reason)``.
+
+    This is the competition's check (a float64 forward pass, VNN-COMP's box tolerance), not a proof:
+    an output that violates the spec only by rounding passes it. fastcert's own ``sat`` verdicts are
+    decided by :func:`fastcert.confirm.confirm_point` (exact box, violation proved by rigorous bounds).
     """
     import torch
 
