@@ -238,7 +238,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
             y = torch.as_tensor(labels)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"labels must be a [B] sequence of integer class indices, got {labels!r:.60}") from exc
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise TypeError(f"labels must be integers, got dtype {y.dtype}")
         y = y.to(torch.int64).reshape(-1)
         if y.shape != (B,):

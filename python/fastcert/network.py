@@ -298,6 +298,9 @@ def _build(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Layer]:
     layers: list[Layer] = []
     for op in ops:
         a = op.args
+        if op.kind in ("linear", "conv") and a["W"].numel() == 0:
+            raise ValueError(f"{op.where}: its weight has zero size {tuple(a['W'].shape)} (no inputs, outputs or "
+                             f"kernel entries); a zero-size layer cannot be bounded")
         if op.kind == "linear":
             n = int(np.prod(shape))
             if len(shape) != 1:
