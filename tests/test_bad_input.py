@@ -696,11 +696,15 @@ def test_backward_hooks_are_harmless() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated")
-def test_old_weight_norm_is_refused() -> None:
-    """torch.nn.utils.weight_norm recomputes the weight in a forward pre-hook."""
+@pytest.mark.parametrize("how", ["weight_norm", "prune"])
+def test_weight_recomputing_pre_hooks_are_refused(how: str) -> None:
+    """torch.nn.utils.weight_norm and prune recompute the weight in a forward pre-hook."""
     model = _mlp()
-    torch.nn.utils.weight_norm(model[0])
-    _raises(ValueError, "pre-hooks", "parametrizations.weight_norm", fn=fastcert.bounds, model=model, x=X, eps=0.0)
+    if how == "prune":
+        torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    else:
+        torch.nn.utils.weight_norm(model[0])
+    _raises(ValueError, "pre-hooks", "'0'", how, fn=fastcert.bounds, model=model, x=X, eps=0.0)
 
 
 class _Double(nn.Module):

@@ -88,8 +88,7 @@ def _numbers(v: Any, name: str, what: str) -> torch.Tensor:
             t = torch.as_tensor(np.asarray(v))
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{name} must be {what}, got {type(v).__name__}") from exc
-    if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (
-            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be {what} (real, not bool or complex), got dtype {t.dtype}")
     return t.to(torch.float64)
 

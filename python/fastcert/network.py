@@ -83,9 +83,9 @@ def _check_hooks(model: nn.Module) -> None:
                              f"initialised yet: run the model once on an input of the right shape first")
         for kind, attr in (("forward hooks", "_forward_hooks"), ("forward pre-hooks", "_forward_pre_hooks")):
             if getattr(m, attr, None):
-                extra = (" (torch.nn.utils.weight_norm / spectral_norm work by one: use torch.nn.utils."
-                         "parametrizations.weight_norm / spectral_norm instead)" if attr == "_forward_pre_hooks"
-                         else "")
+                extra = (" (torch.nn.utils.weight_norm, spectral_norm and prune work through one: use "
+                         "torch.nn.utils.parametrizations.weight_norm / spectral_norm instead, or prune.remove)"
+                         if attr == "_forward_pre_hooks" else "")
                 raise ValueError(f"module {what} ({type(m).__name__}) has {kind}{extra}; a hook can change the "
                                  f"module's input or output, which fastcert cannot see: remove it "
                                  f"(handle.remove()) before verifying")
