@@ -701,7 +701,9 @@ def test_weight_recomputing_pre_hooks_are_refused(how: str) -> None:
     """torch.nn.utils.weight_norm and prune recompute the weight in a forward pre-hook."""
     model = _mlp()
     if how == "prune":
-        torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+        import torch.nn.utils.prune as prune
+
+        prune.l1_unstructured(model[0], "weight", amount=0.5)
     else:
         torch.nn.utils.weight_norm(model[0])
     _raises(ValueError, "pre-hooks", "'0'", how, fn=fastcert.bounds, model=model, x=X, eps=0.0)
