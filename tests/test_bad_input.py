@@ -108,9 +108,10 @@ def test_network_built_for_another_shape() -> None:
     _raises(ValueError, "shape", "(3,)", fn=fastcert.bounds, model=net, x=X.reshape(2, 1, 3), eps=0.1)
 
 
-def test_x_on_another_device() -> None:
-    """A non-CPU tensor (the meta device stands in for a GPU) is refused with the fix: .cpu()."""
-    _raises(ValueError, ".cpu()", fn=fastcert.bounds, model=_mlp(), x=X.to("meta"), eps=0.1)
+def test_x_on_the_meta_device() -> None:
+    """A meta tensor (no values; ``.cpu()`` cannot help) is refused by name (a GPU tensor: .cpu(),
+    test_x_on_cuda)."""
+    _raises(ValueError, "meta", fn=fastcert.bounds, model=_mlp(), x=X.to("meta"), eps=0.1)
 
 
 @pytest.mark.cuda
@@ -521,3 +522,290 @@ def test_float32_model_float64_x_and_vice_versa() -> None:
 def test_labels_numpy_and_per_sample_eps() -> None:
     res = fastcert.certify(_mlp(), X, torch.tensor([0.0, 0.1], dtype=torch.float64), labels=np.array([1, 0]))
     assert res.labels.tolist() == [1, 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Network.from_torch is a snapshot (issue #9, point 3)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_snapshot_reproducer() -> None:
+    """The issue's reproducer: a Network converted without input_shape must not see in-place changes
+    to the Linear weights (it used to keep their storage while copying the BatchNorm statistics)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, eps=0.0), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 3, dtype=torch.float64)
+    net = fastcert.Network.from_torch(model)
+    with torch.no_grad():
+        y = model(x)
+        model[0].weight.mul_(2)
+        model[0].bias.mul_(2)
+        model[1].running_mean.mul_(2)
+        model[1].running_var.mul_(4)
+    res = fastcert.bounds(net, x, 0.0, method="ibp")
+    assert (res.lower <= y).all() and (y <= res.upper).all(), (res.lower, res.upper, y)
+
+
+def _bn_first() -> nn.Sequential:  # BatchNorm with no affine layer before it: kept as its own layer
+    return nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def _cnn_all() -> nn.Sequential:  # 1x6x6
+    return nn.Sequential(fastcert.Normalize([0.3], [0.7]), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.LeakyReLU(0.1),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 2))
+
+
+def _mutate(attr: str):
+    def f(m: nn.Module) -> None:
+        with torch.no_grad():
+            t = getattr(m, attr)
+            if isinstance(t, torch.Tensor):
+                t.mul_(1.5).add_(0.25)
+            elif attr == "negative_slope":
+                m.negative_slope = 0.7
+            else:  # AvgPool2d: a divisor instead of the window size
+                m.divisor_override = 1
+    return f
+
+
+@pytest.mark.parametrize("make,idx,attr", [
+    (_mlp, 0, "weight"), (_mlp, 2, "bias"), (_bn_first, 0, "running_mean"), (_bn_first, 0, "running_var"),
+    (_bn_first, 0, "weight"), (_bn_first, 0, "bias"), (_cnn_all, 0, "mean"), (_cnn_all, 0, "std"),
+    (_cnn_all, 1, "weight"), (_cnn_all, 1, "bias"), (_cnn_all, 2, "running_mean"), (_cnn_all, 2, "weight"),
+    (_cnn_all, 3, "negative_slope"), (_cnn_all, 4, "divisor_override"),
+])
+@pytest.mark.parametrize("with_shape", [False, True])
+def test_snapshot_every_parameter(make, idx: int, attr: str, with_shape: bool) -> None:
+    """Every parameter and buffer of every layer type, changed in place after conversion, with and
+    without input_shape: the Network keeps computing the network it was converted from (and the
+    change does matter: a fresh conversion sees it)."""
+    torch.manual_seed(1)
+    model = make().double().eval()
+    x = XI[:1] if make is _cnn_all else X[:1]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        y = model(x)
+    net = fastcert.Network.from_torch(model, input_shape=tuple(x.shape[1:]) if with_shape else None)
+    _mutate(attr)(model[idx])
+    with torch.no_grad():
+        assert not torch.allclose(model(x), y)
+    for method in ("ibp",) if make is _cnn_all else ("ibp", "crown"):  # (no CROWN for LeakyReLU yet)
+        res = fastcert.bounds(net, x, 0.0, method=method)
+        assert (res.lower <= y).all() and (y <= res.upper).all(), (method, res.lower, res.upper, y)
+    assert torch.allclose(net(x), y, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# module behaviour the structure does not show (point 4) and models torch refuses (point 7)
+# ------------------------------------------------------------------------------------------------
+
+
+class _ScaledLinear(nn.Linear):
+    def forward(self, z):
+        return super().forward(z) * 2
+
+
+class _Residual(nn.Sequential):
+    def forward(self, z):
+        return z + super().forward(z)
+
+
+class _ShiftedConv(nn.Conv2d):
+    def _conv_forward(self, z, w, b):
+        return super()._conv_forward(z + 1, w, b)
+
+
+class _NegNormalize(fastcert.Normalize):
+    def forward(self, z):
+        return -super().forward(z)
+
+
+def _instance_forward() -> nn.Sequential:
+    m = _mlp()
+    m[2].forward = lambda z: nn.functional.linear(z, m[2].weight, m[2].bias) + 1
+    return m
+
+
+@pytest.mark.parametrize("make,x,words", [
+    (lambda: nn.Sequential(_ScaledLinear(3, 2)), X, ["position 0", "_ScaledLinear", "overrides forward"]),
+    (lambda: nn.Sequential(nn.Flatten(), _Residual(nn.Linear(36, 36), nn.ReLU()), nn.Linear(36, 2)), XI,
+     ["'1'", "_Residual", "overrides forward"]),
+    (lambda: _Residual(nn.Linear(3, 3)), X, ["the model", "_Residual", "forward"]),
+    (lambda: nn.Sequential(_ShiftedConv(1, 2, 3), nn.Flatten(), nn.Linear(32, 2)), XI, ["_ShiftedConv",
+                                                                                        "_conv_forward"]),
+    (lambda: nn.Sequential(_NegNormalize([0.5], [0.2]), nn.Flatten(), nn.Linear(36, 2)), XI, ["_NegNormalize"]),
+    (_instance_forward, X, ["position 2", "overrides forward"]),
+])
+def test_overridden_forward_is_refused(make, x, words) -> None:
+    """A subclass (or instance) with its own forward computes something its structure does not show
+    (the reproducer: ScaledLinear gave bounds of half of f(x)): refused by name."""
+    model = make().double().eval()
+    _raises(ValueError, *words, fn=fastcert.bounds, model=model, x=x, eps=0.0)
+    _raises(ValueError, *words, fn=fastcert.Network.from_torch, model=model)
+
+
+def test_plain_subclass_is_accepted() -> None:
+    class MyLinear(nn.Linear):  # no behaviour of its own
+        pass
+
+    torch.manual_seed(0)
+    a = nn.Sequential(MyLinear(3, 2)).double().eval()
+    b = nn.Sequential(nn.Linear(3, 2)).double().eval()
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(fastcert.bounds(a, X, 0.1).lower, fastcert.bounds(b, X, 0.1).lower)
+
+
+@pytest.mark.parametrize("where", ["leaf", "container"])
+@pytest.mark.parametrize("kind", ["forward", "forward_pre", "forward_kwargs", "forward_always"])
+def test_forward_hooks_are_refused(where: str, kind: str) -> None:
+    model = _mlp()
+    target = model[2] if where == "leaf" else model
+    if kind == "forward_pre":
+        target.register_forward_pre_hook(lambda mod, inp: (inp[0] * 2,))
+    elif kind == "forward_kwargs":
+        target.register_forward_hook(lambda mod, args, kwargs, out: out * 2, with_kwargs=True)
+    else:
+        target.register_forward_hook(lambda mod, inp, out: out * 2, always_call=kind == "forward_always")
+    words = ["hooks", "'2'" if where == "leaf" else "the model"]
+    _raises(ValueError, *words, fn=fastcert.bounds, model=model, x=X, eps=0.0)
+    _raises(ValueError, *words, fn=fastcert.Network.from_torch, model=model)
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_global_forward_hooks_are_refused(pre: bool) -> None:
+    reg = (torch.nn.modules.module.register_module_forward_pre_hook if pre
+           else torch.nn.modules.module.register_module_forward_hook)
+    handle = reg((lambda mod, inp: None) if pre else (lambda mod, inp, out: None))
+    try:
+        _raises(ValueError, "global", "hooks", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.0)
+    finally:
+        handle.remove()
+    fastcert.bounds(_mlp(), X, 0.0)  # and after removing it, the model converts
+
+
+def test_backward_hooks_are_harmless() -> None:
+    model = _mlp()
+    model[0].register_full_backward_hook(lambda mod, gi, go: None)
+    assert torch.equal(fastcert.bounds(model, X, 0.1).lower, fastcert.bounds(_mlp(), X, 0.1).lower)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated")
+@pytest.mark.parametrize("how", ["weight_norm", "prune"])
+def test_weight_recomputing_pre_hooks_are_refused(how: str) -> None:
+    """torch.nn.utils.weight_norm and prune recompute the weight in a forward pre-hook."""
+    model = _mlp()
+    if how == "prune":
+        import torch.nn.utils.prune as prune
+
+        prune.l1_unstructured(model[0], "weight", amount=0.5)
+    else:
+        torch.nn.utils.weight_norm(model[0])
+    _raises(ValueError, "pre-hooks", "'0'", how, fn=fastcert.bounds, model=model, x=X, eps=0.0)
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+@pytest.mark.parametrize("param", ["weight_norm", "spectral_norm", "custom"])
+def test_parametrized_weight_is_read_as_forward_sees_it(param: str) -> None:
+    """torch.nn.utils.parametrize: the effective weight (m.weight evaluates the parametrization) is
+    bounded, not the stored original; in training mode (spectral_norm's power iteration would move
+    the weight at every forward) it is refused."""
+    model = _mlp()
+    if param == "custom":
+        torch.nn.utils.parametrize.register_parametrization(model[0], "weight", _Double())
+    else:
+        getattr(torch.nn.utils.parametrizations, param)(model[0])
+    model.train()
+    if param == "spectral_norm":
+        _raises(ValueError, "parametrized", "eval()", fn=fastcert.bounds, model=model, x=X, eps=0.0)
+    model.eval()
+    with torch.no_grad():
+        y = model(X)
+    res = fastcert.bounds(model, X, 0.0)
+    assert (res.lower <= y).all() and (y <= res.upper).all(), (res.lower, res.upper, y)
+
+
+def test_repeated_module_runs_twice() -> None:
+    """nn.Sequential(l, ReLU(), l) runs l twice; named_children() lists it once (bounds of l, ReLU)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.ReLU(), lin).double().eval()
+    with torch.no_grad():
+        y = model(X)
+    res = fastcert.bounds(model, X, 0.0)
+    assert (res.lower <= y).all() and (y <= res.upper).all(), (res.lower, res.upper, y)
+
+
+def test_uninitialised_lazy_module() -> None:
+    _raises(ValueError, "lazy", "run the model once", fn=fastcert.bounds,
+            model=nn.Sequential(nn.LazyLinear(2)).double(), x=X, eps=0.0)
+
+
+@pytest.mark.parametrize("make,x,words", [
+    (lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm2d(3), nn.Linear(3, 2)), X[:1], ["BatchNorm2d", "[B, C, H, W]"]),
+    (lambda: nn.Sequential(nn.BatchNorm1d(1), nn.Flatten(), nn.Linear(36, 2)), XI[:1], ["BatchNorm1d", "[B, C]"]),
+    (lambda: nn.Sequential(nn.AvgPool2d(2, padding=2), nn.Flatten(), nn.Linear(25, 2)), XI, ["AvgPool2d", "padding"]),
+    (lambda: nn.Sequential(nn.AvgPool2d(2, divisor_override=0), nn.Flatten(), nn.Linear(9, 2)), XI,
+     ["divisor_override"]),
+    (lambda: nn.Sequential(nn.AvgPool2d(2, stride=0), nn.Flatten(), nn.Linear(9, 2)), XI, ["stride"]),
+    (lambda: nn.Sequential(nn.Conv2d(1, 1, 3, stride=0), nn.Flatten(), nn.Linear(16, 2)), XI, ["stride"]),
+    (lambda: nn.Sequential(nn.Conv2d(1, 1, 3, padding=-1), nn.Flatten(), nn.Linear(4, 2)), XI, ["padding"]),
+])
+def test_models_torch_refuses(make, x, words) -> None:
+    """Shapes and settings torch's own forward refuses are refused, not given bounds."""
+    model = make().double().eval()
+    with pytest.raises((ValueError, RuntimeError)):
+        model(x)
+    _raises(ValueError, *words, fn=fastcert.bounds, model=model, x=x, eps=0.0)
+
+
+def test_nan_leaky_slope() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(float("nan")), nn.Linear(4, 2)).double().eval()
+    _raises(ValueError, "negative_slope", "position 1", fn=fastcert.bounds, model=model, x=X, eps=0.0, method="ibp")
+
+
+def test_batchnorm1d_on_sequences_works() -> None:
+    """BatchNorm1d on [B, C, L] is what torch accepts: bounds at eps 0 contain torch's output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(2), nn.Flatten(), nn.Linear(6, 2)).double().eval()
+    x = torch.rand(2, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        model[0].running_mean.uniform_(-1, 1)
+        y = model(x)
+    res = fastcert.bounds(model, x, 0.0)
+    assert (res.lower <= y).all() and (y <= res.upper).all()
+
+
+@pytest.mark.parametrize("dtype,exc,word", [(torch.complex128, TypeError, "complex"),
+                                            (torch.int64, TypeError, "dtype")])
+def test_non_real_weights(dtype, exc, word: str) -> None:
+    """Complex weights used to lose their imaginary part with a warning; integer weights are not
+    floating point either."""
+    model = _mlp()
+    model[0].weight = nn.Parameter(model[0].weight.detach().to(dtype), requires_grad=False)
+    _raises(exc, word, "position 0", fn=fastcert.bounds, model=model, x=X, eps=0.0)
+    _raises(exc, word, fn=fastcert.Network.from_torch, model=model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weights_are_exact(dtype) -> None:
+    """Every half / bfloat16 number is a float64 number: the network is bounded with those exact weights."""
+    model = _mlp().to(dtype)
+    ref = _mlp()
+    ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    a, b = fastcert.bounds(model, X, 0.1), fastcert.bounds(ref, X, 0.1)
+    assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
+
+
+@pytest.mark.parametrize("shape", [3, (0,), (3, 0), (-1,), (3.0,), ()])
+def test_bad_input_shape(shape) -> None:
+    _raises(BAD, "input_shape", fn=fastcert.Network.from_torch, model=_mlp(), input_shape=shape)

@@ -51,16 +51,46 @@ class CertifyResult:
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` (torch or numpy) as a dense float32/float64 CPU tensor, detached (bounds carry no gradient)."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        try:
+            x = torch.from_numpy(x)
+        except TypeError as exc:
+            raise TypeError(f"{name} is a numpy array of dtype {x.dtype}; fastcert computes in float32 or float64: "
+                            f"convert it with {name}.astype(np.float64)") from exc
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} is a sparse tensor ({x.layout}); fastcert needs a dense one: pass {name}.to_dense()")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {x.dtype}; fastcert computes in float32 or float64: convert it with "
                         f"{name}.float() or {name}.double()")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU tensor of real values")
     if x.device.type != "cpu":
         raise ValueError(f"{name} is on {x.device}, but this build of fastcert bounds on the CPU only: pass {name}.cpu()")
-    return x
+    return x.detach()
+
+
+def _numbers(v: Any, name: str, what: str) -> torch.Tensor:
+    """A number, sequence or array of real numbers (eps, x_min, x_max) as a float64 CPU tensor,
+    detached: never through torch's default dtype, never dropping an imaginary part."""
+    if isinstance(v, (str, bytes, bool)) or v is None:
+        raise TypeError(f"{name} must be {what}, got {type(v).__name__}")
+    if isinstance(v, torch.Tensor):
+        if v.layout != torch.strided:
+            raise TypeError(f"{name} is a sparse tensor ({v.layout}); pass {name}.to_dense()")
+        if v.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU tensor")
+        t = v.detach().cpu()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(v))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be {what}, got {type(v).__name__}") from exc
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be {what} (real, not bool or complex), got dtype {t.dtype}")
+    return t.to(torch.float64)
 
 
 _NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "2": "2", "l2": "2", "1": "1",
@@ -94,12 +124,7 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
     flat = x.detach().reshape(B, -1).contiguous()
     if not torch.isfinite(flat).all():
         raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
-    if isinstance(eps, (str, bytes)) or eps is None:
-        raise TypeError(f"eps must be a number or a [B] tensor of numbers, got {type(eps).__name__}")
-    try:
-        e = torch.as_tensor(eps, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"eps must be a number or a [B] tensor of numbers, got {type(eps).__name__}") from exc
+    e = _numbers(eps, "eps", "a number or a [B] tensor of numbers")
     if e.dim() == 0:
         e = e.expand(B)
     if e.shape != (B,):
@@ -116,7 +141,8 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
     for name, bnd in (("x_min", x_min), ("x_max", x_max)):
         if bnd is None:
             continue
-        t = _round_to(torch.as_tensor(bnd, dtype=torch.float64), dt, up=(name == "x_max"))  # domain never shrinks
+        t = _numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
+        t = _round_to(t, dt, up=(name == "x_max"))  # domain never shrinks
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} must be finite")
         try:
@@ -211,7 +237,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
             y = torch.as_tensor(labels)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"labels must be a [B] sequence of integer class indices, got {labels!r:.60}") from exc
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise TypeError(f"labels must be integers, got dtype {y.dtype}")
         y = y.to(torch.int64).reshape(-1)
         if y.shape != (B,):

@@ -316,6 +316,8 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     (:func:`fastcert.lp_refine.refine_bounds`; 0 = off, CROWN bounds only).
     """
     nk = _norm_key(norm)
+    # bounds carry no gradient: a box that requires grad is used detached (as x is); _region checks it
+    x_min, x_max = (b.detach() if isinstance(b, torch.Tensor) else b for b in (x_min, x_max))
     if nk == "2":
         raise ValueError("norm='2': an L2 ball is not linear-representable; exact verification over it needs a "
                          "second-order-cone (MISOCP) solver, which fastcert.mip (HiGHS, MILP) does not have. "
@@ -351,7 +353,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             y = logits.argmax(1)
         else:
             y = torch.as_tensor(labels)
-            if y.dtype.is_floating_point or y.dtype == torch.bool:
+            if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
                 raise TypeError(f"labels must be integers, got dtype {y.dtype}")
             y = y.to(torch.int64).reshape(-1)
             if y.shape != (B,) or ((y < 0) | (y >= K)).any():
