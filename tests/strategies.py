@@ -14,6 +14,7 @@ misses one of these points is a genuine soundness bug, never sampling noise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -153,6 +154,7 @@ def build_network(spec: NetSpec) -> nn.Sequential:
             std = _f32(uni(0.1, 2.0, C), spec)
             mods.append(fastcert.Normalize(mean.tolist(), std.tolist()))
             M = float(((M + mean.abs()) / std).max())
+            cum[0] = max(cum[0], 1.0)  # (x - mean) / std: the means are of order 1
         elif kind == "linear":
             n_in = int(torch.tensor(shape).prod())
             lin = nn.Linear(n_in, L[1], bias=L[2]).double()
@@ -660,24 +662,26 @@ def random_C(K: int, B: int, g: torch.Generator, dtype: torch.dtype = torch.floa
 # (float32: below its normal range 1.2e-38, into the subnormals; float64: below 2.2e-308 and even
 # below its smallest subnormal 4.9e-324), from which later layers climb back.
 _RANGES = {  # dtype: (input lo, hi), (layer lo, hi), (cumulative lo, hi), (valley lo, hi)
-    torch.float32: ((-24, 12), (-24, 24), (-70, 24), (-50, -38)),
+    torch.float32: ((-24, 12), (-24, 24), (-70, 30), (-50, -38)),
     torch.float64: ((-170, 12), (-170, 300), (-340, 270), (-335, -305)),
 }
 
 
 @st.composite
-def scale_profiles(draw, n_affine: int, dtype: torch.dtype) -> tuple[float, tuple[float, ...]]:
+def scale_profiles(draw, n_affine: int, dtype: torch.dtype, mode: str | None = None) -> tuple[float, tuple[float, ...]]:
     """(input_scale, layer_scales), powers of ten. "uniform": each layer's exponent in -12..12;
     "valley": the running product is driven down into the subnormal range of ``dtype`` (a tiny input
     and tiny layers: subnormal products) by layer k, then the later layers climb with huge weights,
-    which amplify whatever the subnormal products lost."""
+    which amplify whatever the subnormal products lost; "sink": it stays down there (subnormal
+    outputs)."""
     (ilo, ihi), (llo, lhi), (clo, chi), (vlo, vhi) = _RANGES[dtype]
 
     def clamp(v: int, lo: int, hi: int) -> int:
         return max(lo, min(hi, v))
 
     exps: list[int] = []
-    if draw(st.sampled_from(("uniform", "valley", "valley"))) == "uniform":
+    mode = mode or draw(st.sampled_from(("uniform", "valley", "valley", "sink")))
+    if mode == "uniform":
         e_in = draw(st.integers(-12, 12))
         cum = e_in
         for _ in range(n_affine):
@@ -693,6 +697,8 @@ def scale_profiles(draw, n_affine: int, dtype: torch.dtype) -> tuple[float, tupl
         if i <= k:  # descend to the valley (as far as the per-layer range allows)
             want = (target - cum) // (k + 1 - i) + draw(st.integers(-2, 2))
             e = clamp(want, llo, lhi)
+        elif mode == "sink":  # stay there: the outputs themselves are subnormal
+            e = draw(st.integers(-2, 2))
         else:  # climb back
             e = draw(st.integers(0, lhi))
         new = clamp(cum + e, clo, chi)
@@ -702,13 +708,39 @@ def scale_profiles(draw, n_affine: int, dtype: torch.dtype) -> tuple[float, tupl
 
 
 @st.composite
-def scaled_specs(draw, dtype: torch.dtype, act_mode: str | None = None, cnn: bool = True) -> NetSpec:
+def scaled_specs(draw, dtype: torch.dtype, act_mode: str | None = None, cnn: bool = True,
+                 mode: str | None = None) -> NetSpec:
     """A network of :func:`net_specs` (or :func:`mlp_specs`) with a :func:`scale_profiles` draw; the
     region must use ``RegionSpec.scale = spec.input_scale``."""
     base = draw(net_specs(act_mode) if cnn else mlp_specs(act_mode))
-    n_aff = sum(L[0] in ("linear", "conv") for L in base.layers)
-    inp, scales = draw(scale_profiles(n_aff, dtype))
-    # float32-rounded weights only where float32 can hold them
-    f32 = base.f32_weights and all(1e-25 < v < 1e25 for v in (inp, *scales))
+    # BatchNorm re-centres its input on running statistics of order 1, which no scale profile can follow
+    layers = tuple(L for L in base.layers if L[0] != "bn")
+    layers = tuple(L for L in layers if L[0] != "nest") if len(layers) != len(base.layers) else layers
+    n_aff = sum(L[0] in ("linear", "conv") for L in layers)
+    inp, raw = draw(scale_profiles(n_aff, dtype, mode))
+    # follow the magnitude through the layers: Normalize and tanh / sigmoid bring it back to order 1;
+    # keep the running product clear of overflow
+    clo, chi = _RANGES[dtype][2]
+    cum, k, scales = math.log10(inp), 0, []
+    for L in layers:
+        if L[0] == "normalize" or (L[0] == "act" and L[1] in ("tanh", "sigmoid")):
+            cum = max(cum, 0.0) if L[0] == "normalize" else 0.0
+        elif L[0] in ("linear", "conv"):
+            e = min(max(math.log10(raw[k]), clo - cum), chi - cum)
+            scales.append(10.0 ** round(e))
+            cum += round(e)
+            k += 1
+    # the back-substitution's coefficients are products of the weights from a layer to the output:
+    # keep those clear of overflow too (the methods refuse such networks with a clear error)
+    suffix = 0
+    for k in range(len(scales) - 1, -1, -1):
+        e = min(round(math.log10(scales[k])), chi - suffix)
+        scales[k] = 10.0**e
+        suffix = max(0, suffix + e)
+    base = dataclasses.replace(base, layers=layers)
+    inp, scales = inp, tuple(scales)
+    # float32-rounded weights only where float32 can hold them; always for float32 computations, whose
+    # parameters must round to float32 exactly (or stay in its normal range) to be accepted at all
+    f32 = dtype == torch.float32 or (base.f32_weights and all(1e-25 < v < 1e25 for v in (inp, *scales)))
     return NetSpec(base.input_shape, base.layers, base.weight_scale, base.bias_mode, base.seed, f32,
                    base.input_bound, scales, inp)

@@ -14,16 +14,14 @@ The points (x itself, random points, box / ball vertices, PGD iterates) lie in t
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
-
 import hypothesis.strategies as st
-import mpmath
 import pytest
 import torch
 from hypothesis import given
 from torch import nn
 
 import fastcert
+from exact import exact_forward, exact_num, needs_mp
 from strategies import (
     LINEAR_METHODS,
     RELU_METHODS,
@@ -40,117 +38,16 @@ from strategies import (
     scaled_specs,
 )
 
-mpmath.mp.dps = 80
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _single_torch_thread():
     with one_torch_thread():
         yield
 
 
-def _modules(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
-        return [m for c in model for m in _modules(c)]
-    return [model]
-
-
-def _needs_mp(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Tanh, nn.Sigmoid, nn.modules.batchnorm._BatchNorm)) for m in _modules(model))
-
-
-def _num(v: float, mp: bool):
-    f = Fraction(v)  # the exact rational a float denotes
-    return mpmath.mpf(f.numerator) / f.denominator if mp else f
-
-
-def _vals(t: torch.Tensor, mp: bool) -> list:
-    return [_num(v, mp) for v in t.double().flatten().tolist()]
-
-
-def _conv(x: list, shape: tuple, W: torch.Tensor, b: list | None, stride: tuple, pad: tuple, mp: bool):
-    C, H, Wd = shape
-    OC, _, KH, KW = W.shape
-    w = _vals(W, mp)
-    OH = (H + 2 * pad[0] - KH) // stride[0] + 1
-    OW = (Wd + 2 * pad[1] - KW) // stride[1] + 1
-    out = []
-    for oc in range(OC):
-        for oy in range(OH):
-            for ox in range(OW):
-                acc = b[oc] if b is not None else 0
-                for c in range(C):
-                    for ky in range(KH):
-                        iy = oy * stride[0] - pad[0] + ky
-                        if not 0 <= iy < H:
-                            continue
-                        for kx in range(KW):
-                            ix = ox * stride[1] - pad[1] + kx
-                            if 0 <= ix < Wd:
-                                acc += w[((oc * C + c) * KH + ky) * KW + kx] * x[(c * H + iy) * Wd + ix]
-                out.append(acc)
-    return out, (OC, OH, OW)
-
-
-def exact_forward(model: nn.Module, x: torch.Tensor, in_shape: tuple[int, ...], mp: bool) -> list:
-    """The model's output at the point ``x`` [n], in exact (Fraction) or 80-digit (mpmath) arithmetic."""
-    h = _vals(x, mp)
-    shape = tuple(in_shape)
-    for m in _modules(model):
-        if isinstance(m, nn.Linear):
-            W = m.weight.detach()
-            w = [_vals(row, mp) for row in W]
-            b = _vals(m.bias.detach(), mp) if m.bias is not None else [0] * W.shape[0]
-            h = [sum((wi * hi for wi, hi in zip(row, h)), b[k]) for k, row in enumerate(w)]
-            shape = (W.shape[0],)
-        elif isinstance(m, nn.Conv2d):
-            b = _vals(m.bias.detach(), mp) if m.bias is not None else None
-            h, shape = _conv(h, shape, m.weight.detach(), b, m.stride, m.padding, mp)
-        elif isinstance(m, nn.AvgPool2d):
-            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
-            s = m.stride if isinstance(m.stride, tuple) else (m.stride,) * 2
-            p = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
-            C = shape[0]
-            W = torch.zeros(C, C, *k, dtype=torch.float64)
-            W[torch.arange(C), torch.arange(C)] = 1.0
-            h, shape = _conv(h, shape, W, None, s, p, mp)
-            div = Fraction(m.divisor_override or k[0] * k[1])
-            h = [v / (mpmath.mpf(div.numerator) if mp else div) for v in h]
-        elif isinstance(m, fastcert.Normalize):
-            C = shape[0]
-            per = len(h) // C
-            mean, std = _vals(m.mean, mp), _vals(m.std, mp)
-            h = [(v - mean[i // per]) / std[i // per] for i, v in enumerate(h)]
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            C = shape[0]
-            per = len(h) // C
-            mu, var = _vals(m.running_mean, mp), _vals(m.running_var, mp)
-            g, beta = _vals(m.weight.detach(), mp), _vals(m.bias.detach(), mp)
-            epsv = _num(m.eps, mp)
-            h = [(v - mu[i // per]) / mpmath.sqrt(var[i // per] + epsv) * g[i // per] + beta[i // per]
-                 for i, v in enumerate(h)]
-        elif isinstance(m, nn.ReLU):
-            h = [v if v > 0 else 0 * v for v in h]
-        elif isinstance(m, nn.LeakyReLU):
-            a = _num(m.negative_slope, mp)
-            h = [v if v > 0 else a * v for v in h]
-        elif isinstance(m, nn.Tanh):
-            h = [mpmath.tanh(v) for v in h]
-        elif isinstance(m, nn.Sigmoid):
-            h = [1 / (1 + mpmath.exp(-v)) for v in h]
-        elif isinstance(m, nn.Flatten):
-            shape = (len(h),)
-        elif isinstance(m, (nn.Identity, nn.Dropout)):
-            pass
-        else:  # pragma: no cover
-            raise AssertionError(f"exact_forward: no exact evaluation of {type(m).__name__}")
-    return h
-
-
 def _check_exact(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype) -> int:
     """Every method's bounds contain the exact C f at every point; returns the number of checks."""
     model = build_network(net)
-    mp = _needs_mp(model)
+    mp = needs_mp(model)
     in_shape = net.input_shape
     reg = build_region(reg_spec, in_shape, dtype)
     B, n, K = reg.x.shape[0], reg.x[0].numel(), net.n_out
@@ -161,7 +58,7 @@ def _check_exact(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype) -> int:
     Cf = C.expand(B, *C.shape) if C.dim() == 2 else C
     pts = torch.cat([sample_points(xf, reg.eps, reg.norm, lo, hi, g, n_random=6, n_vertices=6),
                      pgd_points(model, in_shape, xf, reg.eps, reg.norm, lo, hi, Cf, g, steps=8, restarts=1)], 1)
-    cvals = [[[_num(v, mp) for v in row] for row in Cf[b].tolist()] for b in range(B)]
+    cvals = [[[exact_num(v, mp) for v in row] for row in Cf[b].tolist()] for b in range(B)]
     exact = [[[sum((c * f for c, f in zip(row, exact_forward(model, pts[b, p], in_shape, mp))), 0 * cvals[b][0][0])
                for row in cvals[b]] for p in range(pts.shape[1])] for b in range(B)]
     methods = RELU_METHODS if net.relu_only else ("ibp",)
@@ -171,7 +68,7 @@ def _check_exact(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype) -> int:
                               x_min=reg.x_min, x_max=reg.x_max)
         for b in range(B):
             for s in range(Cf.shape[1]):
-                lo_b, up_b = _num(float(res.lower[b, s]), mp), _num(float(res.upper[b, s]), mp)
+                lo_b, up_b = exact_num(float(res.lower[b, s]), mp), exact_num(float(res.upper[b, s]), mp)
                 for p in range(pts.shape[1]):
                     v = exact[b][p][s]
                     assert lo_b <= v <= up_b, (
@@ -205,7 +102,7 @@ def test_exact_rational_any_network(net: NetSpec, reg: RegionSpec, f32: bool) ->
     """MLPs and CNNs (Conv2d, AvgPool2d, BatchNorm, Normalize), every activation."""
     dtype = torch.float32 if f32 else torch.float64
     if f32:  # float32 inputs: keep the magnitudes float32 can hold
-        net = dataclasses.replace(net, input_scale=min(max(net.input_scale, 1e-20), 1e20),
+        net = dataclasses.replace(net, input_scale=min(max(net.input_scale, 1e-20), 1e20), f32_weights=True,
                                   layer_scales=tuple(min(max(s, 1e-20), 1e20) for s in net.layer_scales))
     _check_exact(net, dataclasses.replace(reg, scale=net.input_scale), dtype)
 

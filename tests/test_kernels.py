@@ -384,3 +384,17 @@ def test_core_rounding_steps_equal_nextafter(dt: type) -> None:
     n = np.array([np.nan], dtype=dt)
     _C._step_outward(n, u[:1], d[:1])
     assert np.isnan(u[0]) and np.isnan(d[0])
+
+
+def test_kernels_refuse_zero_sized_layers() -> None:
+    """A zero dimension would divide by zero inside the kernel (SIGFPE): refused with ValueError."""
+    e = np.zeros(0)
+    with pytest.raises(ValueError, match="zero dimension"):
+        _C.interval_dense(e, e, np.zeros((2, 0)), np.zeros((2, 0)), e, np.zeros(2), np.zeros(2), e, 1e-10, 1e-300,
+                          np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(4))
+    with pytest.raises(ValueError, match="zero dimension"):
+        _C.dense_forward(e, np.zeros((2, 0)), e, np.zeros(2))
+    with pytest.raises(ValueError, match="zero dimension"):
+        _C.dense_backward(e, np.zeros((0, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="zero dimension"):
+        _C.conv_forward(e, np.zeros((2, 0, 1, 1)), e, np.zeros(8), 2, 2, 1, 1, 0, 0, np.zeros(16))

@@ -277,7 +277,7 @@ def test_extreme_scales_float64_sound(net: NetSpec, reg: RegionSpec) -> None:
     _check_network(net, dataclasses.replace(reg, scale=net.input_scale))
 
 
-@fc_settings(150)
+@fc_settings(500)
 @given(net=scaled_specs(torch.float32), reg=region_specs())
 def test_extreme_scales_float32_sound(net: NetSpec, reg: RegionSpec) -> None:
     _check_network(net, dataclasses.replace(reg, scale=net.input_scale), dtype=torch.float32)

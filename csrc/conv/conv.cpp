@@ -29,11 +29,12 @@ Geo make_geo(const Arr<T>& Wt, int H, int W, int sh, int sw, int ph, int pw) {
   g.C = static_cast<int>(Wt.shape(1));
   g.KH = static_cast<int>(Wt.shape(2));
   g.KW = static_cast<int>(Wt.shape(3));
+  if (g.OC < 1 || g.C < 1 || g.KH < 1 || g.KW < 1) throw std::invalid_argument("conv: weight has a zero dimension");
   g.H = H; g.W = W; g.SH = sh; g.SW = sw; g.PH = ph; g.PW = pw;
   if (sh < 1 || sw < 1 || ph < 0 || pw < 0) throw std::invalid_argument("conv: bad stride/padding");
   g.OH = (H + 2 * ph - g.KH) / sh + 1;
   g.OW = (W + 2 * pw - g.KW) / sw + 1;
-  if (g.OH < 1 || g.OW < 1) throw std::invalid_argument("conv: kernel larger than padded input");
+  if (g.OH < 1 || g.OW < 1 || H < 1 || W < 1) throw std::invalid_argument("conv: kernel larger than padded input");
   return g;
 }
 

@@ -179,6 +179,7 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
                     Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work) {
   if (W.ndim() != 2) throw std::invalid_argument("interval_dense: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  if (m == 0 || n == 0) throw std::invalid_argument("interval_dense: W has a zero dimension");
   expect_size(absW.size(), W.size(), "absW");
   if (l.size() % n != 0) throw std::invalid_argument("interval_dense: l size is not a multiple of in_features");
   const int B = static_cast<int>(l.size() / n);
@@ -300,6 +301,7 @@ template <typename T>
 void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out) {
   if (W.ndim() != 2) throw std::invalid_argument("dense_forward: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  if (m == 0 || n == 0) throw std::invalid_argument("dense_forward: W has a zero dimension");
   if (x.size() % n != 0) throw std::invalid_argument("dense_forward: x size is not a multiple of in_features");
   const int B = static_cast<int>(x.size() / n);
   expect_size(out.size(), static_cast<py::ssize_t>(B) * m, "out");
@@ -338,6 +340,7 @@ template <typename T>
 void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out) {
   if (W.ndim() != 2) throw std::invalid_argument("dense_backward: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
+  if (m == 0 || n == 0) throw std::invalid_argument("dense_backward: W has a zero dimension");
   if (lam.size() % m != 0) throw std::invalid_argument("dense_backward: lam size is not a multiple of out_features");
   const int R = static_cast<int>(lam.size() / m);
   expect_size(out.size(), static_cast<py::ssize_t>(R) * n, "out");

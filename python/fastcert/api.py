@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastcert.checks import dense_values, real_numbers
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
@@ -61,36 +62,17 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.layout != torch.strided:
-        raise TypeError(f"{name} is a sparse tensor ({x.layout}); fastcert needs a dense one: pass {name}.to_dense()")
+        dense_values(x, name)
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {x.dtype}; fastcert computes in float32 or float64: convert it with "
                         f"{name}.float() or {name}.double()")
-    if x.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU tensor of real values")
+    dense_values(x, name)
     if x.device.type != "cpu":
         raise ValueError(f"{name} is on {x.device}, but this build of fastcert bounds on the CPU only: pass {name}.cpu()")
     return x.detach()
 
 
-def _numbers(v: Any, name: str, what: str) -> torch.Tensor:
-    """A number, sequence or array of real numbers (eps, x_min, x_max) as a float64 CPU tensor,
-    detached: never through torch's default dtype, never dropping an imaginary part."""
-    if isinstance(v, (str, bytes, bool)) or v is None:
-        raise TypeError(f"{name} must be {what}, got {type(v).__name__}")
-    if isinstance(v, torch.Tensor):
-        if v.layout != torch.strided:
-            raise TypeError(f"{name} is a sparse tensor ({v.layout}); pass {name}.to_dense()")
-        if v.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device, which holds no values: pass a CPU tensor")
-        t = v.detach().cpu()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(v))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"{name} must be {what}, got {type(v).__name__}") from exc
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be {what} (real, not bool or complex), got dtype {t.dtype}")
-    return t.to(torch.float64)
+_numbers = real_numbers
 
 
 _NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "2": "2", "l2": "2", "1": "1",

@@ -82,6 +82,7 @@ import torch
 from torch import nn
 
 from fastcert.api import _norm_key, _round_to
+from fastcert.checks import dense_values, real_numbers
 
 __all__ = ["AttackResult", "LinearAttackResult", "fgsm", "minimize_linear", "pgd", "robust_error"]
 
@@ -177,6 +178,7 @@ def _as_input(x: Any) -> Tensor:
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    dense_values(x, "x")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"x has dtype {x.dtype}; fastcert attacks run in float32 or float64: convert it with "
                         f"x.float() or x.double()")
@@ -198,14 +200,8 @@ def _norm(norm: Any) -> str:
 
 def _per_sample(v: Any, B: int, name: str) -> Tensor:
     """A scalar or [B] tensor of finite numbers >= 0, as float64 [B] on the CPU."""
-    if isinstance(v, (str, bytes)) or v is None or isinstance(v, bool):
-        raise TypeError(f"{name} must be a number or a [B] tensor of numbers, got {type(v).__name__}")
-    try:
-        # never through torch's default dtype: a Python float must keep all 53 bits
-        t = v.detach().cpu().to(torch.float64) if isinstance(v, torch.Tensor) else torch.as_tensor(
-            np.asarray(v, dtype=np.float64))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a number or a [B] tensor of numbers, got {type(v).__name__}") from exc
+    # never through torch's default dtype: a Python float must keep all 53 bits
+    t = real_numbers(v, name, "a number or a [B] tensor of numbers")
     if t.dim() == 0:
         t = t.expand(B)
     t = t.reshape(-1) if t.dim() > 1 and t.numel() == B else t
@@ -246,13 +242,7 @@ def _box(bound: Any, x: Tensor, name: str) -> Tensor | None:
     the rounded box lies inside the box given)."""
     if bound is None:
         return None
-    if isinstance(bound, (str, bytes)) or isinstance(bound, bool):
-        raise TypeError(f"{name} must be a number or a tensor, got {type(bound).__name__}")
-    try:
-        t = bound.detach().cpu().to(torch.float64) if isinstance(bound, torch.Tensor) else torch.as_tensor(
-            np.asarray(bound, dtype=np.float64))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a number or a tensor broadcastable to x, got {type(bound).__name__}") from exc
+    t = real_numbers(bound, name, "a number or a tensor broadcastable to x")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite (leave it None for no bound)")
     try:

@@ -545,18 +545,23 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     return _uncrossed(lo, hi)
 
 
+def _overflow_hint(dt: torch.dtype) -> str:
+    return "try float64 inputs or a smaller eps" if dt == torch.float32 else "try a smaller eps or rescale the network"
+
+
 def _check_overflow(st: _Pass, out_box: Box) -> None:
     """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
     iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
+    # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
     if bool(torch.isfinite(out_box.l).all()) and bool(torch.isfinite(out_box.u).all()):
-        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G[-2:]):
+        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G):
             return
     for L, g in zip(st.layers, st.G):
         if g is not None and not bool(torch.isfinite(g).all()):
             raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
-                             f"{g.dtype}; the weights, x or eps are too large (try float64 or a smaller eps)")
+                             f"{g.dtype}; the weights, x or eps are too large ({_overflow_hint(g.dtype)})")
     raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
-                     f"{out_box.l.dtype}; the weights, x or eps are too large (try float64 or a smaller eps)")
+                     f"{out_box.l.dtype}; the weights, x or eps are too large ({_overflow_hint(out_box.l.dtype)})")
 
 
 def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
@@ -656,12 +661,12 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], upper[b0:b1] = _two_sided(st, C[b0:b1].contiguous(), z, len(layers), stop, b0, b1,
                                                 symmetric)
-    if torch.isnan(lower).any() or torch.isnan(upper).any():
-        raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
-                         f"for {dt} (try float64 or a smaller eps)")
     slack = _eval_slack(st, out_box, C)
     lower = lower - slack
     upper = upper + slack
+    if torch.isnan(lower).any() or torch.isnan(upper).any():
+        raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
+                         f"for {dt} ({_overflow_hint(dt)})")
     # round the subtraction outward
     lower = torch.nextafter(lower, torch.full_like(lower, -torch.inf))
     upper = torch.nextafter(upper, torch.full_like(upper, torch.inf))

@@ -171,6 +171,10 @@ class _Converter:
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for sp in getattr(g, "sparse_initializer", []):
             raise OnnxImportError(f"{name}: sparse initializer {sp.values.name!r} is not supported")
+        for k, a in self.consts.items():
+            if np.iscomplexobj(a):  # a float64 copy would drop the imaginary part
+                raise OnnxImportError(f"{name}: initializer {k!r} has the complex dtype {a.dtype}; fastcert bounds "
+                                      f"real-valued networks only")
         dyn_inputs = [i for i in g.input if i.name not in self.consts]
         if len(dyn_inputs) != 1:
             raise OnnxImportError(f"{name}: fastcert needs exactly one non-constant graph input, found "
