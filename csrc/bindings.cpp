@@ -64,9 +64,18 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
   def_all<float>(m);
   def_all<double>(m);
-  m.def("fp_env_ok", &fp_env_ok,
-        "Whether this thread rounds to nearest with gradual underflow (no flush-to-zero / denormals-are-zero), "
-        "as the core's rounding analysis assumes.");
+  m.def("fp_env_ok", []() {
+        // every thread of the OpenMP team the kernels use: its workers keep the floating-point mode they
+        // were created with (e.g. flush-to-zero on when torch started the shared pool)
+        bool ok = fp_env_ok();
+        if (!ok) return false;
+        int bad = 0;
+#pragma omp parallel reduction(+ : bad)
+        bad += fp_env_ok() ? 0 : 1;
+        return bad == 0;
+      },
+      "Whether this thread and every OpenMP worker round to nearest with gradual underflow (no flush-to-zero / "
+      "denormals-are-zero), as the core's rounding analysis assumes.");
   m.def("omp_max_threads", []() { return omp_get_max_threads(); },
         "Threads an OpenMP region of the core would use now (sizes per-thread workspaces).");
   m.def("build_info", []() {

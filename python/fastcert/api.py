@@ -179,7 +179,8 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     if C is None:
         Ct = torch.eye(K, dtype=x.dtype).expand(B, K, K)
     else:
-        Ct = _as_tensor(C, "C").to(x.dtype)
+        C_in = _as_tensor(C, "C")
+        Ct = C_in.to(x.dtype)
         if Ct.dim() == 2:
             Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
         if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K:
@@ -194,7 +195,11 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
                              f"its own slopes)")
         if lower_slope not in LOWER_SLOPE_MODES:
             raise ValueError(f"lower_slope must be one of {sorted(LOWER_SLOPE_MODES)}, got {lower_slope!r}")
-    lo, up = linear_bounds(layers, prob, Ct, method, lower_slope)
+    # a float64 C used by a float32 computation is rounded: the bounds then add |C - C_rounded| max|f|
+    C64 = None
+    if C is not None and C_in.dtype == torch.float64 and x.dtype != torch.float64:
+        C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
+    lo, up = linear_bounds(layers, prob, Ct, method, lower_slope, C_exact=C64)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 

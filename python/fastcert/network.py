@@ -171,6 +171,20 @@ def _conv_op(m: nn.Conv2d, where: str) -> _Op:
     return _Op("conv", where, {"W": W, "b": b, "stride": st, "padding": pad})
 
 
+_NO_UNDERFLOW = 2.0**-1000  # products / quotients below this may have lost bits to float64's subnormal range
+
+
+def _no_underflow(v: torch.Tensor, nonzero: torch.Tensor, what: str) -> None:
+    """Refuse a computed float64 tensor ``v`` (a product or quotient of the ``nonzero`` entries) whose
+    entries fall below 2^-1000: their rounding may be absolute (up to eta64 / 2), which the relative
+    error model of the conversion does not carry (docs/architecture.md, "Underflow")."""
+    bad = nonzero & (v.abs() < _NO_UNDERFLOW)
+    if bool(bad.any()):
+        k = int(bad.flatten().nonzero()[0])
+        raise ValueError(f"{what}: entry {k} underflows float64 (|value| {float(v.flatten()[k].abs())!r} < 2^-1000), "
+                         f"so its rounding error is not covered; rescale the layer's parameters")
+
+
 def _batchnorm_op(m: nn.modules.batchnorm._BatchNorm, where: str) -> _Op:
     if m.training:
         raise ValueError(f"{where}: BatchNorm is in training mode, where its output depends on the batch; "
@@ -186,7 +200,9 @@ def _batchnorm_op(m: nn.modules.batchnorm._BatchNorm, where: str) -> _Op:
                          f"({m.num_features},)")
     scale = 1.0 / torch.sqrt(var + float(m.eps))
     if w is not None:
+        _no_underflow(scale * w, w != 0, f"{where} scale weight / sqrt(running_var + eps)")
         scale = scale * w
+    _no_underflow(mean * scale, (mean != 0) & (scale != 0), f"{where} shift running_mean * scale")
     shift = -mean * scale
     if beta is not None:
         shift = shift + beta
@@ -206,6 +222,8 @@ def _normalize_op(m: Normalize, where: str) -> _Op:
     if mean.dim() != 1 or mean.shape != std.shape:
         raise ValueError(f"{where}: mean {tuple(mean.shape)} and std {tuple(std.shape)} must be [C] vectors")
     scale, shift = 1.0 / std, -mean / std
+    _no_underflow(scale, std != 0, f"{where} scale 1/std")
+    _no_underflow(shift, mean != 0, f"{where} shift -mean/std")
     _check_finite(scale, f"{where} scale 1/std")
     _check_finite(shift, f"{where} shift -mean/std")
     # torch computes (x - mean) / std: two roundings, plus ours of 1/std and mean/std
@@ -362,21 +380,27 @@ def _fold(layers: list[Layer]) -> list[Layer]:
             s, t = L.W64, L.b64
             assert t is not None
             ea, ec = L.eval_in  # type: ignore[attr-defined]
+            fname = prev.name + " (+ " + L.name + ")"
             if isinstance(prev, Dense):
                 W = prev.W64 * s[:, None]
+                _no_underflow(W, prev.W64 != 0, f"{fname} folded weight")
+                if prev.b64 is not None:
+                    _no_underflow(s * prev.b64, prev.b64 != 0, f"{fname} folded bias")
                 b = t + (s * prev.b64 if prev.b64 is not None else 0)
-                merged: Layer = Dense(W, b, prev.in_shape, name=prev.name + " (+ " + L.name + ")")
+                merged: Layer = Dense(W, b, prev.in_shape, name=fname)
             else:
                 cs, ct = L.chan  # type: ignore[attr-defined]
                 W = prev.W64 * cs[:, None, None, None]
+                _no_underflow(W, prev.W64 != 0, f"{fname} folded weight")
+                if prev.b64 is not None:
+                    _no_underflow(cs * prev.b64, prev.b64 != 0, f"{fname} folded bias")
                 b = ct + (cs * prev.b64 if prev.b64 is not None else 0)
-                merged = Conv2d(W, b, prev.stride, prev.padding, prev.in_shape,
-                                name=prev.name + " (+ " + L.name + ")")
+                merged = Conv2d(W, b, prev.stride, prev.padding, prev.in_shape, name=fname)
             pb = prev.bias_flat64()
             sb = (s * pb).abs() if pb is not None else torch.zeros_like(s)
             # torch: y = BN(z), err <= ea|z| + ec with |z| <= (|y| + |t|)/|s|, i.e. ea/|s| (|y| + |t|);
             # plus the rounding of our folded bias s*b + t
-            rel = torch.where(s != 0, ea / s.abs().clamp_min(1e-300), torch.zeros_like(s))
+            rel = torch.where(s != 0, ea / torch.where(s != 0, s.abs(), torch.ones_like(s)), torch.zeros_like(s))
             merged.eval_out = (rel, rel * t.abs() + ec + 4 * _U64 * (sb + t.abs()))  # type: ignore[attr-defined]
             out[-1] = merged
             continue

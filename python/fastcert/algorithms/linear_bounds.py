@@ -564,7 +564,7 @@ def _check_overflow(st: _Pass, out_box: Box) -> None:
                      f"{out_box.l.dtype}; the weights, x or eps are too large ({_overflow_hint(out_box.l.dtype)})")
 
 
-def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
+def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | None = None) -> torch.Tensor:
     """Bound on |C f_float64(x) - C f_exact(x)| over the region: [B, S] (float64 evaluation).
 
     E tracks a per-neuron bound on the rounding error of a float64 evaluation of the network: an
@@ -600,25 +600,37 @@ def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor) -> torch.Tensor:
             assert isinstance(L, Activation)
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
             assert nxt is not None
-            # libm's few ulps, relative or (for a subnormal result) absolute
-            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64
+            # libm's few ulps, relative or (for a subnormal result) absolute; torch's float64 sigmoid is
+            # 1 / (1 + e^-x): 0 once e^-x overflows, where the true value is below 2.2e-308
+            tiny64 = torch.finfo(torch.float64).tiny if L.kind == "sigmoid" else 0.0
+            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64 + tiny64
     K = out_box.l.shape[1]
     Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
     slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
+    if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box
+        dC = (C_exact.double() - C.double()).abs()
+        slack = slack + torch.einsum("bsk,bk->bs", dC, out_box.mag().double() + Ef) * (1 + 1e-6) + \
+            underflow_slack(K, torch.float64)
     return round_up(slack, C.dtype)
 
 
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
-                  lower_slope: str | None = None, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  lower_slope: str | None = None, stats: dict | None = None,
+                  C_exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S].
+
+    ``C_exact`` ([B, S, K] float64, optional): the specification ``C`` was rounded from; the bounds
+    are then widened by ``|C_exact - C| max|f|`` so that they hold for ``C_exact f``.
 
     ``lower_slope`` overrides the method's ReLU lower slope for ``crown`` / ``crown-ibp``
     ("adaptive", "parallel", "zero" or "one"; any slope in [0, 1] is sound). ``stats``, when given,
     is filled with the per-layer row counts of the back-substitutions (see :func:`_intermediate`)."""
     if not _C.fp_env_ok():
         raise ValueError("the floating-point environment flushes subnormal numbers to zero or does not round to "
-                         "nearest (e.g. after torch.set_flush_denormal(True)); fastcert's rounding analysis needs "
-                         "IEEE round-to-nearest with gradual underflow: call torch.set_flush_denormal(False)")
+                         "nearest, on this thread or on an OpenMP worker thread (e.g. after "
+                         "torch.set_flush_denormal(True): workers started meanwhile keep that mode); fastcert's "
+                         "rounding analysis needs IEEE round-to-nearest with gradual underflow: call "
+                         "torch.set_flush_denormal(False), or restart the process without setting it")
     cfg = METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
@@ -661,7 +673,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], upper[b0:b1] = _two_sided(st, C[b0:b1].contiguous(), z, len(layers), stop, b0, b1,
                                                 symmetric)
-    slack = _eval_slack(st, out_box, C)
+    slack = _eval_slack(st, out_box, C, C_exact)
     lower = lower - slack
     upper = upper + slack
     if torch.isnan(lower).any() or torch.isnan(upper).any():

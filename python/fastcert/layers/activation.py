@@ -7,6 +7,7 @@ import torch
 
 from fastcert._ext import _C
 from fastcert.layers.base import Box, Layer, np_view
+from fastcert.rounding import rounding_is_relative
 
 _KIND = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}
 LOWER_SLOPE_MODES = {"adaptive": 0, "parallel": 1, "zero": 2, "one": 3}
@@ -42,6 +43,11 @@ class Activation(Layer):
         return torch.sigmoid(x)
 
     def interval(self, box: Box) -> Box:
+        if self.kind == "leaky_relu" and box.l.dtype != torch.float64:
+            a = torch.tensor([self.alpha], dtype=torch.float64)
+            if not bool(rounding_is_relative(a, box.l.dtype).all()):
+                raise ValueError(f"{self.name or self.kind}: negative_slope {self.alpha!r} lies below the normal range "
+                                 f"of {box.l.dtype} and does not round exactly to it; pass x as float64 (x.double())")
         lo = torch.empty_like(box.l)
         hi = torch.empty_like(box.u)
         _C.act_interval(_KIND[self.kind], self.alpha, np_view(box.l), np_view(box.u), np_view(lo), np_view(hi))
