@@ -96,6 +96,15 @@ def test_l2_dual_norm_does_not_underflow(dtype: torch.dtype, w: float) -> None:
         assert float(up) >= 1.414, method
 
 
+@pytest.mark.parametrize("dtype, w", [(torch.float32, 1e-30), (torch.float64, 1e-170)])
+def test_l2_dual_norm_single_affine_layer(dtype: torch.dtype, w: float) -> None:
+    """IBP (and every method) on one affine layer concretizes against the L2 ball directly."""
+    m = nn.Sequential(_linear(3, 2, torch.tensor([[w, -w, w], [w, w, 0.0]], dtype=torch.float64), 0.0)).to(dtype).eval()
+    res = _assert_sound(m, torch.zeros(1, 3, dtype=dtype), 1.0, "2")
+    for method, (lo, up) in res.items():  # max of w (x1 - x2 + x3) over the unit ball: w sqrt(3)
+        assert float(up[0, 0]) >= w * 1.7320508 and float(lo[0, 0]) <= -w * 1.7320508, method
+
+
 @pytest.mark.parametrize("norm", ["2", "1", "inf"])
 @pytest.mark.parametrize("seed", range(4))
 def test_float32_mlp_tiny_weights(norm: str, seed: int) -> None:
