@@ -114,7 +114,7 @@ def test_mip_equals_brute_force_and_sandwiched(seed, n_in, widths, eps, norm, do
     g = torch.Generator().manual_seed(100 + seed)
     x = torch.rand(2, n_in, generator=g, dtype=torch.float64)
     lo, hi = (None, None) if domain is None else domain
-    res = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0)
+    res = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, early_stop=False)
     K = 3
     y = model(x).argmax(1)
     C = -torch.eye(K, dtype=torch.float64).unsqueeze(0).repeat(2, 1, 1)
@@ -149,7 +149,7 @@ def test_counterexamples_really_violate():
         model = _net(seed, 3, [4, 3], scale=1.5)
         x = torch.rand(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         for norm, eps in (("inf", 0.5), ("1", 0.8)):
-            for b, rows in enumerate(mip.verify(model, x, eps, norm, x_min=0.0, x_max=1.0)):
+            for b, rows in enumerate(mip.verify(model, x, eps, norm, x_min=0.0, x_max=1.0, early_stop=False)):
                 for r in rows:
                     assert r.verdict in ("verified", "falsified", "unknown")
                     if r.verdict != "falsified":
@@ -173,7 +173,7 @@ def test_custom_C_and_conv_and_normalize():
     x = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64)
     C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.5, -2.0]], dtype=torch.float64)
     eps = 0.05
-    res = mip.verify(conv, x, eps, "inf", C=C, x_min=0.0, x_max=1.0)[0]
+    res = mip.verify(conv, x, eps, "inf", C=C, x_min=0.0, x_max=1.0, early_stop=False)[0]
     crown = fastcert.bounds(conv, x, eps, norm="inf", C=C, x_min=0.0, x_max=1.0).lower[0]
     att = attacks.minimize_linear(conv, x, eps, "inf", C, steps=60, restarts=3, x_min=0.0, x_max=1.0).values[0]
     pts = (x + (torch.rand(4000, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1) * eps).clamp(0, 1)
@@ -197,7 +197,7 @@ def test_unfolded_batchnorm_and_relu_output():
     assert any(L.kind == "diag" for L in fastcert.Network.from_torch(m).layers_for((3,)))
     x = torch.rand(1, 3, generator=g, dtype=torch.float64)
     eps = 0.3
-    res = mip.verify(m, x, eps, "1")[0]
+    res = mip.verify(m, x, eps, "1", early_stop=False)[0]
     y = int(m(x).argmax())
     d = torch.randn(20000, 3, generator=g, dtype=torch.float64)
     d = d / d.abs().sum(1, keepdim=True) * eps * torch.rand(20000, 1, generator=g, dtype=torch.float64) ** (1 / 3)
@@ -213,11 +213,11 @@ def test_unfolded_batchnorm_and_relu_output():
 def test_time_limit_never_gives_a_wrong_verdict():
     model = _net(11, 4, [12, 12, 12], n_out=4, scale=1.0)
     x = torch.rand(2, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    full = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=30.0) for r in rows]
+    full = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=30.0, early_stop=False) for r in rows]
     assert all(f.status == "Optimal" for f in full)
-    tiny = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=1e-3) for r in rows]
+    tiny = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=1e-3, early_stop=False) for r in rows]
     assert any(q.verdict == "unknown" and q.status == "Time limit reached" for q in tiny)
-    short = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=0.02) for r in rows]
+    short = [r for rows in mip.verify(model, x, 0.2, "inf", time_limit=0.02, early_stop=False) for r in rows]
     for f, q in zip(full + full, tiny + short):
         assert q.verdict in ("verified", "falsified", "unknown")
         assert q.time_s < 2.0
@@ -231,9 +231,9 @@ def test_time_limit_never_gives_a_wrong_verdict():
 def test_network_object_and_float32_input():
     model = _net(1, 3, [4, 3])
     x = torch.rand(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ref = mip.verify(model, x, 0.3, "inf", labels=[0, 1])
+    ref = mip.verify(model, x, 0.3, "inf", labels=[0, 1], early_stop=False)
     net = fastcert.Network.from_torch(model)
-    got = mip.verify(net, x.float(), 0.3, "inf", labels=[0, 1])
+    got = mip.verify(net, x.float(), 0.3, "inf", labels=[0, 1], early_stop=False)
     for rr, gg in zip(ref, got):
         for r, g in zip(rr, gg):
             assert r.target == g.target and r.verdict == g.verdict
@@ -263,9 +263,9 @@ def test_early_stop_agrees_with_full_solve(seed, n_in, widths, eps, norm, domain
     model = _net(seed, n_in, widths, scale=1.3)
     x = torch.rand(2, n_in, generator=torch.Generator().manual_seed(200 + seed), dtype=torch.float64)
     lo, hi = (None, None) if domain is None else domain
-    full = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0)
+    full = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, early_stop=False)
     fast = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, early_stop=True)
-    refined = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, lp_refine=5.0)
+    refined = mip.verify(model, x, eps, norm, x_min=lo, x_max=hi, time_limit=20.0, lp_refine=5.0, early_stop=False)
     for b in range(2):
         for f, q, r in zip(full[b], fast[b], refined[b]):
             assert f.min_value is not None and q.min_value is None
@@ -340,7 +340,7 @@ def test_lp_refined_bounds_are_sound_and_tighter(seed, n_in, widths, half):
         prefix = nn.Sequential(*list(model)[:i])
         n = layers[i - 1].n_out
         C = torch.cat([torch.eye(n, dtype=torch.float64)[uns], -torch.eye(n, dtype=torch.float64)[uns]])
-        res = mip.verify(prefix, x0, eps, "inf", C=C, x_min=lo_t, x_max=hi_t, time_limit=20.0)[0]
+        res = mip.verify(prefix, x0, eps, "inf", C=C, x_min=lo_t, x_max=hi_t, time_limit=20.0, early_stop=False)[0]
         k = len(uns)
         for q, nrn in enumerate(uns):
             zmin, zmax = res[q].min_value, -res[k + q].min_value
@@ -561,7 +561,7 @@ def test_solve_property_close_margins_match_the_exact_mip(seed):
     lo, hi = np.clip(c - 0.3, 0, 1), np.clip(c + 0.3, 0, 1)
     y = int(model(torch.from_numpy(c)[None]).argmax())
     exact = mip.verify(model, torch.from_numpy((lo + hi) / 2)[None], float((hi - lo).max() / 2), "inf", labels=[y],
-                       x_min=torch.from_numpy(lo), x_max=torch.from_numpy(hi))[0]
+                       x_min=torch.from_numpy(lo), x_max=torch.from_numpy(hi), early_stop=False)[0]
     bad = int(g.integers(3)) if seed % 2 else -1
     cons = []
     for n, r in enumerate(exact):

@@ -36,6 +36,8 @@ class CertifyResult:
     certified: [B] bool — every margin lower bound is > 0 (and the sample is correctly classified).
     margins:   [B, K] lower bounds of ``f_y(x') - f_j(x')``; ``+inf`` at ``j = y``.
     labels:    [B] int64, the labels that were certified (the prediction at x when none are given).
+    labels_from_prediction: True when no labels were given, so ``labels`` are the model's own
+    predictions and :attr:`certified_accuracy` measures robustness of the prediction, not accuracy.
     """
 
     certified: torch.Tensor
@@ -46,8 +48,12 @@ class CertifyResult:
     norm: str
     time_s: float
 
+    labels_from_prediction: bool = False
+
     @property
     def certified_accuracy(self) -> float:
+        """Fraction of samples certified for their label; against the model's own predictions (certified
+        robustness, not accuracy) when ``labels_from_prediction``."""
         return float(self.certified.double().mean()) if self.certified.numel() else float("nan")
 
 
@@ -238,4 +244,5 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     margins = res.lower.clone()
     margins[torch.arange(B), y] = torch.inf
     certified = (margins > 0).all(dim=1) & (pred == y)
-    return CertifyResult(certified, margins, y, method, eps, _norm_key(norm), time.perf_counter() - t0)
+    return CertifyResult(certified, margins, y, method, eps, _norm_key(norm), time.perf_counter() - t0,
+                         labels_from_prediction=labels is None)

@@ -25,6 +25,9 @@ Errors exit non-zero with a one-line ``fastcert: error: ...`` on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import io
 import json
 import math
 import os
@@ -384,11 +387,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _c_stdout_to_stderr():
+    """While a ``--json`` command runs, what C libraries write to file descriptor 1 (HiGHS prints its
+    banner there when a solver is created) goes to stderr, so that stdout holds the JSON alone. Python's
+    ``sys.stdout``, when it is the process's real stdout, keeps writing to the original descriptor."""
+    try:
+        real = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        real = False  # e.g. captured by a test harness: only the C-level descriptor is redirected
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    old = sys.stdout
+    if real:
+        sys.stdout = open(saved, "w", buffering=1 if old.line_buffering else -1, closefd=False,  # noqa: SIM115
+                          encoding=old.encoding, errors=old.errors)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        try:  # C stdio buffers what it printed (fully buffered on a pipe): out before fd 1 is restored
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):  # pragma: no cover - no C library handle on this platform
+            pass
+        if real:
+            sys.stdout.close()
+            sys.stdout = old
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if getattr(args, "json", False):
+            with _c_stdout_to_stderr():
+                return int(args._run(args))
         return int(args._run(args))
     except _UsageError as exc:
         print(f"fastcert {args.command}: error: {exc}", file=sys.stderr)

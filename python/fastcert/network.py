@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer
+from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer, UnsupportedError
 from fastcert.layers.affine import channel_expand
 from fastcert.nn import Normalize
 
@@ -274,7 +274,7 @@ def _leaf_op(m: nn.Module, base: type | None, where: str) -> _Op | None:
         if base is nn.Dropout and m.training:
             raise ValueError(f"{where}: Dropout is in training mode (random); call model.eval() before verifying")
         return None
-    raise ValueError(f"{where}: unsupported layer {type(m).__name__}. fastcert supports: {SUPPORTED}. "
+    raise UnsupportedError(f"{where}: unsupported layer {type(m).__name__}. fastcert supports: {SUPPORTED}. "
                      f"Rewrite the model as an nn.Sequential of these")
 
 

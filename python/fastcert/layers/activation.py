@@ -13,8 +13,12 @@ _KIND = {"relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 3}
 LOWER_SLOPE_MODES = {"adaptive": 0, "parallel": 1, "zero": 2, "one": 3}
 
 
-class UnsupportedError(NotImplementedError):
-    """A layer or method combination that fastcert does not (yet) bound; never silently replaced."""
+class UnsupportedError(ValueError, NotImplementedError):
+    """A layer or method combination that fastcert does not (yet) bound; never silently replaced.
+
+    The one exception type for "not supported", whether found at conversion (an unsupported layer) or
+    by a method (CROWN on a sigmoid): a ``ValueError`` like every other refusal of an input (and a
+    ``NotImplementedError``, as it was first defined)."""
 
 
 class Activation(Layer):
