@@ -51,3 +51,18 @@ def test_certify_says_when_labels_are_the_predictions() -> None:
     x = torch.rand(4, 2, dtype=torch.float64)
     assert fastcert.certify(m, x, 0.01).labels_from_prediction
     assert not fastcert.certify(m, x, 0.01, labels=[0, 1, 2, 0]).labels_from_prediction
+
+
+def test_pgd_accepts_a_float32_model_with_float64_input() -> None:
+    """certify accepted a float32 model with float64 x, attacks.pgd refused it: now it attacks an exact
+    float64 copy (the function certify bounds); the model itself is left untouched."""
+    from fastcert import attacks
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()  # float32
+    x = torch.rand(5, 4, dtype=torch.float64)
+    res = attacks.pgd(m, x, 0.3, labels=[0, 1, 2, 0, 1], steps=10, seed=0)
+    assert res.x_adv.dtype == torch.float64
+    assert next(m.parameters()).dtype == torch.float32
+    cert = fastcert.certify(m, x, 0.3, labels=[0, 1, 2, 0, 1])
+    assert not (cert.certified & res.success).any()

@@ -157,6 +157,20 @@ class LinearAttackResult:
 # ------------------------------------------------------------------------------------------------
 
 
+def _exact_upcast(model: Any, dt: torch.dtype) -> Any:
+    """A float64 copy of a model whose floating-point parameters and buffers are all of a lower
+    precision, for float64 inputs: the upcast is exact, so the attack runs on the very function that
+    fastcert.certify bounds for such a model (its weights in float64). Any other model as it is."""
+    if dt != torch.float64 or not isinstance(model, nn.Module):
+        return model
+    ts = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not ts or any(t.dtype == torch.float64 or t.is_complex() for t in ts):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.float64)
+
+
 def _check_model(model: Any, dt: torch.dtype) -> None:
     if not isinstance(model, nn.Module):
         hint = " (pass the torch model, not a fastcert.Network)" if type(model).__name__ == "Network" else ""
@@ -580,8 +594,9 @@ def _pgd_rows(model: nn.Module, shape: tuple[int, ...], reg: _Region, idx: Tenso
 
 def _common(model: Any, x: Any, eps: Any, norm: Any, x_min: Any, x_max: Any, steps: int, restarts: int,
             step_size: Any, l1_sparsity: float,
-            batch_size: int | None) -> tuple[Tensor, Tensor, str, _Region, Tensor, int, Tensor]:
+            batch_size: int | None) -> tuple[nn.Module, Tensor, Tensor, str, _Region, Tensor, int, Tensor]:
     x = _as_input(x)
+    model = _exact_upcast(model, x.dtype)
     _check_model(model, x.dtype)
     nk = _norm(norm)
     B = x.shape[0]
@@ -606,7 +621,7 @@ def _common(model: Any, x: Any, eps: Any, norm: Any, x_min: Any, x_max: Any, ste
                              f"{exc}".strip()) from exc
     if not clean.is_floating_point():
         raise TypeError(f"the model's output has dtype {clean.dtype}; attacks need floating-point logits")
-    return x, e, nk, reg, st.to(device=x.device, dtype=x.dtype)[:, None], l1_k, clean
+    return model, x, e, nk, reg, st.to(device=x.device, dtype=x.dtype)[:, None], l1_k, clean
 
 
 def _margin_fns(y: Tensor, t: Tensor | None, loss: str) -> tuple[ValueFn, ValueFn | None]:
@@ -637,7 +652,7 @@ def _attack(model: Any, x: Any, eps: Any, norm: Any, labels: Any, targets: Any, 
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    x, e, nk, reg, st, l1_k, clean = _common(model, x, eps, norm, x_min, x_max, steps, restarts, step_size,
+    model, x, e, nk, reg, st, l1_k, clean = _common(model, x, eps, norm, x_min, x_max, steps, restarts, step_size,
                                              l1_sparsity, batch_size)
     B, K = clean.shape
     if K < 2:
@@ -668,7 +683,8 @@ def pgd(model: nn.Module, x: Any, eps: Any, norm: Any = "inf", labels: Any = Non
     """Projected gradient descent with random restarts over ``{x' : ||x' - x||_norm <= eps,
     x_min <= x' <= x_max}``.
 
-    model: nn.Module mapping [N, *input_shape] to logits [N, K] (called as-is, in x's dtype).
+    model: nn.Module mapping [N, *input_shape] to logits [N, K] (called as-is, in x's dtype; a float32
+    model with float64 x runs as an exact float64 copy, the function fastcert.certify bounds).
     x: [B, *input_shape] float32/float64 (torch or numpy). eps: scalar or [B] (>= 0).
     norm: "inf", "2" or "1". labels: [B] ints (default: the prediction at x).
     targets: [B] ints != labels for a targeted attack (minimises ``f_y - f_t``), else untargeted
@@ -719,7 +735,7 @@ def minimize_linear(model: nn.Module, x: Any, eps: Any, norm: Any, C: Any, *, st
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if stop_below is not None and (isinstance(stop_below, bool) or not isinstance(stop_below, (int, float))):
         raise TypeError(f"stop_below must be a number or None, got {type(stop_below).__name__}")
-    x, e, nk, reg, st, l1_k, clean = _common(model, x, eps, norm, x_min, x_max, steps, restarts, step_size,
+    model, x, e, nk, reg, st, l1_k, clean = _common(model, x, eps, norm, x_min, x_max, steps, restarts, step_size,
                                              l1_sparsity, batch_size)
     B, K = clean.shape
     Ct = torch.from_numpy(C) if isinstance(C, np.ndarray) else C
