@@ -34,7 +34,7 @@ from fastcert.algorithms.linear_bounds import (
     patch_row_macs,
     patch_steps,
 )
-from fastcert.api import _region
+from fastcert.api import make_region
 from fastcert.layers import Conv2d, Dense, Diag, Layer
 from fastcert.network import Network
 
@@ -90,7 +90,7 @@ def count(net: Network, x: torch.Tensor, eps: float, method: str, C: torch.Tenso
         byts += n_weights(L) * item + B * 2 * S * L.n_in * item
         return Work(flops, byts, {})
     stats: dict = {}
-    prob = _region(x.to(torch.float64), eps, "inf", None, None)
+    prob = make_region(x.to(torch.float64), eps, "inf", None, None)
     linear_bounds(layers, prob, C.to(torch.float64), method, stats=stats)
     dirs = 1 if cfg[0] == "parallel" else 2
     rows = {i: float(r.double().mean()) for i, r in stats.get("rows", {}).items()}

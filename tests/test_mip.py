@@ -23,7 +23,7 @@ from torch import nn
 
 pytest.importorskip("highspy")
 from fastcert import lp_refine, mip
-from fastcert.api import _region
+from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.layers import Activation
 
@@ -302,7 +302,7 @@ def _box_setup(seed: int, n_in: int, widths: list[int], half: float):
     net = fastcert.Network.from_torch(model, (n_in,))
     layers = net.layers_for((n_in,))
     x0 = (lo + hi) / 2
-    prob = _region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
+    prob = make_region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
                    torch.from_numpy(hi))
     pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip._prefix_bounds(layers, prob, "crown").items()}
     mats = [lp_refine.affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
@@ -390,7 +390,7 @@ def test_encoding_contains_every_true_point_and_certificates_are_valid(mode):
                                                             enc.row_lo, enc.row_hi, enc.x, enc.out, enc.binary)
         for _ in range(3):
             cost = g.standard_normal(enc.ncol)
-            hs = lp_refine._highs_lp(lpenc, cost, 10.0)
+            hs = lp_refine.highs_lp(lpenc, cost, 10.0)
             hs.run()
             opt = hs.getInfo().objective_function_value
             lam = np.asarray(hs.getSolution().row_dual)

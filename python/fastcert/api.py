@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from fastcert.checks import dense_values, real_numbers
+from fastcert.checks import as_tensor, norm_key, real_numbers, round_to
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
@@ -57,56 +56,10 @@ class CertifyResult:
         return float(self.certified.double().mean()) if self.certified.numel() else float("nan")
 
 
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
-    """``x`` (torch or numpy) as a dense float32/float64 CPU tensor, detached (bounds carry no gradient)."""
-    if isinstance(x, np.ndarray):
-        try:
-            x = torch.from_numpy(x)
-        except TypeError as exc:
-            raise TypeError(f"{name} is a numpy array of dtype {x.dtype}; fastcert computes in float32 or float64: "
-                            f"convert it with {name}.astype(np.float64)") from exc
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.layout != torch.strided:
-        dense_values(x, name)
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} has dtype {x.dtype}; fastcert computes in float32 or float64: convert it with "
-                        f"{name}.float() or {name}.double()")
-    dense_values(x, name)
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}, but this build of fastcert bounds on the CPU only: pass {name}.cpu()")
-    return x.detach()
-
-
 _numbers = real_numbers
 
 
-_NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "2": "2", "l2": "2", "1": "1",
-                 "l1": "1"}
-
-
-def _norm_key(norm: Any) -> str:
-    """'inf' | '2' | '1' from 'inf', 'Linf', 'l2', 2, 2.0, float('inf'), ..."""
-    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        key = "inf" if norm == float("inf") else ("2" if norm == 2 else "1" if norm == 1 else None)
-    elif isinstance(norm, str):
-        key = _NORM_ALIASES.get(norm.strip().lower())
-    else:
-        key = None
-    if key is None:
-        raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
-    return key
-
-
-def _round_to(v: torch.Tensor, dt: torch.dtype, up: bool) -> torch.Tensor:
-    """Cast a float64 tensor to ``dt`` rounding up (or down), never to the nearest on the wrong side."""
-    r = v.to(dt)
-    if up:
-        return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r)
-    return torch.where(r.double() > v, torch.nextafter(r, torch.full_like(r, -torch.inf)), r)
-
-
-def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
+def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
     B = x.shape[0]
     dt = x.dtype
     flat = x.detach().reshape(B, -1).contiguous()
@@ -121,7 +74,7 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
         raise ValueError("eps must be finite")
     if (e < 0).any():
         raise ValueError(f"eps must be >= 0, got min {float(e.min())}")
-    e = _round_to(e, dt, up=True).contiguous()  # a ball no smaller than asked for
+    e = round_to(e, dt, up=True).contiguous()  # a ball no smaller than asked for
     lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
     hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -130,7 +83,7 @@ def _region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Pro
         if bnd is None:
             continue
         t = _numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
-        t = _round_to(t, dt, up=(name == "x_max"))  # domain never shrinks
+        t = round_to(t, dt, up=(name == "x_max"))  # domain never shrinks
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} must be finite")
         try:
@@ -157,7 +110,7 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
         if has_bn:
             raise ValueError("the model is in training mode and has BatchNorm layers: call model.eval() first")
     net = as_network(model)
-    x = _as_tensor(x, "x")
+    x = as_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must be batched: [B, *input_shape], got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -179,13 +132,13 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     """
     t0 = time.perf_counter()
     net, x, layers = _prepare(model, x, method)
-    nk = _norm_key(norm)
-    prob = _region(x, eps, nk, x_min, x_max)
+    nk = norm_key(norm)
+    prob = make_region(x, eps, nk, x_min, x_max)
     B, K = x.shape[0], layers[-1].n_out
     if C is None:
         Ct = torch.eye(K, dtype=x.dtype).expand(B, K, K)
     else:
-        C_in = _as_tensor(C, "C")
+        C_in = as_tensor(C, "C")
         Ct = C_in.to(x.dtype)
         if Ct.dim() == 2:
             Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
@@ -244,5 +197,5 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     margins = res.lower.clone()
     margins[torch.arange(B), y] = torch.inf
     certified = (margins > 0).all(dim=1) & (pred == y)
-    return CertifyResult(certified, margins, y, method, eps, _norm_key(norm), time.perf_counter() - t0,
+    return CertifyResult(certified, margins, y, method, eps, norm_key(norm), time.perf_counter() - t0,
                          labels_from_prediction=labels is None)

@@ -81,8 +81,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcert.api import _norm_key, _round_to
-from fastcert.checks import dense_values, real_numbers
+from fastcert.checks import dense_values, norm_key, real_numbers, round_to
 
 __all__ = ["AttackResult", "LinearAttackResult", "fgsm", "minimize_linear", "pgd", "robust_error"]
 
@@ -209,7 +208,7 @@ def _as_input(x: Any) -> Tensor:
 def _norm(norm: Any) -> str:
     if isinstance(norm, (int, float)) and not isinstance(norm, bool):
         norm = {1: "1", 2: "2"}.get(norm, "inf" if norm == math.inf else repr(norm))  # type: ignore[call-overload]
-    return _norm_key(norm)
+    return norm_key(norm)
 
 
 def _per_sample(v: Any, B: int, name: str) -> Tensor:
@@ -269,7 +268,7 @@ def _box(bound: Any, x: Tensor, name: str) -> Tensor | None:
         raise ValueError("x lies below x_min somewhere: the centre of the ball must lie in the input domain")
     if name == "x_max" and (x64 > t).any():
         raise ValueError("x lies above x_max somewhere: the centre of the ball must lie in the input domain")
-    return _round_to(t, x.dtype, up=(name == "x_min")).to(x.device)
+    return round_to(t, x.dtype, up=(name == "x_min")).to(x.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +289,7 @@ class _Region:
 
     @property
     def eps_dt(self) -> Tensor:
-        return _round_to(self.eps, self.x.dtype, up=False)[:, None]
+        return round_to(self.eps, self.x.dtype, up=False)[:, None]
 
     def rows(self, idx: Tensor) -> _Region:
         return _Region(self.x[idx], self.eps[idx], self.lo[idx], self.hi[idx], self.norm)

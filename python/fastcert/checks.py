@@ -34,3 +34,49 @@ def real_numbers(v: Any, name: str, what: str) -> torch.Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be {what} (real, not bool or complex), got dtype {t.dtype}")
     return t.to(torch.float64)
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` (torch or numpy) as a dense float32/float64 CPU tensor, detached (bounds carry no gradient)."""
+    if isinstance(x, np.ndarray):
+        try:
+            x = torch.from_numpy(x)
+        except TypeError as exc:
+            raise TypeError(f"{name} is a numpy array of dtype {x.dtype}; fastcert computes in float32 or float64: "
+                            f"convert it with {name}.astype(np.float64)") from exc
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        dense_values(x, name)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} has dtype {x.dtype}; fastcert computes in float32 or float64: convert it with "
+                        f"{name}.float() or {name}.double()")
+    dense_values(x, name)
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} is on {x.device}, but this build of fastcert bounds on the CPU only: pass {name}.cpu()")
+    return x.detach()
+
+
+_NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "2": "2", "l2": "2", "1": "1",
+                 "l1": "1"}
+
+
+def norm_key(norm: Any) -> str:
+    """'inf' | '2' | '1' from 'inf', 'Linf', 'l2', 2, 2.0, float('inf'), ..."""
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        key = "inf" if norm == float("inf") else ("2" if norm == 2 else "1" if norm == 1 else None)
+    elif isinstance(norm, str):
+        key = _NORM_ALIASES.get(norm.strip().lower())
+    else:
+        key = None
+    if key is None:
+        raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
+    return key
+
+
+def round_to(v: torch.Tensor, dt: torch.dtype, up: bool) -> torch.Tensor:
+    """Cast a float64 tensor to ``dt`` rounding up (or down), never to the nearest on the wrong side."""
+    r = v.to(dt)
+    if up:
+        return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r)
+    return torch.where(r.double() > v, torch.nextafter(r, torch.full_like(r, -torch.inf)), r)

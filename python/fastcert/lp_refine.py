@@ -262,7 +262,7 @@ def certified_lower(enc: Encoding, cost: np.ndarray, lam: np.ndarray, absA_T: sp
     return total - err
 
 
-def _highs_lp(enc: Encoding, cost: np.ndarray, time_limit: float) -> Any:
+def highs_lp(enc: Encoding, cost: np.ndarray, time_limit: float) -> Any:
     import highspy
 
     inf = highspy.kHighsInf
@@ -322,7 +322,7 @@ def refine_bounds(layers: list, mats: list, pre: dict, lo: np.ndarray, hi: np.nd
         enc = encode(layers, mats, new, lo, hi, upto=i, mode="lp", last_keep=(l < 0) & (u > 0))
         zc = enc.out[i - 1]
         cost = np.zeros(enc.ncol)
-        hs = _highs_lp(enc, cost, max(1e-3, stop - time.perf_counter()))
+        hs = highs_lp(enc, cost, max(1e-3, stop - time.perf_counter()))
         AT = enc.A.T.tocsr()
         absAT = abs(AT)
         nnz = np.diff(enc.A.tocsc().indptr)

@@ -65,7 +65,8 @@ import torch
 from torch import nn
 
 from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
-from fastcert.api import _as_tensor, _norm_key, _region
+from fastcert.api import make_region
+from fastcert.checks import as_tensor, norm_key
 from fastcert.confirm import confirm_point, into_region, output_upper
 from fastcert.layers import Activation, Conv2d, Dense, Diag
 from fastcert.lp_refine import Encoding, affine_matrix, encode, refine_bounds
@@ -316,8 +317,8 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     lp_refine: seconds per sample for tightening the pre-activation bounds by per-neuron LPs
     (:func:`fastcert.lp_refine.refine_bounds`; 0 = off, CROWN bounds only).
     """
-    nk = _norm_key(norm)
-    # bounds carry no gradient: a box that requires grad is used detached (as x is); _region checks it
+    nk = norm_key(norm)
+    # bounds carry no gradient: a box that requires grad is used detached (as x is); make_region checks it
     x_min, x_max = (b.detach() if isinstance(b, torch.Tensor) else b for b in (x_min, x_max))
     if nk == "2":
         raise ValueError("norm='2': an L2 ball is not linear-representable; exact verification over it needs a "
@@ -333,7 +334,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("the model is in training mode and has BatchNorm layers: call model.eval() first")
     net = as_network(model)
-    x = _as_tensor(x, "x")
+    x = as_tensor(x, "x")
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch [B, *input_shape], got shape {tuple(x.shape)}")
     xd = x.detach().double()
@@ -341,7 +342,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     layers = net.layers_for(shape)
     _check_layers(layers)
     B, K = xd.shape[0], layers[-1].n_out
-    prob = _region(xd, eps, nk, x_min, x_max)
+    prob = make_region(xd, eps, nk, x_min, x_max)
     ref_model = model
     if isinstance(model, nn.Module):
         ref_model = copy.deepcopy(model).double().eval()
@@ -370,7 +371,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
                 Ct[b, s, int(y[b])] += 1.0
                 Ct[b, s, j] -= 1.0
     else:
-        Ct = _as_tensor(C, "C").detach().double()
+        Ct = as_tensor(C, "C").detach().double()
         if Ct.dim() == 2:
             Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
         if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K or Ct.shape[1] == 0:
@@ -615,7 +616,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     is unsat iff it is > 0), ``best_upper`` (the lowest re-executed value found), ``conjunctions`` (per
     conjunction: bounds, status, time, binaries), ``refine`` (LP refinement counts) and stage times.
     """
-    from fastcert.lp_refine import _highs_lp, certified_lower
+    from fastcert.lp_refine import certified_lower, highs_lp
 
     t_start = time.perf_counter()
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
@@ -686,7 +687,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
             continue
         x0 = np.clip((lo + hi) / 2, lo, hi)
         eps = float(((hi - lo) / 2).max()) * (1 + 1e-9) + 1e-300  # the ball contains the box: region == box
-        prob = _region(torch.from_numpy(x0).reshape(1, *shape), eps, "inf", torch.from_numpy(lo).reshape(shape),
+        prob = make_region(torch.from_numpy(x0).reshape(1, *shape), eps, "inf", torch.from_numpy(lo).reshape(shape),
                        torch.from_numpy(hi).reshape(shape))
         if not (np.array_equal(prob.l0[0].numpy(), lo) and np.array_equal(prob.u0[0].numpy(), hi)):  # pragma: no cover
             raise RuntimeError("internal error: the bounded region differs from the disjunct's box")
@@ -754,7 +755,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
                 starts.append(None)
                 continue
             menc, cost, offset = _conj_model(enc_lp, j["A"], j["b"], j["crown_lower"], j["crown_upper"])
-            hs = _highs_lp(menc, cost, deadline - time.perf_counter())
+            hs = highs_lp(menc, cost, deadline - time.perf_counter())
             hs.run()
             sol = hs.getSolution()
             x_lp = None

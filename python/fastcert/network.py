@@ -43,7 +43,7 @@ _EXTRA_CALL = {nn.Conv2d: ("_conv_forward",)}
 
 
 @dataclass
-class _Op:
+class LayerOp:
     """A shape-free description of one module, before the input shape is known."""
 
     kind: str  # linear conv act flatten chaff avgpool
@@ -159,7 +159,7 @@ def _weights(m: nn.Module, where: str, w_dim: int) -> tuple[torch.Tensor, torch.
     return W, b
 
 
-def _conv_op(m: nn.Conv2d, where: str) -> _Op:
+def _conv_op(m: nn.Conv2d, where: str) -> LayerOp:
     if m.groups != 1 or _pair(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise ValueError(f"{where}: only Conv2d with groups=1, dilation=1, numeric zero padding is supported "
                          f"(got groups={m.groups}, dilation={m.dilation}, padding={m.padding!r}, "
@@ -168,7 +168,7 @@ def _conv_op(m: nn.Conv2d, where: str) -> _Op:
     if min(st) < 1 or min(pad) < 0:
         raise ValueError(f"{where}: stride {st} and padding {pad} must be >= 1 and >= 0 (torch refuses them too)")
     W, b = _weights(m, where, 4)
-    return _Op("conv", where, {"W": W, "b": b, "stride": st, "padding": pad})
+    return LayerOp("conv", where, {"W": W, "b": b, "stride": st, "padding": pad})
 
 
 _NO_UNDERFLOW = 2.0**-1000  # products / quotients below this may have lost bits to float64's subnormal range
@@ -185,7 +185,7 @@ def _no_underflow(v: torch.Tensor, nonzero: torch.Tensor, what: str) -> None:
                          f"so its rounding error is not covered; rescale the layer's parameters")
 
 
-def _batchnorm_op(m: nn.modules.batchnorm._BatchNorm, where: str) -> _Op:
+def _batchnorm_op(m: nn.modules.batchnorm._BatchNorm, where: str) -> LayerOp:
     if m.training:
         raise ValueError(f"{where}: BatchNorm is in training mode, where its output depends on the batch; "
                          f"call model.eval() before verifying")
@@ -214,10 +214,10 @@ def _batchnorm_op(m: nn.modules.batchnorm._BatchNorm, where: str) -> _Op:
     c = 8 * _U64 * (mean.abs() * scale.abs() + babs)
     # the per-sample ranks torch accepts: BatchNorm1d [B, C] or [B, C, L], BatchNorm2d [B, C, H, W]
     ranks = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)
-    return _Op("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c, "ranks": ranks})
+    return LayerOp("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c, "ranks": ranks})
 
 
-def _normalize_op(m: Normalize, where: str) -> _Op:
+def _normalize_op(m: Normalize, where: str) -> LayerOp:
     mean, std = _snap(m.mean, f"{where} mean"), _snap(m.std, f"{where} std")
     if mean.dim() != 1 or mean.shape != std.shape:
         raise ValueError(f"{where}: mean {tuple(mean.shape)} and std {tuple(std.shape)} must be [C] vectors")
@@ -228,10 +228,10 @@ def _normalize_op(m: Normalize, where: str) -> _Op:
     _check_finite(shift, f"{where} shift -mean/std")
     # torch computes (x - mean) / std: two roundings, plus ours of 1/std and mean/std
     a, c = 4 * _U64 / std, 4 * _U64 * mean.abs() / std
-    return _Op("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c})
+    return LayerOp("chaff", where, {"scale": scale, "shift": shift, "eval_a": a, "eval_c": c})
 
 
-def _avgpool_op(m: nn.AvgPool2d, where: str) -> _Op:
+def _avgpool_op(m: nn.AvgPool2d, where: str) -> LayerOp:
     k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride not in (None, [], ()) else m.kernel_size), _pair(m.padding)
     if m.ceil_mode or (not m.count_include_pad and p != (0, 0)):
         raise ValueError(f"{where}: AvgPool2d with ceil_mode=True or count_include_pad=False and padding is "
@@ -242,28 +242,28 @@ def _avgpool_op(m: nn.AvgPool2d, where: str) -> _Op:
     if m.divisor_override is not None and m.divisor_override == 0:
         raise ValueError(f"{where}: AvgPool2d divisor_override=0 divides by zero (torch refuses it too)")
     div = m.divisor_override if m.divisor_override is not None else k[0] * k[1]
-    return _Op("avgpool", where, {"k": k, "stride": s, "padding": p, "div": float(div)})
+    return LayerOp("avgpool", where, {"k": k, "stride": s, "padding": p, "div": float(div)})
 
 
-def _leaf_op(m: nn.Module, base: type | None, where: str) -> _Op | None:
+def _leaf_op(m: nn.Module, base: type | None, where: str) -> LayerOp | None:
     """The op of one leaf module (None for an identity)."""
     if base is nn.Linear:
         W, b = _weights(m, where, 2)
-        return _Op("linear", where, {"W": W, "b": b})
+        return LayerOp("linear", where, {"W": W, "b": b})
     if base is nn.Conv2d:
         return _conv_op(m, where)  # type: ignore[arg-type]
     if base is nn.LeakyReLU:
         alpha = float(m.negative_slope)  # type: ignore[arg-type]
         if not np.isfinite(alpha):
             raise ValueError(f"{where}: negative_slope {alpha} is not finite")
-        return _Op("act", where, {"act": "leaky_relu", "alpha": alpha})
+        return LayerOp("act", where, {"act": "leaky_relu", "alpha": alpha})
     if base in (nn.ReLU, nn.Tanh, nn.Sigmoid):
-        return _Op("act", where, {"act": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}[base],
+        return LayerOp("act", where, {"act": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}[base],
                                   "alpha": 0.0})
     if base is nn.Flatten:
         if m.start_dim != 1 or m.end_dim != -1:
             raise ValueError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
-        return _Op("flatten", where)
+        return LayerOp("flatten", where)
     if base in (nn.BatchNorm1d, nn.BatchNorm2d):
         return _batchnorm_op(m, where)  # type: ignore[arg-type]
     if base is Normalize:
@@ -278,12 +278,12 @@ def _leaf_op(m: nn.Module, base: type | None, where: str) -> _Op | None:
                      f"Rewrite the model as an nn.Sequential of these")
 
 
-def _convert(model: nn.Module) -> list[_Op]:
+def _convert(model: nn.Module) -> list[LayerOp]:
     """The shape-free op list of ``model``; every tensor in it is a float64 copy (a snapshot)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch nn.Module (e.g. nn.Sequential), got {type(model).__name__}")
     _check_hooks(model)
-    ops: list[_Op] = []
+    ops: list[LayerOp] = []
     for pos, (name, m) in enumerate(_walk(model)):
         where = f"position {pos} ({name!r}, {type(m).__name__})"
         op = _leaf_op(m, _check_behaviour(m, where), where)
@@ -311,7 +311,7 @@ def _shape_key(input_shape: Any, what: str = "input_shape") -> tuple[int, ...]:
     return key
 
 
-def _build(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Layer]:
+def _build(ops: list[LayerOp], input_shape: tuple[int, ...]) -> list[Layer]:
     shape = _shape_key(input_shape, "the per-sample input shape")
     layers: list[Layer] = []
     for op in ops:
@@ -419,7 +419,7 @@ class Network:
     on every call, so that path always sees the live module.)
     """
 
-    def __init__(self, ops: list[_Op], input_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(self, ops: list[LayerOp], input_shape: tuple[int, ...] | None = None) -> None:
         self._ops = ops
         self._compiled: dict[tuple[int, ...], list[Layer]] = {}
         self.input_shape = None if input_shape is None else _shape_key(input_shape)

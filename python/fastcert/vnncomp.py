@@ -322,10 +322,10 @@ def _bounds_stage(net: Network, shape: tuple[int, ...], spec: Spec, tg: _Targets
 
 def _with_row(net: Network, shape: tuple[int, ...], a: np.ndarray, b: float) -> Network:
     """The network followed by the scalar output ``a . y - b``."""
-    from fastcert.network import _Op
+    from fastcert.network import LayerOp
 
     W = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).reshape(1, -1)
-    op = _Op("linear", "vnnlib row", {"W": W, "b": torch.tensor([-float(b)], dtype=torch.float64)})
+    op = LayerOp("linear", "vnnlib row", {"W": W, "b": torch.tensor([-float(b)], dtype=torch.float64)})
     return Network(list(net._ops) + [op], shape)
 
 

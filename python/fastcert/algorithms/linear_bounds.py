@@ -265,7 +265,6 @@ def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, sto
     lam: [Bc or 1, S, n]; bias: [Bc, S]. Symmetric relaxations need one pass; otherwise the rows
     are stacked with their negations (upper = -lower(-lam)).
     """
-    Bc = b1 - b0
     S = lam.shape[1]
     if symmetric:
         mag = _initial_mag(st, start, stop, b0, b1, S, lam.dtype)

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastcert.network import Network, _Op
+from fastcert.network import Network, LayerOp
 
 __all__ = ["OnnxImportError", "load_onnx", "SUPPORTED_OPS"]
 
@@ -204,7 +204,7 @@ class _Converter:
         self.dyn_type = int(tt.elem_type)  # the ONNX element type of the tensor (changed only by Cast)
         self.ir_input_shape: tuple[int, ...] = self.dyn.logical
         self.ir_shape: tuple[int, ...] = self.dyn.logical
-        self.ops: list[_Op] = []
+        self.ops: list[LayerOp] = []
         self.pend: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # s, t, a, c (IR order)
         self.pend_where: list[str] = []
         self.pend_kinds: list[str] = []
@@ -217,14 +217,14 @@ class _Converter:
         return OnnxImportError(f"{self.where}: {msg}")
 
     # ---- IR emission
-    def _emit(self, op: _Op, shape: tuple[int, ...]) -> None:
+    def _emit(self, op: LayerOp, shape: tuple[int, ...]) -> None:
         self.ops.append(op)
         self.ir_shape = shape
         self.fresh_affine = op.kind in ("linear", "conv")
 
     def _emit_flatten(self, where: str) -> None:
         if len(self.ir_shape) != 1:
-            self._emit(_Op("flatten", where), (int(np.prod(self.ir_shape)),))
+            self._emit(LayerOp("flatten", where), (int(np.prod(self.ir_shape)),))
 
     def _to_ir(self, v_logical: np.ndarray) -> np.ndarray:
         """A per-element array in the tensor's ONNX layout -> the IR's flat order."""
@@ -288,7 +288,7 @@ class _Converter:
             self._emit_flatten(f"{where} (flatten for a per-element map)")
             vec = [s, t, a, c]
         sv, tv, av, cv = (torch.from_numpy(np.array(v)) for v in vec)
-        self._emit(_Op("chaff", where, {"scale": sv, "shift": tv, "eval_a": av, "eval_c": cv}), self.ir_shape)
+        self._emit(LayerOp("chaff", where, {"scale": sv, "shift": tv, "eval_a": av, "eval_c": cv}), self.ir_shape)
         self.fresh_affine = False
 
     @staticmethod
@@ -321,7 +321,7 @@ class _Converter:
             b = np.array(np.broadcast_to(_f64(b).reshape(-1), (W.shape[0],)))
             self._check_finite(b, "bias")
         self._emit_flatten(f"{self.where} (flatten)")
-        self._emit(_Op("linear", self.where, {"W": torch.from_numpy(np.ascontiguousarray(W)),
+        self._emit(LayerOp("linear", self.where, {"W": torch.from_numpy(np.ascontiguousarray(W)),
                                              "b": None if b is None else torch.from_numpy(b)}), (W.shape[0],))
         self.dyn.logical, self.dyn.P = out_logical, None
 
@@ -358,7 +358,7 @@ class _Converter:
         return bool(np.array_equal(d.P, np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1).ravel()))
 
     # ---- graph walk
-    def run(self) -> tuple[list[_Op], tuple[int, ...], dict]:
+    def run(self) -> tuple[list[LayerOp], tuple[int, ...], dict]:
         g = self.model.graph
         for pos, node in enumerate(g.node):
             label = node.name or (node.output[0] if node.output else "")
@@ -379,7 +379,7 @@ class _Converter:
             W = np.zeros((n, n))
             W[np.arange(n), self.dyn.P] = 1.0
             self._emit_flatten(f"{self.where} (flatten)")
-            self._emit(_Op("linear", f"{self.where} (output transpose)", {"W": torch.from_numpy(W), "b": None}), (n,))
+            self._emit(LayerOp("linear", f"{self.where} (output transpose)", {"W": torch.from_numpy(W), "b": None}), (n,))
             self.dyn.P = None
         if not self.ops:
             raise OnnxImportError(f"{self.src}: the graph has no layers fastcert can bound (it is an identity)")
@@ -564,7 +564,7 @@ class _Converter:
 
     def _act(self, kind: str, alpha: float = 0.0) -> None:
         self._flush()
-        self._emit(_Op("act", self.where, {"act": kind, "alpha": float(alpha)}), self.ir_shape)
+        self._emit(LayerOp("act", self.where, {"act": kind, "alpha": float(alpha)}), self.ir_shape)
 
     def _op_Relu(self, node, ins, at) -> None:
         self._act("relu")
@@ -820,7 +820,7 @@ class _Converter:
         OW = (self.ir_shape[2] + 2 * pad[1] - W.shape[3]) // st[1] + 1
         if OH < 1 or OW < 1:
             raise self.err(f"kernel {kh}x{kw} does not fit the padded input {list(self.dyn.full())}")
-        self._emit(_Op("conv", self.where, {"W": torch.from_numpy(W), "b": None if b is None else torch.from_numpy(b),
+        self._emit(LayerOp("conv", self.where, {"W": torch.from_numpy(W), "b": None if b is None else torch.from_numpy(b),
                                            "stride": st, "padding": pad}), (OC, OH, OW))
         self.dyn.logical, self.dyn.P = (OC, OH, OW), None
 
@@ -857,13 +857,13 @@ class _Converter:
             raise self.err("AveragePool with ceil_mode=1 (with a partial window) is not supported")
         if OH < 1 or OW < 1:
             raise self.err(f"kernel {list(k)} does not fit the input {list(self.dyn.full())}")
-        self._emit(_Op("avgpool", self.where, {"k": k, "stride": st, "padding": pad, "div": float(k[0] * k[1])}),
+        self._emit(LayerOp("avgpool", self.where, {"k": k, "stride": st, "padding": pad, "div": float(k[0] * k[1])}),
                    (C, OH, OW))
         self.dyn.logical = (C, OH, OW)
 
     def _op_GlobalAveragePool(self, node, ins, at) -> None:
         C, H, Wd = self._spatial_input("GlobalAveragePool")
-        self._emit(_Op("avgpool", self.where, {"k": (H, Wd), "stride": (1, 1), "padding": (0, 0),
+        self._emit(LayerOp("avgpool", self.where, {"k": (H, Wd), "stride": (1, 1), "padding": (0, 0),
                                               "div": float(H * Wd)}), (C, 1, 1))
         self.dyn.logical = (C, 1, 1)
 
