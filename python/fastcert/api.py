@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastcert.checks import as_tensor, norm_key, real_numbers, round_to
+from fastcert.checks import as_tensor, norm_key, real_numbers
+from fastcert.rounding import round_down, round_up
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
@@ -56,16 +57,13 @@ class CertifyResult:
         return float(self.certified.double().mean()) if self.certified.numel() else float("nan")
 
 
-_numbers = real_numbers
-
-
 def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
     B = x.shape[0]
     dt = x.dtype
     flat = x.detach().reshape(B, -1).contiguous()
     if not torch.isfinite(flat).all():
         raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
-    e = _numbers(eps, "eps", "a number or a [B] tensor of numbers")
+    e = real_numbers(eps, "eps", "a number or a [B] tensor of numbers")
     if e.dim() == 0:
         e = e.expand(B)
     if e.shape != (B,):
@@ -74,7 +72,7 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
         raise ValueError("eps must be finite")
     if (e < 0).any():
         raise ValueError(f"eps must be >= 0, got min {float(e.min())}")
-    e = round_to(e, dt, up=True).contiguous()  # a ball no smaller than asked for
+    e = round_up(e, dt)  # a ball no smaller than asked for
     lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
     hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -82,8 +80,8 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
     for name, bnd in (("x_min", x_min), ("x_max", x_max)):
         if bnd is None:
             continue
-        t = _numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
-        t = round_to(t, dt, up=(name == "x_max"))  # domain never shrinks
+        t = real_numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
+        t = (round_up if name == "x_max" else round_down)(t, dt)  # domain never shrinks
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} must be finite")
         try:

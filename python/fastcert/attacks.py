@@ -81,7 +81,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcert.checks import dense_values, norm_key, real_numbers, round_to
+from fastcert.checks import dense_values, norm_key, real_numbers
+from fastcert.rounding import round_down, round_up
 
 __all__ = ["AttackResult", "LinearAttackResult", "fgsm", "minimize_linear", "pgd", "robust_error"]
 
@@ -268,7 +269,7 @@ def _box(bound: Any, x: Tensor, name: str) -> Tensor | None:
         raise ValueError("x lies below x_min somewhere: the centre of the ball must lie in the input domain")
     if name == "x_max" and (x64 > t).any():
         raise ValueError("x lies above x_max somewhere: the centre of the ball must lie in the input domain")
-    return round_to(t, x.dtype, up=(name == "x_min")).to(x.device)
+    return (round_up if name == "x_min" else round_down)(t, x.dtype).to(x.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class _Region:
 
     @property
     def eps_dt(self) -> Tensor:
-        return round_to(self.eps, self.x.dtype, up=False)[:, None]
+        return round_down(self.eps, self.x.dtype)[:, None]
 
     def rows(self, idx: Tensor) -> _Region:
         return _Region(self.x[idx], self.eps[idx], self.lo[idx], self.hi[idx], self.norm)

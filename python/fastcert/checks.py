@@ -72,11 +72,3 @@ def norm_key(norm: Any) -> str:
     if key is None:
         raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
     return key
-
-
-def round_to(v: torch.Tensor, dt: torch.dtype, up: bool) -> torch.Tensor:
-    """Cast a float64 tensor to ``dt`` rounding up (or down), never to the nearest on the wrong side."""
-    r = v.to(dt)
-    if up:
-        return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r)
-    return torch.where(r.double() > v, torch.nextafter(r, torch.full_like(r, -torch.inf)), r)

@@ -12,7 +12,7 @@ backward (back-substitution) pass, in the lower-bound direction only (upper = -l
 Soundness under floating point: every kernel adds a bound on its own rounding error to ``mag``
 (each with the factor ``gamma_n`` of the length of the sums it computes), concretization subtracts
 it, and the final bounds are also moved outward by a bound on the rounding error of a float64
-evaluation of the network (``_eval_slack``), so ``lower <= C f(x) <= upper`` holds for the exact
+evaluation of the network (``slack.eval_slack``), so ``lower <= C f(x) <= upper`` holds for the exact
 function and for its float64 evaluation.
 """
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
-from fastcert.network import gamma_for, gamma_n
-from fastcert.rounding import eta, round_up, underflow_slack
+from fastcert.network import gamma_n
+from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag, overflow_hint
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
 METHODS: dict[str, tuple[str, str, bool] | None] = {
@@ -104,47 +104,6 @@ class _Pass:
     G: list[torch.Tensor | None]
     relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
     uf: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B] float64 underflow units
-
-
-def _underflow_units(st: _Pass, j: int) -> torch.Tensor:
-    """[B] float64 ``a`` such that ``a * eta`` bounds the absolute (underflow) error that one backward
-    step through layer j adds to every row's bound, whatever the row (see rounding.py's model):
-
-    - affine layer (input box magnitude ``m``): each entry of ``Lam W`` is a sum of ``back_len``
-      products, off by at most ``back_len * eta`` beyond the relative term, and that error multiplies
-      ``|x_k| <= m_k``: ``back_len * ||m||_1``; the bias and magnitude dot products over ``n_out``
-      terms add ``3 n_out``;
-    - activation (pre-activation magnitude ``m``): the slope products ``Lam_k * slope_k`` lose
-      ``eta / 2`` each, times ``|z_k|``: ``||m||_1``; the intercept and magnitude sums add ``5 n``.
-
-    Needs the final box of layer j (set before any back-substitution passes through it)."""
-    a = st.uf.get(j)
-    if a is None:
-        L = st.layers[j]
-        box = st.boxes_in[j]
-        assert box is not None
-        n = box.l.shape[1]
-        l1 = box.mag().double().sum(1) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms, rounded up
-        if L.is_affine:
-            a = (L.back_len + 2) * l1 + (3 * L.n_out + 8)  # type: ignore[attr-defined]
-        else:
-            a = 2 * l1 + (5 * n + 8)
-        st.uf[j] = a
-    return a
-
-
-def _initial_mag(st: _Pass, start: int, stop: int, b0: int, b1: int, S: int, dt: torch.dtype,
-                 repeat: int = 1) -> torch.Tensor:
-    """The ``mag`` a back-substitution from layer ``start`` down to ``stop`` starts with: the sum of the
-    steps' underflow bounds (:func:`_underflow_units`) for samples [b0, b1), as [Bc * repeat, S] of
-    dtype ``dt``, rounded up (``repeat``: rows per sample, e.g. the windows of the patches path)."""
-    total = torch.zeros(b1 - b0, dtype=torch.float64)
-    for j in range(stop, start):
-        total = total + _underflow_units(st, j)[b0:b1]
-    v = round_up((total * (1 + 1e-12) + 1) * eta(dt), dt)
-    if repeat > 1:
-        v = v.repeat_interleave(repeat)
-    return v[:, None].expand(v.shape[0], S).contiguous()
 
 
 def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -267,13 +226,13 @@ def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, sto
     """
     S = lam.shape[1]
     if symmetric:
-        mag = _initial_mag(st, start, stop, b0, b1, S, lam.dtype)
+        mag = initial_mag(st, start, stop, b0, b1, S, lam.dtype)
         lo, hi = _backsub(st, lam, bias.clone(), mag, start, stop, b0, b1, bias_hi=bias.clone())
         assert hi is not None
         return lo, hi
     lam2 = _WS.get("in", (lam.shape[0], 2 * S, lam.shape[2]), lam.dtype)
     torch.cat([lam, -lam], 1, out=lam2)
-    mag = _initial_mag(st, start, stop, b0, b1, 2 * S, lam.dtype)
+    mag = initial_mag(st, start, stop, b0, b1, 2 * S, lam.dtype)
     res, _ = _backsub(st, lam2, torch.cat([bias, -bias], 1), mag, start, stop, b0, b1)
     return res[:, :S], -res[:, S:]
 
@@ -419,7 +378,7 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
         S = lam.shape[1]
         bias = (bsel if symmetric else torch.cat([bsel, -bsel])).unsqueeze(0).expand(Bc * P, S).contiguous()
         # the windows of a sample see at most its whole boxes: the per-sample underflow bound covers them
-        mag = _initial_mag(st, i - 1, 0, b0, b1, S, dt, repeat=P)
+        mag = initial_mag(st, i - 1, 0, b0, b1, S, dt, repeat=P)
         bias_hi = bias.clone() if symmetric else None
         e = empty_like_dtype(dt)
         bh = e if bias_hi is None else np_view(bias_hi)
@@ -544,75 +503,6 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     return _uncrossed(lo, hi)
 
 
-def _overflow_hint(dt: torch.dtype) -> str:
-    return "try float64 inputs or a smaller eps" if dt == torch.float32 else "try a smaller eps or rescale the network"
-
-
-def _check_overflow(st: _Pass, out_box: Box) -> None:
-    """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
-    iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
-    # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
-    if bool(torch.isfinite(out_box.l).all()) and bool(torch.isfinite(out_box.u).all()):
-        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G):
-            return
-    for L, g in zip(st.layers, st.G):
-        if g is not None and not bool(torch.isfinite(g).all()):
-            raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
-                             f"{g.dtype}; the weights, x or eps are too large ({_overflow_hint(g.dtype)})")
-    raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
-                     f"{out_box.l.dtype}; the weights, x or eps are too large ({_overflow_hint(out_box.l.dtype)})")
-
-
-def _eval_slack(st: _Pass, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | None = None) -> torch.Tensor:
-    """Bound on |C f_float64(x) - C f_exact(x)| over the region: [B, S] (float64 evaluation).
-
-    E tracks a per-neuron bound on the rounding error of a float64 evaluation of the network: an
-    affine layer adds gamma64*g and maps the incoming error through |W| (bounded by the row sums of
-    |W| times the largest incoming error, which avoids a product per layer); an activation multiplies it
-    by its Lipschitz constant and adds a few ulps of its output. (A float32 evaluation can deviate
-    from the exact function by far more than any useful bound; see docs/architecture.md.)
-    """
-    u = torch.finfo(torch.float64).eps / 2
-    eta64 = eta(torch.float64)
-    gamma64 = gamma_for(st.layers, torch.float64)
-    B = C.shape[0]
-    E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
-    for j, L in enumerate(st.layers):
-        if L.is_affine:
-            G = st.G[j]
-            assert G is not None
-            # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
-            # subtraction, division and product)
-            uf = underflow_slack(L.fan_in + 8, torch.float64)  # type: ignore[attr-defined]
-            if isinstance(L, Diag):
-                E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
-            else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
-                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True) + uf
-            ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
-            if ev_in is not None:
-                E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
-            ev_out = getattr(L, "eval_out", None)  # one folded into this layer
-            if ev_out is not None:
-                nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
-                E = E + ev_out[0] * nxt.mag().double() + ev_out[1]  # type: ignore[union-attr]
-        else:
-            assert isinstance(L, Activation)
-            nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
-            assert nxt is not None
-            # libm's few ulps, relative or (for a subnormal result) absolute; torch's float64 sigmoid is
-            # 1 / (1 + e^-x): 0 once e^-x overflows, where the true value is below 2.2e-308
-            tiny64 = torch.finfo(torch.float64).tiny if L.kind == "sigmoid" else 0.0
-            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64 + tiny64
-    K = out_box.l.shape[1]
-    Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
-    slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
-    if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box
-        dC = (C_exact.double() - C.double()).abs()
-        slack = slack + torch.einsum("bsk,bk->bs", dC, out_box.mag().double() + Ef) * (1 + 1e-6) + \
-            underflow_slack(K, torch.float64)
-    return round_up(slack, C.dtype)
-
-
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
                   lower_slope: str | None = None, stats: dict | None = None,
                   C_exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -656,7 +546,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
             st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous())
         box = L.interval(box)
     out_box = box
-    _check_overflow(st, out_box)
+    check_overflow(st, out_box)
     last = len(layers) - 1
     stop = last if cfg is None else 0
     S = C.shape[1]
@@ -672,12 +562,12 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], upper[b0:b1] = _two_sided(st, C[b0:b1].contiguous(), z, len(layers), stop, b0, b1,
                                                 symmetric)
-    slack = _eval_slack(st, out_box, C, C_exact)
+    slack = eval_slack(st, out_box, C, C_exact)
     lower = lower - slack
     upper = upper + slack
     if torch.isnan(lower).any() or torch.isnan(upper).any():
         raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
-                         f"for {dt} ({_overflow_hint(dt)})")
+                         f"for {dt} ({overflow_hint(dt)})")
     # round the subtraction outward
     lower = torch.nextafter(lower, torch.full_like(lower, -torch.inf))
     upper = torch.nextafter(upper, torch.full_like(upper, torch.inf))

@@ -26,9 +26,6 @@ class _Params:
     np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs, rownorm)
 
 
-_round_up = round_up
-
-
 class _AffineBase(Layer):
     is_affine = True
 
@@ -63,10 +60,10 @@ class _AffineBase(Layer):
             # sum in float64 of max(|W64|, |W_dtype|), widened by the float64 summation error, rounded up
             a64 = torch.maximum(self.W64.abs(), absW.double())
             infl = 1 + 4 * torch.finfo(torch.float64).eps * (a64[0].numel() + 2)
-            rowabs = _round_up(self._row_sums(a64) * infl, dtype)
+            rowabs = round_up(self._row_sums(a64) * infl, dtype)
             # squares below 2^-1074 vanish: each loses at most eta64, so add one per term (and 2)
             n_row = a64[0].numel() + 2
-            rownorm = _round_up(torch.sqrt(self._row_sums(a64 * a64) * infl + n_row * eta(torch.float64)) * infl,
+            rownorm = round_up(torch.sqrt(self._row_sums(a64 * a64) * infl + n_row * eta(torch.float64)) * infl,
                                 dtype)
             absb = bias.abs().contiguous()
             p = _Params(W, absW, bias, absb, rowabs, rownorm,

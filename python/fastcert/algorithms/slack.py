@@ -1,0 +1,129 @@
+"""The rounding-error terms of a bound computation that do not live in a kernel (see
+docs/architecture.md, "Floating point: why the bounds are sound"): the absolute (underflow) bound each
+back-substitution step adds to every row, the bound on a float64 evaluation's rounding error that the
+final bounds are widened by, and the overflow check of the interval pass.
+
+``st`` is the state of one bound computation (``linear_bounds._Pass``: layers, boxes_in, G, relax,
+and the cache ``uf``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastcert.layers import Activation, Box, Diag
+from fastcert.network import gamma_for
+from fastcert.rounding import eta, round_up, underflow_slack
+
+
+def underflow_units(st: Any, j: int) -> torch.Tensor:
+    """[B] float64 ``a`` such that ``a * eta`` bounds the absolute (underflow) error that one backward
+    step through layer j adds to every row's bound, whatever the row (see rounding.py's model):
+
+    - affine layer (input box magnitude ``m``): each entry of ``Lam W`` is a sum of ``back_len``
+      products, off by at most ``back_len * eta`` beyond the relative term, and that error multiplies
+      ``|x_k| <= m_k``: ``back_len * ||m||_1``; the bias and magnitude dot products over ``n_out``
+      terms add ``3 n_out``;
+    - activation (pre-activation magnitude ``m``): the slope products ``Lam_k * slope_k`` lose
+      ``eta / 2`` each, times ``|z_k|``: ``||m||_1``; the intercept and magnitude sums add ``5 n``.
+
+    Needs the final box of layer j (set before any back-substitution passes through it)."""
+    a = st.uf.get(j)
+    if a is None:
+        L = st.layers[j]
+        box = st.boxes_in[j]
+        assert box is not None
+        n = box.l.shape[1]
+        r = st.relax[j]
+        m = r[3] if r is not None else box.mag()  # an activation's relaxation already holds max(|l|, |u|)
+        l1 = m.double().sum(1) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms, rounded up
+        if L.is_affine:
+            a = (L.back_len + 2) * l1 + (3 * L.n_out + 8)  # type: ignore[attr-defined]
+        else:
+            a = 2 * l1 + (5 * n + 8)
+        st.uf[j] = a
+    return a
+
+
+def initial_mag(st: Any, start: int, stop: int, b0: int, b1: int, S: int, dt: torch.dtype,
+                 repeat: int = 1) -> torch.Tensor:
+    """The ``mag`` a back-substitution from layer ``start`` down to ``stop`` starts with: the sum of the
+    steps' underflow bounds (:func:`underflow_units`) for samples [b0, b1), as [Bc * repeat, S] of
+    dtype ``dt``, rounded up (``repeat``: rows per sample, e.g. the windows of the patches path)."""
+    total = torch.zeros(b1 - b0, dtype=torch.float64)
+    for j in range(stop, start):
+        total = total + underflow_units(st, j)[b0:b1]
+    v = round_up((total * (1 + 1e-12) + 1) * eta(dt), dt)
+    if repeat > 1:
+        v = v.repeat_interleave(repeat)
+    return v[:, None].expand(v.shape[0], S).contiguous()
+
+
+def overflow_hint(dt: torch.dtype) -> str:
+    return "try float64 inputs or a smaller eps" if dt == torch.float32 else "try a smaller eps or rescale the network"
+
+
+def check_overflow(st: Any, out_box: Box) -> None:
+    """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
+    iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
+    # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
+    if bool(torch.isfinite(out_box.l).all()) and bool(torch.isfinite(out_box.u).all()):
+        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G):
+            return
+    for L, g in zip(st.layers, st.G):
+        if g is not None and not bool(torch.isfinite(g).all()):
+            raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
+                             f"{g.dtype}; the weights, x or eps are too large ({overflow_hint(g.dtype)})")
+    raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
+                     f"{out_box.l.dtype}; the weights, x or eps are too large ({overflow_hint(out_box.l.dtype)})")
+
+
+def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | None = None) -> torch.Tensor:
+    """Bound on |C f_float64(x) - C f_exact(x)| over the region: [B, S] (float64 evaluation).
+
+    E tracks a per-neuron bound on the rounding error of a float64 evaluation of the network: an
+    affine layer adds gamma64*g and maps the incoming error through |W| (bounded by the row sums of
+    |W| times the largest incoming error, which avoids a product per layer); an activation multiplies it
+    by its Lipschitz constant and adds a few ulps of its output. (A float32 evaluation can deviate
+    from the exact function by far more than any useful bound; see docs/architecture.md.)
+    """
+    u = torch.finfo(torch.float64).eps / 2
+    eta64 = eta(torch.float64)
+    gamma64 = gamma_for(st.layers, torch.float64)
+    B = C.shape[0]
+    E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
+    for j, L in enumerate(st.layers):
+        if L.is_affine:
+            G = st.G[j]
+            assert G is not None
+            # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
+            # subtraction, division and product)
+            uf = underflow_slack(L.fan_in + 8, torch.float64)  # type: ignore[attr-defined]
+            if isinstance(L, Diag):
+                E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
+            else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
+                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True) + uf
+            ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
+            if ev_in is not None:
+                E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
+            ev_out = getattr(L, "eval_out", None)  # one folded into this layer
+            if ev_out is not None:
+                nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
+                E = E + ev_out[0] * nxt.mag().double() + ev_out[1]  # type: ignore[union-attr]
+        else:
+            assert isinstance(L, Activation)
+            nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
+            assert nxt is not None
+            # libm's few ulps, relative or (for a subnormal result) absolute; torch's float64 sigmoid is
+            # 1 / (1 + e^-x): 0 once e^-x overflows, where the true value is below 2.2e-308
+            tiny64 = torch.finfo(torch.float64).tiny if L.kind == "sigmoid" else 0.0
+            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64 + tiny64
+    K = out_box.l.shape[1]
+    Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
+    slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
+    if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box
+        dC = (C_exact.double() - C.double()).abs()
+        slack = slack + torch.einsum("bsk,bk->bs", dC, out_box.mag().double() + Ef) * (1 + 1e-6) + \
+            underflow_slack(K, torch.float64)
+    return round_up(slack, C.dtype)
