@@ -29,7 +29,11 @@ Case = tuple[str, str, Callable[[], Any]]  # (name, expect: bad | ok | any, thun
 
 # Known problems in code outside this test's fix (group, case) -> where the fix goes. Each must still
 # fail as described: once fixed, the test fails until the entry is removed (a strict xfail per case).
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+    ("verify", "model: Sequential subclass"): "a residual model is a graph network; the MIP encoder (mip.py) still "
+                                               "encodes chains only and refuses it (UnsupportedError) - issue #10 "
+                                               "point 2 moves MIP onto the graph",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ MODELS: list[tuple[str, Callable[[], Any], Callable[[], Any], str, str]] = [
     ("BatchNorm1d on 4-D", lambda: nn.Sequential(nn.BatchNorm1d(1), nn.Flatten(), nn.Linear(9, 2)).double().eval(),
      lambda: _x(2, 1, 3, 3), "bad", "bad"),
     ("ScaledLinear", lambda: nn.Sequential(_ScaledLinear(3, 2)).double(), _x, "bad", "ok"),
-    ("Sequential subclass", lambda: _Residual(nn.Linear(3, 3), nn.ReLU()).double(), _x, "bad", "ok"),
+    ("Sequential subclass", lambda: _Residual(nn.Linear(3, 3), nn.ReLU()).double(), _x, "ok", "ok"),
     ("forward hook", _hooked, _x, "bad", "ok"),
     ("lazy uninitialised", lambda: nn.Sequential(nn.LazyLinear(2)).double(), _x, "bad", "any"),
     ("Conv2d stride 0", lambda: nn.Sequential(nn.Conv2d(1, 1, 3, stride=0), nn.Flatten()).double(),

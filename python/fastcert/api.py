@@ -11,6 +11,7 @@ from torch import nn
 
 from fastcert.checks import as_tensor, norm_key, real_numbers
 from fastcert.rounding import round_down, round_up
+from fastcert.algorithms.graph_bounds import graph_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
@@ -100,7 +101,7 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
     return Problem(flat, e, NORMS[norm], lo.contiguous(), hi.contiguous())
 
 
-def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, list]:
+def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, int]:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if isinstance(model, nn.Module) and model.training:
@@ -113,8 +114,8 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
         raise ValueError(f"x must be batched: [B, *input_shape], got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch (B = 0): pass at least one sample")
-    layers = net.layers_for(tuple(x.shape[1:]))
-    return net, x, layers
+    g = net.graph_for(tuple(x.shape[1:]))
+    return net, x, g.n(g.output)
 
 
 def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
@@ -129,10 +130,10 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     Returns :class:`BoundsResult` with ``lower, upper: [B, S]``.
     """
     t0 = time.perf_counter()
-    net, x, layers = _prepare(model, x, method)
+    net, x, K = _prepare(model, x, method)
     nk = norm_key(norm)
     prob = make_region(x, eps, nk, x_min, x_max)
-    B, K = x.shape[0], layers[-1].n_out
+    B = x.shape[0]
     if C is None:
         Ct = torch.eye(K, dtype=x.dtype).expand(B, K, K)
     else:
@@ -156,7 +157,11 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     C64 = None
     if C is not None and C_in.dtype == torch.float64 and x.dtype != torch.float64:
         C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
-    lo, up = linear_bounds(layers, prob, Ct, method, lower_slope, C_exact=C64)
+    shape = tuple(x.shape[1:])
+    if net.chain:
+        lo, up = linear_bounds(net.layers_for(shape), prob, Ct, method, lower_slope, C_exact=C64)
+    else:
+        lo, up = graph_bounds(net.graph_for(shape), prob, Ct, method, lower_slope, C_exact=C64)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 
@@ -169,8 +174,8 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     ``f_y - f_j`` (j != y) over the ball is > 0. See :class:`CertifyResult` for the fields.
     """
     t0 = time.perf_counter()
-    net, x, layers = _prepare(model, x, method)
-    B, K = x.shape[0], layers[-1].n_out
+    net, x, K = _prepare(model, x, method)
+    B = x.shape[0]
     with torch.no_grad():
         logits = net.forward(x)
     pred = logits.argmax(dim=1)

@@ -11,6 +11,8 @@ range lose up to ``eta / 2`` each whatever their size, and a later large weight 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _ETA = {torch.float32: 2.0**-149, torch.float64: 2.0**-1074}
@@ -51,3 +53,24 @@ def rounding_is_relative(v64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return torch.ones_like(v64, dtype=torch.bool)
     r = v64.to(dtype).double()
     return (r == v64) | (v64.abs() >= torch.finfo(dtype).tiny)
+
+
+def gamma_n(n: int, dtype: torch.dtype) -> float:
+    """Rounding factor for a sum of ``n`` rounded products in ``dtype``: 1.01 (n+2)u / (1-(n+2)u).
+
+    A dot product of length n computed in any order with any blocking has error at most
+    ``gamma_n * sum |a_i b_i|``; the +2 and the 1% margin absorb the few further roundings around it.
+    """
+    u = torch.finfo(dtype).eps / 2
+    k = (n + 2) * u
+    if k >= 0.5:
+        raise ValueError(f"a sum of {n} terms is too long for a sound rounding analysis in {dtype}")
+    return 1.01 * k / (1.0 - k)
+
+
+def gamma_for(layers: list[Any], dtype: torch.dtype) -> float:
+    """The largest per-operation factor of the network (``gamma_n`` of its longest sum), doubled.
+
+    Used for the bound on the rounding error of a standard (float64) evaluation of the network.
+    """
+    return 2.0 * gamma_n(10 + max(max(L.n_in, L.n_out) for L in layers), dtype)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
-from fastcert.network import gamma_n
+from fastcert.rounding import gamma_n
 from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag, overflow_hint
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from fastcert.layers import Activation, Box, Diag
-from fastcert.network import gamma_for
+from fastcert.rounding import gamma_for
 from fastcert.rounding import eta, round_up, underflow_slack
 
 

@@ -85,7 +85,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     """
     dt = box.l.dtype
     if gamma is None:
-        from fastcert.network import gamma_n
+        from fastcert.rounding import gamma_n
 
         gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
     tiny = underflow_slack(layer.fan_in, dt)  # type: ignore[attr-defined]

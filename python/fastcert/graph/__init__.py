@@ -1,0 +1,1 @@
+"""The graph IR: networks as a DAG of primitives (ir.py) and the torch front end (from_torch.py)."""
