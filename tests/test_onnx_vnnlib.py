@@ -3,8 +3,8 @@
 Part 1 runs anywhere: small ONNX files exported from torch (``dynamo=False``) or built with
 ``onnx.helper`` into ``tmp_path``, and hand-written VNN-LIB strings (every syntax form, and malformed
 ones). Part 2 reads ``../shared/data`` (skipped with a reason when absent): every VNN-COMP network
-loads and matches onnxruntime on random points of one of its VNN-LIB boxes (or, MaxPool, is refused
-clearly), every VNN-LIB file parses with boxes of the network's input size, and every shipped
+loads and matches onnxruntime on random points of one of its VNN-LIB boxes (MaxPool included),
+every VNN-LIB file parses with boxes of the network's input size, and every shipped
 counterexample is confirmed by ``check_counterexample``.
 
 References: onnxruntime runs the graph in float64 where it implements every op in float64 (all but
@@ -226,11 +226,14 @@ def test_gzipped_file_and_bytes(tmp_path):
 
 
 @needs_onnx
-def test_maxpool_is_refused_naming_the_node():
+def test_maxpool_loads_and_matches_torch():
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
-    with pytest.raises(OnnxImportError, match=r"node 2 \(.*MaxPool\): MaxPool is not supported: fastcert cannot "
-                                              r"bound max pooling"):
-        load_onnx(_export(model, torch.rand(1, 1, 5, 5)))
+    net, shape, _ = load_onnx(_export(model, torch.rand(1, 1, 5, 5)))
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    torch.testing.assert_close(net(x), model.double()(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(OnnxImportError, match=r"MaxPool with dilations"):
+        load_onnx(_export(nn.Sequential(nn.MaxPool2d(2, dilation=2), nn.Flatten()), torch.rand(1, 1, 5, 5)))
 
 
 class _Residual(nn.Module):
@@ -547,10 +550,6 @@ def test_shared_network_matches_onnxruntime(onnx_rel, vnn_rel):
     if onnx_rel is None:
         require_shared("vnncomp2021")
     path = require_shared(onnx_rel)
-    if "maxpool" in onnx_rel:
-        with pytest.raises(OnnxImportError, match=r"node \d+ \(.*MaxPool\): MaxPool is not supported"):
-            load_onnx(path)
-        return
     net, shape, info = _load_net(onnx_rel)
     assert info["n_inputs"] == int(np.prod(shape))
     assert (info["n_inputs"], info["n_outputs"]) == _io_sizes(onnx_rel)

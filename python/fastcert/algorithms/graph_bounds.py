@@ -279,7 +279,10 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, budget:
         else:
             box = prim.interval(*ins)  # type: ignore[attr-defined]
         st.box[nd.id] = box
+        # an elementwise node's interval is the exact image of its input box (up to rounding), which
+        # back-substitution through its own relaxation cannot beat; neither can it beat a concatenation's
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
+                not isinstance(prim, (Activation, Elementwise, Concat)) and \
                 any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
             st.box[nd.id] = _refine(st, nd.id, box, cfg[2], budget)
     return st

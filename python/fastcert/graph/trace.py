@@ -121,6 +121,9 @@ class _Builder:
         if t in _ADD and (nd.op == "call_method") == isinstance(t, str):
             if len(args) != 2 or kw:
                 raise self.refuse(nd)
+            zero = [isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0 for a in args]
+            if zero[1] or (zero[0] and _ADD[t] > 0):  # x + 0, x - 0, 0 + x (sum() starts at 0): x itself
+                return self.tensor(args[1 if zero[0] else 0], nd)
             return self.emit(LayerOp("add", where, {"sign": _ADD[t]}),
                              (self.tensor(args[0], nd), self.tensor(args[1], nd)))
         if t in _CAT:

@@ -14,6 +14,7 @@ Gemm (transA=0, transB, alpha, beta)   Dense ``alpha*B'`` (+ ``beta*C`` as its b
 MatMul (x @ W, or W @ x for 1-D x)     Dense (a following constant Add becomes its bias)
 Conv (group=1, dilation 1, sym. pads)  Conv2d
 AveragePool / GlobalAveragePool        AvgPool (a Conv2d with channel-diagonal weights)
+MaxPool (2-D, dilation 1)              MaxPool2d
 Relu, LeakyRelu, Sigmoid, Tanh         Activation
 Add / Sub / Mul / Div / Neg by consts  elementwise ``Diag`` (merged while consecutive; folded
 BatchNormalization                     into the previous Dense/Conv2d by the IR where exact)
@@ -25,7 +26,7 @@ Cast to an equal or wider float type   nothing (FLOAT16 -> FLOAT -> DOUBLE is ex
                                        of the tensor, e.g. to FLOAT16, is refused: see Rounding)
 =====================================  =======================================================
 
-Anything else (MaxPool included: fastcert cannot bound it yet) raises :class:`OnnxImportError`
+MaxPool (2-D, no dilation) becomes a max-pooling node (the network is then a graph). Anything else raises :class:`OnnxImportError`
 (a ``ValueError``) naming the node, its op type and its position.
 
 **Input layout.** The returned ``input_shape`` is the per-sample shape the :class:`~fastcert.Network`
@@ -438,9 +439,8 @@ class _Converter:
             return
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
-            if op in ("MaxPool", "GlobalMaxPool", "MaxRoundPool", "MaxUnpool"):
-                raise self.err(f"{op} is not supported: fastcert cannot bound max pooling yet (AveragePool is "
-                               f"supported)")
+            if op in ("GlobalMaxPool", "MaxRoundPool", "MaxUnpool"):
+                raise self.err(f"{op} is not supported (MaxPool and AveragePool are)")
             raise self.err(f"unsupported ONNX operator {op}. fastcert supports: {SUPPORTED_OPS}")
         handler(node, ins, at)
         self.dyn.name = node.output[0]
@@ -859,6 +859,24 @@ class _Converter:
             raise self.err(f"kernel {list(k)} does not fit the input {list(self.dyn.full())}")
         self._emit(LayerOp("avgpool", self.where, {"k": k, "stride": st, "padding": pad, "div": float(k[0] * k[1])}),
                    (C, OH, OW))
+        self.dyn.logical = (C, OH, OW)
+
+    def _op_MaxPool(self, node, ins, at) -> None:
+        C, H, Wd = self._spatial_input("MaxPool")
+        k = tuple(int(v) for v in at["kernel_shape"])
+        st = tuple(int(v) for v in at.get("strides", (1, 1)))
+        if len(k) != 2:
+            raise self.err(f"only 2-D pooling is supported (kernel_shape {list(k)})")
+        if any(v != 1 for v in at.get("dilations", [1, 1])) or len(node.output) > 1 or at.get("storage_order", 0):
+            raise self.err("MaxPool with dilations, storage_order or an indices output is not supported")
+        pad = self._pads(at, (H, Wd), k, st)  # type: ignore[arg-type]
+        OH = (H + 2 * pad[0] - k[0]) // st[0] + 1
+        OW = (Wd + 2 * pad[1] - k[1]) // st[1] + 1
+        if at.get("ceil_mode", 0) and ((H + 2 * pad[0] - k[0]) % st[0] or (Wd + 2 * pad[1] - k[1]) % st[1]):
+            raise self.err("MaxPool with ceil_mode=1 (with a partial window) is not supported")
+        if OH < 1 or OW < 1 or pad[0] > k[0] // 2 or pad[1] > k[1] // 2:
+            raise self.err(f"kernel {list(k)} with pads {list(pad)} does not fit the input {list(self.dyn.full())}")
+        self._emit(LayerOp("maxpool", self.where, {"k": k, "stride": st, "padding": pad}), (C, OH, OW))
         self.dyn.logical = (C, OH, OW)
 
     def _op_GlobalAveragePool(self, node, ins, at) -> None:
