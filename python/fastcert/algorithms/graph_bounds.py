@@ -49,9 +49,21 @@ class GraphPass:
     uf: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+def _feeds_pool(g: Graph, v: int) -> bool:
+    """Whether node v's box reaches a max pool's relaxation through elementwise nodes / concatenations
+    (then the bounds of all its neurons matter, not only of those where an activation has a kink)."""
+    for w in g.consumers[v]:
+        p = g.nodes[w].prim
+        if isinstance(p, MaxPool2d) or (isinstance(p, (Activation, Elementwise, Concat)) and _feeds_pool(g, w)):
+            return True
+    return False
+
+
 def _unstable(st: GraphPass, v: int, box: Box) -> torch.Tensor:
     """[B, n] the neurons of node v whose bounds the relaxations of v's nonlinear consumers depend on."""
     mask = torch.zeros_like(box.l, dtype=torch.bool)
+    if _feeds_pool(st.g, v):
+        return box.l < box.u
     for w in st.g.consumers[v]:
         p = st.g.nodes[w].prim
         if isinstance(p, Activation):
