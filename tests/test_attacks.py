@@ -18,16 +18,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import fastcert
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import fastcert
 from fastcert import attacks
-from fastcert.attacks import _proj_l1, _proj_l2
-
+from fastcert.attacks.projections import proj_l1, proj_l2
 from strategies import one_torch_thread
+from torch import nn
 
 NORMS = ("inf", "2", "1")
 
@@ -468,7 +466,7 @@ def test_projection_onto_ball_and_box_is_exact(norm: str) -> None:
     u[::4] = math.inf
     u[1::5, 3] = 0.0  # a face through x
     e = torch.rand(N, 1, generator=g, dtype=torch.float64) * 2 + 0.01
-    fn = _proj_l1 if norm == "1" else _proj_l2
+    fn = proj_l1 if norm == "1" else proj_l2
     out = fn(d, e, l, u)
     for i in range(N):
         ref = _ref_proj(d[i], float(e[i]), l[i], u[i], norm)
@@ -637,3 +635,41 @@ def test_cuda_matches_region_and_rerun() -> None:
         cpu = attacks.pgd(model.cpu(), x.cpu(), 0.3, norm, steps=10, restarts=2, x_min=0.0, x_max=1.0)
         model.to(dev)
         assert abs(cpu.success_rate - res.success_rate) <= 1 / 16  # same search, other rounding
+
+
+# --------------------------------------------------------------------------- the specification attack
+
+
+def _spec_net() -> tuple[fastcert.Network, nn.Sequential]:
+    """y = (relu(x0) + relu(x1), relu(x0) - relu(x1)) as a fastcert Network on [N, 2]."""
+    lin1, lin2 = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin1.weight.copy_(torch.eye(2))
+        lin2.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+    model = nn.Sequential(lin1, nn.ReLU(), lin2).double().requires_grad_(False)
+    return fastcert.Network.from_torch(model, (2,)), model
+
+
+def test_minimize_spec_finds_violations_in_the_box_and_stops_early() -> None:
+    net, model = _spec_net()
+    twin = attacks.TorchTwin(net, (2,))
+    x = torch.rand(5, 2, dtype=torch.float64)
+    assert torch.equal(twin(x), model(x))  # the twin is the same float64 function
+    lo, hi = np.zeros(2), np.ones(2)
+    sat = (lo, hi, np.array([[0.0, -1.0]]), np.array([-0.5]))  # y1 >= 0.5: x = (1, 0) gives y1 = 1
+    unsat = (lo, hi, np.array([[-1.0, 0.0]]), np.array([-2.5]))  # y0 >= 2.5: y0 <= 2
+    for sched in ("cosine", "linear"):
+        res = attacks.minimize_spec(twin, (2,), [unsat, sat], restarts=3, steps=50, seed=0, schedule=sched)
+        assert res.values.shape == (2,) and res.values[1] < 0 and res.values[0] >= 0.5
+        for (tlo, thi, A, b), xv, v in zip([unsat, sat], res.x, res.values):
+            assert ((xv >= tlo) & (xv <= thi)).all()
+            y = model(torch.from_numpy(xv)[None])[0].numpy()
+            assert float(np.max(A @ y - b)) == v  # the value reported is the value at the point
+    with pytest.raises(ValueError, match="unknown schedule"):
+        attacks.minimize_spec(twin, (2,), [sat], restarts=1, steps=5, seed=0, schedule="constant")
+    with pytest.raises(ValueError, match="empty conjunction"):
+        attacks.minimize_spec(twin, (2,), [(lo, hi, np.zeros((0, 2)), np.zeros(0))], restarts=1, steps=5, seed=0)
+    # a start at the centre of a box where the value is already negative: no step is taken
+    start = attacks.minimize_spec(twin, (2,), [(lo, hi, np.array([[0.0, -1.0]]), np.array([1.0]))], restarts=2,
+                                  steps=50, seed=0)
+    np.testing.assert_array_equal(start.x[0], (lo + hi) / 2)

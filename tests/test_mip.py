@@ -304,7 +304,7 @@ def _box_setup(seed: int, n_in: int, widths: list[int], half: float):
     x0 = (lo + hi) / 2
     prob = make_region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
                    torch.from_numpy(hi))
-    pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip._prefix_bounds(layers, prob, "crown").items()}
+    pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip.prefix_bounds(layers, prob, "crown").items()}
     mats = [lp_refine.affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
     return model, layers, mats, pre, lo, hi
 

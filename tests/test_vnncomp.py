@@ -353,3 +353,48 @@ def test_rounding_only_violations_are_never_sat(tmp_path: Path, kind: str) -> No
         assert 2e-11 <= x[0] <= 4e-11
     else:
         assert res.verdict != "sat", (res.reason, y)
+
+
+# =========================================================================== one pipeline, each stage once
+
+
+def _count_stages(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Count the pipeline's incomplete-bound passes and attack phases (by their restarts)."""
+    import fastcert.mip.property as prop
+
+    calls: dict = {"bounds": 0, "attacks": []}
+    bounds, attack = prop.linear_bounds, prop.minimize_spec
+
+    def count_bounds(*a, **k):
+        calls["bounds"] += 1
+        return bounds(*a, **k)
+
+    def count_attack(*a, **k):
+        calls["attacks"].append(k["restarts"])
+        return attack(*a, **k)
+
+    monkeypatch.setattr(prop, "linear_bounds", count_bounds)
+    monkeypatch.setattr(prop, "minimize_spec", count_attack)
+    return calls
+
+
+def test_each_stage_runs_once(inst_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #10 point 6: attack -> bounds -> attack -> LP -> MIP, each once (before, the MIP stage ran
+    CROWN and an 8-restart PGD again); a sat found by the first attack stops everything."""
+    calls = _count_stages(monkeypatch)
+    res = solve_instance(load_instance(inst_dir / "net.onnx", inst_dir / "sat.vnnlib"), 10.0)
+    assert res.verdict == "sat" and res.stage == "attack" and calls == {"bounds": 0, "attacks": [2]}
+    calls = _count_stages(monkeypatch)
+    res = solve_instance(load_instance(inst_dir / "net.onnx", inst_dir / "unsat_or.vnnlib"), 10.0)
+    assert res.verdict == "unsat" and calls == {"bounds": 1, "attacks": [2]}  # one box, one bounds pass
+
+
+@pytest.mark.shared_data
+def test_each_stage_runs_once_up_to_the_mip(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = require_shared("vnncomp2022/mnist_fc")
+    calls = _count_stages(monkeypatch)
+    res = solve_instance(load_instance("onnx/mnist-net_256x2.onnx.gz", "vnnlib/prop_11_0.05.vnnlib.gz", base=d), 60.0)
+    assert res.verdict == "unsat" and res.stage == "mip", res
+    assert calls["bounds"] == 1  # the MIP stage reuses the bounds stage's row bounds
+    assert calls["attacks"][:2] == [2, 4] and all(r == 1 for r in calls["attacks"][2:])  # then LP-point polish only
+    assert res.details["open_after_bounds"] > 0 and res.details["open"] == 0

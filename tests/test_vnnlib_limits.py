@@ -8,14 +8,20 @@ from ``int()``, or a silently accepted non-finite / non-ASCII number. The last t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
+from fastcert.io.vnnlib import (
+    VnnlibError,
+    VnnlibLimits,
+    load_vnnlib,
+    parse_vnnlib,
+    read_counterexample,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fastcert.io.vnnlib import VnnlibError, load_vnnlib, parse_vnnlib, read_counterexample
 
 _D = "(declare-const X_0 Real)(declare-const Y_0 Real)"
 _B = "(assert (<= X_0 1))(assert (>= X_0 0))"
@@ -67,6 +73,20 @@ def test_deeply_nested_error_is_a_clear_message() -> None:
         parse_vnnlib(_D + _B + "(assert (<= Y_0 " + _nest("max", 5000, "1") + "))")
     with pytest.raises(VnnlibError, match=r"expected \(X_i value\), got \(\(\(\(.*\.\.\.$"):
         read_counterexample(b"(" * 5000 + b")" * 5000)
+
+
+def test_dnf_limits_are_an_option_passed_in() -> None:
+    """The normal-form limits are a frozen options object, not module globals: the limit given is the one
+    enforced (and named), the default is untouched."""
+    text = _D + _B + "(assert (and " + "(or (<= Y_0 0) (>= Y_0 1)) " * 3 + "))"  # 8 terms of 3 comparisons
+    assert len(parse_vnnlib(text)[0].constraints) == 8
+    with pytest.raises(VnnlibError, match=r"more than 7 terms"):
+        parse_vnnlib(text, limits=VnnlibLimits(max_terms=7))
+    with pytest.raises(VnnlibError, match=r"more than 20 comparisons"):
+        parse_vnnlib(text, limits=VnnlibLimits(max_atoms=20))
+    assert len(parse_vnnlib(text, limits=VnnlibLimits(max_terms=8, max_atoms=24))[0].constraints) == 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VnnlibLimits().max_terms = 1  # type: ignore[misc]  (frozen)
 
 
 def test_dnf_blow_up_is_refused_with_the_limit_named() -> None:

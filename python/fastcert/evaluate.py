@@ -202,7 +202,7 @@ def load_model(spec: str | None, *, quiet: bool = True) -> tuple[nn.Module, Any,
     name = path.name.removesuffix(".gz")
     if name.endswith(".onnx"):
         from fastcert.io.onnx_import import load_onnx
-        from fastcert.vnncomp import TorchTwin
+        from fastcert.attacks import TorchTwin
 
         net, shape, _ = load_onnx(path)
         return TorchTwin(net, shape), net, tuple(shape), f"ONNX {path}"
