@@ -48,12 +48,12 @@ UNSAT = BOX + "(assert (>= Y_0 2.5))\n"  # y0 <= 2 < 2.5 (CROWN proves it: the R
 UNSAT_OR = BOX + "(assert (or (and (>= Y_0 2.5)) (and (<= Y_1 -1.5))))\n"
 
 
-def _onnx_mlp(path: Path, maxpool: bool = False) -> Path:
+def _onnx_mlp(path: Path, unsupported: bool = False) -> Path:
     inits = [numpy_helper.from_array(W1.astype(np.float32), "W1"), numpy_helper.from_array(W2.astype(np.float32), "W2")]
     nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Gemm", ["r", "W2"], ["y"], transB=1)]
     shape = [1, 2]
-    if maxpool:  # an operator fastcert does not support (Erf): the instance is answered unknown
+    if unsupported:  # an operator fastcert does not support (Erf): the instance is answered unknown
         nodes = [helper.make_node("Erf", ["x"], ["f"])] + nodes
         nodes[1].input[0] = "f"
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
@@ -65,7 +65,7 @@ def _onnx_mlp(path: Path, maxpool: bool = False) -> Path:
 @pytest.fixture()
 def inst_dir(tmp_path: Path) -> Path:
     _onnx_mlp(tmp_path / "net.onnx")
-    _onnx_mlp(tmp_path / "maxpool.onnx", maxpool=True)
+    _onnx_mlp(tmp_path / "erf.onnx", unsupported=True)
     for name, text in (("sat", SAT), ("unsat", UNSAT), ("unsat_or", UNSAT_OR)):
         (tmp_path / f"{name}.vnnlib").write_text(text)
     return tmp_path
@@ -96,7 +96,7 @@ def test_unsat_by_bounds(inst_dir: Path, name: str) -> None:
 
 
 def test_unsupported_network_is_unknown_with_the_reason(inst_dir: Path) -> None:
-    inst = load_instance(inst_dir / "maxpool.onnx", inst_dir / "sat.vnnlib")
+    inst = load_instance(inst_dir / "erf.onnx", inst_dir / "sat.vnnlib")
     res = solve_instance(inst, 10.0)
     assert res.verdict == "unknown" and res.stage == "load" and "Erf" in res.reason
 
@@ -138,10 +138,10 @@ def test_cli_vnncomp_writes_the_result_and_json(inst_dir: Path, capsys: pytest.C
 def test_cli_vnncomp_unknown_goes_to_stderr_with_the_reason(inst_dir: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = inst_dir / "r.txt"
-    assert main(["vnncomp", str(inst_dir / "maxpool.onnx"), str(inst_dir / "sat.vnnlib"), "--out", str(out)]) == 0
+    assert main(["vnncomp", str(inst_dir / "erf.onnx"), str(inst_dir / "sat.vnnlib"), "--out", str(out)]) == 0
     cap = capsys.readouterr()
     assert cap.out.strip() == "unknown" and out.read_text() == "unknown\n"
-    assert "MaxPool" in cap.err and "max pooling" in cap.err
+    assert "Erf" in cap.err and "unsupported ONNX operator" in cap.err
 
 
 @pytest.mark.parametrize("which", ["onnx", "vnnlib"])
@@ -363,7 +363,7 @@ def _count_stages(monkeypatch: pytest.MonkeyPatch) -> dict:
     import fastcert.mip.property as prop
 
     calls: dict = {"bounds": 0, "attacks": []}
-    bounds, attack = prop.linear_bounds, prop.minimize_spec
+    bounds, attack = prop.network_bounds, prop.minimize_spec
 
     def count_bounds(*a, **k):
         calls["bounds"] += 1
@@ -373,7 +373,7 @@ def _count_stages(monkeypatch: pytest.MonkeyPatch) -> dict:
         calls["attacks"].append(k["restarts"])
         return attack(*a, **k)
 
-    monkeypatch.setattr(prop, "linear_bounds", count_bounds)
+    monkeypatch.setattr(prop, "network_bounds", count_bounds)
     monkeypatch.setattr(prop, "minimize_spec", count_attack)
     return calls
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from fastcert.checks import as_tensor, norm_key, real_numbers
 from fastcert.rounding import round_down, round_up
-from fastcert.algorithms.graph_bounds import graph_bounds
-from fastcert.algorithms.linear_bounds import METHODS, Problem, linear_bounds
+from fastcert.algorithms.dispatch import network_bounds
+from fastcert.algorithms.linear_bounds import METHODS, Problem
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
 
@@ -157,11 +157,7 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     C64 = None
     if C is not None and C_in.dtype == torch.float64 and x.dtype != torch.float64:
         C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
-    shape = tuple(x.shape[1:])
-    if net.chain:
-        lo, up = linear_bounds(net.layers_for(shape), prob, Ct, method, lower_slope, C_exact=C64)
-    else:
-        lo, up = graph_bounds(net.graph_for(shape), prob, Ct, method, lower_slope, C_exact=C64)
+    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 

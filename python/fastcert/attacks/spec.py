@@ -21,7 +21,6 @@ from torch import nn
 
 from fastcert.attacks.region import Region
 from fastcert.attacks.search import SCHEDULES, descend
-from fastcert.layers import Activation, Conv2d, Dense, Diag
 
 __all__ = ["SpecAttackResult", "TorchTwin", "minimize_spec"]
 
@@ -29,33 +28,20 @@ Tensor = torch.Tensor
 
 
 class TorchTwin(nn.Module):
-    """A plain-torch (autograd) float64 evaluation of fastcert IR layers, for gradient attacks.
+    """A plain-torch (autograd) evaluation of a fastcert network's graph, for gradient attacks.
 
-    ``forward(x: [N, *input_shape]) -> [N, n_out]``. fastcert's own ``Network.forward`` runs compiled
-    kernels without gradients; this twin computes the same function with torch ops (up to rounding,
-    so counterexamples are always re-checked with ``Network.forward``)."""
+    ``forward(x: [N, *input_shape]) -> [N, n_out]``: :meth:`fastcert.graph.ir.Graph.torch_forward`, the
+    graph's own forward in differentiable torch ops (fastcert's ``Network.forward`` runs compiled kernels
+    without gradients). Equal up to rounding, so counterexamples are always re-checked with
+    ``Network.forward``."""
 
     def __init__(self, net: object, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.layers = net.layers_for(self.input_shape)  # type: ignore[attr-defined]
-        for L in self.layers:
-            if not isinstance(L, (Dense, Conv2d, Diag, Activation)):  # pragma: no cover - IR has no others
-                raise TypeError(f"TorchTwin: no torch evaluation of layer {type(L).__name__}")
+        self.graph = net.graph_for(self.input_shape)  # type: ignore[attr-defined]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.reshape(x.shape[0], -1)
-        for L in self.layers:
-            if isinstance(L, Dense):
-                h = nn.functional.linear(h, L.W64, L.b64)
-            elif isinstance(L, Conv2d):
-                h = nn.functional.conv2d(h.reshape(h.shape[0], *L.in_shape), L.W64, L.b64, stride=L.stride,
-                                         padding=L.padding).reshape(h.shape[0], -1)
-            elif isinstance(L, Diag):
-                h = torch.addcmul(L.b64, h, L.W64)
-            else:
-                h = L.forward(h)
-        return h
+        return self.graph.torch_forward(x)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,15 @@ class Graph:
         assert out is not None
         return out
 
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function in plain differentiable torch ops (for gradient attacks): x [B, *input_shape]
+        -> [B, n_out]. Equal to :meth:`forward` up to rounding; counterexamples are re-checked with it."""
+        vals: list[torch.Tensor] = [x.reshape(x.shape[0], -1)]
+        for nd in self.nodes[1:]:
+            f = getattr(nd.prim, "torch_forward", None) or nd.prim.forward  # type: ignore[union-attr]
+            vals.append(f(*(vals[i] for i in nd.inputs)))
+        return vals[-1]
+
     def summary(self) -> str:
         rows = []
         for nd in self.nodes[1:]:

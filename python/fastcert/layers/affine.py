@@ -107,6 +107,10 @@ class Dense(_AffineBase):
         p = self.params(x.dtype)
         return self._fwd(x, p.W, p.bias)
 
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map in plain torch (differentiable; float64 parameters): [B, n_in] -> [B, n_out]."""
+        return torch.nn.functional.linear(x, self.W64.to(x.dtype), None if self.b64 is None else self.b64.to(x.dtype))
+
     def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
         """x |W|^T (no bias): [B, n_in] -> [B, n_out]."""
         p = self.params(x.dtype)
@@ -172,6 +176,13 @@ class Conv2d(_AffineBase):
         """x: [B, C*H*W] -> [B, OC*OH*OW]."""
         return self._fwd(x, self.params(x.dtype).W, self._bias_c(x.dtype))
 
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map in plain torch (differentiable): [B, C*H*W] -> [B, OC*OH*OW]."""
+        y = torch.nn.functional.conv2d(x.reshape(x.shape[0], *self.in_shape), self.W64.to(x.dtype),
+                                       None if self.b64 is None else self.b64.to(x.dtype), stride=self.stride,
+                                       padding=self.padding)
+        return y.reshape(x.shape[0], -1)
+
     def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
         return self._fwd(x, self.params(x.dtype).absW, torch.empty(0, dtype=x.dtype))
 
@@ -213,6 +224,10 @@ class Diag(_AffineBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params(x.dtype)
         return torch.addcmul(p.bias, x, p.W)
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.b64 is not None
+        return torch.addcmul(self.b64.to(x.dtype), x, self.W64.to(x.dtype))
 
     def forward_abs(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.params(x.dtype).absW

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastcert.algorithms.linear_bounds import linear_bounds
+from fastcert.algorithms.dispatch import network_bounds, nonlinear_kinds
 from fastcert.api import make_region
 from fastcert.attacks import TorchTwin, minimize_spec
 from fastcert.confirm import confirm_point
-from fastcert.layers import Activation
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.stages import lp_stage, mip_stage
 from fastcert.network import Network
@@ -95,10 +94,11 @@ class PropertyRun:
         self.ir, self.shape, self.props, self.opts = ir, shape, props, opts
         self.t_start, self.time_limit = t_start, float(time_limit)
         self.deadline = t_start + float(time_limit)
-        self.layers = ir.layers_for(shape)
-        self.acts = sorted({L.kind for L in self.layers if isinstance(L, Activation)})
-        self.relu_only = all(a == "relu" for a in self.acts)
-        self.method = opts.bounds_method or ("crown" if self.relu_only else "ibp")
+        self.acts = nonlinear_kinds(ir, shape)
+        # the MIP / LP stages encode chains of ReLU layers only
+        self.relu_only = ir.chain and all(a == "relu" for a in self.acts)
+        self.layers = ir.layers_for(shape) if ir.chain else None
+        self.method = opts.bounds_method or ("crown" if set(self.acts) <= {"relu", "maxpool"} else "ibp")
         self.jobs: list[dict[str, Any]] = []
         self.probs: dict[int, Any] = {}
         self.info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": self.jobs, "refine": [],
@@ -181,7 +181,7 @@ class PropertyRun:
                 raise RuntimeError("internal error: the bounded region differs from the disjunct's box")  # pragma: no cover
             self.probs[d] = prob
             rows = np.concatenate([j["A"] for j in dj], axis=0)
-            lb, ub = linear_bounds(self.layers, prob, torch.from_numpy(rows).unsqueeze(0), self.method)
+            lb, ub = network_bounds(self.ir, self.shape, prob, torch.from_numpy(rows).unsqueeze(0), self.method)
             lb, ub = lb[0].numpy(), ub[0].numpy()
             r = 0
             for j in dj:
@@ -258,10 +258,10 @@ def decide(ir: Network, shape: tuple[int, ...], props: list, time_limit: float, 
             return out
     n, n_open = len(run.jobs), len(run.open_jobs())
     if not run.relu_only:
-        other = ", ".join(a for a in run.acts if a != "relu")
+        other = ", ".join(a for a in run.acts if a != "relu") or "graph (residual / concatenation)"
         return run.finish("unknown", f"{n_open} of {n} conjunctions not decided: the network has {other} "
-                          f"activations, for which fastcert has only {run.method} bounds and no MIP encoding "
-                          f"(fastcert.mip encodes ReLU networks only), and the attack found no counterexample "
+                          f"nodes, for which fastcert has {run.method} bounds but no MIP encoding "
+                          f"(fastcert.mip encodes chains of ReLU layers only), and the attack found no counterexample "
                           f"(best value {run.info['attack_best']:.3g})", "")
     if not opts.use_mip:
         return run.finish("unknown", f"{n_open} of {n} conjunctions not decided by attack and bounds (MIP disabled)",

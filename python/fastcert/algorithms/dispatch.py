@@ -1,0 +1,27 @@
+"""One entry to the two bound engines: the chain engine for chains, the graph engine otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastcert.algorithms.graph_bounds import graph_bounds
+from fastcert.algorithms.linear_bounds import linear_bounds
+from fastcert.graph.ir import is_nonlinear
+
+
+def network_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor, method: str,
+                   lower_slope: str | None = None, C_exact: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of ``C f(x)`` over ``prob``'s region for a :class:`fastcert.Network` at per-sample input
+    ``shape``: C [B, S, K] -> (lower, upper) [B, S] (see ``linear_bounds`` for the arguments)."""
+    if net.chain:
+        return linear_bounds(net.layers_for(shape), prob, C, method, lower_slope, C_exact=C_exact)
+    return graph_bounds(net.graph_for(shape), prob, C, method, lower_slope, C_exact=C_exact)
+
+
+def nonlinear_kinds(net: Any, shape: tuple[int, ...]) -> list[str]:
+    """The sorted kinds of the network's nonlinear nodes ("relu", "sigmoid", "maxpool", ...)."""
+    g = net.graph_for(shape)
+    return sorted({nd.prim.kind for nd in g.nodes[1:] if is_nonlinear(nd.prim)})
