@@ -355,8 +355,10 @@ def test_forward_is_torchs() -> None:
     import fastcert.nn as fnn
 
     x = torch.randn(3, 7, dtype=F64) * 4
-    for prim, mod in ((Sigmoid((7,)), torch.nn.Sigmoid()), (Tanh((7,)), torch.nn.Tanh()), (Arctan((7,)), fnn.Arctan()),
-                      (LeakyReLU((7,), -0.3), torch.nn.LeakyReLU(-0.3)), (Hardtanh((7,), -2.0, 0.5), torch.nn.Hardtanh(-2.0, 0.5)),
+    for prim, mod in ((Sigmoid((7,)), torch.nn.Sigmoid()), (Tanh((7,)), torch.nn.Tanh()),
+                      (Arctan((7,)), fnn.Arctan()),
+                      (LeakyReLU((7,), -0.3), torch.nn.LeakyReLU(-0.3)),
+                      (Hardtanh((7,), -2.0, 0.5), torch.nn.Hardtanh(-2.0, 0.5)),
                       (Hardtanh((7,), 0.0, 6.0), torch.nn.ReLU6())):
         for dt in (torch.float32, F64):
             assert torch.equal(prim.forward(x.to(dt)), mod(x.to(dt)))

@@ -58,25 +58,22 @@ class Hardtanh(Elementwise):
             return F.hardtanh(x, a, b)
         return torch.clamp(x, min=a if math.isfinite(a) else None, max=b if math.isfinite(b) else None)
 
-    def gap(self, v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Enclosure of ``f(v) - s v`` ([N] float64)."""
-        a = torch.full_like(v, self.min_val)
-        b = torch.full_like(v, self.max_val)
-        mid_lo, mid_hi = ow.linear_gap(torch.ones_like(v), s, v)
-        left = v <= a
-        right = v >= b
-        fv = torch.where(left, a, torch.where(right, b, torch.zeros_like(v)))
-        flat = left | right
-        lo = torch.where(flat, ow.gap_lo(fv, s, v), mid_lo)
-        hi = torch.where(flat, ow.gap_hi(fv, s, v), mid_hi)
-        return lo, hi
+    def gap(self, v: torch.Tensor, s: torch.Tensor, upper: bool) -> torch.Tensor:
+        """A bound of ``f(v) - s v`` ([N] float64) from below / above (``upper``)."""
+        mid = ow.linear_gap(torch.ones_like(v), s, v, upper)
+        left = v <= self.min_val
+        right = v >= self.max_val
+        fv = torch.where(left, torch.full_like(v, self.min_val), torch.full_like(v, self.max_val))
+        flat = (ow.gap_hi if upper else ow.gap_lo)(fv, s, v)
+        return torch.where(left | right, flat, mid)
 
-    def intercepts(self, l: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lower / upper intercepts of slope-``s`` lines on ``[l, u]`` (vertices: ends and inner kinks)."""
+    def intercept(self, l: torch.Tensor, u: torch.Tensor, s: torch.Tensor, upper: bool) -> torch.Tensor:
+        """The lower / upper (``upper``) intercept of slope-``s`` lines on ``[l, u]`` (vertices: the ends
+        and the kinks inside)."""
         a = torch.full_like(l, self.min_val)
         b = torch.full_like(l, self.max_val)
         yes = torch.ones_like(l, dtype=torch.bool)
-        return ow.vertex_intercepts(s, [l, a, b, u], [yes, (l < a) & (a < u), (l < b) & (b < u), yes], self.gap)
+        return ow.vertex_intercept(s, [l, a, b, u], [yes, (l < a) & (a < u), (l < b) & (b < u), yes], self.gap, upper)
 
     def interval(self, box: Box) -> Box:
         """f is nondecreasing: ``[f(l), f(u)]`` (exact in float64, rounded outward)."""
@@ -130,8 +127,8 @@ class Hardtanh(Elementwise):
         u0 = torch.where(bad, torch.zeros_like(u), u)
         lo_s, up_s = self.slopes(l0, u0, opts.lower_slope)
         lo_s, up_s = ow.slope_to(lo_s, dt), ow.slope_to(up_s, dt)
-        lo_b = self.intercepts(l0, u0, lo_s)[0]
-        up_b = self.intercepts(l0, u0, up_s)[1]
+        lo_b = self.intercept(l0, u0, lo_s, False)
+        up_b = self.intercept(l0, u0, up_s, True)
         if bool(bad.any()):
             c = ow.constant_lines(l.clamp(min=self.min_val, max=self.max_val),
                                   u.clamp(min=self.min_val, max=self.max_val))

@@ -57,21 +57,21 @@ class LeakyReLU(Elementwise):
         """x: [B, n] -> F.leaky_relu(x, a)."""
         return F.leaky_relu(x, self.negative_slope)
 
-    def gap(self, v: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Enclosure of ``f(v) - s v`` ([N] float64)."""
+    def gap(self, v: torch.Tensor, s: torch.Tensor, upper: bool) -> torch.Tensor:
+        """A bound of ``f(v) - s v`` ([N] float64) from below / above (``upper``)."""
         p = torch.where(v >= 0, torch.ones_like(v), torch.full_like(v, self.negative_slope))
-        return ow.linear_gap(p, s, v)
+        return ow.linear_gap(p, s, v, upper)
 
-    def intercepts(self, l: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lower / upper intercepts of slope-``s`` lines on ``[l, u]`` (vertices l, 0, u)."""
-        return ow.vertex_intercepts(s, [l, torch.zeros_like(l), u], [torch.ones_like(l, dtype=torch.bool),
-                                                                      (l < 0) & (u > 0),
-                                                                      torch.ones_like(l, dtype=torch.bool)], self.gap)
+    def intercept(self, l: torch.Tensor, u: torch.Tensor, s: torch.Tensor, upper: bool) -> torch.Tensor:
+        """The lower / upper (``upper``) intercept of slope-``s`` lines on ``[l, u]`` (vertices l, 0, u)."""
+        yes = torch.ones_like(l, dtype=torch.bool)
+        return ow.vertex_intercept(s, [l, torch.zeros_like(l), u], [yes, (l < 0) & (u > 0), yes], self.gap, upper)
 
     def interval(self, box: Box) -> Box:
         """``[min f, max f]`` over the end points and 0 (f is not monotone for ``a < 0``)."""
         l = box.l.double()
-        lo, hi = self.intercepts(l.reshape(-1), box.u.double().reshape(-1), torch.zeros(l.numel(), dtype=l.dtype))
+        lf, uf, z = l.reshape(-1), box.u.double().reshape(-1), torch.zeros(l.numel(), dtype=l.dtype)
+        lo, hi = self.intercept(lf, uf, z, False), self.intercept(lf, uf, z, True)
         return Box(round_down(lo.reshape(l.shape), box.l.dtype), round_up(hi.reshape(l.shape), box.l.dtype))
 
     def kink_slope(self, l: torch.Tensor, u: torch.Tensor, k: torch.Tensor, mode: str) -> torch.Tensor:
@@ -112,10 +112,10 @@ class LeakyReLU(Elementwise):
         lo_s = torch.where(cross, kink if convex else k, piece)
         up_s = torch.where(cross, k if convex else kink, piece)
         lo_s, up_s = ow.slope_to(lo_s, dt), ow.slope_to(up_s, dt)
-        lo_b = self.intercepts(l0, u0, lo_s)[0]
-        up_b = self.intercepts(l0, u0, up_s)[1]
+        lo_b = self.intercept(l0, u0, lo_s, False)
+        up_b = self.intercept(l0, u0, up_s, True)
         if bool(bad.any()):
-            lo, hi = self.intercepts(l, u, torch.zeros_like(l))
-            c = ow.constant_lines(lo, hi)
+            z = torch.zeros_like(l)
+            c = ow.constant_lines(self.intercept(l, u, z, False), self.intercept(l, u, z, True))
             lo_s, lo_b, up_s, up_b = (torch.where(bad, ci, x) for ci, x in zip(c, (lo_s, lo_b, up_s, up_b)))
         return ow.finish(*(x.reshape(shape) for x in (lo_s, lo_b, up_s, up_b)), dtype=dt, zero_lower_bias=True)

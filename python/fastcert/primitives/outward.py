@@ -5,11 +5,10 @@ torch has no rounding modes, so each operation is rounded to nearest and then co
 - a sum: ``two_sum`` gives the exact error ``e`` of ``s = fl(a + b)`` (Knuth; exact barring
   overflow), so ``add_dn`` steps ``s`` down one float only where ``e < 0``: the result is the
   correctly rounded-down sum, and an exact sum stays exact (a zero intercept stays zero);
-- a product: Dekker's ``two_prod`` gives the exact error where it is valid (both factors below
-  2^500 in magnitude and the product 0 with a zero factor or above 2^-900, so that no partial product
-  underflows or overflows); elsewhere the result is stepped one float outward unconditionally, which
-  is safe because round-to-nearest is never more than one step from the exact value (also across a
-  power of two and in the subnormal range).
+- a product is exact where a factor is 0 and is otherwise stepped one float outward
+  unconditionally, which is safe because round-to-nearest is never more than one step from the
+  exact value (also across a power of two and in the subnormal range). (Dekker's exact product
+  error would save that step where the product is exact, at 17 more operations: not worth it.)
 
 An overflowed sum or product (``inf`` for a finite exact value) is stepped back to the largest
 float when it must be a bound from the inside (``add_dn(max, max) = max``); infinite *inputs* are
@@ -73,33 +72,16 @@ def sub_up(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return add_up(a, -b)
 
 
-def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = 134217729.0 * a  # 2^27 + 1
-    hi = c - (c - a)
-    return hi, a - hi
-
-
-def two_prod(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(p, e, valid)``: ``p = fl(a b)`` and, where ``valid``, ``a b = p + e`` exactly (Dekker)."""
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-    zero = (a == 0) | (b == 0)
-    valid = zero | ((a.abs() <= 2.0**500) & (b.abs() <= 2.0**500) & (p.abs() >= 2.0**-900))
-    return p, torch.where(zero, torch.zeros_like(p), e), valid
-
-
 def mul_dn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A float ``<= a b`` (the correctly rounded-down product where Dekker's split is valid)."""
-    p, e, valid = two_prod(a, b)
-    return torch.where(valid & (e >= 0) & (p != INF), p, _step_dn(p))
+    """A float ``<= a b``: exact where a factor is 0, else one step below the rounded product."""
+    p = a * b
+    return torch.where(((a == 0) | (b == 0)) & (p == p), p, _step_dn(p))
 
 
 def mul_up(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A float ``>= a b``."""
-    p, e, valid = two_prod(a, b)
-    return torch.where(valid & (e <= 0) & (p != -INF), p, _step_up(p))
+    """A float ``>= a b``: exact where a factor is 0, else one step above the rounded product."""
+    p = a * b
+    return torch.where(((a == 0) | (b == 0)) & (p == p), p, _step_up(p))
 
 
 def imul_lo(alo: torch.Tensor, ahi: torch.Tensor, blo: torch.Tensor, bhi: torch.Tensor) -> torch.Tensor:
@@ -152,29 +134,30 @@ def unbounded(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return ~((l.abs() <= BIG) & (u.abs() <= BIG))
 
 
-def linear_gap(p: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Enclosure ``(lo, hi)`` of ``(p - s) v`` (exact when ``p == s``: a line parallel to a linear
-    piece through its kink keeps an exact zero intercept)."""
+def linear_gap(p: torch.Tensor, s: torch.Tensor, v: torch.Tensor, upper: bool) -> torch.Tensor:
+    """A bound of ``(p - s) v`` from below (``upper`` False) or above (exact when ``p == s``: a line
+    parallel to a linear piece through its kink keeps an exact zero intercept)."""
     qlo, qhi = sub_dn(p, s), sub_up(p, s)
-    lo = torch.minimum(mul_dn(qlo, v), mul_dn(qhi, v))
-    hi = torch.maximum(mul_up(qlo, v), mul_up(qhi, v))
+    if upper:
+        g = torch.maximum(mul_up(qlo, v), mul_up(qhi, v))
+    else:
+        g = torch.minimum(mul_dn(qlo, v), mul_dn(qhi, v))
     flat = (qlo == 0) & (qhi == 0)  # 0 even for an infinite v (no 0 * inf = NaN)
-    return torch.where(flat, torch.zeros_like(lo), lo), torch.where(flat, torch.zeros_like(hi), hi)
+    return torch.where(flat, torch.zeros_like(g), g)
 
 
-def vertex_intercepts(s: torch.Tensor, pts: list[torch.Tensor], inside: list[torch.Tensor],
-                      gap: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def vertex_intercept(s: torch.Tensor, pts: list[torch.Tensor], inside: list[torch.Tensor],
+                     gap: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], upper: bool) -> torch.Tensor:
     """Intercepts of the lines of slope ``s`` below / above a piecewise-linear ``f`` on ``[l, u]``.
 
     ``pts`` are the box ends and the kinks (float64, [N] each), ``inside[i]`` says where ``pts[i]``
     lies in the box: a line lies below a piecewise-linear function on an interval iff it does at the
-    interval's ends and kinks, so ``t_lo = min (f(v) - s v)`` and ``t_up = max`` over those points.
-    ``gap(v, s)`` returns an enclosure ``(lo, hi)`` of ``f(v) - s v``."""
-    t_lo = torch.full_like(s, INF)
-    t_up = torch.full_like(s, -INF)
+    interval's ends and kinks, so ``t_lo = min (f(v) - s v)`` (``upper`` False) or ``t_up = max``
+    (``upper`` True) over those points. ``gap(v, s, upper)`` bounds ``f(v) - s v`` from below
+    (``upper`` False) or above."""
+    t = torch.full_like(s, -INF if upper else INF)
+    pick = torch.maximum if upper else torch.minimum
     for v, ok in zip(pts, inside):
-        g_lo, g_hi = gap(torch.where(ok, v, torch.zeros_like(v)), s)
-        t_lo = torch.where(ok, torch.minimum(t_lo, g_lo), t_lo)
-        t_up = torch.where(ok, torch.maximum(t_up, g_hi), t_up)
-    return t_lo, t_up
+        g = gap(torch.where(ok, v, torch.zeros_like(v)), s, upper)
+        t = torch.where(ok, pick(t, g), t)
+    return t

@@ -39,6 +39,12 @@ class Sigmoid(SShaped):
         p = 1.0 / (1.0 + e)
         return e * p * p
 
+    def value_deriv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = torch.exp(-x.abs())
+        p = 1.0 / (1.0 + e)
+        ep = e * p
+        return torch.where(x >= 0, p, ep), ep * p
+
     def eval_error(self, y: torch.Tensor) -> torch.Tensor:
         """4 ulps + 8 subnormals, plus 2.2e-308: torch's float64 sigmoid is ``1 / (1 + e^-x)``, 0 once
         ``e^-x`` overflows (x < -709.78) where the true value is up to 2.2e-308."""

@@ -73,6 +73,10 @@ class SShaped(Elementwise):
         """float64 x -> float64 f'(x), within ``deriv_rel |f'| + ABS``."""
         raise NotImplementedError
 
+    def value_deriv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(value(x), deriv(x))``; subclasses share their exponential."""
+        return self.value(x), self.deriv(x)
+
     # ---- enclosures ------------------------------------------------------------------------
     def value_bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 ``x`` -> ``(lo, hi)`` with ``lo <= f(x) <= hi`` (exact real f)."""
@@ -174,7 +178,8 @@ class SShaped(Elementwise):
         for _ in range(steps):
             mid = lo_bits + (hi_bits - lo_bits) // 2
             d = -(mid.view(torch.float64))
-            below = self.value(d) + self.deriv(d) * (u - d) - fu <= 0
+            fd, dd = self.value_deriv(d)
+            below = fd + dd * (u - d) - fu <= 0
             hi_bits = torch.where(below, mid, hi_bits)
             lo_bits = torch.where(below, lo_bits, mid)
         return -(hi_bits.view(torch.float64))

@@ -36,3 +36,8 @@ class Tanh(SShaped):
         e = torch.exp(-2.0 * x.abs())
         q = 1.0 + e
         return 4.0 * e / (q * q)
+
+    def value_deriv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.expm1(-2.0 * x.abs())
+        q = 2.0 + m  # 1 + e^{-2|x|}
+        return torch.copysign(-m / q, x), 4.0 * (1.0 + m) / (q * q)
