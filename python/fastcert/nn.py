@@ -29,3 +29,12 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x - self.mean.to(x.dtype).reshape(shape)) / self.std.to(x.dtype).reshape(shape)
+
+
+class Arctan(nn.Module):
+    """Elementwise ``torch.atan(x)`` as a module (torch has no ``nn.Arctan``); any shape.
+
+    fastcert bounds it as an S-shaped activation (:class:`fastcert.primitives.arctan.Arctan`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.atan(x)
