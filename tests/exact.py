@@ -22,7 +22,8 @@ def _modules(model: nn.Module) -> list[nn.Module]:
 
 
 def needs_mp(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Tanh, nn.Sigmoid, nn.modules.batchnorm._BatchNorm)) for m in _modules(model))
+    return any(isinstance(m, (nn.Tanh, nn.Sigmoid, fastcert.nn.Arctan, nn.modules.batchnorm._BatchNorm))
+               for m in _modules(model))
 
 
 def exact_num(v: float, mp: bool):
@@ -104,6 +105,11 @@ def exact_forward(model: nn.Module, x: torch.Tensor, in_shape: tuple[int, ...], 
             h = [mpmath.tanh(v) for v in h]
         elif isinstance(m, nn.Sigmoid):
             h = [1 / (1 + mpmath.exp(-v)) for v in h]
+        elif isinstance(m, fastcert.nn.Arctan):
+            h = [mpmath.atan(v) for v in h]
+        elif isinstance(m, nn.Hardtanh):  # ReLU6 too
+            lo_, hi_ = exact_num(m.min_val, mp), exact_num(m.max_val, mp)
+            h = [lo_ if v < lo_ else hi_ if v > hi_ else v for v in h]
         elif isinstance(m, nn.Flatten):
             shape = (len(h),)
         elif isinstance(m, (nn.Identity, nn.Dropout)):

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from torch import nn
 
 import fastcert
+from fastcert.primitives import registry as activations
 
 # ------------------------------------------------------------------------------------------------
 # hypothesis profile: deterministic, no example database, no deadline
@@ -209,12 +210,11 @@ def build_network(spec: NetSpec) -> nn.Sequential:
             shape = (int(torch.tensor(shape).prod()),)
         elif kind == "act":
             a = L[1]
-            mods.append({"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}.get(a) or
-                        nn.LeakyReLU(L[2]))
+            mods.append(activations.spec(a).module(act_params(L)))
             if a == "leaky_relu":
                 M = M * max(1.0, abs(L[2]))
-            M = M + (1.0 if a in ("tanh", "sigmoid") else cum[0])
-            if a in ("tanh", "sigmoid"):
+            M = M + (1.0 if a in BOUNDED_ACTS else cum[0])
+            if a in BOUNDED_ACTS:
                 cum[0] = 1.0  # bounded outputs
         elif kind == "identity":
             mods.append(nn.Identity())
@@ -232,15 +232,29 @@ def build_network(spec: NetSpec) -> nn.Sequential:
 # Strategies for networks
 # ------------------------------------------------------------------------------------------------
 
-ACT_MODES = ("relu", "relu", "relu", "relu", "tanh", "sigmoid", "leaky_relu", "mixed")
+# activations come from the registry: a new primitive is drawn by every network strategy
+ACT_MODES = ("relu", "relu", "relu", "relu", *[n for n in activations.names() if n != "relu"], "mixed")
+BOUNDED_ACTS = ("tanh", "sigmoid", "arctan", "hardtanh")  # outputs of order 1 (hardtanh: with finite bounds)
+
+
+def act_params(L: tuple) -> dict:
+    """The registry parameters of an ("act", kind, p) layer spec: p is LeakyReLU's slope, Hardtanh's
+    (min, max), else unused."""
+    if L[1] == "leaky_relu":
+        return {"alpha": float(L[2])}
+    if L[1] == "hardtanh":
+        return {"min": float(L[2][0]), "max": float(L[2][1])}
+    return {}
 
 
 @st.composite
 def _act(draw, mode: str) -> tuple:
-    kind = draw(st.sampled_from(("relu", "tanh", "sigmoid", "leaky_relu"))) if mode == "mixed" else mode
+    kind = draw(st.sampled_from(tuple(activations.names()))) if mode == "mixed" else mode
     if kind == "leaky_relu":
-        # non-negative slopes only here (negative slopes have their own targeted test)
-        return ("act", kind, draw(st.sampled_from((0.0, 0.01, 0.1, 0.5, 1.0, 2.0))))
+        return ("act", kind, draw(st.sampled_from((0.0, 0.01, 0.1, 0.5, 1.0, 2.0, -0.5))))
+    if kind == "hardtanh":
+        return ("act", kind, draw(st.sampled_from([(e["min"], e["max"]) for e in activations.spec(kind).examples
+                                                   if math.isfinite(e["min"]) and math.isfinite(e["max"])])))
     return ("act", kind, 0.0)
 
 
@@ -723,7 +737,7 @@ def scaled_specs(draw, dtype: torch.dtype, act_mode: str | None = None, cnn: boo
     clo, chi = _RANGES[dtype][2]
     cum, k, scales = math.log10(inp), 0, []
     for L in layers:
-        if L[0] == "normalize" or (L[0] == "act" and L[1] in ("tanh", "sigmoid")):
+        if L[0] == "normalize" or (L[0] == "act" and L[1] in BOUNDED_ACTS):
             cum = max(cum, 0.0) if L[0] == "normalize" else 0.0
         elif L[0] in ("linear", "conv"):
             e = min(max(math.log10(raw[k]), clo - cum), chi - cum)

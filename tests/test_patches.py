@@ -1,7 +1,7 @@
 """The windowed (patches) back-substitution for convolution layers equals the full-width rows.
 
 ``linear_bounds._intermediate_patches`` bounds a convolution's neurons with rows restricted to their
-receptive fields; it must give the bounds of the full-width pass (``_PATCHES = "never"``) up to the order
+receptive fields; it must give the bounds of the full-width pass (``BoundOptions(patches="never")``) up to the order
 of the sums, for every stride / padding / kernel shape, norm, method, and for degenerate balls, and the
 result must contain the sampled outputs (the soundness suite covers that on random networks too).
 """
@@ -48,10 +48,8 @@ def _both(model: nn.Module, x: torch.Tensor, eps: float, norm: str, method: str,
         return orig(*a, **k)
 
     monkeypatch.setattr(lb, "_intermediate_patches", counted)
-    monkeypatch.setattr(lb, "_PATCHES", "always")
-    r1 = fastcert.bounds(model, x, eps, norm=norm, method=method)
-    monkeypatch.setattr(lb, "_PATCHES", "never")
-    r2 = fastcert.bounds(model, x, eps, norm=norm, method=method)
+    r1 = fastcert.bounds(model, x, eps, norm=norm, method=method, options=fastcert.BoundOptions(patches="always"))
+    r2 = fastcert.bounds(model, x, eps, norm=norm, method=method, options=fastcert.BoundOptions(patches="never"))
     return r1, r2, calls[0]
 
 

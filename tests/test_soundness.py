@@ -29,7 +29,6 @@ from torch import nn
 
 import fastcert
 from strategies import (
-    LINEAR_METHODS,
     RELU_METHODS,
     NetSpec,
     RegionSpec,
@@ -108,11 +107,12 @@ def _assert_contains(res, CF: torch.Tensor, pts: torch.Tensor, what: str, ctx: s
 
 
 def _methods_for(net: NetSpec) -> tuple[str, ...]:
-    return RELU_METHODS if net.relu_only else ("ibp",)
+    """Every method; the Kolter-Wong dual is defined for ReLU networks only."""
+    return RELU_METHODS if net.relu_only else tuple(m for m in RELU_METHODS if m != "kw")
 
 
 def _check_network(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype = torch.float64,
-                   C_seed: int = 0) -> None:
+                   C_seed: int = 0, options: fastcert.BoundOptions | None = None) -> None:
     model = build_network(net)
     in_shape = net.input_shape
     reg = build_region(reg_spec, in_shape, dtype)
@@ -126,10 +126,8 @@ def _check_network(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype = torc
     ctx = f"norm={reg.norm} eps={reg.eps.tolist()} box={reg_spec.box} dtype={dtype}"
 
     if not net.relu_only:
-        for method in LINEAR_METHODS:
-            with pytest.raises(fastcert.UnsupportedError):
-                fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method=method, x_min=reg.x_min,
-                                x_max=reg.x_max)
+        with pytest.raises(fastcert.UnsupportedError, match="Kolter-Wong"):
+            fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method="kw", x_min=reg.x_min, x_max=reg.x_max)
 
     for C in (None, random_C(K, B, g)):
         Cf = _full_C(C, B, K, torch.float64)
@@ -138,7 +136,8 @@ def _check_network(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype = torc
         CF64 = torch.einsum("bsk,bpk->bps", Cf, F64)
         for method in _methods_for(net):
             res = fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method=method,
-                                  C=None if C is None else C.to(dtype), x_min=reg.x_min, x_max=reg.x_max)
+                                  C=None if C is None else C.to(dtype), x_min=reg.x_min, x_max=reg.x_max,
+                                  options=options)
             S = Cf.shape[1]
             assert res.lower.shape == (B, S) and res.upper.shape == (B, S)
             assert res.lower.dtype == dtype and res.upper.dtype == dtype
@@ -207,22 +206,24 @@ def test_cnn_batchnorm1d_after_flatten(net: NetSpec, reg: RegionSpec) -> None:
     _check_network(net, reg)
 
 
+# one sample per chunk in the backward pass, one row per block in the fused kernels
+TINY = fastcert.BoundOptions(lambda_bytes=1, block_elems=1)
+
+
 class _tiny_workspaces:
-    """Force every chunked code path: one sample per chunk in the backward pass and the conv kernels."""
+    """Force every chunked code path of the convolution kernels: one sample per chunk."""
 
     def __enter__(self):
-        import fastcert.algorithms.linear_bounds as lb
         import fastcert.layers.affine as af
 
-        self._old = (lb._LAMBDA_BYTES, af._CONV_WORK_ELEMS)
-        lb._LAMBDA_BYTES, af._CONV_WORK_ELEMS = 1, 1
+        self._old = af._CONV_WORK_ELEMS
+        af._CONV_WORK_ELEMS = 1
         return self
 
     def __exit__(self, *exc):
-        import fastcert.algorithms.linear_bounds as lb
         import fastcert.layers.affine as af
 
-        lb._LAMBDA_BYTES, af._CONV_WORK_ELEMS = self._old
+        af._CONV_WORK_ELEMS = self._old
         return False
 
 
@@ -232,13 +233,14 @@ def test_chunked_paths_sound_and_consistent(net: NetSpec, reg: RegionSpec) -> No
     """With one-sample chunks the bounds must stay sound, and agree with the unchunked ones up to
     rounding (CROWN may refine a different set of neurons per chunk, so not bit-identical)."""
     with _tiny_workspaces():
-        _check_network(net, reg)
+        _check_network(net, reg, options=TINY)
     model = build_network(net)
     r = build_region(reg, net.input_shape)
     for method in RELU_METHODS:
         a = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max)
         with _tiny_workspaces():
-            b = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max)
+            b = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max,
+                                options=TINY)
         scale = 1 + a.lower.abs() + a.upper.abs()
         assert ((a.lower - b.lower).abs() <= 1e-8 * scale).all(), method
         assert ((a.upper - b.upper).abs() <= 1e-8 * scale).all(), method
@@ -461,16 +463,16 @@ def test_huge_magnitudes(norm: str) -> None:
         _check_model(model, x, eps, norm)
 
 
-@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid, lambda: nn.LeakyReLU(0.1)])
-def test_non_relu_linear_methods_raise(act) -> None:
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid, lambda: nn.LeakyReLU(0.1), nn.ReLU6, fastcert.nn.Arctan])
+def test_non_relu_networks_all_methods_but_kw(act) -> None:
+    """General activations run under every linear method (sound); only the KW dual refuses them by name."""
     model = nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 2)).double()
     x = torch.rand(2, 3, dtype=torch.float64)
-    for method in LINEAR_METHODS:
-        with pytest.raises(fastcert.UnsupportedError):
-            fastcert.bounds(model, x, 0.1, method=method)
-        with pytest.raises(NotImplementedError):
-            fastcert.certify(model, x, 0.1, method=method)
-    _check_model(model, x, 0.1, "inf", methods=("ibp",))
+    with pytest.raises(fastcert.UnsupportedError, match="Kolter-Wong.*ReLU"):
+        fastcert.bounds(model, x, 0.1, method="kw")
+    with pytest.raises(NotImplementedError):
+        fastcert.certify(model, x, 0.1, method="kw")
+    _check_model(model, x, 0.1, "inf", methods=("ibp", "fastlin", "crown", "crown-ibp"))
 
 
 @pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid])
@@ -481,7 +483,7 @@ def test_saturated_sigmoid_tanh(act, dtype) -> None:
                           _lin([[1.0, -1.0, 1.0, 1.0]], [0.0])).double()
     x = torch.tensor([[0.5], [1.0], [0.0]], dtype=dtype)
     for eps in (0.0, 1e-12, 0.01, 1.0):
-        _check_model(model, x, eps, "inf", methods=("ibp",))
+        _check_model(model, x, eps, "inf", methods=("ibp", "crown", "crown-ibp", "fastlin"))
 
 
 @pytest.mark.parametrize("slope", [-0.5, -1.0, -2.0])
@@ -496,7 +498,7 @@ def test_leaky_relu_negative_slope(slope: float) -> None:
     except (ValueError, fastcert.UnsupportedError) as exc:
         assert "LeakyReLU" in str(exc) or "slope" in str(exc)
         return
-    _check_model(model, x, 0.5, "inf", methods=("ibp",))
+    _check_model(model, x, 0.5, "inf", methods=("ibp", "crown", "crown-ibp", "fastlin"))
 
 
 def _cancellation_model(case: str, mean: float) -> nn.Sequential:

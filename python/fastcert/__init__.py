@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BoundOptions": "fastcert.options",
     "BoundsResult": "fastcert.api",
     "CertifyResult": "fastcert.api",
     "Network": "fastcert.network",

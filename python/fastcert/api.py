@@ -15,6 +15,7 @@ from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem
 from fastcert.layers.activation import LOWER_SLOPE_MODES
 from fastcert.network import Network, as_network
+from fastcert.options import BoundOptions
 
 NORMS = {"inf": 0, "2": 2, "1": 1}
 
@@ -119,14 +120,16 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
 
 
 def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
-           x_min: Any = None, x_max: Any = None, lower_slope: str | None = None) -> BoundsResult:
+           x_min: Any = None, x_max: Any = None, lower_slope: str | None = None,
+           options: BoundOptions | None = None) -> BoundsResult:
     """Sound lower/upper bounds of ``C @ f(x')`` for all ``x'`` with ``||x' - x||_norm <= eps`` (and
     ``x_min <= x' <= x_max`` when given).
 
     x: [B, *input_shape] (torch or numpy, float32/float64; the computation runs in that dtype).
     eps: scalar or [B]. C: [S, K] or [B, S, K] (default: identity, i.e. bounds of the logits).
     lower_slope: for ``crown`` / ``crown-ibp`` only, the ReLU lower-slope rule: "adaptive" (default,
-    1 if u >= -l else 0), "parallel" (u/(u-l), as Fast-Lin), "zero" or "one".
+    1 if u >= -l else 0), "parallel" (u/(u-l), as Fast-Lin), "zero" or "one" (also LeakyReLU / Hardtanh).
+    options: :class:`fastcert.BoundOptions` (tangent points of S-shaped activations, memory budgets).
     Returns :class:`BoundsResult` with ``lower, upper: [B, S]``.
     """
     t0 = time.perf_counter()
@@ -157,12 +160,15 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     C64 = None
     if C is not None and C_in.dtype == torch.float64 and x.dtype != torch.float64:
         C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
-    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64)
+    if options is not None and not isinstance(options, BoundOptions):
+        raise TypeError(f"options must be a fastcert.BoundOptions, got {type(options).__name__}")
+    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64, opts=options)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 
 def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", labels: Any = None,
-            method: str = "crown", x_min: Any = None, x_max: Any = None) -> CertifyResult:
+            method: str = "crown", x_min: Any = None, x_max: Any = None,
+            options: BoundOptions | None = None) -> CertifyResult:
     """Certify that no ``x'`` in the ball changes the classification.
 
     x: [B, *input_shape]; labels: [B] ints in [0, K) (default: the prediction at x).
@@ -192,7 +198,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     # C rows e_y - e_j for every j (the j = y row is zero and is reported as +inf)
     C = -torch.eye(K, dtype=x.dtype).unsqueeze(0).repeat(B, 1, 1)
     C[torch.arange(B), :, y] += 1
-    res = bounds(net, x, eps, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max)
+    res = bounds(net, x, eps, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max, options=options)
     margins = res.lower.clone()
     margins[torch.arange(B), y] = torch.inf
     certified = (margins > 0).all(dim=1) & (pred == y)

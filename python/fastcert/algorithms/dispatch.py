@@ -9,16 +9,17 @@ import torch
 from fastcert.algorithms.graph_bounds import graph_bounds
 from fastcert.algorithms.linear_bounds import linear_bounds
 from fastcert.graph.ir import is_nonlinear
+from fastcert.options import BoundOptions
 
 
 def network_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor, method: str,
-                   lower_slope: str | None = None, C_exact: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   lower_slope: str | None = None, C_exact: torch.Tensor | None = None,
+                   opts: BoundOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds of ``C f(x)`` over ``prob``'s region for a :class:`fastcert.Network` at per-sample input
     ``shape``: C [B, S, K] -> (lower, upper) [B, S] (see ``linear_bounds`` for the arguments)."""
     if net.chain:
-        return linear_bounds(net.layers_for(shape), prob, C, method, lower_slope, C_exact=C_exact)
-    return graph_bounds(net.graph_for(shape), prob, C, method, lower_slope, C_exact=C_exact)
+        return linear_bounds(net.layers_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)
+    return graph_bounds(net.graph_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)
 
 
 def nonlinear_kinds(net: Any, shape: tuple[int, ...]) -> list[str]:

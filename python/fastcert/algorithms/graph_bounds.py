@@ -21,6 +21,7 @@ from fastcert.algorithms.graph_slack import graph_eval_slack
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.layers import Activation, Box, Diag, Layer, UnsupportedError
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+from fastcert.options import BoundOptions
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise, RelaxOptions
 from fastcert.primitives.concat import Concat
@@ -66,11 +67,8 @@ def _unstable(st: GraphPass, v: int, box: Box) -> torch.Tensor:
         return box.l < box.u
     for w in st.g.consumers[v]:
         p = st.g.nodes[w].prim
-        if isinstance(p, Activation):
-            mask |= (box.l < 0) & (box.u > 0)
-        elif isinstance(p, Elementwise):
-            f = getattr(p, "unstable", None)
-            mask |= f(box) if f is not None else box.l < box.u
+        if isinstance(p, (Activation, Elementwise)):
+            mask |= p.unstable(box)
         elif isinstance(p, MaxPool2d):
             mask |= box.l < box.u
     return mask
@@ -125,7 +123,7 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
         out = prim.backward(lam.reshape(Bc * S, prim.n_out)).reshape(Bc, S, prim.n_in)  # type: ignore
         return [(nd.inputs[0], out)]
     if isinstance(prim, (Activation, Elementwise)):
-        lo_s, lo_b, up_s, up_b, zmag = (None if t is None else t[b0:b1] for t in st.relax[v])
+        lo_s, up_s, up_b, zmag, lo_b = (None if t is None else t[b0:b1] for t in st.relax[v])
         out = torch.empty(Bc, S, prim.n_in, dtype=dt)
         _C.backward_act(np_view(lam.contiguous()), np_view(lo_s), np_view(up_s),
                         e if lo_b is None else np_view(lo_b), np_view(up_b), np_view(zmag), np_view(out),
@@ -260,18 +258,19 @@ def _exact_depth(g: Graph, p: int) -> list[float]:
     return depth
 
 
-def _relax(prim: Layer, box: Box, slope: str) -> Any:
+def _relax(prim: Layer, box: Box, slope: str, tangent: str) -> Any:
     if isinstance(prim, MaxPool2d):
         return prim.relax(box)
     if isinstance(prim, Activation):
         lo_s, up_s, up_b = prim.relax(box, slope)
-        return (lo_s, None, up_s, up_b, box.mag().contiguous())
+        return (lo_s, up_s, up_b, box.mag().contiguous(), None)
     assert isinstance(prim, Elementwise)
-    r = prim.relax(box, RelaxOptions(lower_slope=slope))
-    return (r.lo_s, r.lo_b, r.up_s, r.up_b, box.mag().contiguous())
+    r = prim.relax(box, RelaxOptions(lower_slope=slope, tangent=tangent))
+    return (r.lo_s.contiguous(), r.up_s.contiguous(), r.up_b.contiguous(), box.mag().contiguous(),
+            None if r.lo_b is None else r.lo_b.contiguous())
 
 
-def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, budget: int) -> GraphPass:
+def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: BoundOptions) -> GraphPass:
     """Interval bounds of every node, refined by back-substitution where the method asks, and the
     relaxations of the nonlinear nodes."""
     n = len(g.nodes)
@@ -286,7 +285,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, budget:
             box, st.G[nd.id] = interval_affine(prim, ins[0])  # type: ignore[arg-type]
         elif is_nonlinear(prim):
             if cfg is not None:
-                st.relax[nd.id] = _relax(prim, ins[0], cfg[0])  # type: ignore[arg-type]
+                st.relax[nd.id] = _relax(prim, ins[0], cfg[0], opts.tangent)  # type: ignore[arg-type]
             box = prim.interval(ins[0])  # type: ignore[attr-defined]
         else:
             box = prim.interval(*ins)  # type: ignore[attr-defined]
@@ -296,15 +295,16 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, budget:
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
                 not isinstance(prim, (Activation, Elementwise, Concat)) and \
                 any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
-            st.box[nd.id] = _refine(st, nd.id, box, cfg[2], budget)
+            st.box[nd.id] = _refine(st, nd.id, box, cfg[2], opts.lambda_bytes)
     return st
 
 
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
-                 C_exact: torch.Tensor | None = None, budget: int = 384 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+                 C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
-    ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`; ``budget``:
-    bytes for one chunk of coefficient matrices."""
+    ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`."""
+    opts = BoundOptions() if opts is None else opts
     cfg = _GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
@@ -314,7 +314,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
                 raise UnsupportedError(f"{nd.name}: the Kolter-Wong dual bound (method 'kw') is defined for ReLU "
                                        f"networks only, and this node is {nd.prim.describe()}; use 'fastlin' (the "
                                        f"same bound on ReLU networks), 'crown', 'crown-ibp' or 'ibp'")
-    st = forward_pass(g, prob, cfg, budget)
+    st = forward_pass(g, prob, cfg, opts)
     out = g.output
     out_box = st.box[out]
     assert out_box is not None
@@ -330,7 +330,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
     stop = g.nodes[out].inputs[0] if cfg is None else 0
     lower = torch.empty(B, S, dtype=dt)
     upper = torch.empty(B, S, dtype=dt)
-    Bc = _chunk(st, B, 2 * S, prob.x0.element_size(), budget)
+    Bc = _chunk(st, B, 2 * S, prob.x0.element_size(), opts.lambda_bytes)
     for b0 in range(0, B, Bc):
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, S, dtype=dt)

@@ -51,11 +51,10 @@ def graph_eval_slack(st: Any, C: torch.Tensor, C_exact: torch.Tensor | None = No
             if ev_out is not None:
                 e = e + ev_out[0] * out.mag().double() + ev_out[1]
         elif isinstance(prim, (Activation, Elementwise)):
-            tiny64 = torch.finfo(torch.float64).tiny if prim.kind == "sigmoid" else 0.0
-            if isinstance(prim, Elementwise):
-                e = prim.lipschitz * Ein[0] + prim.eval_error(out.mag().double()) + tiny64
-            else:
-                e = prim.lipschitz * Ein[0] + 4 * u * out.mag().double() + 8 * eta64 + tiny64
+            if isinstance(prim, Elementwise):  # the primitive's own bound on torch's float64 evaluation
+                e = prim.lipschitz * Ein[0] + prim.eval_error(out.mag().double())
+            else:  # ReLU
+                e = prim.lipschitz * Ein[0] + 4 * u * out.mag().double() + 8 * eta64
         elif isinstance(prim, Add):
             e = (Ein[0] + Ein[1]) * (1 + 4 * u) + 2 * u * out.mag().double()
         elif isinstance(prim, Concat):

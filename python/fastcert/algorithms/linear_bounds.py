@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from fastcert._ext import _C
-from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer
+from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer, UnsupportedError
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+from fastcert.options import BoundOptions
+from fastcert.primitives.base import Elementwise, RelaxOptions
 from fastcert.rounding import gamma_n
 from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag, overflow_hint
 
@@ -40,14 +42,6 @@ METHODS: dict[str, tuple[str, str, bool] | None] = {
     "crown-ibp": ("adaptive", "ibp", True),
 }
 
-# Budget (bytes) for one chunk of coefficient matrices [Bc, rows, n] in the backward pass.
-_LAMBDA_BYTES = 384 << 20
-# Windowed (patches) back-substitution for the bounds of convolution layers (see _intermediate_patches):
-# "auto" takes it when its multiply-adds are fewer than the full-width rows' (patches_cheaper);
-# "always" / "never" force one (the tests compare the two).
-_PATCHES = "auto"
-# Elements of one block of relaxed rows in the fused activation+affine kernels (sized for the L2 cache).
-_BLOCK_ELEMS = 1 << 16
 
 
 class _Workspace(threading.local):
@@ -102,7 +96,8 @@ class _Pass:
     prob: Problem
     boxes_in: list[Box | None]
     G: list[torch.Tensor | None]
-    relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
+    relax: list[tuple[torch.Tensor, ...] | None]  # (lo_s, up_s, up_b, zmag, lo_b or None) per activation
+    opts: BoundOptions = field(default_factory=BoundOptions)
     uf: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B] float64 underflow units
 
 
@@ -156,19 +151,20 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
     while j >= stop:
         L = st.layers[j]
         prev = st.layers[j - 1] if j - 1 >= stop else None
-        if not L.is_affine and isinstance(prev, (Conv2d, Dense)):
+        if not L.is_affine and isinstance(prev, (Conv2d, Dense)) and st.relax[j][4] is None:
             # activation + the affine layer before it in one kernel: the relaxed rows never hit memory
+            # (zero lower intercepts only: the fused kernels have no lower-intercept input)
             r = st.relax[j]
             G = st.G[j - 1]
             assert r is not None and G is not None
-            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
+            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r[:4])
             out = out_buf(prev.n_in)
             p = prev.params(dt)
             nthr = max(1, _C.omp_max_threads())
             if isinstance(prev, Conv2d):
                 C_, H_, W_ = prev.in_shape
                 per_row = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
-                R = max(1, min(Bc * S, _BLOCK_ELEMS // per_row))
+                R = max(1, min(Bc * S, st.opts.block_elems // per_row))
                 work = _WS.get("work", (R * per_row * nthr,), dt)  # a block per thread
                 _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                                      gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
@@ -176,7 +172,7 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
                                      np_view(out), np_view(bias), np_view(mag), bh, H_, W_, prev.stride[0],
                                      prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
             else:
-                R = max(1, min(Bc * S, _BLOCK_ELEMS // L.n_in))
+                R = max(1, min(Bc * S, st.opts.block_elems // L.n_in))
                 work = _WS.get("work", (R * L.n_in * nthr,), dt)
                 _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                                       gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
@@ -195,9 +191,10 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
         else:
             r = st.relax[idx]
             assert r is not None
-            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r)
+            lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r[:4])
+            lo_b = e if r[4] is None else np_view(r[4][b0:b1])
             out = out_buf(L.n_in)
-            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag),
+            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), lo_b, np_view(up_b), np_view(zmag),
                             np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt), gamma_n(L.n_in, dt), bh)
             lam = out
     res = torch.empty(Bc, S, dtype=dt)
@@ -237,8 +234,8 @@ def _two_sided(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, start: int, sto
     return res[:, :S], -res[:, S:]
 
 
-def _chunk(B: int, rows: int, width: int, itemsize: int) -> int:
-    return max(1, min(B, _LAMBDA_BYTES // max(1, rows * width * itemsize)))
+def _chunk(B: int, rows: int, width: int, itemsize: int, budget: int) -> int:
+    return max(1, min(B, budget // max(1, rows * width * itemsize)))
 
 
 def _uncrossed(lo: torch.Tensor, hi: torch.Tensor) -> Box:
@@ -364,7 +361,7 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
                  else torch.arange(OC))
         Sc = sel_c.numel()
         rows_per_sample = P * (1 if symmetric else 2) * max(1, Sc)
-        Bc = max(1, min(B - b0, _LAMBDA_BYTES // max(1, rows_per_sample * width * ibp.l.element_size())))
+        Bc = max(1, min(B - b0, st.opts.lambda_bytes // max(1, rows_per_sample * width * ibp.l.element_size())))
         b1 = b0 + Bc
         if intersect:
             sel_c = unstable[b0:b1].view(Bc, OC, P).any(2).any(0).nonzero().flatten()
@@ -387,10 +384,10 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
             act, conv = st.layers[j], st.layers[j - 1]
             assert isinstance(act, Activation) and isinstance(conv, Conv2d)
             r = st.relax[j]
-            assert r is not None
+            assert r is not None and r[4] is None
             C_a, h, w, sy, sx, oy, ox = geo[k]  # the window on the activation (= conv output) image
             img = conv.out_shape
-            gat = [_windows(t[b0:b1].reshape(Bc, *img), h, w, sy, sx, oy, ox, OH, OW) for t in r]
+            gat = [_windows(t[b0:b1].reshape(Bc, *img), h, w, sy, sx, oy, ox, OH, OW) for t in r[:4]]
             G = st.G[j - 1]
             assert G is not None
             g_w = _windows(G[b0:b1].reshape(Bc, *img), h, w, sy, sx, oy, ox, OH, OW)
@@ -401,7 +398,7 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
             Cn, hn, wn = geo[k + 1][:3]
             out = _WS.get("ping" if k % 2 == 0 else "pong", (Bc * P, S, Cn * hn * wn), dt)
             per_row = n_w + conv.W64[0].numel() * h * w
-            R = max(1, min(Bc * P * S, _BLOCK_ELEMS // per_row))
+            R = max(1, min(Bc * P * S, st.opts.block_elems // per_row))
             work = _WS.get("work", (R * per_row * nthr,), dt)
             _C.act_conv_backward(np_view(lam), *(np_view(t) for t in gat), gamma_n(0, dt), gamma_n(act.n_in, dt),
                                  pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_len, dt),
@@ -451,11 +448,11 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     L = st.layers[i - 1]
     dt = ibp.l.dtype
     B, n = ibp.l.shape
-    unstable = (ibp.l < 0) & (ibp.u > 0)
+    unstable = st.layers[i].unstable(ibp)
     if stats is not None:
         stats.setdefault("rows", {})[i] = unstable.sum(1) if intersect else torch.full((B,), n)
-    steps = patch_steps(st.layers, i) if _PATCHES != "never" else None
-    if steps is not None and (_PATCHES == "always" or
+    steps = patch_steps(st.layers, i) if st.opts.patches != "never" else None
+    if steps is not None and (st.opts.patches == "always" or
                               patches_cheaper(st.layers, i, steps, unstable if intersect else None)):
         return _intermediate_patches(st, i, ibp, intersect, symmetric, steps)
     lo, hi = ibp.l.clone(), ibp.u.clone()
@@ -464,7 +461,8 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     b0 = 0
     while b0 < B:
         sel_all = unstable[b0:].any(0).nonzero().flatten() if intersect else all_idx
-        Bc = _chunk(B - b0, (1 if symmetric else 2) * max(1, sel_all.numel()), width, ibp.l.element_size())
+        Bc = _chunk(B - b0, (1 if symmetric else 2) * max(1, sel_all.numel()), width, ibp.l.element_size(),
+                    st.opts.lambda_bytes)
         b1 = b0 + Bc
         sel = unstable[b0:b1].any(0).nonzero().flatten() if intersect else all_idx
         S = sel.numel()
@@ -505,7 +503,8 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
 
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
                   lower_slope: str | None = None, stats: dict | None = None,
-                  C_exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region. C: [B, S, K] -> (lower, upper): [B, S].
 
     ``C_exact`` ([B, S, K] float64, optional): the specification ``C`` was rounded from; the bounds
@@ -525,14 +524,22 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
         cfg = (lower_slope, cfg[1], cfg[2])
     dt = prob.x0.dtype
     B = prob.x0.shape[0]
-    st = _Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers))
+    opts = BoundOptions() if opts is None else opts
+    st = _Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers), opts)
+    # the one-pass (symmetric) Fast-Lin / KW trick needs lower slope == upper slope everywhere: ReLU's
+    relu_only = all(Lj.is_affine or isinstance(Lj, Activation) for Lj in layers)
+    if method == "kw" and not relu_only:
+        bad = next(Lj for Lj in layers if not (Lj.is_affine or isinstance(Lj, Activation)))
+        raise UnsupportedError(f"{bad.name or bad.kind}: the Kolter-Wong dual bound (method 'kw') is defined for "
+                               f"ReLU networks only, and this layer is {bad.describe()}; use 'fastlin', 'crown', "
+                               f"'crown-ibp' or 'ibp'")
     box = Box(prob.l0, prob.u0)
     for i, L in enumerate(layers):
         st.boxes_in[i] = box
         if L.is_affine:
             box, st.G[i] = interval_affine(L, box)
             continue
-        assert isinstance(L, Activation)
+        assert isinstance(L, (Activation, Elementwise))
         if cfg is not None:
             slope, inter, intersect = cfg
             # on a box, interval bounds through elementwise layers and at most one other affine layer
@@ -540,10 +547,15 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
             first_exact = prob.p == 0 and all(Lj.is_affine for Lj in layers[:i]) and \
                 sum(not isinstance(Lj, Diag) for Lj in layers[:i]) <= 1
             if inter == "backsub" and i > 0 and not first_exact:
-                box = _intermediate(st, i, box, intersect, symmetric=slope == "parallel", stats=stats)
+                box = _intermediate(st, i, box, intersect, symmetric=slope == "parallel" and relu_only, stats=stats)
                 st.boxes_in[i] = box
-            lo_s, up_s, up_b = L.relax(box, slope)
-            st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous())
+            if isinstance(L, Activation):
+                lo_s, up_s, up_b = L.relax(box, slope)
+                st.relax[i] = (lo_s, up_s, up_b, box.mag().contiguous(), None)
+            else:
+                r = L.relax(box, RelaxOptions(lower_slope=slope, tangent=opts.tangent))
+                st.relax[i] = (r.lo_s.contiguous(), r.up_s.contiguous(), r.up_b.contiguous(), box.mag().contiguous(),
+                               None if r.lo_b is None else r.lo_b.contiguous())
         box = L.interval(box)
     out_box = box
     check_overflow(st, out_box)
@@ -552,11 +564,11 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
     S = C.shape[1]
     # one pass serves both directions when every relaxation on the way is symmetric (Fast-Lin / KW),
     # or when there is none (IBP: only the last layer, fused with C)
-    symmetric = cfg is None or cfg[0] == "parallel"
+    symmetric = cfg is None or (cfg[0] == "parallel" and relu_only)
     width = max(max(Lj.n_in, Lj.n_out) for Lj in layers)
     lower = torch.empty(B, S, dtype=dt)
     upper = torch.empty(B, S, dtype=dt)
-    Bc = _chunk(B, (1 if symmetric else 2) * S, width, prob.x0.element_size())
+    Bc = _chunk(B, (1 if symmetric else 2) * S, width, prob.x0.element_size(), opts.lambda_bytes)
     for b0 in range(0, B, Bc):
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, S, dtype=dt)

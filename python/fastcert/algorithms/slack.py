@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fastcert.layers import Activation, Box, Diag
+from fastcert.primitives.base import Elementwise
 from fastcert.rounding import gamma_for
 from fastcert.rounding import eta, round_up, underflow_slack
 
@@ -112,13 +113,13 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
                 nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
                 E = E + ev_out[0] * nxt.mag().double() + ev_out[1]  # type: ignore[union-attr]
         else:
-            assert isinstance(L, Activation)
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
             assert nxt is not None
-            # libm's few ulps, relative or (for a subnormal result) absolute; torch's float64 sigmoid is
-            # 1 / (1 + e^-x): 0 once e^-x overflows, where the true value is below 2.2e-308
-            tiny64 = torch.finfo(torch.float64).tiny if L.kind == "sigmoid" else 0.0
-            E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64 + tiny64
+            if isinstance(L, Elementwise):  # the primitive's own bound on torch's float64 evaluation
+                E = L.lipschitz * E + L.eval_error(nxt.mag().double())
+            else:  # ReLU: exact
+                assert isinstance(L, Activation)
+                E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64
     K = out_box.l.shape[1]
     Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
     slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)

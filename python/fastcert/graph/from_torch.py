@@ -22,17 +22,19 @@ from torch.nn.modules import module as _torch_module
 from fastcert.layers import UnsupportedError
 from fastcert.graph.ops import LayerOp, no_underflow
 from fastcert.nn import Normalize
+from fastcert.primitives import registry as activations
 
 _U64 = 2.0**-53  # unit roundoff of float64
 
-SUPPORTED = ("Linear, Conv2d (groups=1, dilation=1, zeros padding), ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, "
+SUPPORTED = ("Linear, Conv2d (groups=1, dilation=1, zeros padding), ReLU, LeakyReLU, Tanh, Sigmoid, "
+             "fastcert.nn.Arctan, Hardtanh, ReLU6, Flatten, "
              "BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d (dilation 1), fastcert.nn.Normalize, Identity, "
              "Dropout (eval); in a forward method also: the sum / difference of two tensors, torch.cat, "
-             "flatten / view / reshape, and the functional forms of the activations")
+             "flatten / view / reshape, the functional forms of the activations and torch.clamp with number bounds")
 
 # The classes fastcert rebuilds from their structure, most specific first; an instance must run the
 # class's own forward (and, for Conv2d, its own _conv_forward), not an override.
-_CLASSES: tuple[type, ...] = (nn.Sequential, nn.Linear, nn.Conv2d, nn.LeakyReLU, nn.ReLU, nn.Tanh, nn.Sigmoid,
+_CLASSES: tuple[type, ...] = (nn.Sequential, nn.Linear, nn.Conv2d) + activations.MODULE_TYPES + (
                               nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d, Normalize, nn.AvgPool2d, nn.MaxPool2d,
                               nn.Identity, nn.Dropout)
 _CALL = ("forward", "__call__", "_call_impl", "_wrapped_call_impl")
@@ -236,14 +238,9 @@ def _leaf_op(m: nn.Module, base: type | None, where: str) -> LayerOp | None:
         return LayerOp("linear", where, {"W": W, "b": b})
     if base is nn.Conv2d:
         return _conv_op(m, where)  # type: ignore[arg-type]
-    if base is nn.LeakyReLU:
-        alpha = float(m.negative_slope)  # type: ignore[arg-type]
-        if not np.isfinite(alpha):
-            raise ValueError(f"{where}: negative_slope {alpha} is not finite")
-        return LayerOp("act", where, {"act": "leaky_relu", "alpha": alpha})
-    if base in (nn.ReLU, nn.Tanh, nn.Sigmoid):
-        return LayerOp("act", where, {"act": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}[base],
-                                  "alpha": 0.0})
+    act = activations.from_module(m, where)
+    if act is not None:
+        return LayerOp("act", where, act)
     if base is nn.Flatten:
         if m.start_dim != 1 or m.end_dim != -1:
             raise ValueError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")

@@ -15,6 +15,7 @@ import torch
 
 from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer
 from fastcert.layers.affine import channel_expand
+from fastcert.primitives.registry import build as build_activation
 
 _U64 = 2.0**-53  # unit roundoff of float64
 
@@ -125,7 +126,7 @@ def build_chain(ops: list[LayerOp], input_shape: tuple[int, ...], finish: bool =
                 b, st, pad = None, a["stride"], a["padding"]
             layers.append(Conv2d(W, b, st, pad, shape, name=op.where))  # type: ignore[arg-type]
         elif op.kind == "act":
-            layers.append(Activation(a["act"], shape, a["alpha"], name=op.where))
+            layers.append(build_activation(a["act"], shape, a, op.where))
         elif op.kind == "flatten":
             shape = (int(np.prod(shape)),)
             continue

@@ -20,13 +20,10 @@ from torch import fx, nn
 from fastcert.graph.from_torch import SUPPORTED, check_hooks, convert_tree, is_leaf, leaf_op, plain_tree
 from fastcert.graph.ops import LayerOp
 from fastcert.layers import UnsupportedError
+from fastcert.primitives import registry as activations
 
 _SIZE = object()  # the value of x.size(...) / x.shape: only usable as the batch entry of view / reshape
 
-# functional calls and tensor methods -> (kind, args builder)
-_ACTS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", "relu": "relu", torch.sigmoid: "sigmoid",
-                         F.sigmoid: "sigmoid", "sigmoid": "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
-                         "tanh": "tanh"}
 _ADD = {operator.add: 1, torch.add: 1, "add": 1, operator.sub: -1, torch.sub: -1, "sub": -1}
 _CAT = (torch.cat, torch.concat)
 _IDENTITY = ("contiguous", "clone")
@@ -107,17 +104,12 @@ class _Builder:
     def call(self, nd: fx.Node) -> Any:
         t, args, kw = nd.target, nd.args, dict(nd.kwargs)
         where = self.where(nd)
-        if t in _ACTS and (nd.op == "call_method") == isinstance(t, str):
-            kw.pop("inplace", None)
-            if len(args) != 1 or kw:
-                raise self.refuse(nd)
-            return self.emit(LayerOp("act", where, {"act": _ACTS[t], "alpha": 0.0}), (self.tensor(args[0], nd),))
-        if t is F.leaky_relu or t == "leaky_relu":
-            slope = args[1] if len(args) > 1 else kw.get("negative_slope", 0.01)
-            if not isinstance(slope, (int, float)):
-                raise self.refuse(nd)
-            return self.emit(LayerOp("act", where, {"act": "leaky_relu", "alpha": float(slope)}),
-                             (self.tensor(args[0], nd),))
+        if (nd.op == "call_method") == isinstance(t, str):
+            act = activations.from_call(t, args, kw, where)
+            if act is not None:
+                if not args:
+                    raise self.refuse(nd)
+                return self.emit(LayerOp("act", where, act), (self.tensor(args[0], nd),))
         if t in _ADD and (nd.op == "call_method") == isinstance(t, str):
             if len(args) != 2 or kw:
                 raise self.refuse(nd)

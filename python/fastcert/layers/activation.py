@@ -57,6 +57,10 @@ class Activation(Layer):
         _C.act_interval(_KIND[self.kind], self.alpha, np_view(box.l), np_view(box.u), np_view(lo), np_view(hi))
         return Box(lo, hi)
 
+    def unstable(self, box: Box) -> torch.Tensor:
+        """[B, n] bool: the neurons whose relaxation depends on their bounds (ReLU: those crossing 0)."""
+        return (box.l < 0) & (box.u > 0)
+
     def relax(self, box: Box, lower_slope: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Linear relaxation on the pre-activation box: ``lo_s*z <= act(z) <= up_s*z + up_b``.
 

@@ -83,6 +83,11 @@ class Elementwise(Layer):
         """Sound linear bounds of f over the box (see the module docstring)."""
         raise NotImplementedError
 
+    def unstable(self, box: Box) -> torch.Tensor:
+        """[B, n] bool: the neurons whose relaxation depends on their bounds (a kink or a curve inside the
+        box), i.e. those worth bounding more tightly. Default: every non-degenerate interval."""
+        return box.l < box.u
+
     def eval_error(self, y: torch.Tensor) -> torch.Tensor:
         """A bound on ``|torch's float64 f(z) - f(z)|`` for outputs of magnitude ``|y|`` ([B, n], float64):
         by default 4 ulps plus 8 smallest subnormals (libm-class accuracy)."""

@@ -51,6 +51,11 @@ class Hardtanh(Elementwise):
         self.min_val = a
         self.max_val = b
 
+    def unstable(self, box: Box) -> torch.Tensor:
+        """The neurons whose box contains a kink (min_val or max_val) strictly inside."""
+        a, b = self.min_val, self.max_val
+        return ((box.l < a) & (box.u > a)) | ((box.l < b) & (box.u > b))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, n] -> F.hardtanh(x, a, b) (torch.clamp when a side is infinite)."""
         a, b = self.min_val, self.max_val

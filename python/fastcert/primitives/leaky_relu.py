@@ -53,6 +53,12 @@ class LeakyReLU(Elementwise):
         self.negative_slope = a
         self.lipschitz = max(1.0, abs(a))
 
+    def unstable(self, box: Box) -> torch.Tensor:
+        """The neurons whose box crosses the kink at 0 (none for the identity, a == 1)."""
+        if self.negative_slope == 1.0:
+            return torch.zeros_like(box.l, dtype=torch.bool)
+        return (box.l < 0) & (box.u > 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, n] -> F.leaky_relu(x, a)."""
         return F.leaky_relu(x, self.negative_slope)

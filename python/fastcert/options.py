@@ -1,0 +1,38 @@
+"""Options of a bound computation, passed in (never module-level globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TANGENTS = ("bisect", "lookup", "envelope")
+PATCHES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class BoundOptions:
+    """How :func:`fastcert.bounds` computes (none of these changes soundness; only tightness and speed).
+
+    tangent: the tangent points of S-shaped activations (sigmoid, tanh, arctan) on intervals crossing 0:
+        "bisect" (per neuron, by bisection: the CROWN paper), "lookup" (auto_LiRPA 0.3's table, to
+        compare with it), "envelope" (least area).
+    patches: the windowed back-substitution for convolution neurons (chain engine): "auto" takes it when
+        it costs fewer multiply-adds, "always" / "never" force one.
+    lambda_bytes: budget for one chunk of coefficient matrices [B, rows, n] of a backward pass.
+    block_elems: elements of one block of relaxed rows in the fused activation + affine kernels (sized
+        for the L2 cache).
+    """
+
+    tangent: str = "bisect"
+    patches: str = "auto"
+    lambda_bytes: int = 384 << 20
+    block_elems: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if self.tangent not in TANGENTS:
+            raise ValueError(f"BoundOptions.tangent must be one of {TANGENTS}, got {self.tangent!r}")
+        if self.patches not in PATCHES:
+            raise ValueError(f"BoundOptions.patches must be one of {PATCHES}, got {self.patches!r}")
+        for name in ("lambda_bytes", "block_elems"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"BoundOptions.{name} must be a positive int, got {v!r}")
