@@ -171,7 +171,7 @@ class Converter:
             b = np.array(np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (W.shape[0],)))
             self.check_finite(b, "bias")
         vid = self._flat(v.vid, f"{self.where} (flatten)")
-        vid = self.emit(LayerOp("linear", self.where, {"W": torch.from_numpy(np.ascontiguousarray(W)),
+        vid = self.emit(LayerOp("linear", self.where, {"W": torch.from_numpy(np.array(W, order="C")),
                                                        "b": None if b is None else torch.from_numpy(b)}),
                         (vid,), (W.shape[0],))
         return Val("", vid, tuple(out_logical), v.batched, v.etype, affine=vid - 1)

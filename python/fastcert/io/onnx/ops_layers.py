@@ -131,8 +131,8 @@ def op_conv(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
     OW = (iw + 2 * pad[1] - W.shape[3]) // st[1] + 1
     if OH < 1 or OW < 1:
         raise cv.err(f"kernel {kh}x{kw} does not fit the padded input {list(v.full())}")
-    vid = cv.emit(LayerOp("conv", cv.where, {"W": torch.from_numpy(W), "b": None if b is None else torch.from_numpy(b),
-                                             "stride": st, "padding": pad}), (v.vid,), (OC, OH, OW))
+    Wt, bt = torch.from_numpy(np.array(W)), None if b is None else torch.from_numpy(np.array(b))  # writable copies
+    vid = cv.emit(LayerOp("conv", cv.where, {"W": Wt, "b": bt, "stride": st, "padding": pad}), (v.vid,), (OC, OH, OW))
     return Val("", vid, (OC, OH, OW), v.batched, v.etype, affine=vid - 1)
 
 
