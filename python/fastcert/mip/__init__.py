@@ -55,11 +55,11 @@ is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand
 
 from __future__ import annotations
 
-from fastcert.mip.common import prefix_bounds
+from fastcert.mip.common import node_bounds, prefix_bounds
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.property import AttackPhase, PropertyOptions, decide
 from fastcert.mip.solve import solve_property, verify_box
 from fastcert.mip.verify import MIPResult, verify
 
-__all__ = ["AttackPhase", "HighsOptions", "MIPResult", "PropertyOptions", "decide", "prefix_bounds", "solve_property",
+__all__ = ["AttackPhase", "HighsOptions", "MIPResult", "PropertyOptions", "decide", "node_bounds", "prefix_bounds", "solve_property",
            "verify", "verify_box"]
