@@ -47,6 +47,7 @@ import torch
 
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.layers import Activation
+from fastcert.primitives.concat import Concat
 from fastcert.mip.encoding import (Encoding, affine_matrix, encode_graph, layer_graph, relevant_neurons,
                                    triangle_offset)
 from fastcert.rounding import gamma_n
@@ -151,12 +152,13 @@ def highs_lp(enc: Encoding, cost: np.ndarray, time_limit: float, *, offset: floa
 
 
 def _refine_order(g: Graph, pre: dict) -> list[int]:
-    """The nodes whose bounds are refined, in topological order: every key of ``pre`` except the input
-    and affine maps of it (interval bounds are exact there)."""
+    """The nodes whose bounds are refined, in topological order: every key of ``pre`` except the input,
+    affine maps of it (interval bounds are exact there) and ReLU / concatenation nodes (their bounds are
+    the exact image of their inputs' bounds, which the encoding derives from the refined ones)."""
     out = []
     for v in sorted(pre):
         p = g.nodes[v].prim
-        if v == 0 or (p is not None and p.is_affine and g.nodes[v].inputs == (0,)):
+        if v == 0 or (p is not None and p.is_affine and g.nodes[v].inputs == (0,)) or isinstance(p, (Activation, Concat)):
             continue
         out.append(v)
     return out
