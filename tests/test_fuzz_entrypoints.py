@@ -29,11 +29,7 @@ Case = tuple[str, str, Callable[[], Any]]  # (name, expect: bad | ok | any, thun
 
 # Known problems in code outside this test's fix (group, case) -> where the fix goes. Each must still
 # fail as described: once fixed, the test fails until the entry is removed (a strict xfail per case).
-KNOWN: dict[tuple[str, str], str] = {
-    ("verify", "model: Sequential subclass"): "a residual model is a graph network; the MIP encoder (mip.py) still "
-                                               "encodes chains only and refuses it (UnsupportedError) - issue #10 "
-                                               "point 2 moves MIP onto the graph",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 # ------------------------------------------------------------------------------------------------

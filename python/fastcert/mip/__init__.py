@@ -1,8 +1,10 @@
-"""Exact verification of ReLU networks by mixed-integer programming (HiGHS).
+"""Exact verification of piecewise-linear networks (chains or graphs of affine, ReLU, Add / Sub, Concat
+and MaxPool nodes) by mixed-integer programming (HiGHS).
 
 Two entry points (package layout: ``verify.py`` :func:`verify`; ``solve.py`` :func:`solve_property`;
 ``property.py`` the property pipeline shared with :func:`fastcert.vnncomp.solve_instance` and ``stages.py``
-its LP / MIP stages; ``lp_refine.py`` the encoding and the per-neuron LPs; ``highs.py`` running HiGHS;
+its LP / MIP stages; ``encoding.py`` the encoding (per graph node); ``lp_refine.py`` the per-neuron LPs and
+their certificates; ``highs.py`` running HiGHS;
 ``common.py`` shared pieces):
 
 * :func:`verify` (``fastcert.verify``): per sample and spec row ``c`` (default: the margins ``f_y - f_j``)
@@ -12,12 +14,15 @@ its LP / MIP stages; ``lp_refine.py`` the encoding and the per-neuron LPs; ``hig
   output conjunctions ``A f(x) <= b``? -> ``"sat"`` (with a proved counterexample) / ``"unsat"`` /
   ``"timeout"`` / ``"unknown"``; :func:`verify_box` is the one-box, one-conjunction shortcut.
 
-Encoding (Tjeng, Xiao & Tedrake, ICLR 2019): the pre-activation box ``[l, u]`` of every ReLU comes from
-fastcert's sound linear bounds (CROWN by default) on the prefix of the network in front of it, optionally
+Encoding (Tjeng, Xiao & Tedrake, ICLR 2019; per graph node, :mod:`fastcert.mip.encoding`): the box
+``[l, u]`` read by every ReLU / max pool comes from fastcert's sound linear bounds (CROWN by default; the
+prefix bounds of a chain, the graph engine's boxes of a graph), optionally
 tightened by per-neuron LPs (:mod:`fastcert.lp_refine`, rigorous dual certificates); a stable ReLU is
 exact and costs nothing (``y = z`` or the constant 0, and affine outputs feeding only dead ReLUs are
 dropped); an unstable one gets a binary ``a`` and ``y >= z, y >= 0, y <= z - l (1 - a), y <= u a``;
-affine layers (Dense, Conv2d expanded to sparse rows, Diag) are equality rows; the input box / L-inf
+affine layers (Dense, Conv2d expanded to sparse rows, Diag) and residual sums are equality rows, a
+concatenation reuses its inputs' columns, a max pool is ``y >= x_j``, ``y <= x_j + M_j (1 - d_j)``,
+``sum d_j = 1`` over the window's possible maxima (binaries ``d``; a dominated window is its input); the input box / L-inf
 ball are column bounds, the L1 ball adds ``t >= |x' - x|``, ``sum t <= eps`` (L2 is refused: it needs a
 second-order-cone solver). The model goes to HiGHS in one ``passModel`` call from sparse arrays,
 single-threaded, output off.
@@ -34,9 +39,10 @@ is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand
 * ``lower_bound = max(crown_lower, min(mip_dual_bound, B) - margin)`` where ``crown_lower`` is fastcert's
   rigorous bound and ``margin = 1e-6 (1 + |d|) + 10 tol S`` (:class:`HighsOptions`): ``tol`` is the largest of HiGHS's primal /
   MIP feasibility tolerances (set to 1e-9) and ``S`` bounds how far tolerance-sized violations can move
-  the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|`` (ReLU 1-Lipschitz, a
+  the objective: each variable counts its sensitivity ``|c|^T |W_L| ... |W_k|`` (ReLU and max 1-Lipschitz, a
   dead ReLU passes nothing: it is a constant in the model) once per equality row, plus ``max(-l, u)``
-  times it for an unstable ReLU whose binary may be fractional by ``tol``. A conservative, documented
+  times it for an unstable ReLU (the largest big-M for an undecided max-pool window) whose binaries may be
+  fractional by ``tol``. A conservative, documented
   heuristic (the usual standing of MIP-based verifiers), not a proof; ``verified`` / ``unsat`` requires
   ``lower_bound > 0``. With the cutoff, ``B = 2 margin`` so that a search that ends with nothing below
   ``B`` gives ``lower_bound = B - margin > 0``; the dual bound HiGHS reports above ``B`` is never used
@@ -55,11 +61,11 @@ is not a certificate by itself (a MIP proof is a tree of LPs HiGHS does not hand
 
 from __future__ import annotations
 
-from fastcert.mip.common import prefix_bounds
+from fastcert.mip.common import node_bounds, prefix_bounds
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.property import AttackPhase, PropertyOptions, decide
 from fastcert.mip.solve import solve_property, verify_box
 from fastcert.mip.verify import MIPResult, verify
 
-__all__ = ["AttackPhase", "HighsOptions", "MIPResult", "PropertyOptions", "decide", "prefix_bounds", "solve_property",
+__all__ = ["AttackPhase", "HighsOptions", "MIPResult", "PropertyOptions", "decide", "node_bounds", "prefix_bounds", "solve_property",
            "verify", "verify_box"]

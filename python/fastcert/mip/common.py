@@ -1,5 +1,5 @@
-"""Pieces shared by :func:`fastcert.verify` and :func:`fastcert.mip.solve_property`: the layer check,
-sound pre-activation boxes, the affine matrices, and extending an encoding by rows and columns."""
+"""Pieces shared by :func:`fastcert.verify` and :func:`fastcert.mip.solve_property`: sound bounds of the
+inputs of every ReLU / max-pool node, and extending an encoding by rows and columns."""
 
 from __future__ import annotations
 
@@ -9,31 +9,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from fastcert.algorithms.graph_bounds import forward_pass
 from fastcert.algorithms.linear_bounds import linear_bounds
-from fastcert.layers import Activation, Conv2d, Dense, Diag
-from fastcert.mip.lp_refine import Encoding, affine_matrix
+from fastcert.graph.ir import is_nonlinear
+from fastcert.layers import Activation
+from fastcert.mip.encoding import Encoding
 
-__all__ = ["affine_mats", "augment", "check_layers", "conj_model", "prefix_bounds"]
+__all__ = ["augment", "conj_model", "node_bounds", "prefix_bounds"]
 
-
-def check_layers(layers: list) -> None:
-    """Raise ValueError naming the first layer that is not Linear / Conv2d / Diag / ReLU."""
-    for i, L in enumerate(layers):
-        if isinstance(L, (Dense, Conv2d, Diag)):
-            continue
-        if isinstance(L, Activation) and L.kind == "relu":
-            continue
-        what = f"activation {L.kind!r}" if isinstance(L, Activation) else type(L).__name__
-        raise ValueError(f"fastcert.mip encodes ReLU networks only (Linear, Conv2d, AvgPool2d, BatchNorm, "
-                         f"Normalize, ReLU); layer {i} ({L.name or what}) is {what}")
-
-
-def affine_mats(layers: list) -> tuple[list, list]:
-    """(mats, absW): per layer ``(W [n_out, n_in] CSR, bias [n_out])`` and ``|W|^T`` (CSR) for an affine
-    layer, None for an activation."""
-    mats = [affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
-    absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
-    return mats, absW
+# method -> the graph engine's forward-pass configuration (lower slope, intermediate bounds, intersect
+# with IBP), as fastcert.algorithms.graph_bounds runs each method
+_PASS: dict[str, tuple[str, str, bool] | None] = {
+    "ibp": None, "fastlin": ("parallel", "backsub", False), "kw": ("parallel", "backsub", False),
+    "crown": ("adaptive", "backsub", True), "crown-ibp": ("adaptive", "ibp", True)}
 
 
 def prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -51,6 +39,19 @@ def prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.nd
                 lo, up = linear_bounds(layers[:i], prob, eye, method)
                 pre[i] = (lo.numpy().copy(), up.numpy().copy())
     return pre
+
+
+def node_bounds(net: Any, shape: tuple[int, ...], prob: Any, method: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Sound bounds ``(l, u)``, each [B, n_v], of the output of every node v read by a ReLU or max pool of
+    ``net.graph_for(shape)``. A chain: :func:`prefix_bounds` (``method`` on each prefix; activation layer i
+    reads node i, so the keys agree); a graph: the graph engine's boxes (interval bounds refined by
+    back-substitution where ``method`` does, :func:`fastcert.algorithms.graph_bounds.forward_pass`)."""
+    if net.chain:
+        return prefix_bounds(net.layers_for(shape), prob, method)
+    g = net.graph_for(shape)
+    st = forward_pass(g, prob, _PASS[method], 384 << 20)
+    keys = sorted({nd.inputs[0] for nd in g.nodes[1:] if is_nonlinear(nd.prim)})
+    return {v: (st.box[v].l.numpy().copy(), st.box[v].u.numpy().copy()) for v in keys}
 
 
 def augment(enc: Encoding, lo: np.ndarray, hi: np.ndarray, rows: sp.spmatrix, rlo: np.ndarray,

@@ -1,6 +1,7 @@
 """Running HiGHS on an :class:`~fastcert.mip.lp_refine.Encoding`: :func:`run_mip`, its options
-(:class:`HighsOptions`) and the rigorous-side bookkeeping shared by :func:`fastcert.verify` and
-:func:`fastcert.mip.solve_property` (:func:`sensitivity`, :func:`cutoff_and_margin`)."""
+(:class:`HighsOptions`) and the margin of a MIP lower bound (:func:`margin_of`; its sensitivity term is
+:func:`fastcert.mip.encoding.sensitivity`), shared by :func:`fastcert.verify` and
+:func:`fastcert.mip.solve_property`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from fastcert.mip.lp_refine import Encoding, highs_lp
 
-__all__ = ["HighsOptions", "MipRun", "run_mip", "sensitivity"]
+__all__ = ["HighsOptions", "MipRun", "margin_of", "run_mip"]
 
 #: HiGHS's heuristic switches turned off for a pure proof search (``heuristic_effort=0``).
 _SUB_MIP_HEURISTICS = ("mip_heuristic_run_rins", "mip_heuristic_run_rens", "mip_heuristic_run_root_reduced_cost",
@@ -44,28 +45,9 @@ class MipRun:
     time_s: float
 
 
-def sensitivity(layers: list, absW: list, pre: dict, s: np.ndarray) -> float:
-    """sum over the variables v of (how much |c . f| can move per unit change of v) * (how much a
-    tolerance-sized violation can move v, in units of tol): 1 per equality row, plus the big-M of an
-    unstable ReLU whose binary may be fractional by tol. ReLU is 1-Lipschitz; affine layers by |W|;
-    a dead ReLU (``u <= 0``) is the constant 0 in the encoding (no variable), so nothing reaches its input.
-    absW[i]: ``|W_i|^T`` (CSR) of affine layer i, None for an activation; s: ``|c|`` [K]."""
-    total = float(s.sum())
-    for i in range(len(layers) - 1, -1, -1):
-        if absW[i] is not None:
-            total += float(s.sum())
-            s = absW[i] @ s
-        else:
-            l, u = pre[i]
-            uns = (l < 0) & (u > 0)
-            total += float(s.sum()) + float(s[uns] @ np.maximum(-l[uns], u[uns]))
-            s = np.where(u > 0, s, 0.0)
-    return total + float(s.sum())
-
-
 def margin_of(raw: float, sens: float, opts: HighsOptions) -> float:
     """The margin subtracted from a MIP's ``raw_lower`` (module docstring of :mod:`fastcert.mip`);
-    ``sens`` is ``10 tol S`` from :func:`sensitivity`."""
+    ``sens`` is ``10 tol S``, ``S`` from :func:`fastcert.mip.encoding.sensitivity`."""
     return opts.rel_margin * (1.0 + abs(raw) if math.isfinite(raw) else 1.0) + sens
 
 

@@ -95,9 +95,9 @@ class PropertyRun:
         self.t_start, self.time_limit = t_start, float(time_limit)
         self.deadline = t_start + float(time_limit)
         self.acts = nonlinear_kinds(ir, shape)
-        # the MIP / LP stages encode chains of ReLU layers only
-        self.relu_only = ir.chain and all(a == "relu" for a in self.acts)
-        self.layers = ir.layers_for(shape) if ir.chain else None
+        # the MIP / LP stages encode graphs of affine / ReLU / Add / Concat / MaxPool nodes
+        self.graph = ir.graph_for(shape)
+        self.encodable = set(self.acts) <= {"relu", "maxpool"}
         self.method = opts.bounds_method or ("crown" if set(self.acts) <= {"relu", "maxpool"} else "ibp")
         self.jobs: list[dict[str, Any]] = []
         self.probs: dict[int, Any] = {}
@@ -106,7 +106,7 @@ class PropertyRun:
                                      "bounds_method": self.method, "attack_best": math.inf}
         self.say = log or (lambda _m: None)
         self.twin: TorchTwin | None = None
-        self.mats: list | None = None  # set by the LP stage: affine matrices, |W|^T, MIP encodings per box
+        self.mats: list | None = None  # set by the LP stage: affine matrices per node, |W|^T, MIP encodings per box
         self.absW: list | None = None
         self.prepared: dict[int, dict] = {}
 
@@ -247,7 +247,8 @@ def decide(ir: Network, shape: tuple[int, ...], props: list, time_limit: float, 
            log: Callable[[str], None] | None = None, t_start: float | None = None) -> Decision:
     """Decide the properties ``props`` (a disjunction) on ``ir`` at input shape ``shape`` within
     ``time_limit`` seconds (from ``t_start``): attack (``opts.early_attack``) -> incomplete bounds ->
-    attack (``opts.attack``) -> LP -> MIP (ReLU networks, ``opts.use_mip``). Returns
+    attack (``opts.attack``) -> LP -> MIP (networks of affine / ReLU / Add / Concat / MaxPool nodes,
+    ``opts.use_mip``). Returns
     ``(verdict, counterexample, info)`` as :func:`fastcert.mip.solve_property` documents."""
     run = PropertyRun(ir, shape, props, time_limit, opts,
                       log, time.perf_counter() if t_start is None else t_start)
@@ -257,12 +258,12 @@ def decide(ir: Network, shape: tuple[int, ...], props: list, time_limit: float, 
         if out is not None:
             return out
     n, n_open = len(run.jobs), len(run.open_jobs())
-    if not run.relu_only:
-        other = ", ".join(a for a in run.acts if a != "relu") or "graph (residual / concatenation)"
+    if not run.encodable:
+        other = ", ".join(a for a in run.acts if a not in ("relu", "maxpool"))
         return run.finish("unknown", f"{n_open} of {n} conjunctions not decided: the network has {other} "
                           f"nodes, for which fastcert has {run.method} bounds but no MIP encoding "
-                          f"(fastcert.mip encodes chains of ReLU layers only), and the attack found no counterexample "
-                          f"(best value {run.info['attack_best']:.3g})", "")
+                          f"(fastcert.mip encodes affine, ReLU, Add / Sub, Concat and MaxPool nodes), and the attack "
+                          f"found no counterexample (best value {run.info['attack_best']:.3g})", "")
     if not opts.use_mip:
         return run.finish("unknown", f"{n_open} of {n} conjunctions not decided by attack and bounds (MIP disabled)",
                           "")

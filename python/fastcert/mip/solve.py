@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fastcert.mip.common import check_layers
+from fastcert.mip.encoding import check_graph
 from fastcert.mip.property import AttackPhase, PropertyOptions, as_properties, decide
 from fastcert.network import Network
 
@@ -55,7 +55,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
     point prove (:func:`fastcert.confirm.confirm_point`; rows strict unless the property says not);
     float32-rounded when it stays a proved counterexample), "unsat"
     (every conjunction of every disjunct closed), "timeout" (time ran out with conjunctions open) or
-    "unknown" (a non-ReLU network, or nothing left to try). info: ``stage``, ``time_s``, ``reason``,
+    "unknown" (a network with nodes that have no MIP encoding, e.g. sigmoid / tanh, or nothing left to try). info: ``stage``, ``time_s``, ``reason``,
     ``best_lower`` (lower bound of ``min max_i (A_i f - b_i)`` over the open conjunctions: the instance
     is unsat iff it is > 0), ``best_upper`` (the lowest re-executed value found), ``conjunctions`` (per
     conjunction: bounds, status, time, binaries), ``refine`` (LP refinement counts) and stage times.
@@ -78,8 +78,8 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
         ir = Network.from_torch(copy.deepcopy(net).double().eval(), shape)
     else:
         raise TypeError(f"net must be a fastcert.Network or a torch nn.Module, got {type(net).__name__}")
-    layers = ir.layers_for(shape)
-    _check_shapes(props, n_in, layers[-1].n_out)
+    g = ir.graph_for(shape)
+    _check_shapes(props, n_in, g.n(g.output))
     if options is None:
         phase = AttackPhase(attack_restarts, attack_steps, 0.1, 10.0)
         options = PropertyOptions(bounds_method=bounds_method, attack=phase if attack else None,
@@ -87,7 +87,7 @@ def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, in
                                   lp_refine=lp_refine, refine_fraction=refine_fraction,
                                   heuristic_effort=heuristic_effort, seed=seed)
     try:
-        check_layers(layers)
+        check_graph(g)
     except ValueError as e:
         info = {"stage": "load", "reason": str(e), "conjunctions": [], "refine": [], "best_lower": math.inf,
                 "best_upper": math.inf, "verdict": "unknown", "time_s": time.perf_counter() - t_start}

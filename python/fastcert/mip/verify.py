@@ -14,13 +14,16 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from fastcert.algorithms.linear_bounds import METHODS, linear_bounds
+from fastcert.algorithms.dispatch import network_bounds
+from fastcert.algorithms.linear_bounds import METHODS
 from fastcert.api import make_region
 from fastcert.checks import as_tensor, norm_key
 from fastcert.confirm import into_region, output_upper
-from fastcert.mip.common import affine_mats, augment, check_layers, prefix_bounds
-from fastcert.mip.highs import HighsOptions, margin_of, run_mip, sensitivity
-from fastcert.mip.lp_refine import Encoding, encode, refine_bounds
+from fastcert.graph.ir import Graph
+from fastcert.mip.common import augment, node_bounds
+from fastcert.mip.encoding import check_graph, encode_graph, graph_mats, sensitivity
+from fastcert.mip.highs import HighsOptions, margin_of, run_mip
+from fastcert.mip.lp_refine import Encoding, refine_bounds
 from fastcert.network import Network, as_network
 
 __all__ = ["MIPResult", "verify"]
@@ -62,7 +65,8 @@ class _Problem:
 
     net: Network
     ref_model: Any  # the model re-executed in float64 (a float64 copy of an nn.Module, or the Network)
-    layers: list
+    g: Graph  # the network's graph at ``shape`` (a chain's graph has its layers as nodes)
+    mats: list  # per node: (W, b) of an affine node, else None
     shape: tuple[int, ...]
     norm: str
     C: torch.Tensor  # [B, S, K] float64
@@ -153,14 +157,15 @@ def _l1_ball(enc: Encoding, x0: np.ndarray, e_b: float) -> Encoding:
     return enc
 
 
-def _solve_row(P: _Problem, b: int, s: int, target: int | None, enc: Encoding, pre: dict, x0: np.ndarray,
-               e_b: float, time_limit: float, extra_s: float) -> MIPResult:
-    """The MIP of sample b, spec row s (see :func:`verify`); ``extra_s``: model-building time charged to it."""
+def _solve_row(P: _Problem, b: int, s: int, target: int | None, enc: Encoding, pre: dict, box: tuple,
+               x0: np.ndarray, e_b: float, time_limit: float, extra_s: float) -> MIPResult:
+    """The MIP of sample b, spec row s (see :func:`verify`); box: the sample's input box (l0, u0);
+    ``extra_s``: model-building time charged to it."""
     t0 = time.perf_counter()
     c = P.C[b, s].numpy()
     cost = np.zeros(enc.ncol)
     cost[enc.out[-1]] = c
-    sens = 10.0 * P.opts.feasibility_tol * sensitivity(P.layers, P.absW, pre, np.abs(c))
+    sens = 10.0 * P.opts.feasibility_tol * sensitivity(P.g, P.mats, P.absW, pre, box[0], box[1], np.abs(c))
     cutoff = 2.0 * (P.opts.rel_margin + sens) if P.early_stop else None
     best: dict[str, Any] = {"up": math.inf, "x": None, "val": None}
 
@@ -226,18 +231,18 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
         raise ValueError(f"x must be a non-empty batch [B, *input_shape], got shape {tuple(x.shape)}")
     xd = x.detach().double()
     shape = tuple(xd.shape[1:])
-    layers = net.layers_for(shape)
-    check_layers(layers)
-    B, K = xd.shape[0], layers[-1].n_out
+    g = net.graph_for(shape)
+    check_graph(g)
+    B, K = xd.shape[0], g.n(g.output)
     prob = make_region(xd, eps, nk, x_min, x_max)
     ref_model = copy.deepcopy(model).double().eval() if isinstance(model, nn.Module) else model
     Ct, targets = _spec_rows(_reexec(ref_model, net, xd) if C is None else None, labels, C, B, K)
 
     # sound pre-activation boxes (prefix bounds) and rigorous output bounds
-    pre_all = prefix_bounds(layers, prob, bounds_method)
-    crown_lo, crown_up = linear_bounds(layers, prob, Ct, bounds_method)
-    mats, absW = affine_mats(layers)
-    P = _Problem(net, ref_model, layers, shape, nk, Ct, crown_lo, crown_up, absW, _domain(x_min, shape, -np.inf),
+    crown_lo, crown_up = network_bounds(net, shape, prob, Ct, bounds_method)
+    pre_all = node_bounds(net, shape, prob, bounds_method)
+    mats, absW = graph_mats(g)
+    P = _Problem(net, ref_model, g, mats, shape, nk, Ct, crown_lo, crown_up, absW, _domain(x_min, shape, -np.inf),
                  _domain(x_max, shape, np.inf), early_stop, options or HighsOptions())
     results: list[list[MIPResult]] = []
     for b in range(B):
@@ -247,11 +252,12 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
         l0, u0 = prob.l0[b].numpy().copy(), prob.u0[b].numpy().copy()
         pre = {i: (v[0][b].copy(), v[1][b].copy()) for i, v in pre_all.items()}
         if lp_refine > 0 and nk == "inf":
-            pre, _ = refine_bounds(layers, mats, pre, l0, u0, time_budget=float(lp_refine))
-        enc = encode(layers, mats, pre, l0, u0, mode="mip")
+            pre, _ = refine_bounds(g, mats, pre, l0, u0, time_budget=float(lp_refine))
+        enc = encode_graph(g, mats, pre, l0, u0, mode="mip")
         if nk == "1":
             enc = _l1_ball(enc, x0, e_b)
         build_s = time.perf_counter() - t_b
-        results.append([_solve_row(P, b, s, targets[b][s], enc, pre, x0, e_b, time_limit, build_s if s == 0 else 0.0)
+        results.append([_solve_row(P, b, s, targets[b][s], enc, pre, (l0, u0), x0, e_b, time_limit,
+                                   build_s if s == 0 else 0.0)
                         for s in range(Ct.shape[1])])
     return results
