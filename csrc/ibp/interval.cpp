@@ -26,10 +26,10 @@ void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T
 parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
 for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
     T ci = L[i] + (U[i] - L[i]) / 2;  // stays inside [l,u] for finite l<=u
-    T ri = up(std::max(U[i] - ci, ci - L[i]));
+    T ri = up_unless_zero(std::max(U[i] - ci, ci - L[i]));
     C[i] = ci;
     R[i] = ri;
-    H[i] = up(std::fabs(ci) + ri);
+    H[i] = up_unless_zero(std::fabs(ci) + ri);
   }
 });
 }
@@ -56,18 +56,31 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   const T g = static_cast<T>(gamma);
   const T tn = static_cast<T>(tiny);
   if (!(tn > 0)) throw std::invalid_argument("interval_finish: tiny must be > 0");
-parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
-for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
-    // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
-    T gi = up(up(G[i] + tn) + (m ? AB[i % m] : T(0)));
-    gi = up(gi * up(T(1) + g));
-    G[i] = gi;
-    // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
-    T rad = up(up(R[i] + up(g * gi)) + 2 * tn);
-    Lo[i] = down(C[i] - rad);
-    Up[i] = up(C[i] + rad);
-  }
-});
+  // rows of the bias's length (no modulo per element); pointers copied into the loop so that stores
+  // through them cannot be taken to alias them, and the branch-free steps vectorize
+  const py::ssize_t mm = m ? m : n, rows = n / mm;
+  if (m && n % m != 0) throw std::invalid_argument("interval_finish: size is not a multiple of the bias length");
+  parallel_for(rows, grain_for(rows), n > kParallelMin, [=](std::int64_t r0, std::int64_t r1, int) {
+    const T g1 = up(T(1) + g), tn2 = 2 * tn;
+    for (py::ssize_t row = r0; row < r1; ++row) {
+      const T* __restrict Cr = C + row * mm;
+      const T* __restrict Rr = R + row * mm;
+      T* __restrict Gr = G + row * mm;
+      T* __restrict Lr = Lo + row * mm;
+      T* __restrict Ur = Up + row * mm;
+#pragma omp simd
+      for (py::ssize_t j = 0; j < mm; ++j) {
+        // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
+        T gi = up(up(Gr[j] + tn) + (AB ? AB[j] : T(0)));
+        gi = up(gi * g1);
+        Gr[j] = gi;
+        // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+        const T rad = up(up(Rr[j] + up(g * gi)) + tn2);
+        Lr[j] = down(Cr[j] - rad);
+        Ur[j] = up(Cr[j] + rad);
+      }
+    }
+  });
 }
 
 // c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|; c2[b] >= ||c[b,:]||_2.
@@ -101,7 +114,7 @@ for (py::ssize_t b = static_cast<py::ssize_t>(i0_); b < static_cast<py::ssize_t>
     for (py::ssize_t k = b * m; k < (b + 1) * m; ++k) {
       T ci = L[k] + (U[k] - L[k]) / 2;  // stays inside [l,u] for finite l<=u
       C[k] = ci;
-      R[k] = up(std::max(U[k] - ci, ci - L[k]));
+      R[k] = up_unless_zero(std::max(U[k] - ci, ci - L[k]));
       cm = std::max(cm, std::fabs(ci));
       ss += static_cast<double>(ci) * static_cast<double>(ci);
     }
@@ -276,6 +289,16 @@ void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<
   T* OU = mut(ou, "out_u");
   const T a = static_cast<T>(alpha);
   const bool exact = (kind == 0);  // relu is exact in floating point
+  if (kind == 0) {  // relu: exact, and a vectorizable max
+    parallel_for(n, grain_for(n, 1024), n > kParallelMin, [=](std::int64_t i0, std::int64_t i1, int) {
+#pragma omp simd
+      for (py::ssize_t i = i0; i < i1; ++i) {
+        OL[i] = L[i] > T(0) ? L[i] : T(0);
+        OU[i] = U[i] > T(0) ? U[i] : T(0);
+      }
+    });
+    return;
+  }
 parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
 for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
     T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
