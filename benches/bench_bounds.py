@@ -19,6 +19,10 @@ Run (timings, about 15 minutes; then ``python -m benches.report``):
     OMP_WAIT_POLICY=PASSIVE python -m pytest benches/bench_bounds.py --benchmark-only \
         --benchmark-json=.benchmarks/issue3.json -p no:randomly
 
+fastcert itself needs no ``OMP_WAIT_POLICY`` (``benches/wait_policy.py`` measures it with and without);
+the variable is set here for the torch-based peers, whose OpenMP workers otherwise spin next to each
+other on a busy machine (/work/shared/PEERS.md's fair-timing rule).
+
 CI runs every case once with ``--benchmark-disable`` (correctness only).
 """
 

@@ -1,10 +1,18 @@
 // The one PYBIND11_MODULE of fastcert: every exported kernel is listed here.
 // Each kernel exists for float32 and float64; pybind11 picks the overload by dtype, and since the
 // array casters do not convert, a dtype mismatch is a TypeError rather than a silent copy.
+#include <dirent.h>
 #include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
+#include "fastcert/pool.h"
 
 namespace py = pybind11;
 using namespace fastcert;
@@ -60,31 +68,85 @@ extern "C" char* scipy_openblas_get_config(void);
 extern "C" int fastcert_cuda_device_count();
 #endif
 
+namespace {
+// The threads of this process as (tid, start time): a thread created since the last check (e.g. an
+// OpenMP worker started while flush-to-zero was on) changes the set. Start times (clock ticks since boot)
+// make a reused tid count as a new thread. Empty if /proc is unreadable (then every call checks).
+std::vector<std::pair<long, unsigned long long>> thread_set() {
+  std::vector<std::pair<long, unsigned long long>> out;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    const long tid = std::strtol(e->d_name, nullptr, 10);
+    unsigned long long start = 0;
+    const std::string path = std::string("/proc/self/task/") + e->d_name + "/stat";
+    if (FILE* f = std::fopen(path.c_str(), "r")) {
+      char buf[1024];
+      const size_t k = std::fread(buf, 1, sizeof(buf) - 1, f);
+      std::fclose(f);
+      buf[k] = 0;
+      // field 22 (starttime) counted after the ")" that ends the command name (field 2)
+      const char* p = std::strrchr(buf, ')');
+      for (int field = 2; p && field < 22; ++field) p = std::strchr(p + 1, ' ');
+      if (p) start = std::strtoull(p + 1, nullptr, 10);
+    }
+    out.emplace_back(tid, start);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// OpenMP's workers keep the floating-point mode they were created with (flush-to-zero when torch started
+// them under torch.set_flush_denormal(True)): they are checked in an OpenMP region. That region is the
+// expensive part in a default environment (OMP_WAIT_POLICY unset: the team spin-waits, and on a busy
+// machine a preempted worker stalls it for a scheduler tick, ~10 ms a call measured), and a worker's mode
+// never changes after its creation, so the region runs only when the thread set differs from the one
+// last found good (per calling thread: each has its own OpenMP pool).
+bool fp_env_ok_all() {
+  if (!fp_env_ok()) return false;
+  thread_local std::vector<std::pair<long, unsigned long long>> good;
+  thread_local int good_threads = 0;
+  // inside fastcert._ext.torch_serial() torch's count is 1 but pool_threads() keeps the caller's: the
+  // workers torch used before (e.g. to build the input region) are that many
+  const int nt = std::max(omp_get_max_threads(), pool_threads());
+  auto now = thread_set();
+  if (!now.empty() && now == good && nt <= good_threads) return true;
+  int bad = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : bad)
+  bad += fp_env_ok() ? 0 : 1;
+  if (bad != 0) return false;
+  good = thread_set();  // after the region: any worker it started is in the set and was checked
+  good_threads = nt;
+  return true;
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
   def_all<float>(m);
   def_all<double>(m);
-  m.def("fp_env_ok", []() {
-        // every thread of the OpenMP team the kernels use: its workers keep the floating-point mode they
-        // were created with (e.g. flush-to-zero on when torch started the shared pool)
-        bool ok = fp_env_ok();
-        if (!ok) return false;
-        int bad = 0;
-#pragma omp parallel reduction(+ : bad)
-        bad += fp_env_ok() ? 0 : 1;
-        return bad == 0;
-      },
-      "Whether this thread and every OpenMP worker round to nearest with gradual underflow (no flush-to-zero / "
-      "denormals-are-zero), as the core's rounding analysis assumes.");
-  m.def("omp_max_threads", []() { return omp_get_max_threads(); },
-        "Threads an OpenMP region of the core would use now (sizes per-thread workspaces).");
+  m.def("fp_env_ok", &fp_env_ok_all,
+        "Whether this thread and every OpenMP worker of its pool round to nearest with gradual underflow (no "
+        "flush-to-zero / denormals-are-zero), as the core's rounding analysis assumes. fastcert's own pool "
+        "adopts the caller's floating-point environment per job; torch's OpenMP workers (which run the "
+        "elementwise torch operations of a bound computation) are checked in an OpenMP region, again only "
+        "when the process's set of threads has changed since the last successful check.");
+  m.def("set_pool_threads", &set_pool_threads, py::arg("n"),
+        "Fix the number of threads of the core's parallel loops on the calling thread (0: follow "
+        "omp_get_max_threads()); returns the previous setting.");
+  m.def("omp_max_threads", []() { return pool_threads(); },
+        "Threads a parallel loop of the core would use now, caller included (sizes per-thread workspaces): "
+        "omp_get_max_threads(), so OMP_NUM_THREADS and torch.set_num_threads() apply.");
   m.def("build_info", []() {
     py::dict d;
     d["blas"] = FASTCERT_BLAS_NAME;
     d["blas_config"] = std::string(scipy_openblas_get_config());
 #ifdef _OPENMP
     d["openmp"] = py::int_(_OPENMP);
-    d["omp_max_threads"] = omp_get_max_threads();
+    d["omp_max_threads"] = pool_threads();
+    d["threads"] = "fastcert pool (sleeping workers, chunked loops; OpenMP only for SIMD and thread counts)";
 #else
     d["openmp"] = py::none();
 #endif

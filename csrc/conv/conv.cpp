@@ -1,7 +1,6 @@
 // Convolutions as GEMMs (im2col / col2im), forward and transposed, never as dense Toeplitz matrices.
 // Layouts: images [N, C, H, W] (C-contiguous); weights [OC, C, KH, KW]; cols [C*KH*KW, OH*OW] per sample.
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
-#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -9,6 +8,7 @@
 
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
+#include "fastcert/pool.h"
 #include "fastcert/relax_row.h"
 
 namespace fastcert {
@@ -125,8 +125,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   const int M = g.OC, Nn = static_cast<int>(g.ohw()), K = static_cast<int>(g.ckk());
   for (py::ssize_t n0 = 0; n0 < N; n0 += chunk) {
     const py::ssize_t nc = std::min(chunk, N - n0);
-#pragma omp parallel for schedule(static) if (nc * per > kParallelMin)
-    for (py::ssize_t i = 0; i < nc; ++i) {
+    parallel_for(nc, 1, nc * per > kParallelMin, [&](std::int64_t i, std::int64_t, int) {
       im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
       T* o = O + (n0 + i) * g.OC * g.ohw();
       if (bp) {
@@ -134,7 +133,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
           for (py::ssize_t p = 0; p < g.ohw(); ++p) o[oc * g.ohw() + p] = bp[oc];
       }
       gemm(false, false, M, Nn, K, T(1), Wp, K, ws + i * per, Nn, bp ? T(1) : T(0), o, Nn);
-    }
+    });
   }
 }
 
@@ -163,13 +162,12 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
   for (py::ssize_t r0 = 0; r0 < R; r0 += chunk) {
     const py::ssize_t rc = std::min(chunk, R - r0);
     // Rows are independent: each OpenMP thread runs its rows' (single-threaded) GEMMs and col2im.
-#pragma omp parallel for schedule(static) if (rc * per > kParallelMin)
-    for (py::ssize_t i = 0; i < rc; ++i) {
+    parallel_for(rc, 1, rc * per > kParallelMin, [&](std::int64_t i, std::int64_t, int) {
       gemm(true, false, M, Nn, K, T(1), Wp, M, L + (r0 + i) * in_per, Nn, T(0), ws + i * per, Nn);
       T* img = O + (r0 + i) * g.chw();
       std::memset(img, 0, sizeof(T) * g.chw());
       col2im_add_table(g, tab, all_in, ws + i * per, img, Nn);
-    }
+    });
   }
 }
 
@@ -221,7 +219,7 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   if (block_rows < 1) throw std::invalid_argument("act_conv_backward: block_rows must be >= 1");
   const py::ssize_t R = block_rows;
   const py::ssize_t per = R * (n + geo.ckk() * geo.ohw());
-  const int nthreads = omp_get_max_threads();
+  const int nthreads = pool_threads();
   if (work.size() < per * nthreads) throw std::invalid_argument("act_conv_backward: workspace too small");
   const T* Lm = ro(lam, "Lam");
   const T* LS = ro(lo_s, "lo_slope");
@@ -243,12 +241,12 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
   std::vector<int> table;
   const bool all_in = col2im_table(geo, table);
   const int* tab = table.data();
-#pragma omp parallel if (nblocks > 1 && rows * n * geo.ckk() > kParallelMacs)
-  {
-    T* blk = ws + per * omp_get_thread_num();
+  parallel_for(nblocks, 1, nblocks > 1 && rows * n * geo.ckk() > kParallelMacs, [&](std::int64_t ib0, std::int64_t,
+                                                                                   int tid) {
+    T* blk = ws + per * tid;
     T* cols = blk + R * n;
-#pragma omp for schedule(dynamic, 1)
-    for (py::ssize_t ib = 0; ib < nblocks; ++ib) {
+    {
+      const py::ssize_t ib = ib0;
       const py::ssize_t q0 = ib * R, nr = std::min(R, rows - q0);
       for (py::ssize_t r = 0; r < nr; ++r) {
         const py::ssize_t q = q0 + r, b = q / S, s = q % S;
@@ -266,7 +264,7 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
         col2im_add_table(geo, tab, all_in, cols + r * ohw, img, nr * ohw);
       }
     }
-  }
+  });
 }
 
 #define FASTCERT_INST(T)                                                                                         \

@@ -1,9 +1,9 @@
 // Interval kernels: center/radius preparation, sound finishing of interval affine maps,
 // monotone activations, and plain dense affine maps (GEMM + bias).
-#include <omp.h>
 
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
+#include "fastcert/pool.h"
 
 namespace fastcert {
 
@@ -23,14 +23,15 @@ void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T
   T* C = mut(c, "c");
   T* R = mut(r, "r");
   T* H = mut(h, "h");
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t i = 0; i < n; ++i) {
+parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
     T ci = L[i] + (U[i] - L[i]) / 2;  // stays inside [l,u] for finite l<=u
-    T ri = up(std::max(U[i] - ci, ci - L[i]));
+    T ri = up_unless_zero(std::max(U[i] - ci, ci - L[i]));
     C[i] = ci;
     R[i] = ri;
-    H[i] = up(std::fabs(ci) + ri);
+    H[i] = up_unless_zero(std::fabs(ci) + ri);
   }
+});
 }
 
 // From mc = W c (+b), mr = |W| r, mg = |W| h (+|b| added here), write sound bounds:
@@ -55,17 +56,31 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   const T g = static_cast<T>(gamma);
   const T tn = static_cast<T>(tiny);
   if (!(tn > 0)) throw std::invalid_argument("interval_finish: tiny must be > 0");
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t i = 0; i < n; ++i) {
-    // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
-    T gi = up(up(G[i] + tn) + (m ? AB[i % m] : T(0)));
-    gi = up(gi * up(T(1) + g));
-    G[i] = gi;
-    // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
-    T rad = up(up(R[i] + up(g * gi)) + 2 * tn);
-    Lo[i] = down(C[i] - rad);
-    Up[i] = up(C[i] + rad);
-  }
+  // rows of the bias's length (no modulo per element); pointers copied into the loop so that stores
+  // through them cannot be taken to alias them, and the branch-free steps vectorize
+  const py::ssize_t mm = m ? m : n, rows = n / mm;
+  if (m && n % m != 0) throw std::invalid_argument("interval_finish: size is not a multiple of the bias length");
+  parallel_for(rows, grain_for(rows), n > kParallelMin, [=](std::int64_t r0, std::int64_t r1, int) {
+    const T g1 = up(T(1) + g), tn2 = 2 * tn;
+    for (py::ssize_t row = r0; row < r1; ++row) {
+      const T* __restrict Cr = C + row * mm;
+      const T* __restrict Rr = R + row * mm;
+      T* __restrict Gr = G + row * mm;
+      T* __restrict Lr = Lo + row * mm;
+      T* __restrict Ur = Up + row * mm;
+#pragma omp simd
+      for (py::ssize_t j = 0; j < mm; ++j) {
+        // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
+        T gi = up(up(Gr[j] + tn) + (AB ? AB[j] : T(0)));
+        gi = up(gi * g1);
+        Gr[j] = gi;
+        // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+        const T rad = up(up(Rr[j] + up(g * gi)) + tn2);
+        Lr[j] = down(Cr[j] - rad);
+        Ur[j] = up(Cr[j] + rad);
+      }
+    }
+  });
 }
 
 // c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|; c2[b] >= ||c[b,:]||_2.
@@ -90,8 +105,8 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
   // the sum of squares in double: each square and addition has relative error <= u64, so the sum is
   // within (1 + (m+1) u64) of exact; inflate by 2(m+2) u64, take sqrt (correctly rounded), step up
   const double infl = 1.0 + 2.0 * static_cast<double>(m + 2) * unit_roundoff<double>();
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t b = 0; b < B; ++b) {
+parallel_for(B, grain_for(B), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (py::ssize_t b = static_cast<py::ssize_t>(i0_); b < static_cast<py::ssize_t>(i1_); ++b) {
     T cm = 0;
     double ss = 0;
     // any summation order: the bound above holds for each
@@ -99,7 +114,7 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
     for (py::ssize_t k = b * m; k < (b + 1) * m; ++k) {
       T ci = L[k] + (U[k] - L[k]) / 2;  // stays inside [l,u] for finite l<=u
       C[k] = ci;
-      R[k] = up(std::max(U[k] - ci, ci - L[k]));
+      R[k] = up_unless_zero(std::max(U[k] - ci, ci - L[k]));
       cm = std::max(cm, std::fabs(ci));
       ss += static_cast<double>(ci) * static_cast<double>(ci);
     }
@@ -110,6 +125,7 @@ void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, 
     if (static_cast<double>(t) < nrm) t = up(t);
     C2[b] = t;
   }
+});
 }
 
 // From mc = W c (+b) and mr = |W| r (rows of [B, m]), write l = mc - rad, u = mc + rad with
@@ -148,8 +164,8 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
   // one vectorizable loop per case (no bias: AB is null and must not be read, even speculatively)
   auto run = [&](auto has_bias) {
     constexpr bool HB = decltype(has_bias)::value;
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-    for (py::ssize_t row = 0; row < rows; ++row) {
+parallel_for(rows, grain_for(rows), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (py::ssize_t row = static_cast<py::ssize_t>(i0_); row < static_cast<py::ssize_t>(i1_); ++row) {
       const T cm = CM[row], cn = C2[row];
 #pragma omp simd
       for (py::ssize_t j = 0; j < m; ++j) {
@@ -165,6 +181,7 @@ void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<
         R[k] = up(c + rad);
       }
     }
+});
   };
   if (nb) run(std::true_type{});
   else run(std::false_type{});
@@ -214,8 +231,8 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
     for (int s = 0; s < B; ++s) {
       const T* cs = cp + static_cast<py::ssize_t>(s) * n;
       const T* rs = rp + static_cast<py::ssize_t>(s) * n;
-#pragma omp parallel for schedule(static) if (static_cast<py::ssize_t>(m) * n > kParallelMin)
-      for (int i = 0; i < m; ++i) {
+parallel_for(m, grain_for(m), static_cast<py::ssize_t>(m) * n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (int i = static_cast<int>(i0_); i < static_cast<int>(i1_); ++i) {
         const T* w = Wp + static_cast<py::ssize_t>(i) * n;
         T ac = 0, ar = 0;
 #pragma omp simd reduction(+ : ac, ar)
@@ -226,6 +243,7 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
         OL[static_cast<py::ssize_t>(s) * m + i] = bp ? ac + bp[i] : ac;
         OU[static_cast<py::ssize_t>(s) * m + i] = ar;
       }
+});
     }
   } else {
     // the two products W c (+b) and |W| r are independent: one per OpenMP thread (each GEMM runs on
@@ -233,13 +251,11 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
     const T* AWp = ro(absW, "absW");
     if (bp)
       for (int i = 0; i < B; ++i) std::copy(bp, bp + m, OL + static_cast<py::ssize_t>(i) * m);
-    const bool par = static_cast<py::ssize_t>(B) * m * n > kParallelMacs && omp_get_max_threads() > 1;
-#pragma omp parallel num_threads(2) if (par)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      if (t == 0) gemm(false, true, B, m, n, T(1), cp, n, Wp, n, bp ? T(1) : T(0), OL, m);
-      if (t == nt - 1) gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), OU, m);
-    }
+    const bool par = static_cast<py::ssize_t>(B) * m * n > kParallelMacs;
+    parallel_for(2, 1, par, [&](std::int64_t k, std::int64_t, int) {
+      if (k == 0) gemm(false, true, B, m, n, T(1), cp, n, Wp, n, bp ? T(1) : T(0), OL, m);
+      else gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), OU, m);
+    });
   }
   interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, tiny, out_g);
 }
@@ -273,8 +289,18 @@ void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<
   T* OU = mut(ou, "out_u");
   const T a = static_cast<T>(alpha);
   const bool exact = (kind == 0);  // relu is exact in floating point
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t i = 0; i < n; ++i) {
+  if (kind == 0) {  // relu: exact, and a vectorizable max
+    parallel_for(n, grain_for(n, 1024), n > kParallelMin, [=](std::int64_t i0, std::int64_t i1, int) {
+#pragma omp simd
+      for (py::ssize_t i = i0; i < i1; ++i) {
+        OL[i] = L[i] > T(0) ? L[i] : T(0);
+        OU[i] = U[i] > T(0) ? U[i] : T(0);
+      }
+    });
+    return;
+  }
+parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
     T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
     if (kind == 1 && a < 0) {  // leaky relu with a negative slope is not monotone: min at 0 when crossing
       const T flo = lo, fhi = hi;
@@ -294,6 +320,7 @@ void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<
     OL[i] = lo;
     OU[i] = hi;
   }
+});
 }
 
 // out[B,m] = x[B,n] @ W[m,n]^T + b  (b may be empty).

@@ -5,7 +5,7 @@
 // bias[b,s] (constant terms collected so far) and mag[b,s] (a bound on the floating-point error
 // accumulated by the pass so far; each kernel adds its own, see docs/architecture.md "Floating point").
 #include "fastcert/common.h"
-#include <omp.h>
+#include "fastcert/pool.h"
 
 #include "fastcert/kernels.h"
 #include "fastcert/relax_row.h"
@@ -57,9 +57,9 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
   T* BI = mut(bias, "bias");
   T* MG = mut(mag, "mag");
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum), uu = unit_roundoff<T>();
-#pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
-  for (py::ssize_t b = 0; b < B; ++b) {
-    for (py::ssize_t s = 0; s < S; ++s) {
+parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+  for (py::ssize_t q = q0; q < q1; ++q) {
+    const py::ssize_t b = q / S, s = q % S;
       const T* lr = Lm + b * lam_bstride + s * n;
       T* orow = O + (b * S + s) * n;
       const T* ls = LS + b * n;
@@ -114,8 +114,8 @@ void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, con
         extra = 2 * uu * std::fabs(nh);
       }
       MG[b * S + s] += gp * acc_m + gs * acc_i + 2 * uu * std::fabs(nb) + extra;
-    }
   }
+});
 }
 
 // Through an affine layer's bias and magnitude: bias[b,s] += Lam[b,s,:] . bvec ;
@@ -140,9 +140,9 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
   if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
   T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b), uu = unit_roundoff<T>();
-#pragma omp parallel for collapse(2) schedule(static) if (B * S * m > kParallelMin)
-  for (py::ssize_t b = 0; b < B; ++b)
-    for (py::ssize_t s = 0; s < S; ++s) {
+parallel_for(B * S, grain_for(B * S), B * S * m > kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+  for (py::ssize_t q = q0; q < q1; ++q) {
+    const py::ssize_t b = q / S, s = q % S;
       const T* lr = Lm + (b * S + s) * m;
       const T* gr = G + b * m;
       T acc_b = 0, acc_m = 0, acc_bm = 0;
@@ -164,7 +164,8 @@ void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bi
         extra = 2 * uu * std::fabs(nh);
       }
       MG[b * S + s] += gg * acc_m + gb * acc_bm + 2 * uu * std::fabs(nb) + extra;
-    }
+  }
+});
 }
 
 // Concretize min over x in (ball(x0, eps, p) ∩ box[l0,u0]) of Lam[b,s,:] . x, plus bias, minus the
@@ -204,9 +205,9 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
   const T g = static_cast<T>(gamma);
   const T uu = unit_roundoff<T>();
   const T tn = underflow_slack<T>(n);  // each sum of n products below may also lose this much to underflow
-#pragma omp parallel for collapse(2) schedule(static) if (B * S * n > kParallelMin)
-  for (py::ssize_t b = 0; b < B; ++b)
-    for (py::ssize_t s = 0; s < S; ++s) {
+parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+  for (py::ssize_t q = q0; q < q1; ++q) {
+    const py::ssize_t b = q / S, s = q % S;
       const T* lr = Lm + (b * S + s) * n;
       const T* xr = X + b * n;
       const T* lo = Lo + b * n;
@@ -259,7 +260,8 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
         rh += 4 * uu * (std::fabs(besth) + std::fabs(hsum) + m0);
         OH[b * S + s] = up(rh);
       }
-    }
+  }
+});
 }
 
 // Fused backward step through an activation and the dense layer before it (the dense analogue of
@@ -293,7 +295,7 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
   if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
   if (block_rows < 1) throw std::invalid_argument("act_dense_backward: block_rows must be >= 1");
   const py::ssize_t R = block_rows;
-  if (work.size() < R * n * omp_get_max_threads()) throw std::invalid_argument("act_dense_backward: workspace too small");
+  if (work.size() < R * n * pool_threads()) throw std::invalid_argument("act_dense_backward: workspace too small");
   const T* Lm = ro(lam, "Lam");
   const T* LS = ro(lo_s, "lo_slope");
   const T* US = ro(up_s, "up_slope");
@@ -310,11 +312,11 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
   const py::ssize_t rows = B * S, nblocks = (rows + R - 1) / R;
-#pragma omp parallel if (nblocks > 1 && rows * n * n_in > kParallelMacs)
-  {
-    T* blk = ws + R * n * omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-    for (py::ssize_t ib = 0; ib < nblocks; ++ib) {
+  // blocks handed out one at a time (dynamic balance); each thread has its own block buffer
+  parallel_for(nblocks, 1, nblocks > 1 && rows * n * n_in > kParallelMacs, [&](std::int64_t ib0, std::int64_t, int tid) {
+    T* blk = ws + R * n * tid;
+    {
+      const py::ssize_t ib = ib0;
       const py::ssize_t q0 = ib * R, nr = std::min(R, rows - q0);
       for (py::ssize_t r = 0; r < nr; ++r) {
         const py::ssize_t q = q0 + r, b = q / S, s = q % S;
@@ -326,7 +328,7 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
       gemm(false, false, static_cast<int>(nr), static_cast<int>(n_in), static_cast<int>(n), T(1), blk,
            static_cast<int>(n), Wp, static_cast<int>(n_in), T(0), O + q0 * n_in, static_cast<int>(n_in));
     }
-  }
+  });
 }
 
 #define FASTCERT_INST(T)                                                                                       \

@@ -4,6 +4,7 @@
 // The upper intercept is rounded so the line stays above relu at both ends of [l,u].
 #include "fastcert/common.h"
 #include "fastcert/kernels.h"
+#include "fastcert/pool.h"
 
 namespace fastcert {
 
@@ -21,8 +22,8 @@ void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Ar
   T* LS = mut(lo_slope, "lo_slope");
   T* US = mut(up_slope, "up_slope");
   T* UB = mut(up_bias, "up_bias");
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (py::ssize_t i = 0; i < n; ++i) {
+parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
+for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
     const T li = L[i], ui = U[i];
     if (li >= 0) {  // stably active: exact identity
       LS[i] = 1; US[i] = 1; UB[i] = 0;
@@ -45,6 +46,7 @@ void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Ar
       }
     }
   }
+});
 }
 
 template void relu_relax<float>(const Arr<float>&, const Arr<float>&, int, Arr<float>&, Arr<float>&, Arr<float>&);

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 _REBUILD = (
     "Rebuild it from the repository root with:\n"
@@ -55,4 +57,31 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["_C", "build_info", "set_blas_threads"]
+@contextlib.contextmanager
+def torch_serial() -> Iterator[None]:
+    """Run a bound computation's torch operations on one thread; the core's kernels keep the caller's
+    thread count (``torch.get_num_threads()``) on fastcert's own pool.
+
+    Why: torch's OpenMP workers spin-wait after each parallel torch operation unless the user exported
+    ``OMP_WAIT_POLICY=PASSIVE`` before torch started; next to them fastcert's pool (and on a busy
+    machine, other processes) lose their cores, and a preempted team member stalls the team for a
+    scheduler tick. The torch operations of a bound computation are small elementwise steps and copies
+    between the kernels, so one thread costs them little, and then no torch worker is woken. Only the
+    calling thread's setting changes (OpenMP's thread count is a per-thread setting), and it is restored
+    on exit; nested uses keep the outer count."""
+    import torch
+
+    prev = _C.set_pool_threads(0)
+    n = prev if prev > 0 else torch.get_num_threads()
+    _C.set_pool_threads(n)
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+        _C.set_pool_threads(prev)
+
+
+__all__ = ["_C", "build_info", "set_blas_threads", "torch_serial"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastcert._ext import torch_serial
 from fastcert.checks import as_tensor, norm_key, real_numbers
 from fastcert.rounding import round_down, round_up
 from fastcert.algorithms.dispatch import network_bounds
@@ -119,6 +120,7 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
     return net, x, g.n(g.output)
 
 
+@torch_serial()  # the input region's and the bounds' torch operations on one thread (see _ext.py)
 def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
            x_min: Any = None, x_max: Any = None, lower_slope: str | None = None,
            options: BoundOptions | None = None) -> BoundsResult:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fastcert._ext import _C
+from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.graph_slack import graph_eval_slack
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.layers import Activation, Box, Diag, Layer, UnsupportedError
@@ -299,6 +299,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
     return st
 
 
+@torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:

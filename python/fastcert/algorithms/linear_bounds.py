@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastcert._ext import _C
+from fastcert._ext import _C, torch_serial
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer, UnsupportedError
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
 from fastcert.options import BoundOptions
@@ -501,6 +501,7 @@ def _intermediate(st: _Pass, i: int, ibp: Box, intersect: bool, symmetric: bool,
     return _uncrossed(lo, hi)
 
 
+@torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: str,
                   lower_slope: str | None = None, stats: dict | None = None,
                   C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None

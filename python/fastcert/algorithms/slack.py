@@ -90,7 +90,9 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
     from the exact function by far more than any useful bound; see docs/architecture.md.)
     """
     u = torch.finfo(torch.float64).eps / 2
-    eta64 = eta(torch.float64)
+    # absolute (underflow) terms are raised to the smallest normal float64: a subnormal operand makes
+    # every elementwise torch step it enters 10-20x slower, and a larger term is still a bound
+    normal64 = torch.finfo(torch.float64).tiny
     gamma64 = gamma_for(st.layers, torch.float64)
     B = C.shape[0]
     E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
@@ -100,7 +102,7 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
             assert G is not None
             # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
             # subtraction, division and product)
-            uf = underflow_slack(L.fan_in + 8, torch.float64)  # type: ignore[attr-defined]
+            uf = max(underflow_slack(L.fan_in + 8, torch.float64), normal64)  # type: ignore[attr-defined]
             if isinstance(L, Diag):
                 E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
             else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
@@ -119,7 +121,7 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
                 E = L.lipschitz * E + L.eval_error(nxt.mag().double())
             else:  # ReLU: exact
                 assert isinstance(L, Activation)
-                E = L.lipschitz * E + 4 * u * nxt.mag().double() + 8 * eta64
+                E = L.lipschitz * E + 4 * u * nxt.mag().double() + max(8 * eta(torch.float64), normal64)
     K = out_box.l.shape[1]
     Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
     slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)

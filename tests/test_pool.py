@@ -1,0 +1,100 @@
+"""fastcert's own thread pool (csrc/pool.cpp) and ``fastcert._ext.torch_serial``: results independent of the
+thread count, workers computing in the caller's floating-point environment, thread settings restored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import fastcert
+from fastcert._ext import _C, torch_serial
+
+N_PAR = (1 << 18) + 4099  # above the kernels' parallel threshold, not a multiple of any grain
+
+
+def _prep(l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
+    c, r, h = np.empty_like(l), np.empty_like(l), np.empty_like(l)
+    _C.interval_prep(l, u, c, r, h)
+    return c, r, h
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_parallel_loops_equal_serial(threads: int) -> None:
+    rng = np.random.default_rng(0)
+    l = rng.standard_normal(N_PAR)
+    u = l + rng.random(N_PAR)
+    prev = _C.set_pool_threads(1)
+    try:
+        ref = _prep(l, u)
+        _C.set_pool_threads(threads)
+        assert _C.omp_max_threads() == threads
+        got = _prep(l, u)
+    finally:
+        _C.set_pool_threads(prev)
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_bounds_do_not_depend_on_the_thread_count(threads: int) -> None:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 300), torch.nn.ReLU(),
+                            torch.nn.Linear(300, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10)).double().eval()
+    x = torch.rand(24, 64, dtype=torch.float64)
+    prev = _C.set_pool_threads(1)
+    try:
+        ref = fastcert.bounds(m, x, 0.02, method="crown")
+        _C.set_pool_threads(threads)
+        got = fastcert.bounds(m, x, 0.02, method="crown")
+    finally:
+        _C.set_pool_threads(prev)
+    assert torch.equal(ref.lower, got.lower) and torch.equal(ref.upper, got.upper)
+
+
+def test_workers_compute_in_the_callers_floating_point_environment() -> None:
+    """Pool workers created while flush-to-zero was on must not keep it: each job carries the caller's
+    environment. (Under OpenMP the workers kept the mode they were created with.) Child process: the
+    pool is created there under flush-to-zero."""
+    code = textwrap.dedent(f"""
+        import numpy as np, torch
+        from fastcert._ext import _C
+        if not torch.set_flush_denormal(True):
+            print("NOFTZ"); raise SystemExit
+        _C.set_pool_threads(2)
+        n = {N_PAR}
+        l = np.zeros(n); u = np.full(n, 4 * 5e-324)
+        c = np.empty(n); r = np.empty(n); h = np.empty(n)
+        _C.interval_prep(l, u, c, r, h)          # starts the pool's workers, under flush-to-zero
+        torch.set_flush_denormal(False)
+        _C.interval_prep(l, u, c, r, h)          # (u - l) / 2 = 2 * 5e-324: subnormal, flushed under FTZ
+        print("OK" if (c == 2 * 5e-324).all() else "FLUSHED %d" % int((c == 0).sum()))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:]
+    if res == "NOFTZ":  # pragma: no cover - CPU without flush-to-zero
+        pytest.skip("this CPU cannot flush denormals")
+    assert res == "OK", res
+
+
+def test_torch_serial_restores_and_nests() -> None:
+    n0 = torch.get_num_threads()
+    prev = _C.set_pool_threads(0)
+    _C.set_pool_threads(prev)
+    with torch_serial():
+        assert torch.get_num_threads() == 1
+        assert _C.omp_max_threads() == n0  # the kernels keep the caller's count
+        with torch_serial():
+            assert torch.get_num_threads() == 1
+            assert _C.omp_max_threads() == n0
+        assert _C.omp_max_threads() == n0
+    assert torch.get_num_threads() == n0
+    assert _C.set_pool_threads(prev) == prev
+    with pytest.raises(RuntimeError):
+        with torch_serial():
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == n0
