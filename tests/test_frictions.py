@@ -37,11 +37,13 @@ def test_verify_stops_early_by_default() -> None:
 
 @pytest.mark.parametrize("case", ["conversion", "method"])
 def test_one_exception_type_for_not_supported(case: str) -> None:
-    """Hardtanh raised ValueError at conversion, Sigmoid under CROWN UnsupportedError (not a ValueError)."""
-    act = nn.Hardtanh() if case == "conversion" else nn.Sigmoid()
+    """Hardtanh raised ValueError at conversion, Sigmoid under CROWN UnsupportedError (not a ValueError).
+    Both are supported now: an unsupported layer (GELU) at conversion and a method that does not cover a
+    layer (KW on a sigmoid) raise the same type, a ValueError."""
+    act = nn.GELU() if case == "conversion" else nn.Sigmoid()
     m = nn.Sequential(nn.Linear(2, 2), act, nn.Linear(2, 1)).double().eval()
     with pytest.raises(fastcert.UnsupportedError) as info:
-        fastcert.bounds(m, torch.zeros(1, 2, dtype=torch.float64), 0.1, method="crown")
+        fastcert.bounds(m, torch.zeros(1, 2, dtype=torch.float64), 0.1, method="kw")
     assert isinstance(info.value, ValueError)
 
 

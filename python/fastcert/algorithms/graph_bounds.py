@@ -29,7 +29,7 @@ from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.rounding import eta, gamma_n, round_up
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP); see linear_bounds
-_GRAPH_METHODS: dict[str, tuple[str, str, bool] | None] = {
+GRAPH_METHODS: dict[str, tuple[str, str, bool] | None] = {
     "ibp": None,
     "fastlin": ("parallel", "backsub", False),
     "kw": ("parallel", "backsub", False),
@@ -299,6 +299,14 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
     return st
 
 
+def node_boxes(g: Graph, prob: Any, method: str, opts: BoundOptions | None = None) -> list[Box | None]:
+    """The box of every node's output (index = node id; 0 the input region's box) as ``method`` computes
+    them: interval bounds, refined by back-substitution where the method does. For the MIP encoder."""
+    if method not in GRAPH_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(GRAPH_METHODS)}")
+    return forward_pass(g, prob, GRAPH_METHODS[method], BoundOptions() if opts is None else opts).box
+
+
 @torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
@@ -306,7 +314,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
     ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`."""
     opts = BoundOptions() if opts is None else opts
-    cfg = _GRAPH_METHODS[method]
+    cfg = GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
     if method == "kw":

@@ -9,20 +9,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from fastcert.algorithms.graph_bounds import forward_pass
+from fastcert.algorithms.graph_bounds import node_boxes
 from fastcert.algorithms.linear_bounds import linear_bounds
 from fastcert.graph.ir import is_nonlinear
 from fastcert.layers import Activation
 from fastcert.mip.encoding import Encoding
 
 __all__ = ["augment", "conj_model", "node_bounds", "prefix_bounds"]
-
-# method -> the graph engine's forward-pass configuration (lower slope, intermediate bounds, intersect
-# with IBP), as fastcert.algorithms.graph_bounds runs each method
-_PASS: dict[str, tuple[str, str, bool] | None] = {
-    "ibp": None, "fastlin": ("parallel", "backsub", False), "kw": ("parallel", "backsub", False),
-    "crown": ("adaptive", "backsub", True), "crown-ibp": ("adaptive", "ibp", True)}
-
 
 def prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Sound bounds ``(l, u)``, each [B, n], of the input of every activation layer (``method`` on the
@@ -45,13 +38,13 @@ def node_bounds(net: Any, shape: tuple[int, ...], prob: Any, method: str) -> dic
     """Sound bounds ``(l, u)``, each [B, n_v], of the output of every node v read by a ReLU or max pool of
     ``net.graph_for(shape)``. A chain: :func:`prefix_bounds` (``method`` on each prefix; activation layer i
     reads node i, so the keys agree); a graph: the graph engine's boxes (interval bounds refined by
-    back-substitution where ``method`` does, :func:`fastcert.algorithms.graph_bounds.forward_pass`)."""
+    back-substitution where ``method`` does, :func:`fastcert.algorithms.graph_bounds.node_boxes`)."""
     if net.chain:
         return prefix_bounds(net.layers_for(shape), prob, method)
     g = net.graph_for(shape)
-    st = forward_pass(g, prob, _PASS[method], 384 << 20)
+    box = node_boxes(g, prob, method)
     keys = sorted({nd.inputs[0] for nd in g.nodes[1:] if is_nonlinear(nd.prim)})
-    return {v: (st.box[v].l.numpy().copy(), st.box[v].u.numpy().copy()) for v in keys}
+    return {v: (box[v].l.numpy().copy(), box[v].u.numpy().copy()) for v in keys}
 
 
 def augment(enc: Encoding, lo: np.ndarray, hi: np.ndarray, rows: sp.spmatrix, rlo: np.ndarray,
