@@ -415,3 +415,37 @@ def test_chains_stay_chains():
     net, shape, info = load_onnx(_export(model, torch.rand(1, 1, 5, 5)))
     assert info["is_chain"] and net.chain
     assert all(op.inputs == (k,) for k, op in enumerate(net.ops))
+
+
+def test_registered_activations_and_clip_from_onnx() -> None:
+    """Hardtanh / ReLU6 (exported as Clip with constant bounds), clamp with one bound, and Atan come through
+    the primitive registry: the network evaluates like torch and CROWN bounds contain sampled outputs."""
+    import io
+
+    import fastcert
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = nn.functional.hardtanh(self.a(x), -0.5, 0.75)  # float32-exact bounds: ONNX stores float32
+            h = torch.clamp(nn.functional.relu6(self.b(h)), min=0.125)
+            return self.d(torch.atan(self.c(h)))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(m, torch.rand(1, 4), buf, dynamo=False, opset_version=13)
+    net, shape, _ = load_onnx(buf.getvalue())
+    kinds = [nd.prim.kind for nd in net.graph_for(shape).nodes[1:]]
+    assert kinds.count("hardtanh") == 3 and "arctan" in kinds
+    x = torch.rand(3, 4, dtype=torch.float64)
+    m64 = m.double()
+    torch.testing.assert_close(net.forward(x), m64(x), rtol=1e-12, atol=1e-12)
+    r = fastcert.bounds(net, x, 0.2, method="crown")
+    pts = x + (torch.rand(500, *x.shape, dtype=torch.float64) * 2 - 1) * 0.2
+    with torch.no_grad():
+        y = m64(pts.reshape(-1, 4)).reshape(500, 3, 3)
+    assert (y >= r.lower).all() and (y <= r.upper).all()

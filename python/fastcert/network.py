@@ -23,6 +23,8 @@ from torch import nn
 
 from fastcert.graph.from_torch import SUPPORTED
 from fastcert.graph.trace import convert
+from fastcert.io.onnx.convert import Converter
+from fastcert.io.onnx.read import read_model
 from fastcert.graph.ops import CHAIN_KINDS, LayerOp, build_chain_default, is_chain, reshape_target, shape_key
 from fastcert.graph.ir import Graph, build_graph, chain_graph
 from fastcert.layers import Layer, UnsupportedError
@@ -80,9 +82,9 @@ class Network:
     def from_onnx(cls, src: Any) -> "Network":
         """Load an ONNX network (path, bytes or ModelProto; ``.onnx.gz`` works too).
         See :mod:`fastcert.io.onnx_import` for the supported operators."""
-        from fastcert.io.onnx_import import load_onnx
-
-        return load_onnx(src)[0]
+        model, name = read_model(src)
+        ops, input_shape, _ = Converter(model, name).run()
+        return cls(ops, input_shape)
 
     def layers_for(self, input_shape: tuple[int, ...]) -> list[Layer]:
         """The layer list of a chain network for inputs of per-sample ``input_shape``. A graph network

@@ -1,9 +1,24 @@
-"""Input/output: datasets bundled with dependencies (no downloads), ONNX networks, VNN-LIB specs."""
+"""Input/output: datasets bundled with dependencies (no downloads), ONNX networks, VNN-LIB specs.
+
+The names below are loaded on first use, so that importing one reader (e.g. the ONNX converter, which
+:class:`fastcert.Network` uses) does not import the others."""
 
 from __future__ import annotations
 
-from fastcert.io.datasets import load_digits_tensors
-from fastcert.io.onnx_import import load_onnx
-from fastcert.io.vnnlib import check_counterexample, load_vnnlib, read_counterexample
+import importlib
+from typing import Any
 
-__all__ = ["check_counterexample", "load_digits_tensors", "load_onnx", "load_vnnlib", "read_counterexample"]
+_LAZY = {"load_digits_tensors": "fastcert.io.datasets", "load_onnx": "fastcert.io.onnx_import",
+         "check_counterexample": "fastcert.io.vnnlib", "load_vnnlib": "fastcert.io.vnnlib",
+         "read_counterexample": "fastcert.io.vnnlib"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'fastcert.io' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value

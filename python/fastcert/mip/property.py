@@ -98,7 +98,7 @@ class PropertyRun:
         # the MIP / LP stages encode graphs of affine / ReLU / Add / Concat / MaxPool nodes
         self.graph = ir.graph_for(shape)
         self.encodable = set(self.acts) <= {"relu", "maxpool"}
-        self.method = opts.bounds_method or ("crown" if set(self.acts) <= {"relu", "maxpool"} else "ibp")
+        self.method = opts.bounds_method or "crown"  # every registered primitive has a linear relaxation
         self.jobs: list[dict[str, Any]] = []
         self.probs: dict[int, Any] = {}
         self.info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": self.jobs, "refine": [],

@@ -50,6 +50,11 @@ def _leaky(args: tuple, kw: dict, where: str) -> Params:
     return {"alpha": a}
 
 
+def clamp_params(lo: Any, hi: Any, where: str) -> Params:
+    """Hardtanh's parameters for clamp(min=lo, max=hi) (None: no bound on that side)."""
+    return _clamp(lo, hi, where)
+
+
 def _clamp(lo: Any, hi: Any, where: str) -> Params:
     a = -math.inf if lo is None else _number(lo, "min", where)
     b = math.inf if hi is None else _number(hi, "max", where)

@@ -22,7 +22,8 @@ from fastcert.io.onnx.read import OnnxImportError, attrs, read_input
 from fastcert.io.onnx.registry import MULTI, SINGLE
 from fastcert.io.onnx.values import Val, compose, per_channel
 
-SUPPORTED_OPS = ("Gemm, MatMul, Conv, AveragePool, GlobalAveragePool, MaxPool, Relu, LeakyRelu, Sigmoid, Tanh, "
+SUPPORTED_OPS = ("Gemm, MatMul, Conv, AveragePool, GlobalAveragePool, MaxPool, Relu, LeakyRelu, Sigmoid, Tanh, Atan, "
+                 "Clip (constant bounds), "
                  "Add / Sub / Mul / Div / Neg by constants, BatchNormalization, Add / Sub / Sum of two tensors "
                  "computed from the input (residual connections), Concat of such tensors, Flatten, Reshape, Squeeze, "
                  "Unsqueeze, Transpose, Pad (all-zero pads), Constant, Identity, Dropout, Cast (to an equal or wider "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastcert.graph.ops import LayerOp
+from fastcert.primitives import registry as activations
 from fastcert.io.onnx.fold import reshape_target, squeeze
 from fastcert.io.onnx.read import float_tables, type_name
 from fastcert.io.onnx.values import U64, Val
@@ -59,26 +60,37 @@ def op_cast(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
                  f"only to an equal or wider type")
 
 
-def _act(cv: Converter, v: Val, kind: str, alpha: float = 0.0) -> Val:
+def _act(cv: Converter, v: Val, params: dict) -> Val:
     v = cv.flush(v)
-    vid = cv.emit(LayerOp("act", cv.where, {"act": kind, "alpha": float(alpha)}), (v.vid,), cv.shapes[v.vid])
+    vid = cv.emit(LayerOp("act", cv.where, params), (v.vid,), cv.shapes[v.vid])
     return Val("", vid, v.logical, v.batched, v.etype, v.P)
 
 
-def op_relu(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
-    return _act(cv, ins[0], "relu")
+def _registered(op: str) -> Any:
+    """The handler of an activation op of the primitive registry (Relu, Sigmoid, Tanh, LeakyRelu, Atan ...)."""
+    def handler(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
+        params = activations.from_onnx(op, at, cv.where)
+        assert params is not None
+        return _act(cv, ins[0], params)
+    handler.__name__ = f"op_{op.lower()}"
+    return handler
 
 
-def op_sigmoid(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
-    return _act(cv, ins[0], "sigmoid")
-
-
-def op_tanh(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
-    return _act(cv, ins[0], "tanh")
-
-
-def op_leaky_relu(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
-    return _act(cv, ins[0], "leaky_relu", at.get("alpha", 0.01))
+def op_clip(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
+    """Clip(x, min, max): bounds from constant inputs (opset >= 11) or attributes; a missing one is infinite."""
+    bounds = []
+    for k, name in ((1, "min"), (2, "max")):
+        b = ins[k] if len(ins) > k else None
+        if isinstance(b, Val):
+            raise cv.err(f"Clip with a {name} computed from the input is not supported (constant bounds are)")
+        if b is None:
+            b = at.get(name)
+        elif np.asarray(b).size != 1:
+            raise cv.err(f"Clip with a non-scalar {name} of shape {list(np.shape(b))} is not supported")
+        bounds.append(None if b is None else float(np.asarray(b).reshape(())))
+    if bounds[0] is None and bounds[1] is None:
+        return cv.derive(ins[0])
+    return _act(cv, ins[0], {"act": "hardtanh", **activations.clamp_params(bounds[0], bounds[1], cv.where)})
 
 
 def _const_operand(cv: Converter, ins: list[Any], what: str) -> tuple[Val, np.ndarray, bool]:
@@ -251,8 +263,8 @@ def op_pad(cv: Converter, node: Any, ins: list[Any], at: dict) -> Val:
 
 
 HANDLERS = {
-    "Identity": op_identity, "Dropout": op_dropout, "Cast": op_cast, "Relu": op_relu, "Sigmoid": op_sigmoid,
-    "Tanh": op_tanh, "LeakyRelu": op_leaky_relu, "Add": op_add, "Sub": op_sub, "Neg": op_neg, "Mul": op_mul,
+    "Identity": op_identity, "Dropout": op_dropout, "Cast": op_cast, "Clip": op_clip,
+    **{op: _registered(op) for op in activations.REGISTRY.onnx_ops()}, "Add": op_add, "Sub": op_sub, "Neg": op_neg, "Mul": op_mul,
     "Div": op_div, "BatchNormalization": op_batchnorm, "Flatten": op_flatten, "Reshape": op_reshape,
     "Squeeze": op_squeeze, "Unsqueeze": op_unsqueeze, "Transpose": op_transpose, "Pad": op_pad,
 }
