@@ -1,6 +1,6 @@
 """Exact evaluation of small torch networks: rational arithmetic (``fractions.Fraction``) for
-piecewise-linear ones, 80-digit ``mpmath`` where tanh / sigmoid / BatchNorm (an irrational square root)
-appear. Every float is taken as the exact rational it denotes."""
+piecewise-linear ones, 80-digit ``mpmath`` where tanh / sigmoid / arctan / softplus / ELU / BatchNorm (an
+irrational square root) appear. Every float is taken as the exact rational it denotes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _modules(model: nn.Module) -> list[nn.Module]:
 
 
 def needs_mp(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Tanh, nn.Sigmoid, fastcert.nn.Arctan, nn.modules.batchnorm._BatchNorm))
+    return any(isinstance(m, (nn.Tanh, nn.Sigmoid, fastcert.nn.Arctan, nn.Softplus, nn.ELU,
+                              nn.modules.batchnorm._BatchNorm))
                for m in _modules(model))
 
 
@@ -107,6 +108,12 @@ def exact_forward(model: nn.Module, x: torch.Tensor, in_shape: tuple[int, ...], 
             h = [1 / (1 + mpmath.exp(-v)) for v in h]
         elif isinstance(m, fastcert.nn.Arctan):
             h = [mpmath.atan(v) for v in h]
+        elif isinstance(m, nn.Softplus):  # torch's: x where beta x > threshold (exactly, here)
+            beta, thr = exact_num(m.beta, mp), exact_num(m.threshold, mp)
+            h = [v if beta * v > thr else mpmath.log1p(mpmath.exp(beta * v)) / beta for v in h]
+        elif isinstance(m, nn.ELU):
+            a = exact_num(m.alpha, mp)
+            h = [v if v > 0 else a * mpmath.expm1(v) for v in h]
         elif isinstance(m, nn.Hardtanh):  # ReLU6 too
             lo_, hi_ = exact_num(m.min_val, mp), exact_num(m.max_val, mp)
             h = [lo_ if v < lo_ else hi_ if v > hi_ else v for v in h]

@@ -387,7 +387,7 @@ def test_dropout_in_training_mode() -> None:
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.LSTM(4, 4)), "LSTM", 2),
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.Softmax(dim=1)), "Softmax", 2),
     (lambda: nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(36, 4), nn.GELU()), nn.Linear(4, 2)), "GELU", 2),
-    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.ELU(), nn.Linear(4, 2)), "ELU", 2),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.SiLU(), nn.Linear(4, 2)), "SiLU", 2),
     (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)),
      "AdaptiveAvgPool2d", 1),
 ])

@@ -133,3 +133,20 @@ def test_exact_forward_matches_torch_at_ordinary_magnitudes(dtype: torch.dtype) 
     ex = exact_forward(model, x.flatten(), (1, 4, 4), True)
     for a, b in zip(ex, ref.tolist()):
         assert abs(float(a) - b) <= 1e-12 * (1 + abs(b))
+
+
+def test_exact_forward_softplus_elu_match_torch() -> None:
+    """The exact evaluator on Softplus (beta, threshold: both branches taken) and ELU (alpha <= 1, > 1)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Softplus(2.0, 1.0), nn.Linear(6, 5), nn.ELU(0.5), nn.Linear(5, 3),
+                          nn.ELU(2.5), nn.Softplus()).double().eval()
+    hits = set()
+    for _ in range(5):
+        x = torch.randn(4, dtype=torch.float64) * 3
+        z = model[0](x[None])[0]
+        hits |= {bool(v) for v in (2.0 * z > 1.0)}
+        ref = model(x[None])[0]
+        ex = exact_forward(model, x, (4,), needs_mp(model))
+        for a, b in zip(ex, ref.tolist()):
+            assert abs(float(a) - b) <= 1e-12 * (1 + abs(b))
+    assert hits == {True, False}  # both Softplus branches were taken

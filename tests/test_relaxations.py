@@ -20,12 +20,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastcert.layers import UnsupportedError
 from fastcert.layers.base import Box
 from fastcert.primitives.arctan import Arctan
 from fastcert.primitives.base import RelaxOptions
+from fastcert.primitives.elu import ELU
 from fastcert.primitives.hardtanh import Hardtanh
 from fastcert.primitives.leaky_relu import LeakyReLU
 from fastcert.primitives.sigmoid import Sigmoid
+from fastcert.primitives.softplus import Softplus
 from fastcert.primitives.sshape import SShaped
 from fastcert.primitives.tanh import Tanh
 
@@ -38,8 +41,26 @@ INF = math.inf
 
 
 # ---- exact truth --------------------------------------------------------------------------------
+def softplus_values(prim: Softplus, x: float) -> tuple:
+    """Every value f(x) may take: the exact piecewise function (``x`` where ``beta x > threshold``
+    exactly, else softplus) and what torch's float64 ``F.softplus`` computes at x (its own test
+    ``fl(x * beta) > threshold``): one value, or both branches where the two tests disagree."""
+    b, t = prim.beta, prim.threshold
+    sp = mp.log1p(mp.exp(mp.mpf(b) * x)) / b
+    if not math.isfinite(t):
+        return (sp,)
+    exact_line = Fraction(b) * Fraction(x) > Fraction(t)
+    torch_line = x * b > t  # float64 product, as torch's kernel
+    return tuple({True: Fraction(x), False: sp}[k] for k in {exact_line, torch_line})
+
+
 def truth(prim):
-    """x (float) -> exact f(x) as an mpf or a Fraction."""
+    """x (float) -> exact f(x) as an mpf or a Fraction, or a tuple of every value f(x) may take."""
+    if isinstance(prim, Softplus):
+        return lambda x: softplus_values(prim, x)
+    if isinstance(prim, ELU):
+        a = prim.alpha
+        return lambda x: Fraction(x) if x > 0 else mp.mpf(a) * mp.expm1(mp.mpf(x))
     if isinstance(prim, Sigmoid):
         return lambda x: 1 / (1 + mp.exp(-mp.mpf(x)))
     if isinstance(prim, Tanh):
@@ -57,6 +78,10 @@ def truth(prim):
 
 def to_mp(v):
     return mp.mpf(v.numerator) / v.denominator if isinstance(v, Fraction) else v
+
+
+def values(fx) -> tuple:
+    return fx if isinstance(fx, tuple) else (fx,)
 
 
 def exact_gap(fx, s: float, x: float, t: float):
@@ -78,9 +103,28 @@ def tangent_points(prim, s: torch.Tensor) -> list[torch.Tensor]:
         x = -torch.atanh(torch.sqrt((1 - s).clamp(min=0, max=1 - 2**-53)))
     elif isinstance(prim, Arctan):
         x = -torch.sqrt((1 / s - 1).clamp(min=0))
+    elif isinstance(prim, Softplus):
+        s = s.clamp(max=1 - 2**-53)
+        return [(torch.log(s) - torch.log1p(-s)) / prim.beta]
+    elif isinstance(prim, ELU):
+        return [torch.log(s / prim.alpha).clamp(max=0.0)] if prim.alpha > 0 else []
     else:
         return []
     return [x, -x]
+
+
+def switch_points(prim) -> list[float]:
+    """Where f switches pieces, and the floats next to it: always checked exactly."""
+    if isinstance(prim, Softplus) and math.isfinite(prim.threshold):
+        x0 = prim.threshold / prim.beta
+        pts, lo, hi = [x0, prim.t0, prim.t1], x0, x0
+        for _ in range(3):
+            lo, hi = math.nextafter(lo, -INF), math.nextafter(hi, INF)
+            pts += [lo, hi]
+        return pts
+    if isinstance(prim, ELU):
+        return [0.0, -5e-324, 5e-324]
+    return []
 
 
 def check(prim, l: torch.Tensor, u: torch.Tensor, dtype: torch.dtype, opts: RelaxOptions, grid: int = 401,
@@ -100,8 +144,10 @@ def check(prim, l: torch.Tensor, u: torch.Tensor, dtype: torch.dtype, opts: Rela
     X = L[:, None] + (Uu - L)[:, None] * w[None, :]
     X = torch.minimum(torch.maximum(X, L[:, None]), Uu[:, None])
     extra = [L[:, None], Uu[:, None]] + [p[:, None] for p in tangent_points(prim, lo_s) + tangent_points(prim, up_s)]
+    extra += [torch.full_like(L[:, None], v) for v in switch_points(prim)]
     X = torch.cat([X] + [torch.where((e >= L[:, None]) & (e <= Uu[:, None]), e, L[:, None]) for e in extra], 1)
     f = truth(prim)
+    memo: dict[float, tuple] = {}
     fx64 = f64_values(prim, X)
     checks = 0
     for side, s, t in (("lower", lo_s, lo_b), ("upper", up_s, up_b)):
@@ -112,9 +158,16 @@ def check(prim, l: torch.Tensor, u: torch.Tensor, dtype: torch.dtype, opts: Rela
         need[:, grid:] = True  # end points and tangent points: always exactly
         worst = gap.argsort(dim=1)[:, :exact_per_neuron]
         need.scatter_(1, worst, True)
+        seen: set[tuple[int, float]] = set()  # a narrow box repeats its points
         for i, j in need.nonzero().tolist():
             x = float(X[i, j])
-            g = exact_gap(f(x), float(s[i]), x, float(t[i]))
+            if (i, x) in seen:
+                continue
+            seen.add((i, x))
+            if x not in memo:
+                memo[x] = values(f(x))
+            gaps = [to_mp(exact_gap(v, float(s[i]), x, float(t[i]))) for v in memo[x]]
+            g = min(gaps) if side == "lower" else max(gaps)
             checks += 1
             ok = g >= 0 if side == "lower" else g <= 0
             assert ok, (f"{prim.kind} {dtype} {opts}: {side} line {float(s[i])!r} x + {float(t[i])!r} "
@@ -125,9 +178,9 @@ def check(prim, l: torch.Tensor, u: torch.Tensor, dtype: torch.dtype, opts: Rela
     for i in range(n):
         for x in {float(L[i]), float(Uu[i]), float(X[i, int(fx64[i].argmin())]), float(X[i, int(fx64[i].argmax())])} | \
                 ({0.0} if float(L[i]) <= 0 <= float(Uu[i]) else set()):
-            fx = to_mp(f(x))
-            assert to_mp(Fraction(float(ilo[i]))) <= fx <= to_mp(Fraction(float(ihi[i]))), \
-                (prim.kind, dtype, x, float(ilo[i]), float(ihi[i]))
+            for fx in map(to_mp, memo[x] if x in memo else values(f(x))):
+                assert to_mp(Fraction(float(ilo[i]))) <= fx <= to_mp(Fraction(float(ihi[i]))), \
+                    (prim.kind, dtype, x, float(ilo[i]), float(ihi[i]))
     return checks
 
 
@@ -145,7 +198,11 @@ def edge_boxes() -> tuple[torch.Tensor, torch.Tensor]:
              (-1e4, 1e4), (-1e5, 3.0), (-3.0, 1e5), (-1e4, -1e3), (1e3, 1e4), (40.0, 50.0), (-50.0, -40.0),
              (-800.0, -700.0), (700.0, 800.0), (-745.5, -709.0), (0.7, 0.7 + 1e-12), (-0.7 - 1e-12, -0.7),
              (-1e-12, 1e-12), (0.0, 1e-300), (-1e-300, 0.0), (0.0, 2.0), (-2.0, 0.0), (-30.0, 0.5), (-0.5, 30.0),
-             (-6.0, 1e-3), (-1e-3, 6.0), (-1.0, 1.0), (-0.25, 0.5), (-1e19, 1e19), (-0.26, 0.49)]
+             (-6.0, 1e-3), (-1e-3, 6.0), (-1.0, 1.0), (-0.25, 0.5), (-1e19, 1e19), (-0.26, 0.49),
+             # Softplus' switch points (threshold / beta = 20, 2.5, 40, -1, 0.02) and ELU's kink
+             (19.9, 20.1), (20.0, 20.0), (20.0 - 1e-9, 20.0 + 1e-9), (20.0, 21.0), (19.0, 20.0), (2.4, 2.6),
+             (39.0, 41.0), (-1.001, -0.999), (-1.0, -1.0), (0.0199, 0.0201), (-1e-300, 1e-300), (0.0, 5.0),
+             (-5.0, 0.0), (-700.0, 700.0)]
     l = torch.tensor([p[0] for p in pairs], dtype=F64)
     u = torch.tensor([p[1] for p in pairs], dtype=F64)
     return l, u
@@ -165,6 +222,16 @@ PRIMS = {
     "clip_0.1_0.5": lambda n: Hardtanh((n,), -0.25, 0.5),
     "clamp_min": lambda n: Hardtanh((n,), 0.1, INF),
     "clamp_max": lambda n: Hardtanh((n,), -INF, -0.7),
+    "softplus": lambda n: Softplus((n,)),
+    "softplus_b2_t5": lambda n: Softplus((n,), 2.0, 5.0),
+    "softplus_b0.5": lambda n: Softplus((n,), 0.5, 20.0),
+    "softplus_tneg": lambda n: Softplus((n,), 1.0, -1.0),  # a jump of 1.31 at x = -1
+    "softplus_b1000": lambda n: Softplus((n,), 1000.0, 20.0),
+    "softplus_onnx": lambda n: Softplus((n,), 1.0, INF),  # no threshold
+    "elu": lambda n: ELU((n,)),
+    "elu0.3": lambda n: ELU((n,), 0.3),
+    "elu2.5": lambda n: ELU((n,), 2.5),  # a concave kink at 0
+    "elu0": lambda n: ELU((n,), 0.0),  # ReLU
 }
 SSHAPED = ("sigmoid", "tanh", "arctan")
 
@@ -179,7 +246,8 @@ def modes(name: str) -> list[RelaxOptions]:
 @pytest.mark.parametrize("name", list(PRIMS))
 def test_edge_boxes(name: str, dtype: torch.dtype) -> None:
     l, u = edge_boxes()
-    grid = 201 if name in SSHAPED else 61  # piecewise linear: every point is checked exactly
+    # piecewise linear: every point is checked exactly; Softplus / ELU: the tangent and switch points are
+    grid = 201 if name in SSHAPED else 61
     for opts in modes(name):
         assert check(PRIMS[name](l.numel()), l, u, dtype, opts, grid=grid) > 0
 
@@ -198,7 +266,7 @@ def interval_strategy() -> st.SearchStrategy:
     )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(pairs=st.lists(interval_strategy(), min_size=1, max_size=12), name=st.sampled_from(list(PRIMS)),
        f32=st.booleans(), k=st.integers(0, 3))
 def test_random_intervals(pairs, name, f32, k) -> None:
@@ -307,14 +375,14 @@ def test_bisect_and_envelope_tightness(cls) -> None:
 # ---- piecewise-linear specifics -------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["adaptive", "parallel", "zero", "one"])
 def test_relu_forms_agree_with_the_relu_kernel(mode: str) -> None:
-    """LeakyReLU(0) and Hardtanh(0, inf) give fastcert's ReLU lines (the C++ kernel) to rounding."""
+    """LeakyReLU(0), Hardtanh(0, inf) and ELU(0) give fastcert's ReLU lines (the C++ kernel) to rounding."""
     from fastcert.layers.activation import Activation
 
     torch.manual_seed(3)
     l = torch.randn(2, 500, dtype=F64) * 3
     u = l + torch.rand(2, 500, dtype=F64) * 5
     lo_s, up_s, up_b = Activation("relu", (500,)).relax(Box(l, u), mode)
-    for prim in (LeakyReLU((500,), 0.0), Hardtanh((500,), 0.0, INF)):
+    for prim in (LeakyReLU((500,), 0.0), Hardtanh((500,), 0.0, INF), ELU((500,), 0.0)):
         r = prim.relax(Box(l, u), RelaxOptions(lower_slope=mode))
         assert r.lo_b is None
         assert torch.equal(r.lo_s, lo_s) if mode != "parallel" else torch.allclose(r.lo_s, lo_s, rtol=1e-15)
@@ -359,7 +427,9 @@ def test_forward_is_torchs() -> None:
                       (Arctan((7,)), fnn.Arctan()),
                       (LeakyReLU((7,), -0.3), torch.nn.LeakyReLU(-0.3)),
                       (Hardtanh((7,), -2.0, 0.5), torch.nn.Hardtanh(-2.0, 0.5)),
-                      (Hardtanh((7,), 0.0, 6.0), torch.nn.ReLU6())):
+                      (Hardtanh((7,), 0.0, 6.0), torch.nn.ReLU6()),
+                      (Softplus((7,), 2.0, 3.0), torch.nn.Softplus(2.0, 3.0)), (Softplus((7,)), torch.nn.Softplus()),
+                      (ELU((7,), 0.5), torch.nn.ELU(0.5)), (ELU((7,), 2.5), torch.nn.ELU(2.5))):
         for dt in (torch.float32, F64):
             assert torch.equal(prim.forward(x.to(dt)), mod(x.to(dt)))
     assert torch.equal(Hardtanh((7,), 0.1, INF).forward(x), torch.clamp(x, min=0.1))
@@ -376,7 +446,93 @@ def test_bad_options_and_parameters() -> None:
         Hardtanh((2,), 1.0, 0.0)
     with pytest.raises(ValueError, match="finite"):
         LeakyReLU((2,), math.nan)
+    for bad in (dict(beta=0.0), dict(beta=-1.0), dict(beta=1e9), dict(beta=math.nan)):
+        with pytest.raises(UnsupportedError, match="beta"):
+            Softplus((2,), **bad)
+    for bad in (800.0, -800.0, math.nan, -INF):
+        with pytest.raises(UnsupportedError, match="threshold"):
+            Softplus((2,), 1.0, bad)
+    for bad in (-0.5, math.nan, INF, 2.0**21):
+        with pytest.raises(UnsupportedError, match="alpha"):
+            ELU((2,), bad)
     nan = Box(torch.full((1, 2), math.nan, dtype=F64), torch.ones(1, 2, dtype=F64))
-    for p in (Tanh((2,)), LeakyReLU((2,), 0.1), Hardtanh((2,))):
+    for p in (Tanh((2,)), LeakyReLU((2,), 0.1), Hardtanh((2,)), Softplus((2,)), ELU((2,))):
         with pytest.raises(ValueError, match="NaN"):
             p.relax(nan, RelaxOptions())
+
+
+# ---- Softplus and ELU specifics --------------------------------------------------------------------
+def test_softplus_jump_is_needed() -> None:
+    """The check can fail: lines of the plain softplus (no identity piece: t0 = t1 = inf) are above
+    torch's thresholded softplus just past threshold / beta, by up to its jump of ~1e-9."""
+    p = Softplus((1,))
+    l, u = torch.tensor([19.0], dtype=F64), torch.tensor([21.0], dtype=F64)
+    assert check(p, l, u, F64, RelaxOptions()) > 0
+    p.t0 = p.t1 = INF
+    with pytest.raises(AssertionError, match="lower line .* above f"):
+        check(p, l, u, F64, RelaxOptions())
+
+
+def test_elu_concave_kink_is_lifted() -> None:
+    """alpha > 1: the chord from (l, f(l)) to (u, u) passes below the kink (0, 0); the upper line is
+    lifted above it (intercept >= 0 at 0), and the lines of alpha <= 1 are exact where they should be."""
+    l = torch.tensor([[-1.0, -2.0, 0.0, -3.0]], dtype=F64)
+    u = torch.tensor([[1.0, 0.5, 2.0, -1.0]], dtype=F64)
+    r = ELU((4,), 2.5).relax(Box(l, u), RelaxOptions())
+    assert float(r.up_b[0, 0]) >= 0 and float(r.up_b[0, 1]) >= 0
+    r1 = ELU((4,), 1.0).relax(Box(l, u), RelaxOptions())
+    assert r1.lo_s[0, 0] == 1.0 and float(r1.lo_b[0, 0]) == 0.0  # u >= -l: the identity, exactly
+    assert (r1.lo_s[0, 2], r1.lo_b[0, 2], r1.up_s[0, 2], r1.up_b[0, 2]) == (1.0, 0.0, 1.0, 0.0)  # [0, u]
+    assert not bool(ELU((4,)).unstable(Box(l, u))[0, 2]) and bool(ELU((4,)).unstable(Box(l, u))[0, 0])
+
+
+@pytest.mark.parametrize("prim", [Softplus((1,)), Softplus((1,), 2.0, 5.0), Softplus((1,), 1000.0, 20.0),
+                                  Softplus((1,), 2.0**-20, 1.0), Softplus((1,), 2.0**20, -3.0), Softplus((1,), 1.0, INF),
+                                  ELU((1,)), ELU((1,), 0.3), ELU((1,), 2.5), ELU((1,), 0.0)],
+                         ids=lambda p: f"{p.kind}{getattr(p, 'beta', '')}_{getattr(p, 'threshold', getattr(p, 'alpha', ''))}")
+def test_curve_enclosures_and_eval_error(prim) -> None:
+    """The enclosures of the curve c and of c' contain the exact values (mpmath), and eval_error bounds
+    torch's float64 evaluation against the exact function (its branch by the exact test), also where
+    a float input just past the switch point stands for an exact input just before it."""
+    torch.manual_seed(5)
+    x = torch.cat([torch.randn(200, dtype=F64) * 5, torch.randn(100, dtype=F64) * 300,
+                   torch.tensor([0.0, -0.0, 5e-324, -5e-324, -1e-300, 700.0, -700.0, -745.5, -800.0, 1e6, -1e6])])
+    if isinstance(prim, Softplus):
+        x = torch.cat([x / prim.beta, torch.tensor([prim.x0, prim.t0, prim.t1], dtype=F64)]) if \
+            math.isfinite(prim.threshold) else x / prim.beta
+        c = lambda v: mp.log1p(mp.exp(mp.mpf(prim.beta) * v)) / prim.beta  # noqa: E731
+        dc = lambda v: 1 / (1 + mp.exp(-mp.mpf(prim.beta) * v))  # noqa: E731
+        x = x[x.abs() <= 2.0**64]
+    else:
+        x = x.clamp(max=0.0)
+        c = lambda v: prim.alpha * mp.expm1(mp.mpf(v))  # noqa: E731
+        dc = lambda v: prim.alpha * mp.exp(mp.mpf(v))  # noqa: E731
+    vlo, vhi = prim.curve_bounds(x)
+    dlo, dhi = prim.slope_bounds(x)
+    for i, xi in enumerate(x.tolist()):
+        assert mp.mpf(float(vlo[i])) <= c(xi) <= mp.mpf(float(vhi[i])), (prim.kind, xi)
+        assert mp.mpf(float(dlo[i])) <= dc(xi) <= mp.mpf(float(dhi[i])), (prim.kind, xi)
+    # eval_error: torch's float64 forward against the exact piecewise function
+    y = prim.forward(x)
+    f = truth(prim)
+    for i, xi in enumerate(x.tolist()):
+        exact = to_mp(values(f(xi))[0] if not isinstance(prim, Softplus) else exact_softplus(prim, xi))
+        bound = float(prim.eval_error(torch.tensor([abs(float(exact))], dtype=F64).nextafter(torch.tensor(INF))))
+        assert abs(mp.mpf(float(y[i])) - exact) <= bound, (prim.kind, xi, float(y[i]), float(exact), bound)
+    if isinstance(prim, Softplus) and math.isfinite(prim.threshold):
+        x0 = prim.threshold / prim.beta
+        xs = [x0, math.nextafter(x0, INF), math.nextafter(x0, -INF)]
+        xs = [v for v in xs if prim.forward(torch.tensor([v], dtype=F64)).item() == v]  # torch: the identity
+        below = math.nextafter(min(xs), -INF)
+        while prim.beta * Fraction(below) > Fraction(prim.threshold):
+            below = math.nextafter(below, -INF)
+        exact = exact_softplus(prim, below)  # the curve, at an input one float away
+        bound = float(prim.eval_error(torch.tensor([float(exact)], dtype=F64).nextafter(torch.tensor(INF))))
+        assert abs(mp.mpf(min(xs)) - exact) <= prim.lipschitz * (min(xs) - below) + bound
+
+
+def exact_softplus(prim: Softplus, x: float):
+    """The exact piecewise function: x where beta x > threshold exactly, else softplus."""
+    if math.isfinite(prim.threshold) and Fraction(prim.beta) * Fraction(x) > Fraction(prim.threshold):
+        return mp.mpf(x)
+    return mp.log1p(mp.exp(mp.mpf(prim.beta) * x)) / prim.beta

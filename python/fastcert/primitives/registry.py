@@ -22,9 +22,11 @@ from fastcert.layers import Activation, Layer, UnsupportedError
 from fastcert.nn import Arctan as ArctanModule
 from fastcert.primitives.arctan import Arctan
 from fastcert.primitives.base import Registry, RegistryError
+from fastcert.primitives.elu import ELU
 from fastcert.primitives.hardtanh import Hardtanh
 from fastcert.primitives.leaky_relu import LeakyReLU
 from fastcert.primitives.sigmoid import Sigmoid
+from fastcert.primitives.softplus import Softplus
 from fastcert.primitives.tanh import Tanh
 
 Params = dict[str, Any]
@@ -61,6 +63,11 @@ def _clamp(lo: Any, hi: Any, where: str) -> Params:
     if not a < b:
         raise ValueError(f"{where}: clamp / Hardtanh needs min < max, got min={a}, max={b}")
     return {"min": a, "max": b}
+
+
+def _nums(where: str, **params: Any) -> Params:
+    """Numeric parameters by name, each checked by :func:`_number` (the primitive checks its ranges)."""
+    return {k: _number(v, k, where) for k, v in params.items()}
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,18 @@ ENTRIES: tuple[Spec, ...] = (
          {},  # ONNX Clip takes its bounds as inputs: the importer reads them as constants
          ({"min": -1.0, "max": 1.0}, {"min": 0.0, "max": 6.0}, {"min": 0.0, "max": math.inf},
           {"min": -math.inf, "max": 0.5}), lambda p: nn.Hardtanh(p["min"], p["max"])),
+    Spec("softplus", lambda s, p, n: Softplus(s, p["beta"], p["threshold"], name=n),
+         {nn.Softplus: lambda m, w: _nums(w, beta=m.beta, threshold=m.threshold)},
+         {F.softplus: lambda a, k, w: _nums(w, beta=_arg(a, k, 1, "beta", 1.0),
+                                            threshold=_arg(a, k, 2, "threshold", 20.0))},
+         {"Softplus": lambda at, w: {"beta": 1.0, "threshold": math.inf}},  # ONNX: no threshold
+         ({"beta": 1.0, "threshold": 20.0}, {"beta": 2.0, "threshold": 5.0}, {"beta": 0.5, "threshold": 20.0},
+          {"beta": 1.0, "threshold": -1.0}),
+         lambda p: nn.Softplus(p.get("beta", 1.0), p.get("threshold", 20.0))),
+    Spec("elu", lambda s, p, n: ELU(s, p["alpha"], name=n), {nn.ELU: lambda m, w: _nums(w, alpha=m.alpha)},
+         {F.elu: lambda a, k, w: _nums(w, alpha=_arg(a, k, 1, "alpha", 1.0))},
+         {"Elu": lambda at, w: _nums(w, alpha=at.get("alpha", 1.0))},
+         ({"alpha": 1.0}, {"alpha": 0.3}, {"alpha": 2.5}), lambda p: nn.ELU(p.get("alpha", 1.0))),
 )
 
 REGISTRY = Registry()
