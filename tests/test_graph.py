@@ -20,6 +20,7 @@ import fastcert
 from fastcert.algorithms.graph_bounds import graph_bounds
 from fastcert.algorithms.linear_bounds import linear_bounds
 from fastcert.api import make_region
+from fastcert.primitives import registry as activations
 from shared_data import require_shared
 from strategies import one_torch_thread
 
@@ -36,8 +37,9 @@ class Block(nn.Module):
         self.c1 = nn.Conv2d(C, C, 3, padding=1)
         self.c2 = nn.Conv2d(C, C, 3, padding=1)
         self.c3 = nn.Conv2d(2 * C, C, 1)
-        act = {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.3), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}
-        self.act = act[spec["act"]]
+        name, k = spec["act"]
+        sp = activations.spec(name)
+        self.act = sp.module(sp.examples[k % len(sp.examples)])
         H = spec["H"] // 2 if spec["pool"] else spec["H"]
         self.fc = nn.Linear(C * H * H, 3)
 
@@ -54,7 +56,8 @@ class Block(nn.Module):
 
 SPECS = st.fixed_dictionaries({
     "C": st.integers(1, 3), "k": st.sampled_from([2, 3]), "H": st.sampled_from([4, 6]),
-    "act": st.sampled_from(["relu", "leaky", "tanh", "sigmoid"]), "sign": st.sampled_from([1, -1]),
+    # every registered activation, with its example parameters: a new primitive is tested by construction
+    "act": st.tuples(st.sampled_from(activations.names()), st.integers(0, 3)), "sign": st.sampled_from([1, -1]),
     "cat": st.booleans(), "pool": st.booleans(), "seed": st.integers(0, 2**16), "eps": st.sampled_from([0.0, 1e-3, 0.05, 0.3]),
     "scale": st.sampled_from([0.3, 1.0, 3.0]),
 })
@@ -92,11 +95,10 @@ def _attack(model: nn.Module, x: torch.Tensor, eps: float, C: torch.Tensor, lowe
 
 
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(spec=SPECS)
 def test_graph_bounds_are_sound(method: str, spec: dict) -> None:
-    if method != "ibp":  # linear relaxations of LeakyReLU / Tanh / Sigmoid: wired in with the general activations
-        spec = {**spec, "act": "relu"}
     with one_torch_thread():
         model = _model(spec)
         eps = spec["eps"]
@@ -136,7 +138,7 @@ def test_graph_engine_equals_chain_engine_on_chains(method: str, norm: str) -> N
 
 
 def test_kw_refuses_non_relu_graph_nodes_by_name() -> None:
-    spec = {"C": 1, "k": 2, "H": 4, "act": "tanh", "sign": 1, "cat": False, "pool": True, "seed": 0, "eps": 0.1,
+    spec = {"C": 1, "k": 2, "H": 4, "act": ("tanh", 0), "sign": 1, "cat": False, "pool": True, "seed": 0, "eps": 0.1,
             "scale": 1.0}
     with pytest.raises(fastcert.UnsupportedError, match="Kolter-Wong.*ReLU"):
         fastcert.bounds(_model(spec), torch.rand(1, 1, 4, 4, dtype=torch.float64), 0.1, method="kw")
