@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fastcert._ext import torch_serial
-from fastcert.checks import as_tensor, norm_key, real_numbers
+from fastcert.checks import as_tensor, class_indices, norm_key, real_numbers
 from fastcert.rounding import round_down, round_up
 from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem
@@ -186,17 +186,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     if labels is None:
         y = pred
     else:
-        try:
-            y = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"labels must be a [B] sequence of integer class indices, got {labels!r:.60}") from exc
-        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-        y = y.to(torch.int64).reshape(-1)
-        if y.shape != (B,):
-            raise ValueError(f"labels must have one entry per sample ([{B}]), got shape {tuple(y.shape)}")
-        if ((y < 0) | (y >= K)).any():
-            raise ValueError(f"labels must lie in [0, {K}) for a network with {K} outputs")
+        y = class_indices(labels, B, K, "labels")
     # C rows e_y - e_j for every j (the j = y row is zero and is reported as +inf)
     C = -torch.eye(K, dtype=x.dtype).unsqueeze(0).repeat(B, 1, 1)
     C[torch.arange(B), :, y] += 1

@@ -72,3 +72,19 @@ def norm_key(norm: Any) -> str:
     if key is None:
         raise ValueError(f"norm must be 'inf', '2' or '1' (L-inf, L2, L1 ball), got {norm!r}")
     return key
+
+
+def class_indices(v: Any, B: int, K: int, name: str, what: str = "network") -> torch.Tensor:
+    """``v`` as [B] int64 class indices in [0, K) (CPU), or a TypeError / ValueError saying what to fix."""
+    try:
+        t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a [B] sequence of integer class indices, got {v!r:.60}") from exc
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be integers, got dtype {t.dtype}")
+    t = t.to(torch.int64).reshape(-1)
+    if t.shape != (B,):
+        raise ValueError(f"{name} must have one entry per sample ([{B}]), got shape {tuple(t.shape)}")
+    if ((t < 0) | (t >= K)).any():
+        raise ValueError(f"{name} must lie in [0, {K}) for a {what} with {K} outputs")
+    return t

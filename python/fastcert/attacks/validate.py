@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcert.checks import dense_values, norm_key, real_numbers
+from fastcert.checks import class_indices, dense_values, norm_key, real_numbers
 from fastcert.rounding import round_down, round_up
 
 Tensor = torch.Tensor
@@ -86,18 +86,7 @@ def per_sample(v: Any, B: int, name: str) -> Tensor:
 
 
 def classes(v: Any, B: int, K: int, name: str, device: torch.device) -> Tensor:
-    try:
-        t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a [B] sequence of integer class indices, got {v!r:.60}") from exc
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be integers, got dtype {t.dtype}")
-    t = t.to(torch.int64).reshape(-1)
-    if t.shape != (B,):
-        raise ValueError(f"{name} must have one entry per sample ([{B}]), got shape {tuple(t.shape)}")
-    if ((t < 0) | (t >= K)).any():
-        raise ValueError(f"{name} must lie in [0, {K}) for a model with {K} outputs")
-    return t.to(device)
+    return class_indices(v, B, K, name, "model").to(device)
 
 
 def check_int(v: Any, name: str, lo: int) -> int:

@@ -98,12 +98,7 @@ class LeakyReLU(Elementwise):
     def relax(self, box: Box, opts: RelaxOptions) -> Relaxation:
         """Lines on ``box`` ([B, n] each); ``lo_b`` is None when every lower intercept is 0."""
         check_mode(self, opts)
-        dt = box.l.dtype
-        shape = box.l.shape
-        l = box.l.double().reshape(-1)
-        u = box.u.double().reshape(-1)
-        if bool(torch.isnan(l).any() | torch.isnan(u).any()):
-            raise ValueError(f"{self.name or self.kind}: the input box has NaN bounds; check the inputs and eps")
+        dt, shape, l, u = ow.flat_box(self, box)
         a = self.negative_slope
         bad = ow.unbounded(l, u)
         l0 = torch.where(bad, torch.zeros_like(l), l)

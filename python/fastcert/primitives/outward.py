@@ -21,6 +21,8 @@ All tensors are float64 and broadcast elementwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 from typing import Callable
 
 import torch
@@ -127,6 +129,15 @@ def constant_lines(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ..
     """Slope-0 lines at the interval bounds ``lo <= f <= hi`` (float64): ``(lo_s, lo_b, up_s, up_b)``."""
     z = torch.zeros_like(lo)
     return z, lo, z.clone(), hi
+
+
+def flat_box(prim: Any, box: Any) -> tuple[torch.dtype, torch.Size, torch.Tensor, torch.Tensor]:
+    """(dtype, shape, l, u) of a box for a relaxation: l, u flat float64; NaN bounds refused naming ``prim``."""
+    l = box.l.double().reshape(-1)
+    u = box.u.double().reshape(-1)
+    if bool(torch.isnan(l).any() | torch.isnan(u).any()):
+        raise ValueError(f"{prim.name or prim.kind}: the input box has NaN bounds; check the inputs and eps")
+    return box.l.dtype, box.l.shape, l, u
 
 
 def unbounded(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
