@@ -41,13 +41,13 @@ def _model(cfg: list, seed: int, act: type[nn.Module] = nn.ReLU) -> nn.Sequentia
 def _both(model: nn.Module, x: torch.Tensor, eps: float, norm: str, method: str,
           monkeypatch: pytest.MonkeyPatch) -> tuple[fastcert.BoundsResult, fastcert.BoundsResult, int]:
     calls = [0]
-    orig = lb._intermediate_patches
+    orig = lb.intermediate_patches
 
     def counted(*a, **k):  # type: ignore[no-untyped-def]
         calls[0] += 1
         return orig(*a, **k)
 
-    monkeypatch.setattr(lb, "_intermediate_patches", counted)
+    monkeypatch.setattr(lb, "intermediate_patches", counted)
     r1 = fastcert.bounds(model, x, eps, norm=norm, method=method, options=fastcert.BoundOptions(patches="always"))
     r2 = fastcert.bounds(model, x, eps, norm=norm, method=method, options=fastcert.BoundOptions(patches="never"))
     return r1, r2, calls[0]

@@ -11,7 +11,7 @@ import threading
 import fastcert
 import pytest
 import torch
-from fastcert.algorithms import linear_bounds as lb
+from fastcert.algorithms import state
 from torch import nn
 
 
@@ -54,7 +54,7 @@ def test_interleaved_calls_match_fresh_state() -> None:
     fresh = []
     for c in cases:
         fastcert.empty_cache()
-        assert lb._WS.bufs == {}
+        assert state.WS.bufs == {}
         fresh.append(_run(c))
     # now with the buffers kept (and grown / shrunk in use) across calls, in two different orders
     for order in (range(len(cases)), reversed(range(len(cases)))):
@@ -62,7 +62,7 @@ def test_interleaved_calls_match_fresh_state() -> None:
             lo, up = _run(cases[k])
             assert torch.equal(lo, fresh[k][0]) and torch.equal(up, fresh[k][1]), k
     assert fastcert.empty_cache() > 0
-    assert lb._WS.bufs == {}
+    assert state.WS.bufs == {}
 
 
 def test_results_do_not_alias_the_buffers() -> None:

@@ -18,12 +18,13 @@ import torch
 
 from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.graph_slack import graph_eval_slack
+from fastcert.algorithms.linear_bounds import check_fp_env, finish, relax_tuple
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.layers import Activation, Box, Diag, Layer, UnsupportedError
 from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.add import Add
-from fastcert.primitives.base import Elementwise, RelaxOptions
+from fastcert.primitives.base import Elementwise
 from fastcert.primitives.concat import Concat
 from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.rounding import eta, gamma_n, round_up
@@ -261,13 +262,7 @@ def _exact_depth(g: Graph, p: int) -> list[float]:
 def _relax(prim: Layer, box: Box, slope: str, tangent: str) -> Any:
     if isinstance(prim, MaxPool2d):
         return prim.relax(box)
-    if isinstance(prim, Activation):
-        lo_s, up_s, up_b = prim.relax(box, slope)
-        return (lo_s, up_s, up_b, box.mag().contiguous(), None)
-    assert isinstance(prim, Elementwise)
-    r = prim.relax(box, RelaxOptions(lower_slope=slope, tangent=tangent))
-    return (r.lo_s.contiguous(), r.up_s.contiguous(), r.up_b.contiguous(), box.mag().contiguous(),
-            None if r.lo_b is None else r.lo_b.contiguous())
+    return relax_tuple(prim, box, slope, tangent)
 
 
 def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: BoundOptions) -> GraphPass:
@@ -313,6 +308,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
     ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`."""
+    check_fp_env()
     opts = BoundOptions() if opts is None else opts
     cfg = GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
@@ -344,10 +340,4 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], upper[b0:b1] = _two_sided(st, out, C[b0:b1].contiguous(), z, b0, b1, stop)
-    slack = graph_eval_slack(st, C, C_exact)
-    lower, upper = lower - slack, upper + slack
-    if torch.isnan(lower).any() or torch.isnan(upper).any():
-        raise ValueError(f"floating-point overflow in the backward pass: the weights, x or eps are too large for {dt}")
-    lower = torch.nextafter(lower, torch.full_like(lower, -torch.inf))
-    upper = torch.nextafter(upper, torch.full_like(upper, torch.inf))
-    return lower, upper
+    return finish(lower, upper, graph_eval_slack(st, C, C_exact))

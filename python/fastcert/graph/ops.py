@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer
+from fastcert.layers import Conv2d, Dense, Diag, Layer
 from fastcert.layers.affine import channel_expand
 from fastcert.primitives.registry import build as build_activation
 

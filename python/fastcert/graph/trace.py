@@ -11,7 +11,7 @@ list.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
