@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from fastcert._ext import _C, torch_serial
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer, UnsupportedError
-from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+from fastcert.layers.base import Centre, empty_like_dtype, interval_affine, interval_dense_center, np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise, RelaxOptions
 from fastcert.rounding import gamma_n
@@ -68,6 +68,7 @@ class _Workspace(threading.local):
 
 
 _WS = _Workspace()
+_E64 = np.empty(0, dtype=np.float64)  # "no centre form" for the kernels' float64 arguments
 
 
 def empty_cache() -> int:
@@ -99,6 +100,8 @@ class _Pass:
     relax: list[tuple[torch.Tensor, ...] | None]  # (lo_s, up_s, up_b, zmag, lo_b or None) per activation
     opts: BoundOptions = field(default_factory=BoundOptions)
     uf: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B] float64 underflow units
+    # dense layer -> the centre form of its backward step (None: the magnitude form with G)
+    centre: dict[int, Centre] = field(default_factory=dict)
 
 
 def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -168,25 +171,38 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
                 work = _WS.get("work", (R * per_row * nthr,), dt)  # a block per thread
                 _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                                      gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
-                                     np_view(G[b0:b1]), gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt),
+                                     np_view(G[b0:b1]), gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt),
                                      np_view(out), np_view(bias), np_view(mag), bh, H_, W_, prev.stride[0],
                                      prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
             else:
                 R = max(1, min(Bc * S, st.opts.block_elems // L.n_in))
                 work = _WS.get("work", (R * L.n_in * nthr,), dt)
-                _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                                      gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
-                                      gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt), np_view(out),
-                                      np_view(bias), np_view(mag), bh, R, np_view(work))
+                ce = st.centre.get(j - 1)
+                if ce is not None:  # centre form: the bias inside v, the weight w replaces gamma * G
+                    _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                          gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], e, np_view(ce.w[b0:b1]),
+                                          1.0, 0.0, np_view(out), np_view(bias), np_view(mag), bh, R, np_view(work),
+                                          np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]))
+                else:
+                    _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                          gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
+                                          gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt), np_view(out),
+                                          np_view(bias), np_view(mag), bh, R, np_view(work), _E64, e)
             lam = out
             j -= 2
             continue
         idx, j = j, j - 1
-        if L.is_affine:
+        if L.is_affine and idx in st.centre:
+            ce = st.centre[idx]
+            new = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
+            _C.affine_center(np_view(lam), np_view(new), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]),
+                             np_view(ce.w[b0:b1]), np_view(bias), np_view(mag), bh)
+            lam = new
+        elif L.is_affine:
             G = st.G[idx]
             assert G is not None
             _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
-                        gamma_n(L.back_len, dt), gamma_n(L.n_out, dt), bh)
+                        gamma_n(L.back_depth, dt), gamma_n(L.n_out, dt), bh)
             lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[idx]
@@ -401,7 +417,7 @@ def _intermediate_patches(st: _Pass, i: int, ibp: Box, intersect: bool, symmetri
             R = max(1, min(Bc * P * S, st.opts.block_elems // per_row))
             work = _WS.get("work", (R * per_row * nthr,), dt)
             _C.act_conv_backward(np_view(lam), *(np_view(t) for t in gat), gamma_n(0, dt), gamma_n(act.n_in, dt),
-                                 pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_len, dt),
+                                 pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_depth, dt),
                                  gamma_n(conv.n_out, dt), np_view(out), np_view(bias), np_view(mag), bh, hn, wn,
                                  conv.stride[0], conv.stride[1], 0, 0, R, np_view(work))
             lam = out
@@ -535,10 +551,16 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
                                f"ReLU networks only, and this layer is {bad.describe()}; use 'fastlin', 'crown', "
                                f"'crown-ibp' or 'ibp'")
     box = Box(prob.l0, prob.u0)
+    # the centre form of dense layers (docs/architecture.md, "Floating point"): a float64 product per
+    # layer in the interval pass, paid where back-substitution passes dominate the cost
+    centre = cfg is not None and cfg[1] == "backsub"
     for i, L in enumerate(layers):
         st.boxes_in[i] = box
         if L.is_affine:
-            box, st.G[i] = interval_affine(L, box)
+            if centre and isinstance(L, Dense):
+                box, st.G[i], st.centre[i] = interval_dense_center(L, box, gamma_n(L.back_depth, dt))
+            else:
+                box, st.G[i] = interval_affine(L, box)
             continue
         assert isinstance(L, (Activation, Elementwise))
         if cfg is not None:
