@@ -552,8 +552,9 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
                                f"'crown-ibp' or 'ibp'")
     box = Box(prob.l0, prob.u0)
     # the centre form of dense layers (docs/architecture.md, "Floating point"): a float64 product per
-    # layer in the interval pass, paid where back-substitution passes dominate the cost
-    centre = cfg is not None and cfg[1] == "backsub"
+    # layer in the interval pass, paid where back-substitution passes dominate the cost; float32 only
+    # (in float64 its float64 sums' own term, 12 gamma64 g, would exceed the gamma64 g it replaces)
+    centre = cfg is not None and cfg[1] == "backsub" and dt == torch.float32
     for i, L in enumerate(layers):
         st.boxes_in[i] = box
         if L.is_affine:
