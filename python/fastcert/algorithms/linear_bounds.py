@@ -192,7 +192,7 @@ def _backsub(st: _Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor
             j -= 2
             continue
         idx, j = j, j - 1
-        if L.is_affine and idx in st.centre:
+        if L.is_affine and st.centre.get(idx) is not None:
             ce = st.centre[idx]
             new = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
             _C.affine_center(np_view(lam), np_view(new), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]),
