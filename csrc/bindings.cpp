@@ -39,6 +39,7 @@ static void def_all(py::module_& m) {
   m.def("interval_prep_rows", &interval_prep_rows<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert());
   m.def("interval_finish_rows", &interval_finish_rows<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_g").noconvert());
   m.def("interval_dense", &interval_dense<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("work").noconvert());
+  m.def("interval_dense_center", &interval_dense_center<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W64").noconvert(), py::arg("absW").noconvert(), py::arg("b64").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("gamma_back"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("out_w").noconvert(), py::arg("out_c").noconvert(), py::arg("out_v").noconvert(), py::arg("work").noconvert(), py::arg("work64").noconvert());
   m.def("act_interval", &act_interval<T>, py::arg("kind"), py::arg("alpha"), py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
   m.def("dense_forward", &dense_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert());
   m.def("dense_backward", &dense_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert());
@@ -60,7 +61,10 @@ static void def_all(py::module_& m) {
         py::arg("gamma_prod"), py::arg("gamma_sum"), py::arg("W").noconvert(), py::arg("bvec").noconvert(),
         py::arg("g").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("out").noconvert(),
         py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(),
-        py::arg("block_rows"), py::arg("work").noconvert());
+        py::arg("block_rows"), py::arg("work").noconvert(), py::arg("v").noconvert(), py::arg("cin").noconvert());
+  m.def("affine_center", &affine_center<T>, py::arg("lam").noconvert(), py::arg("lam_out").noconvert(),
+        py::arg("v").noconvert(), py::arg("cin").noconvert(), py::arg("w").noconvert(), py::arg("bias").noconvert(),
+        py::arg("mag").noconvert(), py::arg("bias_hi").noconvert());
 }
 
 extern "C" char* scipy_openblas_get_config(void);

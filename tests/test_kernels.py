@@ -343,7 +343,7 @@ def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared:
         work = np.empty(block_rows * n * nthr)
         _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W),
                               np_view(bvec), np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2),
-                              np_view(bh2) if two else e, block_rows, work)
+                              np_view(bh2) if two else e, block_rows, work, e, e)
     else:
         out1 = L.backward(mid.reshape(B * S, n)).reshape(B, S, n_in)
         per = n + 2 * 9 * L.out_shape[1] * L.out_shape[2]
@@ -366,7 +366,7 @@ def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared:
                                  np.empty(1))
         else:
             fn(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W), np_view(bvec),
-               np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows, np.empty(1))
+               np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows, np.empty(1), e, e)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -398,3 +398,171 @@ def test_kernels_refuse_zero_sized_layers() -> None:
         _C.dense_backward(e, np.zeros((0, 3)), np.zeros(3))
     with pytest.raises(ValueError, match="zero dimension"):
         _C.conv_forward(e, np.zeros((2, 0, 1, 1)), e, np.zeros(8), 2, 2, 1, 1, 0, 0, np.zeros(16))
+
+
+def _exact_dense_range(W: torch.Tensor, b: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> tuple[list, list]:
+    """Exact (rational) min / max of W x + b over the box [l, u], per sample and output: lists [B][m]."""
+    from fractions import Fraction as Fr
+
+    lo, hi = [], []
+    for s in range(l.shape[0]):
+        ls, us = [Fr(float(v)) for v in l[s]], [Fr(float(v)) for v in u[s]]
+        rl, rh = [], []
+        for i in range(W.shape[0]):
+            w = [Fr(float(v)) for v in W[i]]
+            base = Fr(float(b[i]))
+            rl.append(base + sum(wj * (lj if wj >= 0 else uj) for wj, lj, uj in zip(w, ls, us)))
+            rh.append(base + sum(wj * (uj if wj >= 0 else lj) for wj, lj, uj in zip(w, ls, us)))
+        lo.append(rl)
+        hi.append(rh)
+    return lo, hi
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_interval_dense_center_contains_exact_and_is_tighter(dtype: torch.dtype, bias: bool) -> None:
+    """The centre form of a dense interval step (issue #10 point 5c) contains the exact (rational) range,
+    its bounds are no wider than the magnitude form's, and its backward weight w covers
+    gamma_back |W| r. Values far from 0 with narrow boxes: where the magnitude form's gamma |W||c| dominates."""
+    from fastcert.layers.base import interval_dense_center
+
+    g = torch.Generator().manual_seed(11)
+    m, n, B = 9, 23, 3
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    b = torch.randn(m, generator=g, dtype=torch.float64) * 50
+    L = Dense(W, b if bias else None, (n,))
+    c = (torch.randn(B, n, generator=g, dtype=torch.float64) * 100).to(dtype)
+    rad = (torch.rand(B, n, generator=g, dtype=torch.float64) * 1e-4).to(dtype)
+    rad[:, ::3] = 0  # degenerate entries
+    l, u = c - rad, c + rad
+    box_c, g_c, ce = interval_dense_center(L, Box(l, u), 1e-5)
+    box_m, g_m = interval_affine(L, Box(l, u))
+    lo, hi = _exact_dense_range(L.W64, b if bias else torch.zeros(m, dtype=torch.float64), l, u)
+    from fractions import Fraction as Fr
+
+    for s in range(B):
+        for i in range(m):
+            assert Fr(float(box_c.l[s, i])) <= lo[s][i] and Fr(float(box_c.u[s, i])) >= hi[s][i]
+    # float64: the same up to the margins of the double operations (~1e-16 relative)
+    slack = 0 if dtype == torch.float32 else 1e-14 * float(box_m.u.abs().max())
+    assert (box_c.u - box_c.l <= box_m.u - box_m.l + slack).all()
+    if dtype == torch.float32:  # the centre product's float32 rounding is gone: far narrower here
+        assert ((box_c.u - box_c.l).sum() < 0.5 * (box_m.u - box_m.l).sum())
+    assert torch.equal(g_c, g_m)
+    r = torch.maximum(u.double() - ce.c.double(), ce.c.double() - l.double())
+    assert (ce.w.double() >= 1e-5 * (r @ W.abs().T)).all()
+    assert (ce.w > 0).all() and (ce.w >= torch.finfo(dtype).tiny).all()  # never subnormal
+    v_exact = ce.c.double() @ W.T + (b if bias else 0)
+    assert torch.allclose(ce.v, v_exact, rtol=1e-13, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("two", [False, True])
+def test_affine_center_bound_holds_exactly(dtype: torch.dtype, two: bool) -> None:
+    """affine_center: for every vertex x of the box (and the centre), in exact arithmetic,
+    Lam . (W64 x + b64) + bias0 >= Lam' . x + bias - mag (and <= Lam' . x + bias_hi + mag), with
+    Lam' = fl(Lam W): the float64 centre correction and the weight w make the step rigorous."""
+    import itertools
+    from fractions import Fraction as Fr
+
+    from fastcert.layers.base import interval_dense_center
+
+    g = torch.Generator().manual_seed(12)
+    m, n, B, S = 6, 4, 2, 3
+    W = torch.randn(m, n, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(m, generator=g, dtype=torch.float64)
+    L = Dense(W, b, (n,))
+    c = (torch.randn(B, n, generator=g, dtype=torch.float64) * 1e3).to(dtype)
+    l, u = c - 0.5, c + 0.25
+    _, _, ce = interval_dense_center(L, Box(l, u), 1e-3 if dtype == torch.float32 else 1e-12)
+    lam = torch.randn(B, S, m, generator=g, dtype=torch.float64).to(dtype)
+    new = L.backward(lam.reshape(B * S, m)).reshape(B, S, n)
+    bias0 = torch.randn(B, S, generator=g, dtype=torch.float64).to(dtype)
+    bias, bh, mag = bias0.clone(), bias0.clone(), torch.zeros(B, S, dtype=dtype)
+    e = np.empty(0, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    _C.affine_center(np_view(lam), np_view(new), np_view(ce.v), np_view(ce.c), np_view(ce.w), np_view(bias),
+                     np_view(mag), np_view(bh) if two else e)
+    if not two:
+        bh = bias
+    for s_ in range(B):
+        for q in range(S):
+            lr = [Fr(float(v)) for v in lam[s_, q]]
+            nr = [Fr(float(v)) for v in new[s_, q]]
+            for vert in itertools.product((0, 1, 2), repeat=n):
+                x = [Fr(float(l[s_, k] if t == 0 else (u[s_, k] if t == 1 else c[s_, k]))) for k, t in enumerate(vert)]
+                y = [Fr(float(b[i])) + sum(Fr(float(W[i, k])) * x[k] for k in range(n)) for i in range(m)]
+                exact = Fr(float(bias0[s_, q])) + sum(a * yi for a, yi in zip(lr, y))
+                lin = sum(a * xk for a, xk in zip(nr, x))
+                assert lin + Fr(float(bias[s_, q])) - Fr(float(mag[s_, q])) <= exact
+                assert lin + Fr(float(bh[s_, q])) + Fr(float(mag[s_, q])) >= exact
+    # and the mag is small: nowhere near the magnitude form's gamma * |Lam| |W| max|x| (1e3-sized values)
+    if dtype == torch.float32:
+        m_in = torch.maximum(l.abs(), u.abs()).double()
+        mag_form = 1e-3 * torch.einsum("bsm,mn,bn->bs", lam.double().abs(), W.abs(), m_in)
+        assert (mag.double() < 0.01 * mag_form).all()
+
+
+@pytest.mark.parametrize("two", [False, True])
+@pytest.mark.parametrize("block_rows", [1, 4, 64])
+def test_fused_centre_mode_equals_the_unfused_kernels(two: bool, block_rows: int) -> None:
+    """act_dense_backward in centre mode == backward_act, the transposed product, then affine_center."""
+    from fastcert.layers.base import interval_dense_center
+
+    g = torch.Generator().manual_seed(13)
+    B, S, n, n_in = 3, 5, 12, 7
+    W = torch.randn(n, n_in, generator=g, dtype=torch.float64)
+    L = Dense(W, torch.randn(n, generator=g, dtype=torch.float64), (n_in,))
+    xl = torch.randn(B, n_in, generator=g, dtype=torch.float64)
+    _, _, ce = interval_dense_center(L, Box(xl, xl + 0.1), 1e-5)
+    lam = torch.randn(B, S, n, generator=g, dtype=torch.float64)
+    ls, us = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    if two:
+        ls = us.clone()
+    ub, zm = torch.randn(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
+    e = np.empty(0)
+    st = lambda: (torch.randn(B, S, generator=torch.Generator().manual_seed(9), dtype=torch.float64),  # noqa: E731
+                  torch.zeros(B, S, dtype=torch.float64),
+                  torch.randn(B, S, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+    bias1, mag1, bh1 = st()
+    mid = torch.empty(B, S, n, dtype=torch.float64)
+    _C.backward_act(np_view(lam), np_view(ls), np_view(us), e, np_view(ub), np_view(zm), np_view(mid), np_view(bias1),
+                    np_view(mag1), 1e-7, 1e-6, np_view(bh1) if two else e)
+    out1 = L.backward(mid.reshape(B * S, n)).reshape(B, S, n_in)
+    _C.affine_center(np_view(mid), np_view(out1), np_view(ce.v), np_view(ce.c), np_view(ce.w), np_view(bias1),
+                     np_view(mag1), np_view(bh1) if two else e)
+    bias2, mag2, bh2 = st()
+    out2 = torch.empty(B, S, n_in, dtype=torch.float64)
+    work = np.empty(block_rows * n * max(1, _C.omp_max_threads()))
+    _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
+                          np_view(L.params(torch.float64).W), e, np_view(ce.w), 1.0, 0.0, np_view(out2),
+                          np_view(bias2), np_view(mag2), np_view(bh2) if two else e, block_rows, work,
+                          np_view(ce.v), np_view(ce.c))
+    assert torch.allclose(out2, out1, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(bias2, bias1, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(mag2, mag1, rtol=1e-6, atol=1e-15)  # the same terms, summed in another order
+    assert (mag2 > 0).all()
+    if two:
+        assert torch.allclose(bh2, bh1, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="centre mode"):
+        _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
+                              np_view(L.params(torch.float64).W), np_view(L.params(torch.float64).bias),
+                              np_view(ce.w), 1.0, 0.0, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows,
+                              work, np_view(ce.v), np_view(ce.c))
+
+
+def test_conv_backward_error_within_its_nested_depth() -> None:
+    """The float32 transposed convolution's error stays within gamma_{back_depth} |Lam| conv^T |W|, with
+    back_depth = OC + KH*KW + 1 (a GEMM over OC, then col2im's sequential adds), not OC*KH*KW; on
+    entries of one sign (no cancellation to hide the error) and many rows."""
+    from fastcert.rounding import gamma_n
+
+    g = torch.Generator().manual_seed(14)
+    W = torch.rand(64, 3, 5, 5, generator=g, dtype=torch.float64) + 0.5
+    L = Conv2d(W, None, (1, 1), (2, 2), (3, 12, 12))
+    lam = torch.rand(40, L.n_out, generator=g, dtype=torch.float64) + 0.5
+    got = L.backward(lam.float().contiguous()).double()
+    exact = L.backward(lam.float().double().contiguous())  # float64: ~1e-16, far below the float32 error
+    mag = exact.abs()  # every entry positive: |Lam| conv^T |W| itself
+    err = (got - exact).abs()
+    assert L.back_depth == 64 + 25 + 1
+    assert (err <= gamma_n(L.back_depth, torch.float32) * mag).all()

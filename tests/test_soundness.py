@@ -130,7 +130,8 @@ def _check_network(net: NetSpec, reg_spec: RegionSpec, dtype: torch.dtype = torc
             fastcert.bounds(model, reg.x, reg.eps_arg, norm=reg.norm, method="kw", x_min=reg.x_min, x_max=reg.x_max)
 
     for C in (None, random_C(K, B, g)):
-        Cf = _full_C(C, B, K, torch.float64)
+        # the bounds are of the C passed (rounded to the compute dtype), so check that C
+        Cf = _full_C(None if C is None else C.to(dtype).double(), B, K, torch.float64)
         pts = torch.cat([base, pgd_points(model, in_shape, xf, reg.eps, reg.norm, lo, hi, Cf, g)], 1)
         F64 = _eval(model, pts.double(), in_shape)
         CF64 = torch.einsum("bsk,bpk->bps", Cf, F64)
@@ -391,7 +392,7 @@ def _check_model(model: nn.Module, x: torch.Tensor, eps, norm: str, methods=RELU
     with torch.no_grad():
         K = model(x.double()).shape[1]
     for C in (None, random_C(K, B, g)):
-        Cf = _full_C(C, B, K, torch.float64)
+        Cf = _full_C(None if C is None else C.to(x.dtype).double(), B, K, torch.float64)  # the C passed
         pts = torch.cat([sample_points(xf, e, norm, lo, hi, g),
                          pgd_points(model, in_shape, xf, e, norm, lo, hi, Cf, g)], 1)
         CF = torch.einsum("bsk,bpk->bps", Cf, _eval(model, pts.double(), in_shape))

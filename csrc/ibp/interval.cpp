@@ -344,6 +344,102 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
   gemm(false, true, B, m, n, T(1), ro(x, "x"), n, ro(W, "W"), n, nb ? T(1) : T(0), O, m);
 }
 
+// The interval step of a dense layer around the centre (issue #10 point 5c), for the linear methods:
+// out_l/out_u bound W64 x + b64 over x in [l, u] (rows [B, n] -> [B, m]) computed as
+//   v = W64 c + b64 in float64 (c the T centre of the box, out_v),  rad = gr + ev,
+//   gr >= |W64| r (the T product |W| r inflated as in interval_finish_rows, out of the centre's radius r),
+//   ev >= |v_computed - v| = gamma64_{n+2} (|W64| |c| + |b64|) + underflow <= gamma64 g + tiny64,
+// so the float32 rounding of the centre product (gamma * |W| |c|, most of the width of a float32 interval
+// step) is gone. out_g = g as in interval_dense (>= |W| max(|l|,|u|) + |b|); out_c = c; out_v = v;
+// out_w = the per-neuron weight of this layer's backward rounding term (linear_bounds._backsub):
+//   w >= gamma_back * gr + k64 * g  (k64 = 12 gamma64 of the longer side: the float64 sums of the
+//   centre correction; see docs/architecture.md) + tiny_w (v's underflow, at least T's smallest normal).
+// work: >= B*n + 2*B elements of T; work64: >= B*n doubles.
+template <typename T>
+void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& W64, const Arr<T>& absW,
+                           const Arr<double>& b64, const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb,
+                           double gamma, double tiny, double gamma_back, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g,
+                           Arr<T>& out_w, Arr<T>& out_c, Arr<double>& out_v, Arr<T>& work, Arr<double>& work64) {
+  if (W64.ndim() != 2) throw std::invalid_argument("interval_dense_center: W must be 2-D [out, in]");
+  const int m = static_cast<int>(W64.shape(0)), n = static_cast<int>(W64.shape(1));
+  if (m == 0 || n == 0) throw std::invalid_argument("interval_dense_center: W has a zero dimension");
+  expect_size(absW.size(), W64.size(), "absW");
+  if (l.size() % n != 0) throw std::invalid_argument("interval_dense_center: l size is not a multiple of in_features");
+  const int B = static_cast<int>(l.size() / n);
+  const py::ssize_t Bm = static_cast<py::ssize_t>(B) * m, Bn = static_cast<py::ssize_t>(B) * n;
+  expect_size(u.size(), l.size(), "u");
+  for (auto* a : {&out_l, &out_u, &out_g, &out_w}) expect_size(a->size(), Bm, "out_l/out_u/out_g/out_w");
+  expect_size(out_v.size(), Bm, "out_v");
+  expect_size(out_c.size(), Bn, "out_c");
+  expect_size(rowabs.size(), m, "rowabs");
+  expect_size(rownorm.size(), m, "rownorm");
+  const py::ssize_t nb = b64.size();
+  if (nb != 0 && nb != m) throw std::invalid_argument("interval_dense_center: bias size must equal out_features");
+  if (absb.size() != nb) throw std::invalid_argument("interval_dense_center: absb must match the bias");
+  if (work.size() < Bn + 2 * B) throw std::invalid_argument("interval_dense_center: work is too small");
+  if (work64.size() < Bn) throw std::invalid_argument("interval_dense_center: work64 is too small");
+  const T tn = static_cast<T>(tiny);
+  if (!(tn > 0)) throw std::invalid_argument("interval_dense_center: tiny must be > 0");
+  if (B == 0) return;
+  T* wk = mut(work, "work");
+  auto view = [&](T* p, py::ssize_t k) { return Arr<T>({k}, {static_cast<py::ssize_t>(sizeof(T))}, p, work); };
+  Arr<T> r = view(wk, Bn), cm = view(wk + Bn, B), cn = view(wk + Bn + B, B);
+  interval_prep_rows<T>(l, u, out_c, r, cm, cn);
+  const T* C = ro(out_c, "out_c");
+  double* c64 = mut(work64, "work64");
+  double* V = mut(out_v, "out_v");
+  T* MR = mut(out_u, "out_u");  // |W| r, overwritten by the upper bounds below
+  const double* Wp = ro(W64, "W64");
+  const double* bp = nb ? ro(b64, "b64") : nullptr;
+  const T* AWp = ro(absW, "absW");
+  const T* rp = wk;
+  for (py::ssize_t k = 0; k < Bn; ++k) c64[k] = static_cast<double>(C[k]);
+  if (bp)
+    for (int i = 0; i < B; ++i) std::copy(bp, bp + m, V + static_cast<py::ssize_t>(i) * m);
+  const bool par = Bm * n > kParallelMacs;
+  parallel_for(2, 1, par, [&](std::int64_t k, std::int64_t, int) {
+    if (k == 0) gemm(false, true, B, m, n, 1.0, c64, n, Wp, n, bp ? 1.0 : 0.0, V, m);
+    else gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), MR, m);
+  });
+  const T* CM = ro(cm, "cmax");
+  const T* C2 = ro(cn, "c2");
+  const T* RA = ro(rowabs, "rowabs");
+  const T* RN = ro(rownorm, "rownorm");
+  const T* AB = nb ? ro(absb, "absb") : nullptr;
+  T* OL = mut(out_l, "out_l");
+  T* G = mut(out_g, "out_g");
+  T* Wt = mut(out_w, "out_w");
+  const T g = static_cast<T>(gamma);
+  const T g2 = up(T(1) + up(2 * g)), g1 = up(T(1) + g);
+  const double g64 = 1.01 * gamma_n64(n + 2), u64 = unit_roundoff<double>();
+  // the product's absolute (underflow) error in float64, raised to the smallest normal double
+  const double tiny64 = std::max(2.0 * (n + 4) * eta<double>(), std::numeric_limits<double>::min());
+  const T gb = up(static_cast<T>(gamma_back)), k64 = up(static_cast<T>(12 * gamma_n64(std::max(n, m) + 2)));
+  // v's absolute (underflow) error multiplies |Lam| in the backward step: tiny64 per neuron, raised to T's
+  // smallest normal number (also keeps w free of subnormals, which slow the hot loops)
+  const T tiny_w = std::max(up_from_double<T>(tiny64), std::numeric_limits<T>::min());
+  parallel_for(B, grain_for(B), Bm > kParallelMin, [&](std::int64_t r0, std::int64_t r1, int) {
+    for (py::ssize_t row = r0; row < r1; ++row) {
+      const T cmx = CM[row], c2 = C2[row];
+      for (py::ssize_t j = 0; j < m; ++j) {
+        const py::ssize_t k = row * m + j;
+        // mr falls short of |W64| r by at most a relative gamma and an absolute tiny (interval_finish_rows)
+        const T gr = up(up(MR[k] * g2) + 2 * tn);
+        T gi = up(gr + std::min(up(cmx * RA[j]), up(c2 * RN[j])));
+        if (AB) gi = up(gi + AB[j]);
+        gi = up(gi * g1);
+        G[k] = gi;
+        Wt[k] = up(up(up(gb * gr) + up(k64 * gi)) + tiny_w);
+        const double v = V[k];
+        const double rad = static_cast<double>(gr) + (g64 * static_cast<double>(gi) + tiny64);
+        const double margin = 4 * u64 * (std::fabs(v) + rad);  // the double operations' own rounding
+        OL[k] = down_from_double<T>(v - rad - margin);
+        MR[k] = up_from_double<T>(v + rad + margin);
+      }
+    }
+  });
+}
+
 #define FASTCERT_INST(T)                                                                                    \
   template void interval_prep<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                  \
   template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, double,    \
@@ -353,6 +449,10 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
   template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);    \
   template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,        \
                                         const Arr<T>&, const Arr<T>&, double, double, Arr<T>&);             \
+  template void interval_dense_center<T>(const Arr<T>&, const Arr<T>&, const Arr<double>&, const Arr<T>&,         \
+                                         const Arr<double>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, double,   \
+                                         double, double, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<double>&, \
+                                         Arr<T>&, Arr<double>&);                                                      \
   template void interval_dense<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
                                   const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, Arr<T>&, Arr<T>&, \
                                   Arr<T>&, Arr<T>&);

@@ -5,12 +5,41 @@
 // bias[b,s] (constant terms collected so far) and mag[b,s] (a bound on the floating-point error
 // accumulated by the pass so far; each kernel adds its own, see docs/architecture.md "Floating point").
 #include "fastcert/common.h"
+
+#include <vector>
 #include "fastcert/pool.h"
 
 #include "fastcert/kernels.h"
 #include "fastcert/relax_row.h"
 
 namespace fastcert {
+
+namespace {
+// sum_j a[j] * v[j] in float64 (a product of a float32 entry and a double is rounded once in double;
+// of two float32 numbers it is exact): off by at most gamma64_n sum |a_j v_j| (any order).
+template <typename T, typename V>
+inline double dot64(const T* a, const V* v, py::ssize_t n) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (py::ssize_t j = 0; j < n; ++j) acc += static_cast<double>(a[j]) * static_cast<double>(v[j]);
+  return acc;
+}
+// bias (and bias_hi) += t (a float64 correction), rounded once to T; mag += 4u |new bias| for that
+// rounding and the double addition (docs/architecture.md, "centre form").
+template <typename T>
+inline void centre_fix(double t, T* bias, T* bias_hi, T* mag) {
+  const T uu = unit_roundoff<T>();
+  const T nb = static_cast<T>(static_cast<double>(*bias) + t);
+  *bias = nb;
+  T m = 4 * uu * std::fabs(nb);
+  if (bias_hi) {
+    const T nh = static_cast<T>(static_cast<double>(*bias_hi) + t);
+    *bias_hi = nh;
+    m += 4 * uu * std::fabs(nh);
+  }
+  *mag += m;
+}
+}  // namespace
 
 // Through an activation with relaxations  lo_s*z + lo_b <= act(z) <= up_s*z + up_b  on [l,u]:
 //   out[b,s,j] = max(Lam,0)*lo_s[b,j] + min(Lam,0)*up_s[b,j]
@@ -205,6 +234,7 @@ void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr
   const T g = static_cast<T>(gamma);
   const T uu = unit_roundoff<T>();
   const T tn = underflow_slack<T>(n);  // each sum of n products below may also lose this much to underflow
+  const double g64 = gamma_n64(n), u64 = unit_roundoff<double>();
 parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
   for (py::ssize_t q = q0; q < q1; ++q) {
     const py::ssize_t b = q / S, s = q % S;
@@ -212,19 +242,24 @@ parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t
       const T* xr = X + b * n;
       const T* lo = Lo + b * n;
       const T* hi = Up + b * n;
-      T box = 0, boxh = 0, boxmag = 0, dot = 0, dotmag = 0, dn = 0;
-      // SIMD reductions: the summation order changes, which the rounding bound (any order) covers
+      T boxmag = 0, dot = 0, dotmag = 0, dn = 0;
+      // The box sums in float64 (issue #10 point 5c): a product of two T numbers is exact in double
+      // (float32: 24 + 24 bits; float64 entries are rounded once, covered by gamma64 below), so the sum
+      // is off by at most gamma64_n * boxmag instead of gamma_n * boxmag. SIMD reductions: the
+      // summation order changes, which the rounding bound (any order) covers.
+      double box = 0, boxh = 0;
 #pragma omp simd reduction(+ : box, boxmag)
       for (py::ssize_t j = 0; j < n; ++j) {
         const T v = lr[j], a = lo[j], c = hi[j];
         const T pick = v >= 0 ? a : c;
-        box += v * pick;
+        box += static_cast<double>(v) * static_cast<double>(pick);
         const T al = a < 0 ? -a : a, ah = c < 0 ? -c : c, av = v < 0 ? -v : v;
         boxmag += av * (al > ah ? al : ah);
       }
       if (two) {
 #pragma omp simd reduction(+ : boxh)
-        for (py::ssize_t j = 0; j < n; ++j) boxh += lr[j] >= 0 ? lr[j] * hi[j] : lr[j] * lo[j];
+        for (py::ssize_t j = 0; j < n; ++j)
+          boxh += static_cast<double>(lr[j]) * static_cast<double>(lr[j] >= 0 ? hi[j] : lo[j]);
       }
       if (p) {
 #pragma omp simd reduction(+ : dot, dotmag)
@@ -240,9 +275,12 @@ parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t
       }
       // mag was summed in floating point too: 1% covers its own relative rounding (n*u << 1%)
       const T m0 = up(MG[b * S + s] * T(1.01));
-      const T bslack = up(up(g * boxmag) + tn);
-      T best = down(box - bslack);
-      T besth = up(boxh + bslack);
+      // box's error: gamma64_n * boxmag (boxmag, summed in T, is >= (1 - g) times the exact one) plus the
+      // absolute (underflow) term of double products, far below eta<T>; the two double operations below
+      // and the rounding to T are covered by the 8 u64 margin and the outward conversion
+      const double bs64 = g64 * (1 + 2 * static_cast<double>(g)) * static_cast<double>(boxmag) + static_cast<double>(tn);
+      T best = down_from_double<T>(box - bs64 - 8 * u64 * (std::fabs(box) + bs64));
+      T besth = up_from_double<T>(boxh + bs64 + 8 * u64 * (std::fabs(boxh) + bs64));
       if (p) {
         const T pen = up(E[b] * dn);
         const T dslack = up(up(g * up(dotmag + pen)) + tn);
@@ -273,7 +311,7 @@ template <typename T>
 void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
                         const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& W, const Arr<T>& bvec,
                         const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                        Arr<T>& bias_hi, int block_rows, Arr<T>& work) {
+                        Arr<T>& bias_hi, int block_rows, Arr<T>& work, const Arr<double>& cv, const Arr<T>& cin) {
   if (lam.ndim() != 3) throw std::invalid_argument("act_dense_backward: Lam must be [B,S,n] or [1,S,n]");
   if (W.ndim() != 2) throw std::invalid_argument("act_dense_backward: W must be [n, n_in]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2), n_in = W.shape(1);
@@ -311,6 +349,15 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
   T* ws = mut(work, "work");
   const T gp = static_cast<T>(gamma_prod), gs = static_cast<T>(gamma_sum);
   const T gg = static_cast<T>(gamma_g), gb = static_cast<T>(gamma_b);
+  // centre mode (see affine_center): the dense layer's bias and centre correction in float64
+  const bool centre = cv.size() != 0;
+  if (centre) {
+    if (has_b) throw std::invalid_argument("act_dense_backward: centre mode takes the bias inside v, not bvec");
+    expect_size(cv.size(), B * n, "v");
+    expect_size(cin.size(), B * n_in, "cin");
+  }
+  const double* CV = centre ? ro(cv, "v") : nullptr;
+  const T* CI = centre ? ro(cin, "cin") : nullptr;
   const py::ssize_t rows = B * S, nblocks = (rows + R - 1) / R;
   // blocks handed out one at a time (dynamic balance); each thread has its own block buffer
   parallel_for(nblocks, 1, nblocks > 1 && rows * n * n_in > kParallelMacs, [&](std::int64_t ib0, std::int64_t, int tid) {
@@ -318,15 +365,64 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
     {
       const py::ssize_t ib = ib0;
       const py::ssize_t q0 = ib * R, nr = std::min(R, rows - q0);
+      std::vector<double> dv(centre ? nr : 0);  // relaxed row . v of the block's rows
       for (py::ssize_t r = 0; r < nr; ++r) {
         const py::ssize_t q = q0 + r, b = q / S, s = q % S;
         RowSums<T> a;
         relax_row(Lm + b * lam_bstride + s * n, LS + b * n, US + b * n, UB + b * n, ZM + b * n, G + b * n, BV, n, n,
                   0, two, blk + r * n, a);
         apply_row_sums(a, gp, gs, gg, gb, BI + q, two ? BH + q : nullptr, MG + q);
+        if (centre) dv[r] = dot64(blk + r * n, CV + b * n, n);
       }
       gemm(false, false, static_cast<int>(nr), static_cast<int>(n_in), static_cast<int>(n), T(1), blk,
            static_cast<int>(n), Wp, static_cast<int>(n_in), T(0), O + q0 * n_in, static_cast<int>(n_in));
+      if (centre)
+        for (py::ssize_t r = 0; r < nr; ++r) {
+          const py::ssize_t q = q0 + r, b = q / S;
+          centre_fix(dv[r] - dot64(O + q * n_in, CI + b * n_in, n_in), BI + q, two ? BH + q : nullptr, MG + q);
+        }
+    }
+  });
+}
+
+// The centre form of a backward step through a dense layer y = W64 x + b64 (x in the box of centre c,
+// radius r; issue #10 point 5c, docs/architecture.md): with Lam' = fl(Lam W) and e = Lam W64 - Lam',
+//   Lam . y = Lam' . x + [Lam . v - Lam' . c] + e . (x - c),   v = W64 c + b64 (float64, precomputed),
+// so the bracket goes to bias (float64 sums, here) and only |e| . r, not |e| . max|x|, to mag: the
+// caller's weight w >= gamma_back |W| r + k64 g covers it and the float64 sums' errors (mag += |Lam| . w).
+// lam: [B,S,m] rows on the layer's output; lam_out: [B,S,n] = fl(lam W) (already computed);
+// v: [B,m] float64; cin: [B,n] the centres; w: [B,m]; bias, mag (and bias_hi): [B,S].
+template <typename T>
+void affine_center(const Arr<T>& lam, const Arr<T>& lam_out, const Arr<double>& cv, const Arr<T>& cin,
+                   const Arr<T>& w, Arr<T>& bias, Arr<T>& mag, Arr<T>& bias_hi) {
+  if (lam.ndim() != 3 || lam_out.ndim() != 3) throw std::invalid_argument("affine_center: Lam must be [B,S,m]");
+  const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2), n = lam_out.shape(2);
+  if (lam_out.shape(0) != B || lam_out.shape(1) != S) throw std::invalid_argument("affine_center: Lam' shape");
+  expect_size(cv.size(), B * m, "v");
+  expect_size(cin.size(), B * n, "cin");
+  expect_size(w.size(), B * m, "w");
+  expect_size(bias.size(), B * S, "bias");
+  expect_size(mag.size(), B * S, "mag");
+  const bool two = bias_hi.size() != 0;
+  if (two) expect_size(bias_hi.size(), B * S, "bias_hi");
+  const T* Lm = ro(lam, "Lam");
+  const T* LO = ro(lam_out, "Lam'");
+  const double* CV = ro(cv, "v");
+  const T* CI = ro(cin, "cin");
+  const T* Wt = ro(w, "w");
+  T* BI = mut(bias, "bias");
+  T* MG = mut(mag, "mag");
+  T* BH = two ? mut(bias_hi, "bias_hi") : nullptr;
+  parallel_for(B * S, grain_for(B * S), B * S * (m + n) > kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+    for (py::ssize_t q = q0; q < q1; ++q) {
+      const py::ssize_t b = q / S;
+      const T* lr = Lm + q * m;
+      const T* wr = Wt + b * m;
+      T am = 0;
+#pragma omp simd reduction(+ : am)
+      for (py::ssize_t j = 0; j < m; ++j) am += std::fabs(lr[j]) * wr[j];
+      MG[q] += am;
+      centre_fix(dot64(lr, CV + b * m, m) - dot64(LO + q * n, CI + b * n, n), BI + q, two ? BH + q : nullptr, MG + q);
     }
   });
 }
@@ -340,7 +436,10 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
                               const Arr<T>&, const Arr<T>&, double, Arr<T>&, const Arr<T>&, Arr<T>&);        \
   template void act_dense_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, \
                                       double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
-                                      Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, Arr<T>&);
+                                      Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, Arr<T>&, const Arr<double>&,       \
+                                      const Arr<T>&);                                                             \
+  template void affine_center<T>(const Arr<T>&, const Arr<T>&, const Arr<double>&, const Arr<T>&, const Arr<T>&,  \
+                                 Arr<T>&, Arr<T>&, Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

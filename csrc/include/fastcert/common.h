@@ -115,6 +115,25 @@ inline T up_unless_zero(T x) {
   return x == T(0) ? T(0) : up(x);
 }
 
+// The T number nearest below / above the double x (x itself when representable): round to nearest,
+// then one step outward where that went the wrong way. +-inf when x is beyond T's range.
+template <typename T>
+inline T down_from_double(double x) {
+  T t = static_cast<T>(x);
+  return static_cast<double>(t) > x ? down(t) : t;
+}
+template <typename T>
+inline T up_from_double(double x) {
+  T t = static_cast<T>(x);
+  return static_cast<double>(t) < x ? up(t) : t;
+}
+
+// gamma_n for float64 sums, as fastcert.rounding.gamma_n: 1.01 (n+2) u / (1 - (n+2) u).
+inline double gamma_n64(py::ssize_t n) {
+  const double k = static_cast<double>(n + 2) * unit_roundoff<double>();
+  return 1.01 * k / (1.0 - k);
+}
+
 // The smallest positive (subnormal) number of T. Under IEEE gradual underflow a rounded product or
 // quotient is (exact)(1 + d) + e with |d| <= u and |e| <= eta/2 (additions have no e term), so a sum of
 // n rounded products carries, besides the relative gamma_n term, an absolute error of at most n * eta.

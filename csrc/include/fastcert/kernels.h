@@ -16,6 +16,11 @@ template <typename T>
 void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
                     const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny,
                     Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work);
+template <typename T>
+void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& W64, const Arr<T>& absW,
+                           const Arr<double>& b64, const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb,
+                           double gamma, double tiny, double gamma_back, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g,
+                           Arr<T>& out_w, Arr<T>& out_c, Arr<double>& out_v, Arr<T>& work, Arr<double>& work64);
 template <typename T> void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou);
 template <typename T> void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
 template <typename T> void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out);
@@ -47,5 +52,8 @@ template <typename T>
 void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
                         const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& W, const Arr<T>& bvec,
                         const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                        Arr<T>& bias_hi, int block_rows, Arr<T>& work);
+                        Arr<T>& bias_hi, int block_rows, Arr<T>& work, const Arr<double>& cv, const Arr<T>& cin);
+template <typename T>
+void affine_center(const Arr<T>& lam, const Arr<T>& lam_out, const Arr<double>& cv, const Arr<T>& cin,
+                   const Arr<T>& w, Arr<T>& bias, Arr<T>& mag, Arr<T>& bias_hi);
 }  // namespace fastcert

@@ -23,15 +23,15 @@ import torch
 
 from fastcert._ext import _C, torch_serial
 from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer, UnsupportedError
-from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
+from fastcert.layers.base import empty_like_dtype, interval_affine, interval_dense_center, np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise
 from fastcert.rounding import gamma_n
 from fastcert.algorithms.patches import intermediate_patches, patch_geometry, patch_row_macs, patch_steps, \
     patches_cheaper
 from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag
-from fastcert.algorithms.state import (METHODS, WS, Pass, Problem, check_fp_env, chunk, empty_cache, finish,
-                                       relax_tuple, uncrossed)
+from fastcert.algorithms.state import (E64, METHODS, WS, Pass, Problem, check_fp_env, chunk, empty_cache,
+                                       finish, relax_tuple, uncrossed)
 
 __all__ = ["METHODS", "Problem", "check_fp_env", "empty_cache", "finish", "linear_bounds", "patch_geometry",
            "patch_row_macs", "patch_steps", "relax_tuple"]
@@ -81,16 +81,23 @@ def _fused_step(st: Pass, j: int, L: Layer, prev: Layer, lam: torch.Tensor, out:
         work = WS.get("work", (R * per_row * nthr,), dt)  # a block per thread
         _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
                              gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
-                             np_view(G[b0:b1]), gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt),
+                             np_view(G[b0:b1]), gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt),
                              np_view(out), np_view(bias), np_view(mag), bh, H_, W_, prev.stride[0],
                              prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
     else:
         R = max(1, min(Bc * S, st.opts.block_elems // L.n_in))
         work = WS.get("work", (R * L.n_in * nthr,), dt)
-        _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                              gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
-                              gamma_n(prev.back_len, dt), gamma_n(prev.n_out, dt), np_view(out),
-                              np_view(bias), np_view(mag), bh, R, np_view(work))
+        ce = st.centre.get(j - 1)
+        if ce is not None:  # centre form: the bias inside v, the weight w replaces gamma * G
+            _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], empty_like_dtype(dt),
+                                  np_view(ce.w[b0:b1]), 1.0, 0.0, np_view(out), np_view(bias), np_view(mag), bh, R,
+                                  np_view(work), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]))
+        else:
+            _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
+                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
+                                  gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt), np_view(out),
+                                  np_view(bias), np_view(mag), bh, R, np_view(work), E64, empty_like_dtype(dt))
     return out
 
 
@@ -125,11 +132,17 @@ def _backsub(st: Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor,
             j -= 2
             continue
         idx, j = j, j - 1
-        if L.is_affine:
+        if L.is_affine and st.centre.get(idx) is not None:
+            ce = st.centre[idx]
+            new = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
+            _C.affine_center(np_view(lam), np_view(new), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]),
+                             np_view(ce.w[b0:b1]), np_view(bias), np_view(mag), bh)
+            lam = new
+        elif L.is_affine:
             G = st.G[idx]
             assert G is not None
             _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
-                        gamma_n(L.back_len, dt), gamma_n(L.n_out, dt), bh)
+                        gamma_n(L.back_depth, dt), gamma_n(L.n_out, dt), bh)
             lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[idx]
@@ -249,11 +262,19 @@ def _forward(st: Pass, cfg: tuple[str, str, bool] | None, relu_only: bool, stats
     """The interval pass, with back-substitution bounds on the inputs of activations where the method asks,
     and the activations' relaxations; returns the output box."""
     layers, prob = st.layers, st.prob
+    dt = prob.x0.dtype
     box = Box(prob.l0, prob.u0)
+    # the centre form of dense layers (docs/architecture.md, "Floating point"): a float64 product per
+    # layer in the interval pass, paid where back-substitution passes dominate the cost; float32 only
+    # (in float64 its float64 sums' own term, 12 gamma64 g, would exceed the gamma64 g it replaces)
+    centre = cfg is not None and cfg[1] == "backsub" and dt == torch.float32
     for i, L in enumerate(layers):
         st.boxes_in[i] = box
         if L.is_affine:
-            box, st.G[i] = interval_affine(L, box)
+            if centre and isinstance(L, Dense):
+                box, st.G[i], st.centre[i] = interval_dense_center(L, box, gamma_n(L.back_depth, dt))
+            else:
+                box, st.G[i] = interval_affine(L, box)
             continue
         assert isinstance(L, (Activation, Elementwise))
         if cfg is not None:

@@ -127,7 +127,7 @@ def _window_steps(st: Pass, steps: list[int], geo: list, lam: torch.Tensor, bias
         R = max(1, min(Bc * P * S, st.opts.block_elems // per_row))
         work = WS.get("work", (R * per_row * nthr,), dt)
         _C.act_conv_backward(np_view(lam), *(np_view(t) for t in gat), gamma_n(0, dt), gamma_n(act.n_in, dt),
-                             pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_len, dt),
+                             pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_depth, dt),
                              gamma_n(conv.n_out, dt), np_view(out), np_view(bias), np_view(mag), bh, hn, wn,
                              conv.stride[0], conv.stride[1], 0, 0, R, np_view(work))
         lam = out

@@ -24,8 +24,9 @@ def underflow_units(st: Any, j: int) -> torch.Tensor:
 
     - affine layer (input box magnitude ``m``): each entry of ``Lam W`` is a sum of ``back_len``
       products, off by at most ``back_len * eta`` beyond the relative term, and that error multiplies
-      ``|x_k| <= m_k``: ``back_len * ||m||_1``; the bias and magnitude dot products over ``n_out``
-      terms add ``3 n_out``;
+      ``|x_k| <= m_k`` (in the centre form ``|x_k - c_k| <= r_k <= m_k``): ``back_len * ||m||_1``; the bias
+      and magnitude dot products over ``n_out`` terms add ``3 n_out``, the centre form's float64 sums
+      ``n_out + n_in + 4``;
     - activation (pre-activation magnitude ``m``): the slope products ``Lam_k * slope_k`` lose
       ``eta / 2`` each, times ``|z_k|``: ``||m||_1``; the intercept and magnitude sums add ``5 n``.
 
@@ -40,7 +41,9 @@ def underflow_units(st: Any, j: int) -> torch.Tensor:
         m = r[3] if r is not None else box.mag()  # an activation's relaxation already holds max(|l|, |u|)
         l1 = m.double().sum(1) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms, rounded up
         if L.is_affine:
-            a = (L.back_len + 2) * l1 + (3 * L.n_out + 8)  # type: ignore[attr-defined]
+            # + n_in + n_out + 4: the float64 sums of the centre form (a product rounded in double loses
+            # at most eta64 / 2 <= eta / 2)
+            a = (L.back_len + 2) * l1 + (4 * L.n_out + L.n_in + 12)  # type: ignore[attr-defined]
         else:
             a = 2 * l1 + (5 * n + 8)
         st.uf[j] = a

@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Layer
+from fastcert.layers.base import Centre
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise, RelaxOptions
 from fastcert.algorithms.slack import overflow_hint
@@ -49,6 +51,7 @@ class Workspace(threading.local):
 
 
 WS = Workspace()
+E64 = np.empty(0, dtype=np.float64)  # "no centre form" for the kernels' float64 arguments
 
 
 def empty_cache() -> int:
@@ -80,6 +83,8 @@ class Pass:
     relax: list[tuple[torch.Tensor, ...] | None]  # (lo_s, up_s, up_b, zmag, lo_b or None) per activation
     opts: BoundOptions = field(default_factory=BoundOptions)
     uf: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B] float64 underflow units
+    # dense layer -> the centre form of its backward step (None: the magnitude form with G)
+    centre: dict[int, Centre] = field(default_factory=dict)
 
 
 def chunk(B: int, rows: int, width: int, itemsize: int, budget: int) -> int:

@@ -83,8 +83,16 @@ class _AffineBase(Layer):
 
     @property
     def back_len(self) -> int:
-        """Longest chain of additions per entry of ``backward``'s result (+1: parameter rounding)."""
+        """Products summed per entry of ``backward``'s result (+1: parameter rounding): the count that
+        bounds its absolute (underflow) error."""
         return int(self.W64.shape[0]) + 1
+
+    @property
+    def back_depth(self) -> int:
+        """Roundings any one product goes through on its way into an entry of ``backward``'s result
+        (the ``n`` of its relative ``gamma_n`` bound): for a dense layer one dot product of ``n_out``
+        terms in any order, so ``back_len``."""
+        return self.back_len
 
 
 class Dense(_AffineBase):
@@ -202,6 +210,15 @@ class Conv2d(_AffineBase):
         # GEMM over OC, then col2im adds at most KH*KW such values per input entry
         return int(self.W64.shape[0] * self.W64.shape[2] * self.W64.shape[3]) + 2
 
+    @property
+    def back_depth(self) -> int:
+        """A nested sum, not one long one: the GEMM sums OC products per column entry (any order: a
+        product meets at most OC - 1 additions), then col2im adds each input entry's at most KH*KW
+        column entries one after the other onto a zeroed image (csrc/conv/conv.cpp,
+        ``col2im_add_table``: at most KH*KW - 1 more additions). With the product and the parameter
+        rounding: OC + KH*KW roundings (+1 margin), not OC*KH*KW (docs/architecture.md)."""
+        return int(self.W64.shape[0] + self.W64.shape[2] * self.W64.shape[3]) + 1
+
     def describe(self) -> str:
         return (f"conv2d {tuple(self.W64.shape)} stride {self.stride} padding {self.padding} "
                 f"{self.in_shape}->{self.out_shape}")
@@ -242,6 +259,10 @@ class Diag(_AffineBase):
 
     @property
     def back_len(self) -> int:
+        return 2
+
+    @property
+    def back_depth(self) -> int:
         return 2
 
 

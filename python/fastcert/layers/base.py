@@ -116,3 +116,42 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     hi = torch.empty(B, n_out, dtype=dt)
     _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(p.absbias), gamma, tiny, np_view(lo), np_view(hi))
     return Box(lo, hi), mg
+
+
+@dataclass
+class Centre:
+    """What the centre form of a dense layer's backward step needs (see ``interval_dense_center``):
+    ``c: [B, n_in]`` the centres of the input box, ``v: [B, n_out]`` float64 ``W64 c + b64``, ``w: [B, n_out]``
+    the per-neuron weight of the step's rounding term (``>= gamma_back |W| r + k64 g``)."""
+
+    c: torch.Tensor
+    v: torch.Tensor
+    w: torch.Tensor
+
+
+def interval_dense_center(layer: "Layer", box: Box, gamma_back: float) -> tuple[Box, torch.Tensor, Centre]:
+    """Interval step of a dense layer around the centre: ``W64 c + b64`` in float64 (so the float32
+    rounding of the centre product does not widen the box), ``|W| r`` in the compute dtype.
+
+    Returns (output box, ``g >= |W| max(|l|,|u|) + |b|``: [B, n_out], :class:`Centre`). ``gamma_back`` is the
+    rounding factor of the layer's backward product (``gamma_n(back_depth)``). docs/architecture.md,
+    "Floating point", centre form."""
+    from fastcert.rounding import gamma_n
+
+    dt = box.l.dtype
+    gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
+    tiny = max(underflow_slack(layer.fan_in, dt), torch.finfo(dt).tiny)  # type: ignore[attr-defined]
+    B = box.l.shape[0]
+    p = layer.params(dt)  # type: ignore[attr-defined]
+    n_out, n_in = layer.n_out, layer.n_in
+    lo, hi, g, w = (torch.empty(B, n_out, dtype=dt) for _ in range(4))
+    c = torch.empty(B, n_in, dtype=dt)
+    v = torch.empty(B, n_out, dtype=torch.float64)
+    work = torch.empty(B * n_in + 2 * B, dtype=dt)
+    work64 = torch.empty(B * n_in, dtype=torch.float64)
+    b64 = layer.b64 if layer.b64 is not None else torch.empty(0, dtype=torch.float64)  # type: ignore[attr-defined]
+    _C.interval_dense_center(np_view(box.l), np_view(box.u), np_view(layer.W64), np_view(p.absW),  # type: ignore
+                             np_view(b64), np_view(p.rowabs), np_view(p.rownorm), np_view(p.absbias), gamma, tiny,
+                             gamma_back, lo.numpy(), hi.numpy(), g.numpy(), w.numpy(), c.numpy(), v.numpy(),
+                             work.numpy(), work64.numpy())
+    return Box(lo, hi), g, Centre(c, v, w)
