@@ -178,13 +178,116 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
 //   g = (mg + tiny + |b|)(1 + gamma) rounded up, rad = mr + gamma g + 2 tiny rounded up,
 //   out_l = down(mc - rad), out_u = up(mc + rad)           (interval_finish's formulas, per element)
 // l, u: [B, C*H*W]; out_l, out_u, out_g: [B, OC*OH*OW]; b: [OC] or empty. The samples go in chunks of
-// `chunk` (0: automatic): a chunk's c, r and h are built and im2col'd side by side, so that ONE GEMM
-// W[OC,CKK] @ cols_c[CKK, nc*OHW] gives the chunk's W c and ONE GEMM |W| @ [cols_r | cols_h] gives both
-// |W| r and |W| h; the finishing step reads the products while they are in cache and writes the
-// [B, OC*OH*OW] outputs. Chunks run on the pool, each in its own part of a scratch buffer.
+// `chunk` (0: automatic): a chunk's c and r are built, gathered into im2col columns side by side (h on
+// the columns), so that ONE GEMM W[OC,CKK] @ cols_c[CKK, nc*OHW] gives the chunk's W c and ONE GEMM
+// |W| @ [cols_r | cols_h] gives both |W| r and |W| h; the finishing step reads the products while they
+// are in cache and writes the [B, OC*OH*OW] outputs. Chunks run on the pool, each in its own scratch.
 // Rounding: each output's W c + b, |W| r and |W| h are sums of CKK products (+ the bias) in some order,
 // exactly as in the per-sample GEMMs before: gamma = gamma_{fan_in} and tiny = underflow_slack(fan_in)
 // cover them, whatever the blocking (docs/architecture.md, "Floating point").
+namespace {
+template <typename T>
+struct ConvChunk {
+  Geo g;
+  const T *L, *U, *W, *AW, *b;  // b: null without a bias
+  T *OL, *OU, *OG;
+  const int* tab;  // input index of every (c,kh,kw) x output position; chw where it falls in the padding
+  T gamma, tiny;
+};
+
+// One chunk of samples [n0, n0 + nc) in scratch ws (chunk_scratch(nc) elements).
+inline py::ssize_t chunk_scratch(const Geo& g, py::ssize_t nc) {
+  return nc * (2 * (g.chw() + 1) + 3 * g.ckk() * g.ohw() + 3 * g.OC * g.ohw());
+}
+template <typename T>
+inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a, py::ssize_t n0, py::ssize_t nc,
+                                                           T* ws) {
+  const Geo& g = a.g;
+  const py::ssize_t ohw = g.ohw(), ckk = g.ckk(), chw = g.chw(), chw1 = chw + 1, ld = nc * ohw;
+  const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
+  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding)
+  T* cols_c = pr + nc * chw1;                 // [CKK, nc*OHW]
+  T* cols_rh = cols_c + nc * ckk * ohw;       // [CKK, 2*nc*OHW]: r of the chunk's samples, then h
+  T* oc_ = cols_rh + 2 * nc * ckk * ohw;      // [OC, nc*OHW]
+  T* orh = oc_ + nc * n_out;                  // [OC, 2*nc*OHW]
+  for (py::ssize_t s = 0; s < nc; ++s) {
+    const T* __restrict Ls = a.L + (n0 + s) * chw;
+    const T* __restrict Us = a.U + (n0 + s) * chw;
+    T* __restrict cs = pc + s * chw1;
+    T* __restrict rs = pr + s * chw1;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;  // stays inside [l,u] for finite l<=u
+      cs[i] = ci;
+      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cs[chw] = rs[chw] = T(0);
+  }
+  // im2col as a gather through the index table (a loop per (c,kh,kw,oh) with a bounds test per entry
+  // was 2/3 of the step on 7-wide output rows)
+  for (py::ssize_t q = 0; q < ckk; ++q) {
+    const int* __restrict tq = a.tab + q * ohw;
+    T* __restrict dcq = cols_c + q * ld;
+    T* __restrict drq = cols_rh + q * 2 * ld;
+    for (py::ssize_t s = 0; s < nc; ++s) {
+      const T* __restrict cs = pc + s * chw1;
+      const T* __restrict rs = pr + s * chw1;
+      T* __restrict dc = dcq + s * ohw;
+      T* __restrict dr = drq + s * ohw;
+      for (py::ssize_t p = 0; p < ohw; ++p) {
+        const int k = tq[p];
+        dc[p] = cs[k];
+        dr[p] = rs[k];
+      }
+    }
+    // h = |c| + r (rounded up unless 0) on the columns: the same values as building h per input
+    // element and gathering it (the padding gives |0| + 0 = 0), in a vectorized pass instead of a gather
+    T* __restrict dhq = drq + ld;
+#pragma omp simd
+    for (py::ssize_t j = 0; j < ld; ++j) dhq[j] = up_unless_zero(std::fabs(dcq[j]) + drq[j]);
+  }
+  if (a.b)
+    for (int o = 0; o < g.OC; ++o) std::fill(oc_ + o * ld, oc_ + (o + 1) * ld, a.b[o]);
+  const int K = static_cast<int>(ckk);
+  gemm(false, false, g.OC, static_cast<int>(ld), K, T(1), a.W, K, cols_c, static_cast<int>(ld), a.b ? T(1) : T(0),
+       oc_, static_cast<int>(ld));
+  gemm(false, false, g.OC, static_cast<int>(2 * ld), K, T(1), a.AW, K, cols_rh, static_cast<int>(2 * ld), T(0), orh,
+       static_cast<int>(2 * ld));
+  const T gm = a.gamma, tn = a.tiny, g1 = up(T(1) + gm), tn2 = 2 * tn;
+  for (py::ssize_t s = 0; s < nc; ++s)
+    for (int o = 0; o < g.OC; ++o) {
+      const T ab = a.b ? std::fabs(a.b[o]) : T(0);
+      const T* __restrict cr = oc_ + o * ld + s * ohw;
+      const T* __restrict rr = orh + o * 2 * ld + s * ohw;
+      const T* __restrict gr = rr + ld;
+      const py::ssize_t dst = (n0 + s) * n_out + o * ohw;
+      T* __restrict lo = a.OL + dst;
+      T* __restrict hi = a.OU + dst;
+      T* __restrict go = a.OG + dst;
+#pragma omp simd
+      for (py::ssize_t p = 0; p < ohw; ++p) {
+        // mg falls short of the exact |W| h + |b| by at most a relative gamma and an absolute tiny
+        // (up_pos: every operand below is >= tn > 0, a product of positive numbers (>= +0), or NaN)
+        T gi = up_pos(up_pos(gr[p] + tn) + ab);
+        gi = up_pos(gi * g1);
+        go[p] = gi;
+        // W c + b and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+        const T rad = up_pos(up_pos(rr[p] + up_pos(gm * gi)) + tn2);
+        lo[p] = down(cr[p] - rad);
+        hi[p] = up(cr[p] + rad);
+      }
+    }
+}
+// The chunk step compiled for the machine's vector width (FASTCERT_SIMD_CLONES, common.h): the same IEEE
+// operations in every clone (no contraction), so the same results on every machine.
+FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<float>& a, py::ssize_t n0, py::ssize_t nc, float* ws) {
+  conv_chunk_body(a, n0, nc, ws);
+}
+FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<double>& a, py::ssize_t n0, py::ssize_t nc, double* ws) {
+  conv_chunk_body(a, n0, nc, ws);
+}
+}  // namespace
+
 template <typename T>
 void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
                    double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
@@ -192,8 +295,7 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
   const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
   expect_size(absW.size(), Wt.size(), "absW");
   if (l.size() % g.chw() != 0) throw std::invalid_argument("interval_conv: l size is not a multiple of C*H*W");
-  const py::ssize_t B = l.size() / g.chw(), ohw = g.ohw(), ckk = g.ckk(), chw = g.chw();
-  const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
+  const py::ssize_t B = l.size() / g.chw(), n_out = static_cast<py::ssize_t>(g.OC) * g.ohw();
   expect_size(u.size(), l.size(), "u");
   expect_size(out_l.size(), B * n_out, "out_l");
   expect_size(out_u.size(), B * n_out, "out_u");
@@ -201,111 +303,27 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
   const py::ssize_t nb = b.size();
   if (nb != 0 && nb != g.OC) throw std::invalid_argument("interval_conv: bias must be empty or have OC elements");
   if (chunk < 0) throw std::invalid_argument("interval_conv: chunk must be >= 0");
-  const T tn = static_cast<T>(tiny);
-  if (!(tn > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0");
+  if (!(tiny > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0");
   if (!(gamma >= 0)) throw std::invalid_argument("interval_conv: gamma must be >= 0");
   if (B == 0) return;
-  const T* L = ro(l, "l");
-  const T* U = ro(u, "u");
-  const T* Wp = ro(Wt, "W");
-  const T* AWp = ro(absW, "absW");
-  const T* bp = nb ? ro(b, "b") : nullptr;
-  T* OL = mut(out_l, "out_l");
-  T* OU = mut(out_u, "out_u");
-  T* OG = mut(out_g, "out_g");
-  // scratch per sample: c, r, h of the input (each followed by a 0: the padding); cols_c, cols_r, cols_h;
-  // W c, |W| r, |W| h
-  const py::ssize_t per = 3 * (chw + 1) + 3 * ckk * ohw + 3 * n_out;
-  // im2col as a gather through a table of input indices (chw: the zero that stands for the padding); the
-  // loop over (c,kh,kw,oh) with a bounds test per entry was 2/3 of the step on 7-wide output rows
   std::vector<int> table;
   col2im_table(g, table);
-  for (int& t : table) t = t < 0 ? static_cast<int>(chw) : t;
-  const int* tab = table.data();
+  for (int& t : table) t = t < 0 ? static_cast<int>(g.chw()) : t;
+  const ConvChunk<T> a{g, ro(l, "l"), ro(u, "u"), ro(Wt, "W"), ro(absW, "absW"), nb ? ro(b, "b") : nullptr,
+                       mut(out_l, "out_l"), mut(out_u, "out_u"), mut(out_g, "out_g"), table.data(),
+                       static_cast<T>(gamma), static_cast<T>(tiny)};
+  if (!(a.tiny > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0 in the compute dtype");
   const int nthreads = pool_threads();
+  const py::ssize_t per = chunk_scratch(g, 1);
   py::ssize_t nc_max = chunk > 0 ? chunk : std::max<py::ssize_t>(1, kConvChunkElems / per);
   nc_max = std::min(nc_max, std::max<py::ssize_t>(1, (B + nthreads - 1) / nthreads));
   const py::ssize_t nchunks = (B + nc_max - 1) / nc_max;
-  const bool par = nchunks > 1 && 3 * B * n_out * ckk > kParallelMacs;
+  const bool par = nchunks > 1 && 3 * B * n_out * g.ckk() > kParallelMacs;
   const int nbuf = par ? nthreads : 1;
   std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(nbuf * nc_max * per)]);
-  const T gm = static_cast<T>(gamma);
   parallel_for(nchunks, 1, par, [&](std::int64_t ic, std::int64_t, int tid) {
-    const py::ssize_t n0 = ic * nc_max, nc = std::min(nc_max, B - n0);
-    T* ws = scratch.get() + tid * nc_max * per;
-    const py::ssize_t chw1 = chw + 1;  // a sample's c (r, h) and the zero after it
-    T *pc = ws, *pr = pc + nc * chw1, *ph_ = pr + nc * chw1;
-    T* cols_c = ph_ + nc * chw1;
-    T* cols_rh = cols_c + nc * ckk * ohw;  // [CKK, 2*nc*OHW]: r of the chunk's samples, then h
-    T* oc_ = cols_rh + 2 * nc * ckk * ohw;  // [OC, nc*OHW]
-    T* orh = oc_ + nc * n_out;               // [OC, 2*nc*OHW]
-    const T* Lc = L + n0 * chw;
-    const T* Uc = U + n0 * chw;
-    for (py::ssize_t s = 0; s < nc; ++s) {
-      const T* __restrict Ls = Lc + s * chw;
-      const T* __restrict Us = Uc + s * chw;
-      T* __restrict cs = pc + s * chw1;
-      T* __restrict rs = pr + s * chw1;
-      T* __restrict hs = ph_ + s * chw1;
-#pragma omp simd
-      for (py::ssize_t i = 0; i < chw; ++i) {
-        const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;  // stays inside [l,u] for finite l<=u
-        const T ri = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
-        cs[i] = ci;
-        rs[i] = ri;
-        hs[i] = up_unless_zero(std::fabs(ci) + ri);
-      }
-      cs[chw] = rs[chw] = hs[chw] = T(0);
-    }
-    const py::ssize_t ld = nc * ohw;
-    for (py::ssize_t q = 0; q < ckk; ++q) {
-      const int* __restrict tq = tab + q * ohw;
-      for (py::ssize_t s = 0; s < nc; ++s) {
-        const T* __restrict cs = pc + s * chw1;
-        const T* __restrict rs = pr + s * chw1;
-        const T* __restrict hs = ph_ + s * chw1;
-        T* __restrict dc = cols_c + q * ld + s * ohw;
-        T* __restrict dr = cols_rh + q * 2 * ld + s * ohw;
-        T* __restrict dh = dr + ld;
-        for (py::ssize_t p = 0; p < ohw; ++p) {
-          const int k = tq[p];
-          dc[p] = cs[k];
-          dr[p] = rs[k];
-          dh[p] = hs[k];
-        }
-      }
-    }
-    if (bp)
-      for (int o = 0; o < g.OC; ++o) std::fill(oc_ + o * ld, oc_ + (o + 1) * ld, bp[o]);
-    const int K = static_cast<int>(ckk);
-    gemm(false, false, g.OC, static_cast<int>(ld), K, T(1), Wp, K, cols_c, static_cast<int>(ld), bp ? T(1) : T(0),
-         oc_, static_cast<int>(ld));
-    gemm(false, false, g.OC, static_cast<int>(2 * ld), K, T(1), AWp, K, cols_rh, static_cast<int>(2 * ld), T(0), orh,
-         static_cast<int>(2 * ld));
-    const T g1 = up(T(1) + gm), tn2 = 2 * tn;
-    for (py::ssize_t s = 0; s < nc; ++s)
-      for (int o = 0; o < g.OC; ++o) {
-        const T ab = bp ? std::fabs(bp[o]) : T(0);
-        const T* __restrict cr = oc_ + o * ld + s * ohw;
-        const T* __restrict rr = orh + o * 2 * ld + s * ohw;
-        const T* __restrict gr = rr + ld;
-        const py::ssize_t dst = (n0 + s) * n_out + o * ohw;
-        T* __restrict lo = OL + dst;
-        T* __restrict hi = OU + dst;
-        T* __restrict go = OG + dst;
-#pragma omp simd
-        for (py::ssize_t p = 0; p < ohw; ++p) {
-          // mg falls short of the exact |W| h + |b| by at most a relative gamma and an absolute tiny
-          // (up_pos: every operand below is >= tn > 0, a product of positive numbers (>= +0), or NaN)
-          T gi = up_pos(up_pos(gr[p] + tn) + ab);
-          gi = up_pos(gi * g1);
-          go[p] = gi;
-          // W c + b and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
-          const T rad = up_pos(up_pos(rr[p] + up_pos(gm * gi)) + tn2);
-          lo[p] = down(cr[p] - rad);
-          hi[p] = up(cr[p] + rad);
-        }
-      }
+    const py::ssize_t n0 = ic * nc_max;
+    conv_chunk(a, n0, std::min(nc_max, B - n0), scratch.get() + tid * nc_max * per);
   });
 }
 

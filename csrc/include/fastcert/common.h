@@ -75,6 +75,16 @@ constexpr py::ssize_t kParallelMin = 1 << 18;
 // Kernels whose work is GEMMs (the fused backward steps) split rows over threads above this many
 // multiply-adds: ~1 ms of one core's GEMM, where a team's wake-up (tens of microseconds) is noise.
 constexpr py::ssize_t kParallelMacs = 1 << 22;
+// Elementwise hot loops compiled once per vector width, the widest the CPU has picked at load time
+// (GCC function multi-versioning through an ifunc): the build targets baseline x86-64 (SSE2), where the
+// float64 rounding steps do not vectorize at all (no 64-bit integer compare) and float32 ones run 4 wide.
+// Every clone does the same IEEE operations (-ffp-contract=off: no fused multiply-add), so the results
+// are the same bits on every machine. Empty elsewhere (other compilers, architectures, no ifunc).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTCERT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCERT_SIMD_CLONES
+#endif
 // Samples per chunk of the fused interval convolution: a chunk's scratch (its c, r, h, their im2col
 // columns and the three products) is kept near this many elements (~L2 of a core in float32), so the
 // GEMMs see several samples side by side and the finishing step reads their results in cache.
