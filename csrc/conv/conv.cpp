@@ -234,6 +234,7 @@ inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a
       const T* __restrict rs = pr + s * chw1;
       T* __restrict dc = dcq + s * ohw;
       T* __restrict dr = drq + s * ohw;
+#pragma omp simd
       for (py::ssize_t p = 0; p < ohw; ++p) {
         const int k = tq[p];
         dc[p] = cs[k];
