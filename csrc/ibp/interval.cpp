@@ -117,6 +117,37 @@ template bool all_finite<double>(const Arr<double>&);
 // without its [B, n] float64 temporaries (whose allocation and page faults made that code ~1 ms a
 // layer). g, post_l, post_u: [B, n] (compute dtype); rowabs: [n] float64; emax_in, emax_out: [B].
 // A NaN anywhere in a sample's terms makes its emax_out NaN.
+namespace {
+// max_k of one sample's terms (see eval_err_max); NaN if any term is NaN or infinite
+template <typename T>
+inline __attribute__((always_inline)) double err_row_max(const T* __restrict gb, const T* __restrict lb,
+                                                         const T* __restrict ub, const double* __restrict RA,
+                                                         py::ssize_t n, double ei, double gamma64, double uf,
+                                                         double lip, double rel, double abs_term) {
+  double m = 0, nan = 0;
+#pragma omp simd reduction(max : m) reduction(+ : nan)
+  for (py::ssize_t k = 0; k < n; ++k) {
+    const double ea = (gamma64 * static_cast<double>(gb[k]) + RA[k] * ei) + uf;
+    const double mag = std::max(std::fabs(static_cast<double>(lb[k])), std::fabs(static_cast<double>(ub[k])));
+    const double v = (lip * ea + rel * mag) + abs_term;
+    m = std::max(m, v);
+    nan += v - v;  // 0, or NaN when v is NaN or infinite
+  }
+  return nan == 0 ? m : std::numeric_limits<double>::quiet_NaN();
+}
+// compiled per vector width (common.h): float64 arithmetic does not vectorize on baseline x86-64
+FASTCERT_SIMD_CLONES double err_row_max_f(const float* gb, const float* lb, const float* ub, const double* RA,
+                                          py::ssize_t n, double ei, double gamma64, double uf, double lip, double rel,
+                                          double abs_term) {
+  return err_row_max(gb, lb, ub, RA, n, ei, gamma64, uf, lip, rel, abs_term);
+}
+FASTCERT_SIMD_CLONES double err_row_max_f(const double* gb, const double* lb, const double* ub, const double* RA,
+                                          py::ssize_t n, double ei, double gamma64, double uf, double lip, double rel,
+                                          double abs_term) {
+  return err_row_max(gb, lb, ub, RA, n, ei, gamma64, uf, lip, rel, abs_term);
+}
+}  // namespace
+
 template <typename T>
 void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>& emax_in, double gamma64, double uf,
                   double lip, const Arr<T>& post_l, const Arr<T>& post_u, double rel, double abs_term,
@@ -133,22 +164,8 @@ void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>&
   const T* PU = ro(post_u, "post_u");
   double* EO = mut(emax_out, "emax_out");
   parallel_for(B, grain_for(B), B * n > kParallelMin, [=](std::int64_t b0, std::int64_t b1, int) {
-    for (py::ssize_t b = b0; b < b1; ++b) {
-      const double ei = EI[b];
-      const T* __restrict gb = G + b * n;
-      const T* __restrict lb = PL + b * n;
-      const T* __restrict ub = PU + b * n;
-      double m = 0, nan = 0;
-#pragma omp simd reduction(max : m) reduction(+ : nan)
-      for (py::ssize_t k = 0; k < n; ++k) {
-        const double ea = (gamma64 * static_cast<double>(gb[k]) + RA[k] * ei) + uf;
-        const double mag = std::max(std::fabs(static_cast<double>(lb[k])), std::fabs(static_cast<double>(ub[k])));
-        const double v = (lip * ea + rel * mag) + abs_term;
-        m = std::max(m, v);
-        nan += v - v;  // 0, or NaN when v is NaN or infinite
-      }
-      EO[b] = nan == 0 ? m : std::numeric_limits<double>::quiet_NaN();
-    }
+    for (py::ssize_t b = b0; b < b1; ++b)
+      EO[b] = err_row_max_f(G + b * n, PL + b * n, PU + b * n, RA, n, EI[b], gamma64, uf, lip, rel, abs_term);
   });
 }
 template void eval_err_max<float>(const Arr<float>&, const Arr<double>&, const Arr<double>&, double, double, double,
