@@ -31,7 +31,17 @@ static void step_outward(const Arr<T>& x, Arr<T>& out_up, Arr<T>& out_down) {
 }
 
 template <typename T>
+static void step_up_pos(const Arr<T>& x, Arr<T>& out) {
+  expect_size(out.size(), x.size(), "out");
+  const T* X = ro(x, "x");
+  T* O = mut(out, "out");
+  for (py::ssize_t i = 0; i < x.size(); ++i) O[i] = up_pos(X[i]);
+}
+
+template <typename T>
 static void def_all(py::module_& m) {
+  m.def("_step_up_pos", &step_up_pos<T>, py::arg("x").noconvert(), py::arg("out").noconvert(),
+        "Test hook: the core's up_pos() rounding step (for +0, positive numbers, +inf and NaN), elementwise.");
   m.def("_step_outward", &step_outward<T>, py::arg("x").noconvert(), py::arg("out_up").noconvert(),
         py::arg("out_down").noconvert(), "Test hook: the core's up()/down() rounding steps, elementwise.");
   m.def("interval_prep", &interval_prep<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("c").noconvert(), py::arg("r").noconvert(), py::arg("h").noconvert());
@@ -48,6 +58,15 @@ static void def_all(py::module_& m) {
   m.def("bias_mag", &bias_mag<T>, py::arg("lam").noconvert(), py::arg("bvec").noconvert(), py::arg("g").noconvert(), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("bias_hi").noconvert());
   m.def("concretize", &concretize<T>, py::arg("lam").noconvert(), py::arg("x0").noconvert(), py::arg("l0").noconvert(), py::arg("u0").noconvert(), py::arg("eps").noconvert(), py::arg("p"), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma"), py::arg("out").noconvert(), py::arg("bias_hi").noconvert(), py::arg("out_hi").noconvert());
   m.def("conv_forward", &conv_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
+  m.def("interval_conv", &interval_conv<T>, py::arg("l").noconvert(), py::arg("u").noconvert(),
+        py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("gamma"),
+        py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(),
+        py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("chunk") = 0);
+  m.def("all_finite", &all_finite<T>, py::arg("x").noconvert(), "Whether every entry of x is finite.");
+  m.def("eval_err_max", &eval_err_max<T>, py::arg("g").noconvert(), py::arg("rowabs").noconvert(),
+        py::arg("emax_in").noconvert(), py::arg("gamma64"), py::arg("uf"), py::arg("lip"), py::arg("post_l").noconvert(),
+        py::arg("post_u").noconvert(), py::arg("rel"), py::arg("abs_term"), py::arg("emax_out").noconvert());
   m.def("conv_backward", &conv_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
   m.def("act_conv_backward", &act_conv_backward<T>, py::arg("lam").noconvert(), py::arg("lo_slope").noconvert(),
         py::arg("up_slope").noconvert(), py::arg("up_bias").noconvert(), py::arg("zmag").noconvert(),

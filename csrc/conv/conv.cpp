@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "fastcert/common.h"
@@ -38,15 +39,15 @@ Geo make_geo(const Arr<T>& Wt, int H, int W, int sh, int sw, int ph, int pw) {
   return g;
 }
 
-// cols[(c,kh,kw), p] for one sample (caffe layout: each row is contiguous over output positions)
+// cols[(c,kh,kw), p] for one sample (caffe layout: each row is contiguous over output positions);
+// rows are ld apart (ld = OH*OW for one sample's own buffer, larger when samples sit side by side)
 template <typename T>
-void im2col(const Geo& g, const T* x, T* cols) {
-  const py::ssize_t ohw = g.ohw();
+void im2col(const Geo& g, const T* x, T* cols, py::ssize_t ld) {
   py::ssize_t q = 0;
   for (int c = 0; c < g.C; ++c)
     for (int kh = 0; kh < g.KH; ++kh)
       for (int kw = 0; kw < g.KW; ++kw, ++q) {
-        T* row = cols + q * ohw;
+        T* row = cols + q * ld;
         const T* xc = x + static_cast<py::ssize_t>(c) * g.H * g.W;
         for (int oh = 0; oh < g.OH; ++oh) {
           const int ih = oh * g.SH - g.PH + kh;
@@ -126,7 +127,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
   for (py::ssize_t n0 = 0; n0 < N; n0 += chunk) {
     const py::ssize_t nc = std::min(chunk, N - n0);
     parallel_for(nc, 1, nc * per > kParallelMin, [&](std::int64_t i, std::int64_t, int) {
-      im2col(g, X + (n0 + i) * g.chw(), ws + i * per);
+      im2col(g, X + (n0 + i) * g.chw(), ws + i * per, g.ohw());
       T* o = O + (n0 + i) * g.OC * g.ohw();
       if (bp) {
         for (int oc = 0; oc < g.OC; ++oc)
@@ -170,6 +171,169 @@ void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int 
     });
   }
 }
+
+// The interval step of a convolution in one call (the conv counterpart of interval_dense):
+//   c = (l+u)/2, r >= max(u-c, c-l), h >= |c| + r           (interval_prep's formulas, per element)
+//   mc = W c + b, mr = |W| r, mg = |W| h                    (im2col, then two GEMMs per chunk of samples)
+//   g = (mg + tiny + |b|)(1 + gamma) rounded up, rad = mr + gamma g + 2 tiny rounded up,
+//   out_l = down(mc - rad), out_u = up(mc + rad)           (interval_finish's formulas, per element)
+// l, u: [B, C*H*W]; out_l, out_u, out_g: [B, OC*OH*OW]; b: [OC] or empty. The samples go in chunks of
+// `chunk` (0: automatic): a chunk's c and r are built, gathered into im2col columns side by side (h on
+// the columns), so that ONE GEMM W[OC,CKK] @ cols_c[CKK, nc*OHW] gives the chunk's W c and ONE GEMM
+// |W| @ [cols_r | cols_h] gives both |W| r and |W| h; the finishing step reads the products while they
+// are in cache and writes the [B, OC*OH*OW] outputs. Chunks run on the pool, each in its own scratch.
+// Rounding: each output's W c + b, |W| r and |W| h are sums of CKK products (+ the bias) in some order,
+// exactly as in the per-sample GEMMs before: gamma = gamma_{fan_in} and tiny = underflow_slack(fan_in)
+// cover them, whatever the blocking (docs/architecture.md, "Floating point").
+namespace {
+template <typename T>
+struct ConvChunk {
+  Geo g;
+  const T *L, *U, *W, *AW, *b;  // b: null without a bias
+  T *OL, *OU, *OG;
+  const int* tab;  // input index of every (c,kh,kw) x output position; chw where it falls in the padding
+  T gamma, tiny;
+};
+
+// One chunk of samples [n0, n0 + nc) in scratch ws (chunk_scratch(nc) elements).
+inline py::ssize_t chunk_scratch(const Geo& g, py::ssize_t nc) {
+  return nc * (2 * (g.chw() + 1) + 3 * g.ckk() * g.ohw() + 3 * g.OC * g.ohw());
+}
+template <typename T>
+inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a, py::ssize_t n0, py::ssize_t nc,
+                                                           T* ws) {
+  const Geo& g = a.g;
+  const py::ssize_t ohw = g.ohw(), ckk = g.ckk(), chw = g.chw(), chw1 = chw + 1, ld = nc * ohw;
+  const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
+  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding)
+  T* cols_c = pr + nc * chw1;                 // [CKK, nc*OHW]
+  T* cols_rh = cols_c + nc * ckk * ohw;       // [CKK, 2*nc*OHW]: r of the chunk's samples, then h
+  T* oc_ = cols_rh + 2 * nc * ckk * ohw;      // [OC, nc*OHW]
+  T* orh = oc_ + nc * n_out;                  // [OC, 2*nc*OHW]
+  for (py::ssize_t s = 0; s < nc; ++s) {
+    const T* __restrict Ls = a.L + (n0 + s) * chw;
+    const T* __restrict Us = a.U + (n0 + s) * chw;
+    T* __restrict cs = pc + s * chw1;
+    T* __restrict rs = pr + s * chw1;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;  // stays inside [l,u] for finite l<=u
+      cs[i] = ci;
+      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cs[chw] = rs[chw] = T(0);
+  }
+  // im2col as a gather through the index table (a loop per (c,kh,kw,oh) with a bounds test per entry
+  // was 2/3 of the step on 7-wide output rows)
+  for (py::ssize_t q = 0; q < ckk; ++q) {
+    const int* __restrict tq = a.tab + q * ohw;
+    T* __restrict dcq = cols_c + q * ld;
+    T* __restrict drq = cols_rh + q * 2 * ld;
+    for (py::ssize_t s = 0; s < nc; ++s) {
+      const T* __restrict cs = pc + s * chw1;
+      const T* __restrict rs = pr + s * chw1;
+      T* __restrict dc = dcq + s * ohw;
+      T* __restrict dr = drq + s * ohw;
+#pragma omp simd
+      for (py::ssize_t p = 0; p < ohw; ++p) {
+        const int k = tq[p];
+        dc[p] = cs[k];
+        dr[p] = rs[k];
+      }
+    }
+    // h = |c| + r (rounded up unless 0) on the columns: the same values as building h per input
+    // element and gathering it (the padding gives |0| + 0 = 0), in a vectorized pass instead of a gather
+    T* __restrict dhq = drq + ld;
+#pragma omp simd
+    for (py::ssize_t j = 0; j < ld; ++j) dhq[j] = up_unless_zero(std::fabs(dcq[j]) + drq[j]);
+  }
+  if (a.b)
+    for (int o = 0; o < g.OC; ++o) std::fill(oc_ + o * ld, oc_ + (o + 1) * ld, a.b[o]);
+  const int K = static_cast<int>(ckk);
+  gemm(false, false, g.OC, static_cast<int>(ld), K, T(1), a.W, K, cols_c, static_cast<int>(ld), a.b ? T(1) : T(0),
+       oc_, static_cast<int>(ld));
+  gemm(false, false, g.OC, static_cast<int>(2 * ld), K, T(1), a.AW, K, cols_rh, static_cast<int>(2 * ld), T(0), orh,
+       static_cast<int>(2 * ld));
+  const T gm = a.gamma, tn = a.tiny, g1 = up(T(1) + gm), tn2 = 2 * tn;
+  for (py::ssize_t s = 0; s < nc; ++s)
+    for (int o = 0; o < g.OC; ++o) {
+      const T ab = a.b ? std::fabs(a.b[o]) : T(0);
+      const T* __restrict cr = oc_ + o * ld + s * ohw;
+      const T* __restrict rr = orh + o * 2 * ld + s * ohw;
+      const T* __restrict gr = rr + ld;
+      const py::ssize_t dst = (n0 + s) * n_out + o * ohw;
+      T* __restrict lo = a.OL + dst;
+      T* __restrict hi = a.OU + dst;
+      T* __restrict go = a.OG + dst;
+#pragma omp simd
+      for (py::ssize_t p = 0; p < ohw; ++p) {
+        // mg falls short of the exact |W| h + |b| by at most a relative gamma and an absolute tiny
+        // (up_pos: every operand below is >= tn > 0, a product of positive numbers (>= +0), or NaN)
+        T gi = up_pos(up_pos(gr[p] + tn) + ab);
+        gi = up_pos(gi * g1);
+        go[p] = gi;
+        // W c + b and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+        const T rad = up_pos(up_pos(rr[p] + up_pos(gm * gi)) + tn2);
+        lo[p] = down(cr[p] - rad);
+        hi[p] = up(cr[p] + rad);
+      }
+    }
+}
+// The chunk step compiled for the machine's vector width (FASTCERT_SIMD_CLONES, common.h): the same IEEE
+// operations in every clone (no contraction), so the same results on every machine.
+FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<float>& a, py::ssize_t n0, py::ssize_t nc, float* ws) {
+  conv_chunk_body(a, n0, nc, ws);
+}
+FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<double>& a, py::ssize_t n0, py::ssize_t nc, double* ws) {
+  conv_chunk_body(a, n0, nc, ws);
+}
+}  // namespace
+
+template <typename T>
+void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
+                   double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
+                   int sw, int ph, int pw, int chunk) {
+  const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
+  expect_size(absW.size(), Wt.size(), "absW");
+  if (l.size() % g.chw() != 0) throw std::invalid_argument("interval_conv: l size is not a multiple of C*H*W");
+  const py::ssize_t B = l.size() / g.chw(), n_out = static_cast<py::ssize_t>(g.OC) * g.ohw();
+  expect_size(u.size(), l.size(), "u");
+  expect_size(out_l.size(), B * n_out, "out_l");
+  expect_size(out_u.size(), B * n_out, "out_u");
+  expect_size(out_g.size(), B * n_out, "out_g");
+  const py::ssize_t nb = b.size();
+  if (nb != 0 && nb != g.OC) throw std::invalid_argument("interval_conv: bias must be empty or have OC elements");
+  if (chunk < 0) throw std::invalid_argument("interval_conv: chunk must be >= 0");
+  if (!(tiny > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0");
+  if (!(gamma >= 0)) throw std::invalid_argument("interval_conv: gamma must be >= 0");
+  if (B == 0) return;
+  std::vector<int> table;
+  col2im_table(g, table);
+  for (int& t : table) t = t < 0 ? static_cast<int>(g.chw()) : t;
+  const ConvChunk<T> a{g, ro(l, "l"), ro(u, "u"), ro(Wt, "W"), ro(absW, "absW"), nb ? ro(b, "b") : nullptr,
+                       mut(out_l, "out_l"), mut(out_u, "out_u"), mut(out_g, "out_g"), table.data(),
+                       static_cast<T>(gamma), static_cast<T>(tiny)};
+  if (!(a.tiny > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0 in the compute dtype");
+  const int nthreads = pool_threads();
+  const py::ssize_t per = chunk_scratch(g, 1);
+  py::ssize_t nc_max = chunk > 0 ? chunk : std::max<py::ssize_t>(1, kConvChunkElems / per);
+  nc_max = std::min(nc_max, std::max<py::ssize_t>(1, (B + nthreads - 1) / nthreads));
+  const py::ssize_t nchunks = (B + nc_max - 1) / nc_max;
+  const bool par = nchunks > 1 && 3 * B * n_out * g.ckk() > kParallelMacs;
+  const int nbuf = par ? nthreads : 1;
+  std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(nbuf * nc_max * per)]);
+  parallel_for(nchunks, 1, par, [&](std::int64_t ic, std::int64_t, int tid) {
+    const py::ssize_t n0 = ic * nc_max;
+    conv_chunk(a, n0, std::min(nc_max, B - n0), scratch.get() + tid * nc_max * per);
+  });
+}
+
+#define FASTCERT_INST(T)                                                                                    \
+  template void interval_conv<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
+                                 double, double, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int);
+FASTCERT_INST(float)
+FASTCERT_INST(double)
+#undef FASTCERT_INST
 
 #define FASTCERT_INST(T)                                                                                       \
   template void conv_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, int, int, int, int, int, \

@@ -56,32 +56,122 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
   const T g = static_cast<T>(gamma);
   const T tn = static_cast<T>(tiny);
   if (!(tn > 0)) throw std::invalid_argument("interval_finish: tiny must be > 0");
+  if (!(g >= 0)) throw std::invalid_argument("interval_finish: gamma must be >= 0");
   // rows of the bias's length (no modulo per element); pointers copied into the loop so that stores
   // through them cannot be taken to alias them, and the branch-free steps vectorize
   const py::ssize_t mm = m ? m : n, rows = n / mm;
   if (m && n % m != 0) throw std::invalid_argument("interval_finish: size is not a multiple of the bias length");
-  parallel_for(rows, grain_for(rows), n > kParallelMin, [=](std::int64_t r0, std::int64_t r1, int) {
-    const T g1 = up(T(1) + g), tn2 = 2 * tn;
-    for (py::ssize_t row = r0; row < r1; ++row) {
-      const T* __restrict Cr = C + row * mm;
-      const T* __restrict Rr = R + row * mm;
-      T* __restrict Gr = G + row * mm;
-      T* __restrict Lr = Lo + row * mm;
-      T* __restrict Ur = Up + row * mm;
+  // one loop per case: a conditional load of the bias (AB ? AB[j] : 0) kept the loop from vectorizing
+  // (it ran scalar with a branch per rounding step: 40 ns an element); without a bias AB is never read
+  auto run = [&](auto has_bias) {
+    constexpr bool HB = decltype(has_bias)::value;
+    parallel_for(rows, grain_for(rows), n > kParallelMin, [=](std::int64_t r0, std::int64_t r1, int) {
+      const T g1 = up(T(1) + g), tn2 = 2 * tn;
+      for (py::ssize_t row = r0; row < r1; ++row) {
+        const T* __restrict Cr = C + row * mm;
+        const T* __restrict Rr = R + row * mm;
+        T* __restrict Gr = G + row * mm;
+        T* __restrict Lr = Lo + row * mm;
+        T* __restrict Ur = Up + row * mm;
 #pragma omp simd
-      for (py::ssize_t j = 0; j < mm; ++j) {
-        // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
-        T gi = up(up(Gr[j] + tn) + (AB ? AB[j] : T(0)));
-        gi = up(gi * g1);
-        Gr[j] = gi;
-        // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
-        const T rad = up(up(Rr[j] + up(g * gi)) + tn2);
-        Lr[j] = down(Cr[j] - rad);
-        Ur[j] = up(Cr[j] + rad);
+        for (py::ssize_t j = 0; j < mm; ++j) {
+          // g as computed may fall short of the exact |W|h + |b| by a relative gamma and an absolute tiny
+          // (up_pos: every operand below is >= tn > 0 (mg, |b| >= +0), a product of positive numbers, or NaN)
+          T gi;
+          if constexpr (HB) gi = up_pos(up_pos(Gr[j] + tn) + AB[j]);
+          else gi = up_pos(up_pos(Gr[j] + tn) + T(0));
+          gi = up_pos(gi * g1);
+          Gr[j] = gi;
+          // W c (+b) and |W| r: each off by at most gamma (|W||c| + |b|) resp. gamma |W| r, plus tiny
+          const T rad = up_pos(up_pos(Rr[j] + up_pos(g * gi)) + tn2);
+          Lr[j] = down(Cr[j] - rad);
+          Ur[j] = up(Cr[j] + rad);
+        }
       }
-    }
+    });
+  };
+  if (AB) run(std::true_type{});
+  else run(std::false_type{});
+}
+
+// Whether every entry of x is finite (x - x is 0 for a finite x and NaN for an infinity or a NaN; the
+// sum is a vectorizable reduction): the overflow check of the interval pass without torch temporaries.
+template <typename T>
+bool all_finite(const Arr<T>& x) {
+  const T* X = ro(x, "x");
+  const py::ssize_t n = x.size();
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (py::ssize_t i = 0; i < n; ++i) acc += X[i] - X[i];
+  return acc == T(0);
+}
+template bool all_finite<float>(const Arr<float>&);
+template bool all_finite<double>(const Arr<double>&);
+
+// One step of the float64-evaluation error bound (algorithms/slack.py, eval_slack) through an affine
+// layer followed by an activation, when the next layer needs only each sample's largest entry:
+//   E_aff[b,k] = (gamma64 * g[b,k] + rowabs[k] * emax_in[b]) + uf
+//   E_act[b,k] = (lip * E_aff[b,k] + rel * max(|post_l[b,k]|, |post_u[b,k]|)) + abs_term
+//   emax_out[b] = max_k E_act[b,k]
+// in float64, in the same operations and order as the torch code it replaces (so the same numbers),
+// without its [B, n] float64 temporaries (whose allocation and page faults made that code ~1 ms a
+// layer). g, post_l, post_u: [B, n] (compute dtype); rowabs: [n] float64; emax_in, emax_out: [B].
+// A NaN anywhere in a sample's terms makes its emax_out NaN.
+namespace {
+// max_k of one sample's terms (see eval_err_max); NaN if any term is NaN or infinite
+template <typename T>
+inline __attribute__((always_inline)) double err_row_max(const T* __restrict gb, const T* __restrict lb,
+                                                         const T* __restrict ub, const double* __restrict RA,
+                                                         py::ssize_t n, double ei, double gamma64, double uf,
+                                                         double lip, double rel, double abs_term) {
+  double m = 0, nan = 0;
+#pragma omp simd reduction(max : m) reduction(+ : nan)
+  for (py::ssize_t k = 0; k < n; ++k) {
+    const double ea = (gamma64 * static_cast<double>(gb[k]) + RA[k] * ei) + uf;
+    const double mag = std::max(std::fabs(static_cast<double>(lb[k])), std::fabs(static_cast<double>(ub[k])));
+    const double v = (lip * ea + rel * mag) + abs_term;
+    m = std::max(m, v);
+    nan += v - v;  // 0, or NaN when v is NaN or infinite
+  }
+  return nan == 0 ? m : std::numeric_limits<double>::quiet_NaN();
+}
+// compiled per vector width (common.h): float64 arithmetic does not vectorize on baseline x86-64
+FASTCERT_SIMD_CLONES double err_row_max_f(const float* gb, const float* lb, const float* ub, const double* RA,
+                                          py::ssize_t n, double ei, double gamma64, double uf, double lip, double rel,
+                                          double abs_term) {
+  return err_row_max(gb, lb, ub, RA, n, ei, gamma64, uf, lip, rel, abs_term);
+}
+FASTCERT_SIMD_CLONES double err_row_max_f(const double* gb, const double* lb, const double* ub, const double* RA,
+                                          py::ssize_t n, double ei, double gamma64, double uf, double lip, double rel,
+                                          double abs_term) {
+  return err_row_max(gb, lb, ub, RA, n, ei, gamma64, uf, lip, rel, abs_term);
+}
+}  // namespace
+
+template <typename T>
+void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>& emax_in, double gamma64, double uf,
+                  double lip, const Arr<T>& post_l, const Arr<T>& post_u, double rel, double abs_term,
+                  Arr<double>& emax_out) {
+  const py::ssize_t B = emax_in.size(), n = rowabs.size();
+  expect_size(g.size(), B * n, "g");
+  expect_size(post_l.size(), B * n, "post_l");
+  expect_size(post_u.size(), B * n, "post_u");
+  expect_size(emax_out.size(), B, "emax_out");
+  const T* G = ro(g, "g");
+  const double* RA = ro(rowabs, "rowabs");
+  const double* EI = ro(emax_in, "emax_in");
+  const T* PL = ro(post_l, "post_l");
+  const T* PU = ro(post_u, "post_u");
+  double* EO = mut(emax_out, "emax_out");
+  parallel_for(B, grain_for(B), B * n > kParallelMin, [=](std::int64_t b0, std::int64_t b1, int) {
+    for (py::ssize_t b = b0; b < b1; ++b)
+      EO[b] = err_row_max_f(G + b * n, PL + b * n, PU + b * n, RA, n, EI[b], gamma64, uf, lip, rel, abs_term);
   });
 }
+template void eval_err_max<float>(const Arr<float>&, const Arr<double>&, const Arr<double>&, double, double, double,
+                                  const Arr<float>&, const Arr<float>&, double, double, Arr<double>&);
+template void eval_err_max<double>(const Arr<double>&, const Arr<double>&, const Arr<double>&, double, double,
+                                   double, const Arr<double>&, const Arr<double>&, double, double, Arr<double>&);
 
 // c = (l+u)/2; r >= max(u-c, c-l) (rounded up); cmax[b] = max_i |c[b,i]|; c2[b] >= ||c[b,:]||_2.
 // l,u,c,r: [B, n]; cmax, c2: [B]. Used with interval_finish_rows, which needs no |W| h product:

@@ -75,6 +75,20 @@ constexpr py::ssize_t kParallelMin = 1 << 18;
 // Kernels whose work is GEMMs (the fused backward steps) split rows over threads above this many
 // multiply-adds: ~1 ms of one core's GEMM, where a team's wake-up (tens of microseconds) is noise.
 constexpr py::ssize_t kParallelMacs = 1 << 22;
+// Elementwise hot loops compiled once per vector width, the widest the CPU has picked at load time
+// (GCC function multi-versioning through an ifunc): the build targets baseline x86-64 (SSE2), where the
+// float64 rounding steps do not vectorize at all (no 64-bit integer compare) and float32 ones run 4 wide.
+// Every clone does the same IEEE operations (-ffp-contract=off: no fused multiply-add), so the results
+// are the same bits on every machine. Empty elsewhere (other compilers, architectures, no ifunc).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTCERT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTCERT_SIMD_CLONES
+#endif
+// Samples per chunk of the fused interval convolution: a chunk's scratch (its c, r, h, their im2col
+// columns and the three products) is kept near this many elements (~L2 of a core in float32), so the
+// GEMMs see several samples side by side and the finishing step reads their results in cache.
+constexpr py::ssize_t kConvChunkElems = 1 << 17;
 
 // Unit roundoff of T (half machine epsilon).
 template <typename T>
@@ -104,6 +118,22 @@ inline T up(T x) {
 template <typename T>
 inline T down(T x) {
   return -up(-x);
+}
+// up(x) for x whose sign bit is clear (+0, positive, +inf) or NaN: equal to up(x) there, in a third of its
+// instructions (bits + 1, except that NaN and +inf stay). The finishing steps of the interval kernels
+// round chains of sums and products of nonnegative terms, each with a positive term (tiny) in it; there
+// every step but the last two (c -+ rad) meets only such operands, and the full up() per step made the
+// finishing loop the most expensive part of a small convolution's interval step.
+// NOT for negative numbers or -0 (bits + 1 would step a negative number down).
+template <typename T>
+inline T up_pos(T x) {
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  U b;
+  std::memcpy(&b, &x, sizeof b);
+  const U nb = x < std::numeric_limits<T>::infinity() ? b + 1 : b;  // false for NaN and +inf
+  T r;
+  std::memcpy(&r, &nb, sizeof r);
+  return r;
 }
 // up(x) for x the rounded result of ONE addition or subtraction, except that 0 stays 0: under round to
 // nearest with gradual underflow a rounded sum or difference is 0 only when the exact one is 0 (and the

@@ -41,6 +41,15 @@ template <typename T>
 void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& out, int H, int W, int sh, int sw,
                   int ph, int pw, Arr<T>& work);
 template <typename T>
+void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
+                   double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
+                   int sw, int ph, int pw, int chunk);
+template <typename T> bool all_finite(const Arr<T>& x);
+template <typename T>
+void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>& emax_in, double gamma64, double uf,
+                  double lip, const Arr<T>& post_l, const Arr<T>& post_u, double rel, double abs_term,
+                  Arr<double>& emax_out);
+template <typename T>
 void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
                    Arr<T>& work);
 template <typename T>

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fastcert._ext import _C
 from fastcert.layers import Activation, Box, Diag
 from fastcert.primitives.base import Elementwise
 from fastcert.rounding import gamma_for
@@ -68,19 +69,38 @@ def overflow_hint(dt: torch.dtype) -> str:
     return "try float64 inputs or a smaller eps" if dt == torch.float32 else "try a smaller eps or rescale the network"
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every entry of t is finite (one vectorized pass in the core, no temporaries)."""
+    return bool(_C.all_finite(t.contiguous().numpy()))
+
+
 def check_overflow(st: Any, out_box: Box) -> None:
     """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
     iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
     # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
-    if bool(torch.isfinite(out_box.l).all()) and bool(torch.isfinite(out_box.u).all()):
-        if all(g is None or bool(torch.isfinite(g).all()) for g in st.G):
+    if _finite(out_box.l) and _finite(out_box.u):
+        if all(g is None or _finite(g) for g in st.G):
             return
     for L, g in zip(st.layers, st.G):
-        if g is not None and not bool(torch.isfinite(g).all()):
+        if g is not None and not _finite(g):
             raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
                              f"{g.dtype}; the weights, x or eps are too large ({overflow_hint(g.dtype)})")
     raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
                      f"{out_box.l.dtype}; the weights, x or eps are too large ({overflow_hint(out_box.l.dtype)})")
+
+
+def _fusable(layers: list, j: int) -> bool:
+    """Whether eval_slack's steps through affine layer j and activation j+1 can run as one kernel
+    (``_C.eval_err_max``): j is affine, not diagonal and without its own evaluation terms, j+1 is a plain
+    activation (not a registry primitive), and layer j+2 is affine and not diagonal (it reads only the
+    per-sample max of E)."""
+    if j + 2 >= len(layers):
+        return False
+    L, A, N = layers[j], layers[j + 1], layers[j + 2]
+    plain = L.is_affine and not isinstance(L, Diag) and getattr(L, "eval_in", None) is None and \
+        getattr(L, "eval_out", None) is None
+    return plain and isinstance(A, Activation) and not isinstance(A, Elementwise) and N.is_affine and \
+        not isinstance(N, Diag)
 
 
 def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,18 +118,39 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
     normal64 = torch.finfo(torch.float64).tiny
     gamma64 = gamma_for(st.layers, torch.float64)
     B = C.shape[0]
-    E = torch.zeros(B, st.layers[0].n_in, dtype=torch.float64)
-    for j, L in enumerate(st.layers):
+    layers = st.layers
+    E: torch.Tensor | None = torch.zeros(B, layers[0].n_in, dtype=torch.float64)
+    emax = torch.zeros(B, dtype=torch.float64)  # E.amax(1) when E is None (only the max is kept)
+    skip = False
+    for j, L in enumerate(layers):
+        if skip:  # the activation of a fused step
+            skip = False
+            continue
         if L.is_affine:
             G = st.G[j]
             assert G is not None
             # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
             # subtraction, division and product)
             uf = max(underflow_slack(L.fan_in + 8, torch.float64), normal64)  # type: ignore[attr-defined]
+            if _fusable(layers, j):
+                # this layer and its activation in one kernel, the same float64 operations as below, keeping
+                # only the per-sample max that the next (affine, not diagonal) layer reads
+                A = layers[j + 1]
+                nxt = st.boxes_in[j + 2]
+                out = torch.empty(B, dtype=torch.float64)
+                assert nxt is not None
+                e_in = emax if E is None else E.amax(1).contiguous()
+                _C.eval_err_max(G.contiguous().numpy(), L.params(torch.float64).rowabs.numpy(), e_in.numpy(), gamma64,
+                                uf, float(A.lipschitz), nxt.l.contiguous().numpy(), nxt.u.contiguous().numpy(), 4 * u,
+                                max(8 * eta(torch.float64), normal64), out.numpy())
+                E, emax, skip = None, out, True
+                continue
             if isinstance(L, Diag):
+                assert E is not None  # a fused step is followed by a non-diagonal affine layer
                 E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
             else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
-                E = gamma64 * G.double() + L.params(torch.float64).rowabs * E.amax(1, keepdim=True) + uf
+                Em = emax[:, None] if E is None else E.amax(1, keepdim=True)
+                E = gamma64 * G.double() + L.params(torch.float64).rowabs * Em + uf
             ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
             if ev_in is not None:
                 E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
@@ -119,13 +160,14 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
                 E = E + ev_out[0] * nxt.mag().double() + ev_out[1]  # type: ignore[union-attr]
         else:
             nxt = st.boxes_in[j + 1] if j + 1 < len(st.layers) else out_box
-            assert nxt is not None
+            assert nxt is not None and E is not None
             if isinstance(L, Elementwise):  # the primitive's own bound on torch's float64 evaluation
                 E = L.lipschitz * E + L.eval_error(nxt.mag().double())
             else:  # ReLU: exact
                 assert isinstance(L, Activation)
                 E = L.lipschitz * E + 4 * u * nxt.mag().double() + max(8 * eta(torch.float64), normal64)
     K = out_box.l.shape[1]
+    assert E is not None  # the last layer is never fused
     Ef = E + gamma64 * out_box.mag().double()  # the spec's own product C f
     slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
     if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box

@@ -151,6 +151,7 @@ class Conv2d(_AffineBase):
             raise ValueError(f"{name}: kernel {tuple(W.shape[2:])} does not fit the padded input {in_shape}")
         self.in_shape = (int(C), int(H), int(Wd))
         self.out_shape = (int(W.shape[0]), int(OH), int(OW))
+        self._bias_c_cache: dict[torch.dtype, torch.Tensor] = {}
 
     def bias_flat64(self) -> torch.Tensor | None:
         if self.b64 is None:
@@ -178,7 +179,30 @@ class Conv2d(_AffineBase):
         return out
 
     def _bias_c(self, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(0, dtype=dtype) if self.b64 is None else self.b64.to(dtype).contiguous()
+        """Per-channel bias [OC] in ``dtype`` (empty without a bias), converted once per dtype."""
+        b = self._bias_c_cache.get(dtype)
+        if b is None:
+            self.params(dtype)  # checks that the parameters fit the dtype
+            b = torch.empty(0, dtype=dtype) if self.b64 is None else self.b64.to(dtype).contiguous()
+            self._bias_c_cache[dtype] = b
+        return b
+
+    def interval_step(self, l: torch.Tensor, u: torch.Tensor, gamma: float, tiny: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused interval step (``_C.interval_conv``): l, u: [B, C*H*W] -> (lo, hi, g): [B, OC*OH*OW],
+        with ``lo <= W x + b <= hi`` for x in [l, u] and ``g >= |W| max(|l|,|u|) + |b|`` (see
+        :func:`fastcert.layers.base.interval_affine`)."""
+        dt = l.dtype
+        p = self.params(dt)
+        B = l.shape[0]
+        lo = torch.empty(B, self.n_out, dtype=dt)
+        hi = torch.empty(B, self.n_out, dtype=dt)
+        g = torch.empty(B, self.n_out, dtype=dt)
+        _, H, Wd = self.in_shape
+        _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self._bias_c(dt)), gamma, tiny,
+                         lo.numpy(), hi.numpy(), g.numpy(), H, Wd, self.stride[0], self.stride[1], self.padding[0],
+                         self.padding[1])
+        return lo, hi, g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C*H*W] -> [B, OC*OH*OW]."""

@@ -103,6 +103,9 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
         _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, rownorm, absb, gamma, tiny, lo.numpy(),
                           hi.numpy(), g.numpy(), work.numpy())
         return Box(lo, hi), g
+    if layer.kind == "conv2d":  # one fused kernel: c, r, h, the three products, the finishing step
+        lo, hi, g = layer.interval_step(box.l, box.u, gamma, tiny)  # type: ignore[attr-defined]
+        return Box(lo, hi), g
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)
     h = torch.empty_like(box.l)
