@@ -132,3 +132,16 @@ def test_load_data_npz_and_csv(tmp_path: Path) -> None:
     assert x.shape == (2, 1, 2, 2) and y.tolist() == [7, 2] and float(x.max()) == 1.0
     with pytest.raises(ValueError, match="values per sample"):
         load_data(str(tmp_path / "d.csv"), 10, (1, 3, 3))
+
+
+def test_open_samples_of_a_tanh_network_say_why_no_mip() -> None:
+    """Samples neither attacked nor certified on a tanh network: no MIP, and the note names tanh (the check
+    once looked only at ReLU-family layers and missed the tanh primitive)."""
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).double().eval()
+    x = torch.rand(20, 1, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    r = evaluate(m, x, y, 0.3, method="ibp", pgd_steps=2, pgd_restarts=1)
+    assert r.status.count("open") > 0 and r.n_mip == 0
+    assert "tanh" in r.mip_note and "ReLU" in r.mip_note

@@ -70,10 +70,11 @@ class EvaluationResult:
 
 
 def _relu_only(net: Any, shape: tuple[int, ...]) -> tuple[bool, list[str]]:
-    from fastcert.layers import Activation
+    """Whether fastcert.mip can encode the network (ReLU and max pooling only), and its nonlinear kinds."""
+    from fastcert.algorithms.dispatch import nonlinear_kinds
 
-    kinds = sorted({L.kind for L in net.layers_for(shape) if isinstance(L, Activation)})
-    return all(k == "relu" for k in kinds), kinds
+    kinds = nonlinear_kinds(net, shape)
+    return all(k in ("relu", "maxpool") for k in kinds), kinds
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "inf",
@@ -130,7 +131,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, 
     elif mip_time_limit <= 0:
         note = "MIP disabled (--mip-time-limit 0)"
     elif not relu:
-        note = f"no MIP: the network has {', '.join(k for k in kinds if k != 'relu')} activations (ReLU only)"
+        note = (f"no MIP: the network has {', '.join(k for k in kinds if k not in ('relu', 'maxpool'))} "
+                f"activations (the MIP encodes ReLU and max pooling only)")
     elif str(norm).lower() in ("2", "l2"):
         note = "no MIP for the L2 norm (not linear-representable)"
     else:
