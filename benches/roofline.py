@@ -35,8 +35,11 @@ from fastcert.algorithms.linear_bounds import (
     patch_steps,
 )
 from fastcert.api import make_region
-from fastcert.layers import Conv2d, Dense, Diag, Layer
+from fastcert.layers.base import Layer
 from fastcert.network import Network
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.linear import Dense
 
 
 def macs(L: Layer) -> int:

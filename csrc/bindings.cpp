@@ -50,7 +50,7 @@ static void def_all(py::module_& m) {
   m.def("interval_finish_rows", &interval_finish_rows<T>, py::arg("mc").noconvert(), py::arg("mr").noconvert(), py::arg("cmax").noconvert(), py::arg("c2").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_g").noconvert());
   m.def("interval_dense", &interval_dense<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("work").noconvert());
   m.def("interval_dense_center", &interval_dense_center<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W64").noconvert(), py::arg("absW").noconvert(), py::arg("b64").noconvert(), py::arg("rowabs").noconvert(), py::arg("rownorm").noconvert(), py::arg("absb").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("gamma_back"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("out_w").noconvert(), py::arg("out_c").noconvert(), py::arg("out_v").noconvert(), py::arg("work").noconvert(), py::arg("work64").noconvert());
-  m.def("act_interval", &act_interval<T>, py::arg("kind"), py::arg("alpha"), py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
+  m.def("relu_interval", &relu_interval<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("out_l").noconvert(), py::arg("out_u").noconvert());
   m.def("dense_forward", &dense_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert());
   m.def("dense_backward", &dense_backward<T>, py::arg("lam").noconvert(), py::arg("W").noconvert(), py::arg("out").noconvert());
   m.def("relu_relax", &relu_relax<T>, py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("mode"), py::arg("lo_slope").noconvert(), py::arg("up_slope").noconvert(), py::arg("up_bias").noconvert());
@@ -148,6 +148,11 @@ bool fp_env_ok_all() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
+  py::enum_<LowerSlope>(m, "LowerSlope", "The lower slope of an unstable ReLU neuron (relu_relax).")
+      .value("adaptive", LowerSlope::adaptive)
+      .value("parallel", LowerSlope::parallel)
+      .value("zero", LowerSlope::zero)
+      .value("one", LowerSlope::one);
   def_all<float>(m);
   def_all<double>(m);
   m.def("fp_env_ok", &fp_env_ok_all,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fastcert._ext import _C
-from fastcert.layers import Box, Conv2d
-from fastcert.layers.base import interval_affine, np_view
+from fastcert.layers.base import Box, interval_affine, np_view
+from fastcert.primitives.conv2d import Conv2d
 from fastcert.rounding import gamma_n, underflow_slack
 
 GEOMETRIES = [

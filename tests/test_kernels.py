@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fastcert._ext import _C
-from fastcert.layers import Activation, Box, Conv2d, Dense
-from fastcert.layers.base import interval_affine, np_view
+from fastcert.layers.base import Box, interval_affine, np_view
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.linear import Dense
+from fastcert.primitives.relu import ReLU
 from fastcert.reference import crown as ref
 
 DTYPES = [torch.float32, torch.float64]
@@ -124,7 +125,7 @@ def test_interval_affine_contains_exact_and_matches_reference(dtype: torch.dtype
 
 
 def _affine_layer(kind: str, g: torch.Generator) -> tuple[object, tuple[int, ...], torch.Tensor, torch.Tensor]:
-    from fastcert.layers import Diag
+    from fastcert.primitives.diag import Diag
 
     if kind == "dense":
         W = torch.randn(20, 30, generator=g, dtype=torch.float64)
@@ -195,17 +196,18 @@ def test_interval_row_kernels_reject_bad_sizes() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "sigmoid"])
-def test_act_interval_outward(dtype: torch.dtype, act: str) -> None:
+def test_relu_interval_exact(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(5)
-    l = torch.randn(4, 50, generator=g, dtype=torch.float64) * 4
-    u = l + torch.rand(4, 50, generator=g, dtype=torch.float64) * torch.tensor([0.0, 2.0]).repeat(25)
-    A = Activation(act, (50,), alpha=0.1)
-    out = A.interval(Box(l.to(dtype), u.to(dtype)))
-    exact_l, exact_u = A.forward(l.to(dtype)).double(), A.forward(u.to(dtype)).double()
-    assert (out.l.double() <= exact_l).all() and (out.u.double() >= exact_u).all()
-    ulp = torch.finfo(dtype).eps * 8
-    assert torch.allclose(out.l.double(), exact_l, atol=ulp, rtol=ulp)
+    l = (torch.randn(4, 50, generator=g, dtype=torch.float64) * 4).to(dtype)
+    u = l + (torch.rand(4, 50, generator=g, dtype=torch.float64) * torch.tensor([0.0, 2.0]).repeat(25)).to(dtype)
+    l[0, :3] = torch.tensor([-0.0, 2.0**-149, -(2.0**-149)], dtype=dtype)  # signed zero, subnormals
+    out = ReLU((50,)).interval(Box(l, u))
+    assert torch.equal(out.l, torch.relu(l)) and torch.equal(out.u, torch.relu(u))  # exact: a max
+
+
+def test_relu_relax_refuses_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="lower_slope must be one of"):
+        ReLU((3,)).relax(Box(torch.zeros(1, 3), torch.ones(1, 3)), "steep")
 
 
 @pytest.mark.parametrize("mode", ["adaptive", "parallel"])
@@ -214,7 +216,7 @@ def test_relu_relax_against_reference_and_sound(mode: str) -> None:
     l = torch.randn(3, 200, generator=g, dtype=torch.float64)
     u = l + torch.rand(3, 200, generator=g, dtype=torch.float64) * 2
     l[0, :5] = u[0, :5]  # degenerate l == u
-    A = Activation("relu", (200,))
+    A = ReLU((200,))
     lo, up, ub = A.relax(Box(l, u), mode)
     rlo, rup, rub = ref.relu_relax(l, u, mode)
     assert torch.equal(lo, rlo) and torch.allclose(up, rup, rtol=1e-15) and (ub >= rub).all()

@@ -25,7 +25,7 @@ pytest.importorskip("highspy")
 from fastcert import lp_refine, mip
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
-from fastcert.layers import Activation
+from fastcert.primitives.relu import ReLU
 
 
 def _net(seed: int, n_in: int, widths: list[int], n_out: int = 3, scale: float = 1.0) -> nn.Sequential:
@@ -305,7 +305,7 @@ def _box_setup(seed: int, n_in: int, widths: list[int], half: float):
     prob = make_region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
                    torch.from_numpy(hi))
     pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip.prefix_bounds(layers, prob, "crown").items()}
-    mats = [lp_refine.affine_matrix(L) if not isinstance(L, Activation) else None for L in layers]
+    mats = [lp_refine.affine_matrix(L) if not isinstance(L, ReLU) else None for L in layers]
     return model, layers, mats, pre, lo, hi
 
 

@@ -13,24 +13,22 @@ from __future__ import annotations
 import itertools
 import math
 
+import fastcert
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fastcert.api import make_region
+from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from scipy.optimize import linprog
 from torch import nn
 
-import fastcert
-from fastcert.api import make_region
-from fastcert.io.vnnlib import Property, Spec, check_counterexample
-
 pytest.importorskip("highspy")
 from fastcert import mip  # noqa: E402
-from fastcert.layers import Activation  # noqa: E402
 from fastcert.mip.encoding import encode_graph, graph_mats, pool_windows  # noqa: E402
 from fastcert.mip.lp_refine import certified_lower, highs_lp, refine_bounds  # noqa: E402
 from fastcert.primitives.maxpool import MaxPool2d  # noqa: E402
-
+from fastcert.primitives.relu import ReLU  # noqa: E402
 
 # --------------------------------------------------------------------------- small graph models
 
@@ -117,7 +115,7 @@ def _affine_forms(g, n0: int, choice: dict) -> tuple[list, list]:
     for nd in g.nodes[1:]:
         p = nd.prim
         ins = [forms[i] for i in nd.inputs]
-        if isinstance(p, Activation):
+        if isinstance(p, ReLU):
             Fz, fz = ins[0]
             on = choice[nd.id]
             for r in range(len(fz)):  # on: z >= 0 ; off: z <= 0
@@ -166,7 +164,7 @@ def _patterns(g, pre: dict) -> dict:
     out = {}
     for nd in g.nodes[1:]:
         p = nd.prim
-        if isinstance(p, Activation):
+        if isinstance(p, ReLU):
             l, u = pre[nd.inputs[0]]
             opts = [[1.0] if a >= 0 else [0.0] if b <= 0 else [0.0, 1.0] for a, b in zip(l, u)]
             out[nd.id] = [np.array(t) for t in itertools.product(*opts)]
@@ -283,7 +281,7 @@ def _true_columns(g, enc, xs: np.ndarray) -> np.ndarray:
         v[h[h >= 0]] = vals[nid][0].numpy()[h >= 0]
     for nid, (keys, cols) in enc.binary.items():
         zin = vals[g.nodes[nid].inputs[0]][0].numpy()
-        if isinstance(g.nodes[nid].prim, Activation):
+        if isinstance(g.nodes[nid].prim, ReLU):
             v[cols] = (zin[keys] > 0).astype(float)
             continue
         y = vals[nid][0].numpy()

@@ -17,10 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from fastcert.layers import UnsupportedError
+from fastcert.errors import UnsupportedError
 from fastcert.layers.base import Box
 from fastcert.primitives.arctan import Arctan
 from fastcert.primitives.base import RelaxOptions
@@ -31,6 +28,8 @@ from fastcert.primitives.sigmoid import Sigmoid
 from fastcert.primitives.softplus import Softplus
 from fastcert.primitives.sshape import SShaped
 from fastcert.primitives.tanh import Tanh
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 mpmath = pytest.importorskip("mpmath", reason="the exact checks need mpmath")
 mp = mpmath.mp
@@ -376,12 +375,12 @@ def test_bisect_and_envelope_tightness(cls) -> None:
 @pytest.mark.parametrize("mode", ["adaptive", "parallel", "zero", "one"])
 def test_relu_forms_agree_with_the_relu_kernel(mode: str) -> None:
     """LeakyReLU(0), Hardtanh(0, inf) and ELU(0) give fastcert's ReLU lines (the C++ kernel) to rounding."""
-    from fastcert.layers.activation import Activation
+    from fastcert.primitives.relu import ReLU
 
     torch.manual_seed(3)
     l = torch.randn(2, 500, dtype=F64) * 3
     u = l + torch.rand(2, 500, dtype=F64) * 5
-    lo_s, up_s, up_b = Activation("relu", (500,)).relax(Box(l, u), mode)
+    lo_s, up_s, up_b = ReLU((500,)).relax(Box(l, u), mode)
     for prim in (LeakyReLU((500,), 0.0), Hardtanh((500,), 0.0, INF), ELU((500,), 0.0)):
         r = prim.relax(Box(l, u), RelaxOptions(lower_slope=mode))
         assert r.lo_b is None

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import fastcert
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
-from torch import nn
-
-import fastcert
 from strategies import (
     RELU_METHODS,
     NetSpec,
@@ -46,6 +44,7 @@ from strategies import (
     sample_points,
     scaled_specs,
 )
+from torch import nn
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -207,25 +206,9 @@ def test_cnn_batchnorm1d_after_flatten(net: NetSpec, reg: RegionSpec) -> None:
     _check_network(net, reg)
 
 
-# one sample per chunk in the backward pass, one row per block in the fused kernels
-TINY = fastcert.BoundOptions(lambda_bytes=1, block_elems=1)
-
-
-class _tiny_workspaces:
-    """Force every chunked code path of the convolution kernels: one sample per chunk."""
-
-    def __enter__(self):
-        import fastcert.layers.affine as af
-
-        self._old = af._CONV_WORK_ELEMS
-        af._CONV_WORK_ELEMS = 1
-        return self
-
-    def __exit__(self, *exc):
-        import fastcert.layers.affine as af
-
-        af._CONV_WORK_ELEMS = self._old
-        return False
+# one sample per chunk in the backward pass, one row per block in the fused kernels, one sample per
+# im2col workspace in the convolution kernels
+TINY = fastcert.BoundOptions(lambda_bytes=1, block_elems=1, conv_work_elems=1)
 
 
 @fc_settings(50)
@@ -233,15 +216,13 @@ class _tiny_workspaces:
 def test_chunked_paths_sound_and_consistent(net: NetSpec, reg: RegionSpec) -> None:
     """With one-sample chunks the bounds must stay sound, and agree with the unchunked ones up to
     rounding (CROWN may refine a different set of neurons per chunk, so not bit-identical)."""
-    with _tiny_workspaces():
-        _check_network(net, reg, options=TINY)
+    _check_network(net, reg, options=TINY)
     model = build_network(net)
     r = build_region(reg, net.input_shape)
     for method in RELU_METHODS:
         a = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max)
-        with _tiny_workspaces():
-            b = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max,
-                                options=TINY)
+        b = fastcert.bounds(model, r.x, r.eps_arg, norm=r.norm, method=method, x_min=r.x_min, x_max=r.x_max,
+                            options=TINY)
         scale = 1 + a.lower.abs() + a.upper.abs()
         assert ((a.lower - b.lower).abs() <= 1e-8 * scale).all(), method
         assert ((a.upper - b.upper).abs() <= 1e-8 * scale).all(), method

@@ -350,67 +350,25 @@ for (int i = static_cast<int>(i0_); i < static_cast<int>(i1_); ++i) {
   interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, tiny, out_g);
 }
 
-// Activations on intervals, rounded outward (leaky relu with a negative slope handled as non-monotone). kind: 0 relu, 1 leaky relu (slope alpha),
-// 2 tanh, 3 sigmoid.
+// ReLU on intervals: exact in floating point (a max), and a vectorizable loop. (The other
+// activations are primitives of their own, python/fastcert/primitives/, with their own rounding.)
 template <typename T>
-inline T act_eval(int kind, T x, T alpha) {
-  switch (kind) {
-    case 0: return x > 0 ? x : T(0);
-    case 1: return x > 0 ? x : alpha * x;
-    case 2: return std::tanh(x);
-    default: {
-      // sigmoid; for x < 0 as e^x / (1 + e^x): 1 / (1 + e^-x) gives 0 once e^-x overflows, below the
-      // true (subnormal) value, which no ulp step would recover
-      const T e = std::exp(-std::fabs(x));
-      return x >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
-    }
-  }
-}
-template <typename T>
-void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou) {
+void relu_interval(const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou) {
   const py::ssize_t n = l.size();
   expect_size(u.size(), n, "u");
   expect_size(ol.size(), n, "out_l");
   expect_size(ou.size(), n, "out_u");
-  if (kind < 0 || kind > 3) throw std::invalid_argument("act_interval: unknown activation kind");
   const T* L = ro(l, "l");
   const T* U = ro(u, "u");
   T* OL = mut(ol, "out_l");
   T* OU = mut(ou, "out_u");
-  const T a = static_cast<T>(alpha);
-  const bool exact = (kind == 0);  // relu is exact in floating point
-  if (kind == 0) {  // relu: exact, and a vectorizable max
-    parallel_for(n, grain_for(n, 1024), n > kParallelMin, [=](std::int64_t i0, std::int64_t i1, int) {
+  parallel_for(n, grain_for(n, 1024), n > kParallelMin, [=](std::int64_t i0, std::int64_t i1, int) {
 #pragma omp simd
-      for (py::ssize_t i = i0; i < i1; ++i) {
-        OL[i] = L[i] > T(0) ? L[i] : T(0);
-        OU[i] = U[i] > T(0) ? U[i] : T(0);
-      }
-    });
-    return;
-  }
-parallel_for(n, grain_for(n, 1024), n > kParallelMin, [&](std::int64_t i0_, std::int64_t i1_, int) {
-for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>(i1_); ++i) {
-    T lo = act_eval(kind, L[i], a), hi = act_eval(kind, U[i], a);
-    if (kind == 1 && a < 0) {  // leaky relu with a negative slope is not monotone: min at 0 when crossing
-      const T flo = lo, fhi = hi;
-      lo = std::min(flo, fhi);
-      hi = std::max(flo, fhi);
-      if (L[i] < 0 && U[i] > 0) lo = std::min(lo, T(0));
+    for (py::ssize_t i = i0; i < i1; ++i) {
+      OL[i] = L[i] > T(0) ? L[i] : T(0);
+      OU[i] = U[i] > T(0) ? U[i] : T(0);
     }
-
-    if (!exact) {  // libm tanh/exp are within a few ulp: step outward 4 ulp
-      for (int k = 0; k < 4; ++k) {
-        lo = down(lo);
-        hi = up(hi);
-      }
-      if (kind == 2) { lo = std::max(lo, T(-1)); hi = std::min(hi, T(1)); }
-      if (kind == 3) { lo = std::max(lo, T(0)); hi = std::min(hi, T(1)); }
-    }
-    OL[i] = lo;
-    OU[i] = hi;
-  }
-});
+  });
 }
 
 // out[B,m] = x[B,n] @ W[m,n]^T + b  (b may be empty).
@@ -534,7 +492,7 @@ void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& 
   template void interval_prep<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                  \
   template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, double,    \
                                    Arr<T>&, Arr<T>&);                                                      \
-  template void act_interval<T>(int, double, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);               \
+  template void relu_interval<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);                          \
   template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);                       \
   template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);    \
   template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,        \

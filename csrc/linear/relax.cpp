@@ -8,15 +8,15 @@
 
 namespace fastcert {
 
-// mode: 0 adaptive (CROWN: 1 if u >= -l else 0), 1 parallel (Fast-Lin / KW: u/(u-l)), 2 zero, 3 one.
+// mode (the lower slope of an unstable neuron): adaptive (CROWN: 1 if u >= -l else 0), parallel (Fast-Lin / KW:
+// u/(u-l)), zero, one.
 template <typename T>
-void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias) {
+void relu_relax(const Arr<T>& l, const Arr<T>& u, LowerSlope mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias) {
   const py::ssize_t n = l.size();
   expect_size(u.size(), n, "u");
   expect_size(lo_slope.size(), n, "lo_slope");
   expect_size(up_slope.size(), n, "up_slope");
   expect_size(up_bias.size(), n, "up_bias");
-  if (mode < 0 || mode > 3) throw std::invalid_argument("relu_relax: unknown lower-slope mode");
   const T* L = ro(l, "l");
   const T* U = ro(u, "u");
   T* LS = mut(lo_slope, "lo_slope");
@@ -39,17 +39,17 @@ for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>
       US[i] = s;
       UB[i] = t;
       switch (mode) {
-        case 0: LS[i] = (ui >= -li) ? T(1) : T(0); break;
-        case 1: LS[i] = s; break;
-        case 2: LS[i] = 0; break;
-        default: LS[i] = 1; break;
+        case LowerSlope::adaptive: LS[i] = (ui >= -li) ? T(1) : T(0); break;
+        case LowerSlope::parallel: LS[i] = s; break;
+        case LowerSlope::zero: LS[i] = 0; break;
+        case LowerSlope::one: LS[i] = 1; break;
       }
     }
   }
 });
 }
 
-template void relu_relax<float>(const Arr<float>&, const Arr<float>&, int, Arr<float>&, Arr<float>&, Arr<float>&);
-template void relu_relax<double>(const Arr<double>&, const Arr<double>&, int, Arr<double>&, Arr<double>&,
+template void relu_relax<float>(const Arr<float>&, const Arr<float>&, LowerSlope, Arr<float>&, Arr<float>&, Arr<float>&);
+template void relu_relax<double>(const Arr<double>&, const Arr<double>&, LowerSlope, Arr<double>&, Arr<double>&,
                                  Arr<double>&);
 }  // namespace fastcert

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from fastcert._ext import build_info, set_blas_threads
     from fastcert.algorithms.linear_bounds import empty_cache
     from fastcert.api import BoundsResult, CertifyResult, bounds, certify
-    from fastcert.layers import UnsupportedError
+    from fastcert.errors import UnsupportedError
     from fastcert.mip import verify
     from fastcert.network import Network
     from fastcert.nn import Normalize

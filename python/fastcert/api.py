@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from fastcert._ext import torch_serial
-from fastcert.checks import as_tensor, class_indices, norm_key, real_numbers
-from fastcert.rounding import round_down, round_up
 from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem
-from fastcert.layers.activation import LOWER_SLOPE_MODES
+from fastcert.checks import as_tensor, class_indices, norm_key, real_numbers
 from fastcert.network import Network, as_network
 from fastcert.options import BoundOptions
+from fastcert.primitives.base import LOWER_SLOPE_MODES
+from fastcert.rounding import round_down, round_up
 
 NORMS = {"inf": 0, "2": 2, "1": 1}
 

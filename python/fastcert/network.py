@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastcert.errors import UnsupportedError
 from fastcert.graph.from_torch import SUPPORTED
+from fastcert.graph.ir import Graph, build_graph, chain_graph
+from fastcert.graph.ops import CHAIN_KINDS, LayerOp, build_chain_default, is_chain, reshape_target, shape_key
 from fastcert.graph.trace import convert
 from fastcert.io.onnx.convert import Converter
 from fastcert.io.onnx.read import read_model
-from fastcert.graph.ops import CHAIN_KINDS, LayerOp, build_chain_default, is_chain, reshape_target, shape_key
-from fastcert.graph.ir import Graph, build_graph, chain_graph
-from fastcert.layers import Layer, UnsupportedError
+from fastcert.layers.base import Layer
 from fastcert.rounding import gamma_for, gamma_n
 
 __all__ = ["CHAIN_KINDS", "LayerOp", "Network", "SUPPORTED", "as_network", "gamma_for", "gamma_n", "is_chain",

@@ -20,19 +20,26 @@ class BoundOptions:
     lambda_bytes: budget for one chunk of coefficient matrices [B, rows, n] of a backward pass.
     block_elems: elements of one block of relaxed rows in the fused activation + affine kernels (sized
         for the L2 cache).
+    conv_work_elems: elements of the im2col workspace of a convolution's forward / transposed products
+        (whole samples are processed in it, at least one at a time).
     """
 
     tangent: str = "bisect"
     patches: str = "auto"
     lambda_bytes: int = 384 << 20
     block_elems: int = 1 << 16
+    conv_work_elems: int = 1 << 22
 
     def __post_init__(self) -> None:
         if self.tangent not in TANGENTS:
             raise ValueError(f"BoundOptions.tangent must be one of {TANGENTS}, got {self.tangent!r}")
         if self.patches not in PATCHES:
             raise ValueError(f"BoundOptions.patches must be one of {PATCHES}, got {self.patches!r}")
-        for name in ("lambda_bytes", "block_elems"):
+        for name in ("lambda_bytes", "block_elems", "conv_work_elems"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"BoundOptions.{name} must be a positive int, got {v!r}")
+
+
+DEFAULT_OPTIONS = BoundOptions()
+"""The defaults, for the calls made outside a bound computation (a forward pass)."""

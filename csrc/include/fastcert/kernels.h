@@ -3,6 +3,9 @@
 #include "fastcert/common.h"
 
 namespace fastcert {
+// The lower slope of an unstable ReLU (exposed to Python by name as _C.LowerSlope).
+enum class LowerSlope { adaptive, parallel, zero, one };
+
 template <typename T> void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h);
 template <typename T>
 void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, double tiny,
@@ -21,11 +24,11 @@ void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& 
                            const Arr<double>& b64, const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb,
                            double gamma, double tiny, double gamma_back, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g,
                            Arr<T>& out_w, Arr<T>& out_c, Arr<double>& out_v, Arr<T>& work, Arr<double>& work64);
-template <typename T> void act_interval(int kind, double alpha, const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou);
+template <typename T> void relu_interval(const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou);
 template <typename T> void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
 template <typename T> void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out);
 template <typename T>
-void relu_relax(const Arr<T>& l, const Arr<T>& u, int mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias);
+void relu_relax(const Arr<T>& l, const Arr<T>& u, LowerSlope mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias);
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
                   const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum,

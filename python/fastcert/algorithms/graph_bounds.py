@@ -19,14 +19,16 @@ import torch
 from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.graph_slack import graph_eval_slack
 from fastcert.algorithms.linear_bounds import check_fp_env, finish, relax_tuple
+from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
-from fastcert.layers import Activation, Box, Diag, Layer, UnsupportedError
-from fastcert.layers.base import empty_like_dtype, interval_affine, np_view
-from fastcert.options import BoundOptions
+from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine, np_view
+from fastcert.options import DEFAULT_OPTIONS, BoundOptions
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.concat import Concat
+from fastcert.primitives.diag import Diag
 from fastcert.primitives.maxpool import MaxPool2d
+from fastcert.primitives.relu import ReLU
 from fastcert.rounding import eta, gamma_n, round_up
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP); see linear_bounds
@@ -49,6 +51,7 @@ class GraphPass:
     G: list[torch.Tensor | None]
     relax: list[Any]
     uf: dict[int, torch.Tensor] = field(default_factory=dict)
+    opts: BoundOptions = DEFAULT_OPTIONS
 
 
 def _feeds_pool(g: Graph, v: int) -> bool:
@@ -56,7 +59,7 @@ def _feeds_pool(g: Graph, v: int) -> bool:
     (then the bounds of all its neurons matter, not only of those where an activation has a kink)."""
     for w in g.consumers[v]:
         p = g.nodes[w].prim
-        if isinstance(p, MaxPool2d) or (isinstance(p, (Activation, Elementwise, Concat)) and _feeds_pool(g, w)):
+        if isinstance(p, MaxPool2d) or (isinstance(p, (ReLU, Elementwise, Concat)) and _feeds_pool(g, w)):
             return True
     return False
 
@@ -68,7 +71,7 @@ def _unstable(st: GraphPass, v: int, box: Box) -> torch.Tensor:
         return box.l < box.u
     for w in st.g.consumers[v]:
         p = st.g.nodes[w].prim
-        if isinstance(p, (Activation, Elementwise)):
+        if isinstance(p, (ReLU, Elementwise)):
             mask |= p.unstable(box)
         elif isinstance(p, MaxPool2d):
             mask |= box.l < box.u
@@ -121,9 +124,9 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
         lam = lam.expand(Bc, S, lam.shape[2]).contiguous()
         _C.bias_mag(np_view(lam), np_view(prim.params(dt).bias), np_view(G[b0:b1]), np_view(bias),  # type: ignore
                     np_view(mag), gamma_n(prim.back_len, dt), gamma_n(prim.n_out, dt), e)  # type: ignore
-        out = prim.backward(lam.reshape(Bc * S, prim.n_out)).reshape(Bc, S, prim.n_in)  # type: ignore
+        out = prim.backward(lam.reshape(Bc * S, prim.n_out), st.opts).reshape(Bc, S, prim.n_in)  # type: ignore
         return [(nd.inputs[0], out)]
-    if isinstance(prim, (Activation, Elementwise)):
+    if isinstance(prim, (ReLU, Elementwise)):
         lo_s, up_s, up_b, zmag, lo_b = (None if t is None else t[b0:b1] for t in st.relax[v])
         out = torch.empty(Bc, S, prim.n_in, dtype=dt)
         _C.backward_act(np_view(lam.contiguous()), np_view(lo_s), np_view(up_s),
@@ -269,7 +272,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
     """Interval bounds of every node, refined by back-substitution where the method asks, and the
     relaxations of the nonlinear nodes."""
     n = len(g.nodes)
-    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n)
+    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts)
     st.box[0] = Box(prob.l0, prob.u0)
     depth = _exact_depth(g, prob.p)
     for nd in g.nodes[1:]:
@@ -288,7 +291,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
         # an elementwise node's interval is the exact image of its input box (up to rounding), which
         # back-substitution through its own relaxation cannot beat; neither can it beat a concatenation's
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
-                not isinstance(prim, (Activation, Elementwise, Concat)) and \
+                not isinstance(prim, (ReLU, Elementwise, Concat)) and \
                 any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
             st.box[nd.id] = _refine(st, nd.id, box, cfg[2], opts.lambda_bytes)
     return st
@@ -315,7 +318,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
         cfg = (lower_slope, cfg[1], cfg[2])
     if method == "kw":
         for nd in g.nodes[1:]:
-            if is_nonlinear(nd.prim) and not (isinstance(nd.prim, Activation) and nd.prim.kind == "relu"):
+            if is_nonlinear(nd.prim) and not (isinstance(nd.prim, ReLU)):
                 raise UnsupportedError(f"{nd.name}: the Kolter-Wong dual bound (method 'kw') is defined for ReLU "
                                        f"networks only, and this node is {nd.prim.describe()}; use 'fastlin' (the "
                                        f"same bound on ReLU networks), 'crown', 'crown-ibp' or 'ibp'")

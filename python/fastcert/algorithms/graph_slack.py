@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from fastcert.layers import Activation, Diag
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.concat import Concat
+from fastcert.primitives.diag import Diag
 from fastcert.primitives.maxpool import MaxPool2d
+from fastcert.primitives.relu import ReLU
 from fastcert.rounding import eta, gamma_for, round_up, underflow_slack
 
 
@@ -50,7 +51,7 @@ def graph_eval_slack(st: Any, C: torch.Tensor, C_exact: torch.Tensor | None = No
             ev_out = getattr(prim, "eval_out", None)
             if ev_out is not None:
                 e = e + ev_out[0] * out.mag().double() + ev_out[1]
-        elif isinstance(prim, (Activation, Elementwise)):
+        elif isinstance(prim, (ReLU, Elementwise)):
             if isinstance(prim, Elementwise):  # the primitive's own bound on torch's float64 evaluation
                 e = prim.lipschitz * Ein[0] + prim.eval_error(out.mag().double())
             else:  # ReLU

@@ -22,16 +22,36 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C, torch_serial
-from fastcert.layers import Activation, Box, Conv2d, Dense, Diag, Layer, UnsupportedError
-from fastcert.layers.base import empty_like_dtype, interval_affine, interval_dense_center, np_view
+from fastcert.algorithms.patches import (
+    intermediate_patches,
+    patch_geometry,
+    patch_row_macs,
+    patch_steps,
+    patches_cheaper,
+)
+from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag
+from fastcert.algorithms.state import (
+    E64,
+    METHODS,
+    WS,
+    Pass,
+    Problem,
+    check_fp_env,
+    chunk,
+    empty_cache,
+    finish,
+    relax_tuple,
+    uncrossed,
+)
+from fastcert.errors import UnsupportedError
+from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine, interval_dense_center, np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.linear import Dense
+from fastcert.primitives.relu import ReLU
 from fastcert.rounding import gamma_n
-from fastcert.algorithms.patches import intermediate_patches, patch_geometry, patch_row_macs, patch_steps, \
-    patches_cheaper
-from fastcert.algorithms.slack import check_overflow, eval_slack, initial_mag
-from fastcert.algorithms.state import (E64, METHODS, WS, Pass, Problem, check_fp_env, chunk, empty_cache,
-                                       finish, relax_tuple, uncrossed)
 
 __all__ = ["METHODS", "Problem", "check_fp_env", "empty_cache", "finish", "linear_bounds", "patch_geometry",
            "patch_row_macs", "patch_steps", "relax_tuple"]
@@ -134,7 +154,7 @@ def _backsub(st: Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor,
         idx, j = j, j - 1
         if L.is_affine and st.centre.get(idx) is not None:
             ce = st.centre[idx]
-            new = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
+            new = L.backward(lam.reshape(Bc * S, L.n_out), st.opts).reshape(Bc, S, L.n_in)
             _C.affine_center(np_view(lam), np_view(new), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]),
                              np_view(ce.w[b0:b1]), np_view(bias), np_view(mag), bh)
             lam = new
@@ -143,7 +163,7 @@ def _backsub(st: Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor,
             assert G is not None
             _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
                         gamma_n(L.back_depth, dt), gamma_n(L.n_out, dt), bh)
-            lam = L.backward(lam.reshape(Bc * S, L.n_out)).reshape(Bc, S, L.n_in)
+            lam = L.backward(lam.reshape(Bc * S, L.n_out), st.opts).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[idx]
             assert r is not None
@@ -252,7 +272,7 @@ def _intermediate(st: Pass, i: int, ibp: Box, intersect: bool, symmetric: bool, 
 
 
 def _refuse_kw(layers: list[Layer]) -> None:
-    bad = next(Lj for Lj in layers if not (Lj.is_affine or isinstance(Lj, Activation)))
+    bad = next(Lj for Lj in layers if not (Lj.is_affine or isinstance(Lj, ReLU)))
     raise UnsupportedError(f"{bad.name or bad.kind}: the Kolter-Wong dual bound (method 'kw') is defined for "
                            f"ReLU networks only, and this layer is {bad.describe()}; use 'fastlin', 'crown', "
                            f"'crown-ibp' or 'ibp'")
@@ -276,7 +296,7 @@ def _forward(st: Pass, cfg: tuple[str, str, bool] | None, relu_only: bool, stats
             else:
                 box, st.G[i] = interval_affine(L, box)
             continue
-        assert isinstance(L, (Activation, Elementwise))
+        assert isinstance(L, (ReLU, Elementwise))
         if cfg is not None:
             slope, inter, intersect = cfg
             # on a box, interval bounds through elementwise layers and at most one other affine layer
@@ -313,7 +333,7 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
     opts = BoundOptions() if opts is None else opts
     st = Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers), opts)
     # the one-pass (symmetric) Fast-Lin / KW trick needs lower slope == upper slope everywhere: ReLU's
-    relu_only = all(Lj.is_affine or isinstance(Lj, Activation) for Lj in layers)
+    relu_only = all(Lj.is_affine or isinstance(Lj, ReLU) for Lj in layers)
     if method == "kw" and not relu_only:
         _refuse_kw(layers)
     out_box = _forward(st, cfg, relu_only, stats)

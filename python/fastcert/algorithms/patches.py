@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from fastcert._ext import _C
-from fastcert.layers import Activation, Box, Conv2d, Layer
-from fastcert.layers.base import empty_like_dtype, np_view
-from fastcert.rounding import gamma_n
 from fastcert.algorithms.slack import initial_mag
 from fastcert.algorithms.state import WS, Pass, uncrossed
+from fastcert.layers.base import Box, Layer, empty_like_dtype, np_view
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.relu import ReLU
+from fastcert.rounding import gamma_n
+
 
 def patch_steps(layers: list[Layer], i: int) -> list[int] | None:
     """Indices j of the (activation j, conv j-1) steps from layer i-1 down to the input when
@@ -22,7 +24,7 @@ def patch_steps(layers: list[Layer], i: int) -> list[int] | None:
         return None
     steps = []
     for j in range(i - 2, 0, -2):
-        if not isinstance(layers[j], Activation) or not isinstance(layers[j - 1], Conv2d):
+        if not isinstance(layers[j], ReLU) or not isinstance(layers[j - 1], Conv2d):
             return None
         steps.append(j)
     return steps if isinstance(layers[0], Conv2d) else None
@@ -108,7 +110,7 @@ def _window_steps(st: Pass, steps: list[int], geo: list, lam: torch.Tensor, bias
     nthr = max(1, _C.omp_max_threads())
     for k, j in enumerate(steps):
         act, conv = st.layers[j], st.layers[j - 1]
-        assert isinstance(act, Activation) and isinstance(conv, Conv2d)
+        assert isinstance(act, ReLU) and isinstance(conv, Conv2d)
         r = st.relax[j]
         assert r is not None and r[4] is None
         C_a, h, w, sy, sx, oy, ox = geo[k]  # the window on the activation (= conv output) image

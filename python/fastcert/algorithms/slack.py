@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from fastcert._ext import _C
-from fastcert.layers import Activation, Box, Diag
+from fastcert.layers.base import Box
 from fastcert.primitives.base import Elementwise
-from fastcert.rounding import gamma_for
-from fastcert.rounding import eta, round_up, underflow_slack
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.relu import ReLU
+from fastcert.rounding import eta, gamma_for, round_up, underflow_slack
 
 
 def underflow_units(st: Any, j: int) -> torch.Tensor:
@@ -99,7 +100,7 @@ def _fusable(layers: list, j: int) -> bool:
     L, A, N = layers[j], layers[j + 1], layers[j + 2]
     plain = L.is_affine and not isinstance(L, Diag) and getattr(L, "eval_in", None) is None and \
         getattr(L, "eval_out", None) is None
-    return plain and isinstance(A, Activation) and not isinstance(A, Elementwise) and N.is_affine and \
+    return plain and isinstance(A, ReLU) and not isinstance(A, Elementwise) and N.is_affine and \
         not isinstance(N, Diag)
 
 
@@ -164,7 +165,7 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
             if isinstance(L, Elementwise):  # the primitive's own bound on torch's float64 evaluation
                 E = L.lipschitz * E + L.eval_error(nxt.mag().double())
             else:  # ReLU: exact
-                assert isinstance(L, Activation)
+                assert isinstance(L, ReLU)
                 E = L.lipschitz * E + 4 * u * nxt.mag().double() + max(8 * eta(torch.float64), normal64)
     K = out_box.l.shape[1]
     assert E is not None  # the last layer is never fused

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C
-from fastcert.layers import Activation, Box, Layer
-from fastcert.layers.base import Centre
+from fastcert.algorithms.slack import overflow_hint
+from fastcert.layers.base import Box, Centre, Layer
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise, RelaxOptions
-from fastcert.algorithms.slack import overflow_hint
+from fastcert.primitives.relu import ReLU
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP)
 METHODS: dict[str, tuple[str, str, bool] | None] = {
@@ -113,7 +113,7 @@ def check_fp_env() -> None:
 def relax_tuple(L: Layer, box: Box, slope: str, tangent: str) -> tuple[torch.Tensor | None, ...]:
     """The relaxation of an elementwise layer on its input box as the engines store it:
     ``(lo_s, up_s, up_b, zmag, lo_b or None)``, each [B, n] contiguous (zmag = max(|l|, |u|))."""
-    if isinstance(L, Activation):
+    if isinstance(L, ReLU):
         lo_s, up_s, up_b = L.relax(box, slope)
         return (lo_s, up_s, up_b, box.mag().contiguous(), None)
     assert isinstance(L, Elementwise)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-from fastcert.layers import UnsupportedError
+from fastcert.errors import UnsupportedError
 from fastcert.graph.ops import LayerOp, no_underflow
 from fastcert.nn import Normalize
 from fastcert.primitives import registry as activations

@@ -12,12 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcert.layers import Activation, Conv2d, Dense, Diag, Layer, UnsupportedError
+from fastcert.errors import UnsupportedError
 from fastcert.graph.ops import LayerOp, make_layer, reshape_target
+from fastcert.layers.base import Layer
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.concat import Concat
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.linear import Dense
 from fastcert.primitives.maxpool import MaxPool2d
+from fastcert.primitives.relu import ReLU
 
 SUPPORTED_GRAPH_OPS = "add / sub of two tensors, torch.cat / Concat, MaxPool2d, reshape / flatten / view"
 
@@ -163,7 +168,7 @@ def chain_graph(layers: list[Layer], input_shape: tuple[int, ...]) -> Graph:
 
 def is_nonlinear(prim: Layer | None) -> bool:
     """Whether a node's primitive needs a relaxation (bounds on its input)."""
-    return isinstance(prim, (Activation, Elementwise, MaxPool2d))
+    return isinstance(prim, (ReLU, Elementwise, MaxPool2d))
 
 
 __all__ = ["Graph", "Node", "build_graph", "chain_graph", "is_nonlinear", "Conv2d", "Diag"]

@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastcert.layers import Conv2d, Dense, Diag, Layer
-from fastcert.layers.affine import channel_expand
+from fastcert.layers.base import Layer
+from fastcert.primitives.affine import channel_expand
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.linear import Dense
 from fastcert.primitives.registry import build as build_activation
 
 _U64 = 2.0**-53  # unit roundoff of float64

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fastcert.errors import UnsupportedError
 from fastcert.graph.from_torch import SUPPORTED, check_hooks, convert_tree, is_leaf, leaf_op, plain_tree
 from fastcert.graph.ops import LayerOp
-from fastcert.layers import UnsupportedError
 from fastcert.primitives import registry as activations
 
 _SIZE = object()  # the value of x.size(...) / x.shape: only usable as the batch entry of view / reshape

@@ -1,7 +1,7 @@
-"""Layer types of the IR (see base.py for the protocol)."""
+"""The layer protocol (base.py: Box, Layer, interval steps). The primitives themselves are modules of
+:mod:`fastcert.primitives`; ``UnsupportedError`` lives in :mod:`fastcert.errors` (re-exported here)."""
 
-from fastcert.layers.activation import Activation, UnsupportedError
-from fastcert.layers.affine import Conv2d, Dense, Diag
+from fastcert.errors import UnsupportedError
 from fastcert.layers.base import Box, Layer
 
-__all__ = ["Activation", "Box", "Conv2d", "Dense", "Diag", "Layer", "UnsupportedError"]
+__all__ = ["Box", "Layer", "UnsupportedError"]

@@ -6,8 +6,8 @@ derived once from them, such as ``|W|``); algorithms pass all per-call state exp
 
 Affine layers implement ``forward``, ``interval`` (sound interval propagation returning ``g``, the
 magnitude vector used by the floating-point slack), ``backward`` (the transpose applied to
-coefficient rows, CROWN's A-propagation) and expose ``bias_flat``. Activation layers implement
-``forward``, ``interval`` and ``relax``.
+coefficient rows, CROWN's A-propagation) and expose ``bias_flat``. Nonlinear layers implement
+``forward``, ``interval`` and ``relax``. The primitives themselves are modules of :mod:`fastcert.primitives`.
 """
 
 from __future__ import annotations

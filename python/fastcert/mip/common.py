@@ -12,8 +12,8 @@ import torch
 from fastcert.algorithms.graph_bounds import node_boxes
 from fastcert.algorithms.linear_bounds import linear_bounds
 from fastcert.graph.ir import is_nonlinear
-from fastcert.layers import Activation
 from fastcert.mip.encoding import Encoding
+from fastcert.primitives.relu import ReLU
 
 __all__ = ["augment", "conj_model", "node_bounds", "prefix_bounds"]
 
@@ -23,7 +23,7 @@ def prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.nd
     pre: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     B = prob.x0.shape[0]
     for i, L in enumerate(layers):
-        if isinstance(L, Activation):
+        if isinstance(L, ReLU):
             if i == 0:
                 pre[i] = (prob.l0.numpy().copy(), prob.u0.numpy().copy())
             else:

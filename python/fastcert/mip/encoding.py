@@ -31,11 +31,15 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, chain_graph
-from fastcert.layers import Activation, Conv2d, Dense, Diag, UnsupportedError
 from fastcert.primitives.add import Add
 from fastcert.primitives.concat import Concat
+from fastcert.primitives.conv2d import Conv2d
+from fastcert.primitives.diag import Diag
+from fastcert.primitives.linear import Dense
 from fastcert.primitives.maxpool import MaxPool2d
+from fastcert.primitives.relu import ReLU
 from fastcert.rounding import gamma_n
 
 __all__ = ["Encoding", "PoolPlan", "SUPPORTED_MIP", "affine_matrix", "check_graph", "encode_graph", "graph_mats",
@@ -52,9 +56,9 @@ def check_graph(g: Graph) -> None:
         p = nd.prim
         if isinstance(p, (Dense, Conv2d, Diag, Add, Concat, MaxPool2d)):
             continue
-        if isinstance(p, Activation) and p.kind == "relu":
+        if isinstance(p, ReLU):
             continue
-        what = f"activation {p.kind!r}" if isinstance(p, Activation) else getattr(p, "kind", type(p).__name__)
+        what = f"activation {p.kind!r}" if isinstance(p, ReLU) else getattr(p, "kind", type(p).__name__)
         raise UnsupportedError(f"fastcert.mip encodes ReLU networks only ({SUPPORTED_MIP}); node {nd.id} "
                                f"({nd.name or what}) is {what}, which has no piecewise-linear (MIP) encoding; use "
                                f"fastcert.bounds / fastcert.certify for sound bounds on it")
@@ -272,7 +276,7 @@ def node_value_bounds(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.nd
             sl, su = (al + bl, au + bu) if p.sign > 0 else (al - bu, au - bl)
             slack = 1e-9 * (np.maximum(np.abs(al), np.abs(au)) + np.maximum(np.abs(bl), np.abs(bu))) + 1e-300
             dl, du = sl - slack, su + slack  # one rounding per sum, far inside the slack
-        elif isinstance(p, Activation):
+        elif isinstance(p, ReLU):
             il, iu = Bd[nd.inputs[0]]
             dl, du = np.maximum(il, 0.0), np.maximum(iu, 0.0)
         else:  # Concat / MaxPool2d: exact images (a concatenation, a max)
@@ -291,7 +295,7 @@ def relevant_neurons(g: Graph, v: int, l: np.ndarray, u: np.ndarray) -> np.ndarr
     m = np.zeros(len(l), dtype=bool)
     for w in g.consumers[v]:
         p = g.nodes[w].prim
-        if isinstance(p, Activation):
+        if isinstance(p, ReLU):
             m |= (l < 0) & (u > 0)
         elif isinstance(p, MaxPool2d):
             pl = pool_plan(p, l, u)
@@ -314,7 +318,7 @@ def _need(g: Graph, Bd: list, upto: int, last_keep: np.ndarray | None) -> list:
         p, ins = nd.prim, nd.inputs
         if p.is_affine:  # type: ignore[union-attr]
             need[ins[0]][:] = True
-        elif isinstance(p, Activation):
+        elif isinstance(p, ReLU):
             need[ins[0]] |= nw & (Bd[ins[0]][1] > 0)
         elif isinstance(p, Add):
             need[ins[0]] |= nw
@@ -451,7 +455,7 @@ def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray
         if p.is_affine:  # type: ignore[union-attr]
             W, b = mats[v]
             h = _affine(bld, W, b, outs[ins[0]], zl, zu, keep, nd.name)
-        elif isinstance(p, Activation):
+        elif isinstance(p, ReLU):
             h = _relu(bld, outs[ins[0]], *Bd[ins[0]], keep, mode, binary, v)
         elif isinstance(p, Add):
             h = _add(bld, p, outs[ins[0]], outs[ins[1]], zl, zu, keep)
@@ -486,7 +490,7 @@ def sensitivity(g: Graph, mats: list, absW: list, pre: dict, lo: np.ndarray, hi:
         if absW[v] is not None:
             total += float(s_v.sum())
             parts = [(ins[0], absW[v] @ s_v)]
-        elif isinstance(p, Activation):
+        elif isinstance(p, ReLU):
             l, u = Bd[ins[0]]
             uns = (l < 0) & (u > 0)
             total += float(s_v.sum()) + float(s_v[uns] @ np.maximum(-l[uns], u[uns]))

@@ -46,10 +46,9 @@ import scipy.sparse as sp
 import torch
 
 from fastcert.graph.ir import Graph, is_nonlinear
-from fastcert.layers import Activation
+from fastcert.mip.encoding import Encoding, affine_matrix, encode_graph, layer_graph, relevant_neurons, triangle_offset
 from fastcert.primitives.concat import Concat
-from fastcert.mip.encoding import (Encoding, affine_matrix, encode_graph, layer_graph, relevant_neurons,
-                                   triangle_offset)
+from fastcert.primitives.relu import ReLU
 from fastcert.rounding import gamma_n
 
 __all__ = ["Encoding", "affine_matrix", "certified_lower", "encode", "highs_lp", "refine_bounds", "triangle_offset"]
@@ -158,7 +157,7 @@ def _refine_order(g: Graph, pre: dict) -> list[int]:
     out = []
     for v in sorted(pre):
         p = g.nodes[v].prim
-        if v == 0 or (p is not None and p.is_affine and g.nodes[v].inputs == (0,)) or isinstance(p, (Activation, Concat)):
+        if v == 0 or (p is not None and p.is_affine and g.nodes[v].inputs == (0,)) or isinstance(p, (ReLU, Concat)):
             continue
         out.append(v)
     return out
@@ -182,7 +181,7 @@ def _refine_node(g: Graph, mats: list, new: dict, v: int, lo: np.ndarray, hi: np
     nnz = np.diff(enc.A.tocsc().indptr)
     gcol = 2.0 * gamma_n(int(nnz.max(initial=0)) + 2, torch.float64)
     order = todo[np.argsort(-np.minimum(-l[todo], u[todo]))]  # most ambiguous first: largest min(-l, u)
-    relu_only = all(isinstance(g.nodes[w].prim, Activation) for w in g.consumers[v] if is_nonlinear(g.nodes[w].prim))
+    relu_only = all(isinstance(g.nodes[w].prim, ReLU) for w in g.consumers[v] if is_nonlinear(g.nodes[w].prim))
     n_done = 0
     for nrn in order:
         col = int(zc[nrn])

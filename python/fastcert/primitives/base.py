@@ -41,6 +41,9 @@ class Relaxation:
     up_b: torch.Tensor
 
 
+LOWER_SLOPE_MODES = ("adaptive", "parallel", "zero", "one")
+
+
 @dataclass(frozen=True)
 class RelaxOptions:
     """How an elementwise primitive chooses its relaxation.

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastcert.layers import UnsupportedError
+from fastcert.errors import UnsupportedError
 from fastcert.layers.base import Box
 from fastcert.primitives import outward as ow
 from fastcert.primitives.curve_line import CurveLine

@@ -28,10 +28,8 @@ import torch.nn.functional as F
 
 from fastcert.layers.base import Box
 from fastcert.primitives import outward as ow
-from fastcert.primitives.base import Elementwise, Relaxation, RelaxOptions
+from fastcert.primitives.base import LOWER_SLOPE_MODES, Elementwise, Relaxation, RelaxOptions
 from fastcert.rounding import round_down, round_up
-
-LOWER_SLOPE_MODES = ("adaptive", "parallel", "zero", "one")
 
 
 def check_mode(prim: Elementwise, opts: RelaxOptions) -> None:

@@ -18,13 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastcert.layers import Activation, Layer, UnsupportedError
+from fastcert.errors import UnsupportedError
+from fastcert.layers.base import Layer
 from fastcert.nn import Arctan as ArctanModule
 from fastcert.primitives.arctan import Arctan
 from fastcert.primitives.base import Registry, RegistryError
 from fastcert.primitives.elu import ELU
 from fastcert.primitives.hardtanh import Hardtanh
 from fastcert.primitives.leaky_relu import LeakyReLU
+from fastcert.primitives.relu import ReLU
 from fastcert.primitives.sigmoid import Sigmoid
 from fastcert.primitives.softplus import Softplus
 from fastcert.primitives.tanh import Tanh
@@ -86,7 +88,7 @@ class Spec:
 _NONE: Callable[..., Params] = lambda *a: {}  # noqa: E731 - no parameters
 
 ENTRIES: tuple[Spec, ...] = (
-    Spec("relu", lambda s, p, n: Activation("relu", s, 0.0, name=n), {nn.ReLU: _NONE},
+    Spec("relu", lambda s, p, n: ReLU(s, name=n), {nn.ReLU: _NONE},
          {F.relu: _NONE, torch.relu: _NONE, "relu": _NONE}, {"Relu": _NONE}, module=lambda p: nn.ReLU()),
     Spec("leaky_relu", lambda s, p, n: LeakyReLU(s, p["alpha"], name=n),
          {nn.LeakyReLU: lambda m, w: _leaky((None, m.negative_slope), {}, w)}, {F.leaky_relu: _leaky},

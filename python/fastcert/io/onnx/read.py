@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from fastcert.layers import UnsupportedError
+from fastcert.errors import UnsupportedError
 
 
 class OnnxImportError(UnsupportedError):
