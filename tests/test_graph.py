@@ -94,7 +94,7 @@ def _attack(model: nn.Module, x: torch.Tensor, eps: float, C: torch.Tensor, lowe
         assert (val >= lower).all() and (val <= upper).all(), (sign, (val - lower).min(), (upper - val).min())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + ["crown-sparse"])  # crown with BoundOptions(intermediate="sparse")
 @settings(max_examples=20, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(spec=SPECS)
@@ -108,7 +108,8 @@ def test_graph_bounds_are_sound(method: str, spec: dict) -> None:
         assert not net.chain
         torch.testing.assert_close(net.forward(x), model(x), rtol=1e-12, atol=1e-12)
         C = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
-        res = fastcert.bounds(model, x, eps, method=method, C=C)
+        opts = fastcert.BoundOptions(intermediate="sparse") if method == "crown-sparse" else None
+        res = fastcert.bounds(model, x, eps, method=method.removesuffix("-sparse"), C=C, options=opts)
         assert (res.lower <= res.upper).all()
         n = 400
         pts = x.unsqueeze(0) + (torch.randint(0, 2, (n, *x.shape), generator=gen).double() * 2 - 1) * eps
@@ -135,6 +136,30 @@ def test_graph_engine_equals_chain_engine_on_chains(method: str, norm: str) -> N
     b = graph_bounds(net.graph_for((1, 6, 6)), prob, C, method)
     for u, v in zip(a, b):
         assert ((u - v).abs() <= 1e-12 * u.abs().clamp(min=1)).all()
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.3, 1.0])
+def test_sparse_intermediate_bounds_on_chains_are_sound(eps: float) -> None:
+    """Chains run the graph engine under ``intermediate="sparse"``: sampled points (vertices and uniform) and a
+    projected-gradient attack stay inside the bounds, float64, no tolerance."""
+    torch.manual_seed(3)
+    seq = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 6, 6, generator=gen, dtype=torch.float64)
+    C = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    res = fastcert.bounds(seq, x, eps, C=C, options=fastcert.BoundOptions(intermediate="sparse"))
+    pts = x + (torch.randint(0, 2, (400, *x.shape), generator=gen).double() * 2 - 1) * eps
+    pts[200:] = x + (torch.rand(200, *x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * eps
+    with torch.no_grad():
+        val = torch.einsum("bsk,nbk->nbs", C, seq(pts.reshape(-1, 1, 6, 6)).reshape(400, 2, 3))
+    assert (val >= res.lower).all() and (val <= res.upper).all()
+    _attack(seq, x, eps, C, res.lower, res.upper)
+
+
+def test_bad_intermediate_option_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"intermediate must be one of \('intersect', 'sparse'\), got 'lirpa'"):
+        fastcert.BoundOptions(intermediate="lirpa")
 
 
 def test_kw_refuses_non_relu_graph_nodes_by_name() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 TANGENTS = ("bisect", "lookup", "envelope")
 PATCHES = ("auto", "always", "never")
+INTERMEDIATES = ("intersect", "sparse")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,12 @@ class BoundOptions:
         compare with it), "envelope" (least area).
     patches: the windowed back-substitution for convolution neurons (chain engine): "auto" takes it when
         it costs fewer multiply-adds, "always" / "never" force one.
+    intermediate: how ``method="crown"`` bounds intermediate neurons: "intersect" (back-substitution on every
+        neuron a relaxation reads, intersected with the interval bound) or "sparse" (auto_LiRPA 0.3's
+        default, to compare with it: back-substitution replaces the interval bound, only on the neurons the
+        interval bound finds unstable in some sample of the batch when these are at most 90 % of the layer
+        and the node feeds ReLUs only, on every neuron otherwise). Not tighter on every entry either way
+        (docs/architecture.md, "Graph IR").
     lambda_bytes: budget for one chunk of coefficient matrices [B, rows, n] of a backward pass.
     block_elems: elements of one block of relaxed rows in the fused activation + affine kernels (sized
         for the L2 cache).
@@ -26,6 +33,7 @@ class BoundOptions:
 
     tangent: str = "bisect"
     patches: str = "auto"
+    intermediate: str = "intersect"
     lambda_bytes: int = 384 << 20
     block_elems: int = 1 << 16
     conv_work_elems: int = 1 << 22
@@ -35,6 +43,8 @@ class BoundOptions:
             raise ValueError(f"BoundOptions.tangent must be one of {TANGENTS}, got {self.tangent!r}")
         if self.patches not in PATCHES:
             raise ValueError(f"BoundOptions.patches must be one of {PATCHES}, got {self.patches!r}")
+        if self.intermediate not in INTERMEDIATES:
+            raise ValueError(f"BoundOptions.intermediate must be one of {INTERMEDIATES}, got {self.intermediate!r}")
         for name in ("lambda_bytes", "block_elems", "conv_work_elems"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -16,8 +16,9 @@ def network_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor,
                    lower_slope: str | None = None, C_exact: torch.Tensor | None = None,
                    opts: BoundOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds of ``C f(x)`` over ``prob``'s region for a :class:`fastcert.Network` at per-sample input
-    ``shape``: C [B, S, K] -> (lower, upper) [B, S] (see ``linear_bounds`` for the arguments)."""
-    if net.chain:
+    ``shape``: C [B, S, K] -> (lower, upper) [B, S] (see ``linear_bounds`` for the arguments). The graph
+    engine alone implements ``BoundOptions(intermediate="sparse")``: such chains run there."""
+    if net.chain and (opts is None or opts.intermediate == "intersect"):
         return linear_bounds(net.layers_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)
     return graph_bounds(net.graph_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)
 

@@ -222,12 +222,29 @@ def _chunk(st: GraphPass, B: int, rows: int, itemsize: int, budget: int) -> int:
     return max(1, min(B, budget // max(1, 2 * rows * width * itemsize)))
 
 
-def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int) -> Box:
-    """Back-substitution bounds on node v's output (CROWN: only the neurons the consumers need, each
-    intersected with the interval bound)."""
+def _sparse_need(st: GraphPass, v: int, box: Box, max_frac: float = 0.9) -> torch.Tensor:
+    """[B, n] auto_LiRPA 0.3's choice of the neurons of node v to re-bound (its default
+    ``sparse_intermediate_bounds``, ``minimum_sparsity=max_frac``): when v feeds ReLUs only, the neurons with
+    ``l < 0 < u`` in some sample of the batch, in every sample (none: keep the interval box), unless they are
+    more than ``max_frac`` of the layer; otherwise every neuron."""
+    relu_only = all(isinstance(p, Activation) and p.kind == "relu"
+                    for p in (st.g.nodes[w].prim for w in st.g.consumers[v]))
+    locs = ((box.l < 0) & (box.u > 0)).any(0)
+    if not relu_only or int(locs.sum()) > max_frac * locs.numel():
+        locs = torch.ones_like(locs)
+    return locs[None, :].expand_as(box.l)
+
+
+def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int, sparse: bool = False) -> Box:
+    """Back-substitution bounds on node v's output: CROWN (intersect) only on the neurons the consumers
+    need, each intersected with the interval bound; ``sparse`` on :func:`_sparse_need`'s neurons, replacing
+    the interval bound; otherwise (Fast-Lin) on every neuron."""
     dt = box.l.dtype
     B, n = box.l.shape
-    need = _unstable(st, v, box) if intersect else torch.ones_like(box.l, dtype=torch.bool)
+    if sparse:
+        need, intersect = _sparse_need(st, v, box), False
+    else:
+        need = _unstable(st, v, box) if intersect else torch.ones_like(box.l, dtype=torch.bool)
     lo, hi = box.l.clone(), box.u.clone()
     b0 = 0
     while b0 < B:
@@ -241,10 +258,9 @@ def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int) -> Bo
             l_new, u_new = _two_sided(st, v, lam, torch.zeros(b1 - b0, S, dtype=dt), b0, b1)
             own = need[b0:b1][:, sel]
             if intersect:
-                lo[b0:b1, sel] = torch.where(own, torch.maximum(lo[b0:b1, sel], l_new), lo[b0:b1, sel])
-                hi[b0:b1, sel] = torch.where(own, torch.minimum(hi[b0:b1, sel], u_new), hi[b0:b1, sel])
-            else:
-                lo[b0:b1, sel], hi[b0:b1, sel] = l_new, u_new
+                l_new, u_new = torch.maximum(lo[b0:b1, sel], l_new), torch.minimum(hi[b0:b1, sel], u_new)
+            lo[b0:b1, sel] = torch.where(own, l_new, lo[b0:b1, sel])
+            hi[b0:b1, sel] = torch.where(own, u_new, hi[b0:b1, sel])
         b0 = b1
     bad = lo > hi  # only rounding on a degenerate box can cross them: swapping keeps it sound
     return Box(torch.where(bad, hi, lo).contiguous(), torch.where(bad, lo, hi).contiguous())
@@ -293,7 +309,8 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
                 not isinstance(prim, (ReLU, Elementwise, Concat)) and \
                 any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
-            st.box[nd.id] = _refine(st, nd.id, box, cfg[2], opts.lambda_bytes)
+            st.box[nd.id] = _refine(st, nd.id, box, cfg[2], opts.lambda_bytes,
+                                    sparse=cfg[2] and opts.intermediate == "sparse")
     return st
 
 
