@@ -227,7 +227,7 @@ def _sparse_need(st: GraphPass, v: int, box: Box, max_frac: float = 0.9) -> torc
     ``sparse_intermediate_bounds``, ``minimum_sparsity=max_frac``): when v feeds ReLUs only, the neurons with
     ``l < 0 < u`` in some sample of the batch, in every sample (none: keep the interval box), unless they are
     more than ``max_frac`` of the layer; otherwise every neuron."""
-    relu_only = all(isinstance(p, Activation) and p.kind == "relu"
+    relu_only = all(isinstance(p, ReLU)
                     for p in (st.g.nodes[w].prim for w in st.g.consumers[v]))
     locs = ((box.l < 0) & (box.u > 0)).any(0)
     if not relu_only or int(locs.sum()) > max_frac * locs.numel():
