@@ -1,20 +1,12 @@
 """Sparse MIP / LP encoding of a graph of primitives on an input box (one encoder; a chain is the graph
 whose nodes are its layers, :func:`fastcert.mip.lp_refine.encode` keeps the per-layer interface).
 
-Per node (``Graph.nodes``, topological order; node 0 the input columns):
-
-* affine (Dense, Conv2d expanded to sparse rows, Diag): equality rows ``z - W h = b``;
-* ReLU: a stable neuron is exact and costs nothing (an active one reuses its input column, a dead one is
-  the constant 0); an unstable one gets ``y >= z, y >= 0`` and, in "mip" mode, a binary ``a`` with
-  ``y <= z - l (1 - a), y <= u a`` (Tjeng et al.), in "lp" mode the triangle ``y - s z <= t``;
-* Add / Sub: one equality row per neuron, ``z - h_a -+ h_b = 0``;
-* Concat: no rows, the inputs' columns reused in the concatenated layout;
-* MaxPool2d, per window with input bounds ``[l_j, u_j]``: ``a`` the input with the largest lower bound
-  ``L = l_a``; inputs with ``u_j <= L`` can never exceed ``x_a`` and are dropped; when only ``a`` is left
-  (``l_a >= u_j`` for every other ``j``) the output reuses ``x_a``'s column; otherwise (the exact encoding
-  of a max) ``y >= x_j`` and, per remaining ``j``, a selector ``d_j`` (binary in "mip" mode, in ``[0, 1]``
-  in "lp" mode) with ``sum d_j = 1`` and ``y <= x_j + M_j (1 - d_j)``, ``M_j >= max_{i != j} u_i - l_j``
-  (rounded up), plus the valid cut ``y - sum_j x_j <= L - sum_j l_j`` (rounded up) and ``L <= y <= max u``.
+Per node (``Graph.nodes``, topological order; node 0 the input columns) the primitive writes its own
+rows (its ``mip_*`` methods, :mod:`fastcert.primitives.mip_rows`): affine nodes equality rows
+``z - W h = b``; ReLU exact for stable neurons, big-M with a binary (Tjeng et al.) or the LP triangle for
+unstable ones; Add / Sub one equality row per neuron; Concat no rows; MaxPool2d the exact selector
+encoding of a max with a valid cut. This module walks the graph: the bounds of every node's values, which
+neurons a later node reads, the encoding, and the tolerance sensitivity.
 
 Every row holds for every true point of the network (in real arithmetic), every column has finite
 bounds containing the true values, so the LP certificates of :func:`fastcert.mip.lp_refine.certified_lower`
@@ -28,25 +20,17 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-import torch.nn.functional as F
 
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, chain_graph
 from fastcert.primitives.add import Add
 from fastcert.primitives.concat import Concat
-from fastcert.primitives.conv2d import Conv2d
-from fastcert.primitives.diag import Diag
-from fastcert.primitives.linear import Dense
-from fastcert.primitives.maxpool import MaxPool2d
-from fastcert.primitives.relu import ReLU
-from fastcert.rounding import gamma_n
+from fastcert.primitives.maxpool import PoolPlan, pool_plan, pool_windows
+from fastcert.primitives.mip_rows import ABSENT, RowBuilder, triangle_offset
 
 __all__ = ["Encoding", "PoolPlan", "SUPPORTED_MIP", "affine_matrix", "check_graph", "encode_graph", "graph_mats",
-           "layer_graph", "node_value_bounds", "pool_plan", "relevant_neurons", "sensitivity", "triangle_offset"]
-
-INF = float("inf")
-CONST0, ABSENT = -1, -2  # column markers: the constant 0 (a dead ReLU), not encoded (no later node needs it)
+           "layer_graph", "node_value_bounds", "pool_plan", "pool_windows", "relevant_neurons", "sensitivity",
+           "triangle_offset"]
 SUPPORTED_MIP = "Linear, Conv2d, AvgPool2d, BatchNorm, Normalize, ReLU, Add / Sub, Concat, MaxPool2d"
 
 
@@ -54,11 +38,9 @@ def check_graph(g: Graph) -> None:
     """Raise :class:`fastcert.UnsupportedError` naming the first node without a MIP encoding."""
     for nd in g.nodes[1:]:
         p = nd.prim
-        if isinstance(p, (Dense, Conv2d, Diag, Add, Concat, MaxPool2d)):
+        if hasattr(p, "mip_encode"):
             continue
-        if isinstance(p, ReLU):
-            continue
-        what = f"activation {p.kind!r}" if isinstance(p, ReLU) else getattr(p, "kind", type(p).__name__)
+        what = getattr(p, "kind", type(p).__name__)
         raise UnsupportedError(f"fastcert.mip encodes ReLU networks only ({SUPPORTED_MIP}); node {nd.id} "
                                f"({nd.name or what}) is {what}, which has no piecewise-linear (MIP) encoding; use "
                                f"fastcert.bounds / fastcert.certify for sound bounds on it")
@@ -72,41 +54,17 @@ def layer_graph(layers: list, n_in: int) -> Graph:
 def affine_matrix(L: Any) -> tuple[sp.csr_matrix, np.ndarray]:
     """Sparse W [n_out, n_in] and bias [n_out] (float64) of an affine IR layer (exact copies of the float64
     weights fastcert evaluates; a convolution is expanded by convolving basis vectors, single products)."""
-    b = L.bias_flat64()
-    bias = np.zeros(L.n_out) if b is None or b.numel() == 0 else b.detach().double().numpy().reshape(-1).copy()
-    if isinstance(L, Dense):
-        W = sp.csr_matrix(L.W64.detach().double().numpy())
-    elif isinstance(L, Diag):
-        W = sp.diags(L.W64.detach().double().numpy().reshape(-1)).tocsr()
-    elif isinstance(L, Conv2d):
-        n_in = L.n_in
-        eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *L.in_shape)
-        cols = []
-        for s in range(0, n_in, 512):
-            out = F.conv2d(eye[s:s + 512], L.W64, None, stride=L.stride, padding=L.padding)
-            cols.append(sp.csr_matrix(out.reshape(out.shape[0], -1).numpy()))
-        W = sp.vstack(cols).T.tocsr()
-        if W.shape != (L.n_out, n_in):  # pragma: no cover - shape bookkeeping
-            raise ValueError(f"conv expansion of {L.name} gave shape {W.shape}, expected {(L.n_out, n_in)}")
-    else:  # pragma: no cover - callers check the layer types
-        raise TypeError(f"unsupported layer {type(L).__name__}")
-    W.eliminate_zeros()
-    return W, bias
+    if not getattr(L, "is_affine", False):
+        raise TypeError(f"affine_matrix: {type(L).__name__} is not an affine layer")
+    W, b, _ = L.mip_matrix()
+    return W, b
 
 
 def graph_mats(g: Graph) -> tuple[list, list]:
     """(mats, absW) per node: ``(W [n_out, n_in] CSR, bias [n_out])`` and ``|W|^T`` (CSR) of an affine
     node, None otherwise (node 0, nonlinear, Add, Concat)."""
-    mats = [affine_matrix(nd.prim) if nd.prim is not None and nd.prim.is_affine else None for nd in g.nodes]
-    absW = [None if m is None else abs(m[0]).T.tocsr() for m in mats]
-    return mats, absW
-
-
-def triangle_offset(l: np.ndarray, u: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """A float64 ``t >= max(-s l, u - s u, 0)`` (rounded up with margin): ``y - s z <= t`` is then valid for
-    every ``z`` in ``[l, u]``, ``y = relu(z)``, whatever rounding ``s`` suffered."""
-    t = np.maximum(np.maximum(-s * l, u - s * u), 0.0)
-    return t * (1.0 + 8.0 * np.finfo(np.float64).eps) + 1e-300
+    aff = [nd.prim.mip_matrix() if nd.prim is not None and nd.prim.is_affine else None for nd in g.nodes]
+    return [None if m is None else m[:2] for m in aff], [None if m is None else m[2] for m in aff]
 
 
 @dataclass
@@ -136,120 +94,16 @@ class Encoding:
         return int(self.integer.sum())
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.ncol = 0
-        self.nrow = 0
-        self.clo: list[np.ndarray] = []
-        self.chi: list[np.ndarray] = []
-        self.cint: list[np.ndarray] = []
-        self.r: list[np.ndarray] = []
-        self.c: list[np.ndarray] = []
-        self.v: list[np.ndarray] = []
-        self.rlo: list[np.ndarray] = []
-        self.rhi: list[np.ndarray] = []
-
-    def cols(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> np.ndarray:
-        k = len(lo)
-        self.clo.append(np.asarray(lo, dtype=np.float64))
-        self.chi.append(np.asarray(hi, dtype=np.float64))
-        self.cint.append(np.full(k, integer))
-        idx = np.arange(self.ncol, self.ncol + k)
-        self.ncol += k
-        return idx
-
-    def rows(self, terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]], lo: np.ndarray, hi: np.ndarray) -> None:
-        """terms: (local row, column, value) triplets (columns < 0, constants 0, are skipped); rows
-        lo <= sum <= hi."""
-        for rr, cc, vv in terms:
-            rr, cc = np.asarray(rr), np.asarray(cc)
-            vv = np.broadcast_to(np.asarray(vv, dtype=np.float64), cc.shape)
-            ok = cc >= 0
-            self.r.append(rr[ok] + self.nrow)
-            self.c.append(cc[ok])
-            self.v.append(vv[ok])
-        self.rlo.append(np.asarray(lo, dtype=np.float64))
-        self.rhi.append(np.asarray(hi, dtype=np.float64))
-        self.nrow += len(lo)
-
-    def done(self, x: np.ndarray, out: list, binary: dict) -> Encoding:
-        cat = (lambda xs, dt=np.float64: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
-        A = sp.csr_matrix((cat(self.v), (cat(self.r, np.int64), cat(self.c, np.int64))), shape=(self.nrow, self.ncol))
-        A.sum_duplicates()
-        A.eliminate_zeros()
-        return Encoding(self.ncol, cat(self.clo), cat(self.chi), cat(self.cint, bool), A, cat(self.rlo), cat(self.rhi),
-                        x, out, binary)
-
-
-# --------------------------------------------------------------------------- max pooling
-
-
-@dataclass(frozen=True)
-class PoolPlan:
-    """The MIP plan of a max pool on input bounds ``(l, u)``: ``win`` [n_out, K] flat input indices of
-    each window (-1 in the padding), ``a`` [n_out] the window position with the largest lower bound,
-    ``dom`` [n_out] whether it dominates (the output is ``x_a``), ``cand`` [n_out, K] the inputs that can be
-    the maximum (only ``a`` where dominated), ``L`` / ``U`` [n_out] the output's bounds, ``M`` [n_out, K]
-    the big-M ``max_{i != j, cand} u_i - l_j``, rounded up."""
-
-    win: np.ndarray
-    a: np.ndarray
-    dom: np.ndarray
-    cand: np.ndarray
-    L: np.ndarray
-    U: np.ndarray
-    M: np.ndarray
-
-
-def pool_windows(p: MaxPool2d) -> np.ndarray:
-    """[n_out, kh*kw] flat input indices of each output's window (-1 in the padding), output order C, OH, OW."""
-    C, H, W = p.in_shape
-    idx = torch.arange(C * H * W, dtype=torch.float64).reshape(1, C, H, W)
-    if p.p != (0, 0):
-        idx = F.pad(idx, (p.p[1], p.p[1], p.p[0], p.p[0]), value=-1.0)
-    cols = F.unfold(idx, p.k, stride=p.s)  # [1, C*kh*kw, L]
-    K = p.k[0] * p.k[1]
-    return cols.view(C, K, -1).permute(0, 2, 1).reshape(-1, K).numpy().astype(np.int64)
-
-
-def pool_plan(p: MaxPool2d, l: np.ndarray, u: np.ndarray) -> PoolPlan:
-    """See :class:`PoolPlan`; l, u: [n_in] bounds of the pool's input."""
-    win = pool_windows(p)
-    pad = win < 0
-    lw = np.where(pad, -INF, l[np.maximum(win, 0)])
-    uw = np.where(pad, -INF, u[np.maximum(win, 0)])
-    a = lw.argmax(axis=1)
-    rows = np.arange(win.shape[0])
-    L = lw[rows, a]
-    others = uw.copy()
-    others[rows, a] = -INF
-    dom = L >= others.max(axis=1)
-    cand = ((uw > L[:, None]) & ~pad) & ~dom[:, None]
-    cand[rows, a] = True
-    U = np.where(cand, uw, -INF).max(axis=1)
-    cu = np.where(cand, uw, -INF)  # the largest candidate u other than j: top two per window
-    top = cu.argmax(axis=1)
-    first = cu[rows, top]
-    cu2 = cu.copy()
-    cu2[rows, top] = -INF
-    second = cu2.max(axis=1)
-    other_max = np.where(np.arange(win.shape[1])[None, :] == top[:, None], second[:, None], first[:, None])
-    M = np.where(cand & ~dom[:, None], np.nextafter(other_max - lw, INF), 0.0)
-    return PoolPlan(win, a, dom, cand, L, U, M)
+def _finish(bld: RowBuilder, x: np.ndarray, out: list, binary: dict) -> Encoding:
+    cat = (lambda xs, dt=np.float64: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
+    A = sp.csr_matrix((cat(bld.v), (cat(bld.r, np.int64), cat(bld.c, np.int64))), shape=(bld.nrow, bld.ncol))
+    A.sum_duplicates()
+    A.eliminate_zeros()
+    return Encoding(bld.ncol, cat(bld.clo), cat(bld.chi), cat(bld.cint, bool), A, cat(bld.rlo), cat(bld.rhi), x, out,
+                    binary)
 
 
 # --------------------------------------------------------------------------- bounds of every node's values
-
-
-def _affine_interval(W: sp.csr_matrix, b: np.ndarray, hl: np.ndarray, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Interval bounds of ``W h + b`` for h in [hl, hu], widened by 1e-9 of the magnitudes: far beyond the
-    float64 rounding of these products for any realistic layer width."""
-    mid, rad = (hl + hu) / 2, (hu - hl) / 2
-    aW = abs(W)
-    c = W @ mid + b
-    mag = aW @ np.maximum(np.abs(hl), np.abs(hu)) + np.abs(b)
-    slack = aW @ rad + 1e-9 * mag + 1e-300
-    return c - slack, c + slack
 
 
 def node_value_bounds(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray,
@@ -269,20 +123,8 @@ def node_value_bounds(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.nd
             continue
         if p is None:
             dl, du = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-        elif p.is_affine:
-            dl, du = _affine_interval(*mats[v], *Bd[nd.inputs[0]])
-        elif isinstance(p, Add):
-            (al, au), (bl, bu) = Bd[nd.inputs[0]], Bd[nd.inputs[1]]
-            sl, su = (al + bl, au + bu) if p.sign > 0 else (al - bu, au - bl)
-            slack = 1e-9 * (np.maximum(np.abs(al), np.abs(au)) + np.maximum(np.abs(bl), np.abs(bu))) + 1e-300
-            dl, du = sl - slack, su + slack  # one rounding per sum, far inside the slack
-        elif isinstance(p, ReLU):
-            il, iu = Bd[nd.inputs[0]]
-            dl, du = np.maximum(il, 0.0), np.maximum(iu, 0.0)
-        else:  # Concat / MaxPool2d: exact images (a concatenation, a max)
-            ins = [Bd[i] for i in nd.inputs]
-            dl = p.forward(*(torch.from_numpy(b[0])[None] for b in ins))[0].numpy()  # type: ignore[attr-defined]
-            du = p.forward(*(torch.from_numpy(b[1])[None] for b in ins))[0].numpy()  # type: ignore[attr-defined]
+        else:
+            dl, du = p.mip_bounds([Bd[i] for i in nd.inputs])
         if given is not None:
             dl, du = np.maximum(dl, given[0]), np.minimum(du, given[1])
         Bd[v] = (dl, du)
@@ -294,13 +136,9 @@ def relevant_neurons(g: Graph, v: int, l: np.ndarray, u: np.ndarray) -> np.ndarr
     consumers depend on (unstable ReLU inputs; the possible maxima of undecided windows)."""
     m = np.zeros(len(l), dtype=bool)
     for w in g.consumers[v]:
-        p = g.nodes[w].prim
-        if isinstance(p, ReLU):
-            m |= (l < 0) & (u > 0)
-        elif isinstance(p, MaxPool2d):
-            pl = pool_plan(p, l, u)
-            sel = pl.cand & ~pl.dom[:, None]
-            m[pl.win[sel]] = True
+        rel = getattr(g.nodes[w].prim, "mip_relevant", None)
+        if rel is not None:
+            m |= rel(l, u)
     return m
 
 
@@ -314,118 +152,13 @@ def _need(g: Graph, Bd: list, upto: int, last_keep: np.ndarray | None) -> list:
         nw = need[w]
         if not nw.any():
             continue
-        nd = g.nodes[w]
-        p, ins = nd.prim, nd.inputs
-        if p.is_affine:  # type: ignore[union-attr]
-            need[ins[0]][:] = True
-        elif isinstance(p, ReLU):
-            need[ins[0]] |= nw & (Bd[ins[0]][1] > 0)
-        elif isinstance(p, Add):
-            need[ins[0]] |= nw
-            need[ins[1]] |= nw
-        elif isinstance(p, Concat):
-            for i, part in zip(ins, p.transpose(torch.from_numpy(nw)[None, None])):
-                need[i] |= part[0, 0].numpy()
-        else:
-            assert isinstance(p, MaxPool2d)
-            pl = pool_plan(p, *Bd[ins[0]])
-            need[ins[0]][pl.win[pl.cand & nw[:, None]]] = True
+        ins = g.nodes[w].inputs
+        for i, part in zip(ins, g.nodes[w].prim.mip_need(nw, [Bd[i] for i in ins])):  # type: ignore[union-attr]
+            need[i] |= part
     return need
 
 
 # --------------------------------------------------------------------------- the encoder
-
-
-def _affine(bld: _Builder, W: sp.csr_matrix, b: np.ndarray, h: np.ndarray, zl: np.ndarray, zu: np.ndarray,
-            keep: np.ndarray, where: str) -> np.ndarray:
-    rows_k = np.nonzero(keep)[0]
-    if (h == ABSENT).any() and W[rows_k][:, np.nonzero(h == ABSENT)[0]].nnz:  # pragma: no cover - internal
-        raise RuntimeError(f"internal error: {where} reads a neuron the encoding dropped")
-    live = np.nonzero(h >= 0)[0]
-    Wc = W[rows_k][:, live].tocoo()
-    k = len(rows_k)
-    z = np.full(W.shape[0], ABSENT, dtype=np.int64)
-    z[rows_k] = bld.cols(zl[rows_k], zu[rows_k])
-    ar = np.arange(k)
-    bld.rows([(ar, z[rows_k], np.ones(k)), (Wc.row, h[live][Wc.col], -Wc.data)], b[rows_k], b[rows_k])
-    return z  # z - W h = b
-
-
-def _relu(bld: _Builder, h: np.ndarray, l: np.ndarray, u: np.ndarray, keep: np.ndarray, mode: str,
-          binary: dict, key: int) -> np.ndarray:
-    y = np.where(l >= 0, h, CONST0)
-    y = np.where(keep | (u <= 0), y, ABSENT)
-    iu = np.nonzero((l < 0) & (u > 0) & keep & (h >= 0))[0]
-    if len(iu):
-        li, ui = l[iu], u[iu]
-        k = len(iu)
-        yc = bld.cols(np.zeros(k), ui)
-        y[iu] = yc
-        ar = np.arange(k)
-        bld.rows([(ar, yc, np.ones(k)), (ar, h[iu], -np.ones(k))], np.zeros(k), np.full(k, INF))  # y >= z
-        if mode == "mip":
-            ac = bld.cols(np.zeros(k), np.ones(k), integer=True)
-            binary[key] = (iu, ac)
-            # y - z - l a <= -l  (a = 0 forces y <= z - l ... with y >= z: y = z when active)
-            bld.rows([(ar, yc, np.ones(k)), (ar, h[iu], -np.ones(k)), (ar, ac, -li)], np.full(k, -INF), -li)
-            bld.rows([(ar, yc, np.ones(k)), (ar, ac, -ui)], np.full(k, -INF), np.zeros(k))  # y <= u a
-        else:
-            s = ui / (ui - li)
-            t = triangle_offset(li, ui, s)
-            bld.rows([(ar, yc, np.ones(k)), (ar, h[iu], -s)], np.full(k, -INF), t)
-    return y
-
-
-def _add(bld: _Builder, p: Add, ha: np.ndarray, hb: np.ndarray, zl: np.ndarray, zu: np.ndarray,
-         keep: np.ndarray) -> np.ndarray:
-    rk = np.nonzero(keep)[0]
-    if (ha[rk] == ABSENT).any() or (hb[rk] == ABSENT).any():  # pragma: no cover - internal
-        raise RuntimeError(f"internal error: {p.name} reads a neuron the encoding dropped")
-    z = np.full(len(keep), ABSENT, dtype=np.int64)
-    k = len(rk)
-    z[rk] = bld.cols(zl[rk], zu[rk])
-    ar = np.arange(k)
-    bld.rows([(ar, z[rk], np.ones(k)), (ar, ha[rk], -np.ones(k)), (ar, hb[rk], -float(p.sign) * np.ones(k))],
-             np.zeros(k), np.zeros(k))  # z - a -+ b = 0
-    return z
-
-
-def _maxpool(bld: _Builder, p: MaxPool2d, h: np.ndarray, l: np.ndarray, u: np.ndarray, keep: np.ndarray,
-             mode: str, binary: dict, key: int) -> np.ndarray:
-    pl = pool_plan(p, l, u)
-    rows = np.arange(len(keep))
-    y = np.full(len(keep), ABSENT, dtype=np.int64)
-    d = keep & pl.dom
-    y[d] = h[pl.win[rows[d], pl.a[d]]]
-    o = np.nonzero(keep & ~pl.dom)[0]
-    if len(o) == 0:
-        return y
-    if (h[pl.win[o][pl.cand[o]]] == ABSENT).any():  # pragma: no cover - internal
-        raise RuntimeError(f"internal error: {p.name} reads a neuron the encoding dropped")
-    k = len(o)
-    yc = bld.cols(pl.L[o], pl.U[o])
-    y[o] = yc
-    wo, jo = np.nonzero(pl.cand[o])  # (window among o, position): the candidate pairs
-    inp = pl.win[o[wo], jo]
-    xc = h[inp]
-    m = len(wo)
-    ar = np.arange(m)
-    bld.rows([(ar, yc[wo], np.ones(m)), (ar, xc, -np.ones(m))], np.zeros(m), np.full(m, INF))  # y >= x_j
-    dc = bld.cols(np.zeros(m), np.ones(m), integer=(mode == "mip"))
-    if mode == "mip":
-        binary[key] = (np.stack([o[wo], inp], axis=1), dc)
-    M = pl.M[o[wo], jo]
-    # y - x_j + M_j d_j <= M_j: d_j = 1 gives y <= x_j; d_j = 0 gives y - x_j <= max_{i != j} u_i - l_j
-    bld.rows([(ar, yc[wo], np.ones(m)), (ar, xc, -np.ones(m)), (ar, dc, M)], np.full(m, -INF), M)
-    bld.rows([(wo, dc, np.ones(m))], np.ones(k), np.ones(k))  # sum_j d_j = 1
-    # y - sum_j x_j <= L - sum_j l_j  (y = x_i for some i: y - L <= x_i - l_i <= sum_j (x_j - l_j))
-    lj = l[inp]
-    s_l = np.bincount(wo, weights=lj, minlength=k)
-    mag = np.abs(pl.L[o]) + np.bincount(wo, weights=np.abs(lj), minlength=k)
-    cnt = np.bincount(wo, minlength=k)
-    rhs = pl.L[o] - s_l + 2.0 * gamma_n(int(cnt.max()) + 1, torch.float64) * mag + 1e-300
-    bld.rows([(np.arange(k), yc, np.ones(k)), (wo, xc, -np.ones(m))], np.full(k, -INF), rhs)
-    return y
 
 
 def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
@@ -440,7 +173,7 @@ def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray
     n = g.output if upto is None else upto
     Bd = node_value_bounds(g, mats, pre, lo, hi, n)
     need = _need(g, Bd, n, last_keep)
-    bld = _Builder()
+    bld = RowBuilder()
     x = bld.cols(lo, hi)
     outs: list[np.ndarray] = [x]
     binary: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -451,22 +184,13 @@ def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray
         if not keep.any() and not isinstance(p, Concat):
             outs.append(np.full(g.n(v), ABSENT, dtype=np.int64))
             continue
-        zl, zu = Bd[v]
-        if p.is_affine:  # type: ignore[union-attr]
-            W, b = mats[v]
-            h = _affine(bld, W, b, outs[ins[0]], zl, zu, keep, nd.name)
-        elif isinstance(p, ReLU):
-            h = _relu(bld, outs[ins[0]], *Bd[ins[0]], keep, mode, binary, v)
-        elif isinstance(p, Add):
-            h = _add(bld, p, outs[ins[0]], outs[ins[1]], zl, zu, keep)
-        elif isinstance(p, Concat):
-            h = p.forward(*(torch.from_numpy(outs[i])[None] for i in ins))[0].numpy().copy()
-        elif isinstance(p, MaxPool2d):
-            h = _maxpool(bld, p, outs[ins[0]], *Bd[ins[0]], keep, mode, binary, v)
-        else:  # pragma: no cover - check_graph refuses it first
+        if not hasattr(p, "mip_encode"):  # pragma: no cover - check_graph refuses it first
             raise UnsupportedError(f"{nd.name}: no MIP encoding for {p.describe()}")  # type: ignore[union-attr]
+        h, bins = p.mip_encode(bld, [outs[i] for i in ins], [Bd[i] for i in ins], Bd[v], keep, mode)  # type: ignore
+        if bins is not None:
+            binary[v] = bins
         outs.append(h)
-    return bld.done(x, outs, binary)
+    return _finish(bld, x, outs, binary)
 
 
 def sensitivity(g: Graph, mats: list, absW: list, pre: dict, lo: np.ndarray, hi: np.ndarray, s: np.ndarray) -> float:
@@ -484,30 +208,10 @@ def sensitivity(g: Graph, mats: list, absW: list, pre: dict, lo: np.ndarray, hi:
         s_v = sv[v]
         if s_v is None:
             continue
-        nd = g.nodes[v]
-        p, ins = nd.prim, nd.inputs
-        parts: list[tuple[int, np.ndarray]]
-        if absW[v] is not None:
-            total += float(s_v.sum())
-            parts = [(ins[0], absW[v] @ s_v)]
-        elif isinstance(p, ReLU):
-            l, u = Bd[ins[0]]
-            uns = (l < 0) & (u > 0)
-            total += float(s_v.sum()) + float(s_v[uns] @ np.maximum(-l[uns], u[uns]))
-            parts = [(ins[0], np.where(u > 0, s_v, 0.0))]
-        elif isinstance(p, Add):
-            total += float(s_v.sum())
-            parts = [(ins[0], s_v), (ins[1], s_v)]
-        elif isinstance(p, Concat):
-            parts = [(i, t[0, 0].numpy()) for i, t in zip(ins, p.transpose(torch.from_numpy(s_v)[None, None]))]
-        else:
-            assert isinstance(p, MaxPool2d)
-            pl = pool_plan(p, *Bd[ins[0]])
-            und = ~pl.dom
-            total += float(s_v.sum()) + float(s_v[und] @ pl.M[und].max(axis=1, initial=0.0))
-            s_in = np.zeros(p.n_in)
-            np.add.at(s_in, pl.win[pl.cand], np.broadcast_to(s_v[:, None], pl.cand.shape)[pl.cand])
-            parts = [(ins[0], s_in)]
+        ins = g.nodes[v].inputs
+        add, ts = g.nodes[v].prim.mip_sensitivity(s_v, [Bd[i] for i in ins])  # type: ignore[union-attr]
+        total += add
+        parts = list(zip(ins, ts))
         for i, t in parts:
             sv[i] = t.copy() if sv[i] is None else sv[i] + t
     return total + float(sv[0].sum()) if sv[0] is not None else total

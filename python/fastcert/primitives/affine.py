@@ -5,12 +5,17 @@ rounded-up row sums and norms the rounding analysis uses, and the rounding count
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fastcert.layers.base import Layer
+from fastcert.primitives.mip_rows import ABSENT, RowBuilder
 from fastcert.rounding import eta, round_up, rounding_is_relative
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 @dataclass
@@ -32,6 +37,7 @@ class AffineBase(Layer):
         self.b64 = None if b is None else b.detach().to(torch.float64).contiguous().clone()
         self.name = name
         self._cache: dict[torch.dtype, AffineParams] = {}
+        self._mip: tuple[sp.csr_matrix, np.ndarray, sp.csr_matrix] | None = None  # mip_matrix(), derived once
 
     def bias_flat64(self) -> torch.Tensor | None:
         return self.b64
@@ -91,6 +97,60 @@ class AffineBase(Layer):
         (the ``n`` of its relative ``gamma_n`` bound): for a dense layer one dot product of ``n_out``
         terms in any order, so ``back_len``."""
         return self.back_len
+
+    # ---------------------------------------------------------------- MIP encoding (see mip_rows.py)
+
+    def sparse_weight(self) -> sp.csr_matrix:  # pragma: no cover - abstract
+        """W as a sparse float64 matrix [n_out, n_in] (exact copies of the float64 weights)."""
+        raise NotImplementedError
+
+    def mip_matrix(self) -> tuple[sp.csr_matrix, np.ndarray, sp.csr_matrix]:
+        """``(W [n_out, n_in] CSR, bias [n_out], |W|^T CSR)`` in float64, derived once from the parameters."""
+        if self._mip is None:
+            b = self.bias_flat64()
+            bias = np.zeros(self.n_out) if b is None or b.numel() == 0 else b.double().numpy().reshape(-1).copy()
+            W = self.sparse_weight()
+            if W.shape != (self.n_out, self.n_in):  # pragma: no cover - shape bookkeeping
+                raise ValueError(f"{self.name}: sparse weight of shape {W.shape}, expected {(self.n_out, self.n_in)}")
+            W.eliminate_zeros()
+            self._mip = (W, bias, abs(W).T.tocsr())
+        return self._mip
+
+    def mip_bounds(self, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Interval bounds of ``W h + b``, widened by 1e-9 of the magnitudes: far beyond the float64
+        rounding of these products for any realistic layer width."""
+        W, b, _ = self.mip_matrix()
+        hl, hu = ins[0]
+        mid, rad = (hl + hu) / 2, (hu - hl) / 2
+        aW = abs(W)
+        c = W @ mid + b
+        mag = aW @ np.maximum(np.abs(hl), np.abs(hu)) + np.abs(b)
+        slack = aW @ rad + 1e-9 * mag + 1e-300
+        return c - slack, c + slack
+
+    def mip_need(self, need: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [np.ones(self.n_in, dtype=bool)]
+
+    def mip_encode(self, bld: RowBuilder, hs: list[np.ndarray], ins: list[tuple[np.ndarray, np.ndarray]],
+                   out: tuple[np.ndarray, np.ndarray], keep: np.ndarray, mode: str) -> tuple[np.ndarray, None]:
+        """Equality rows ``z - W h = b`` for the kept outputs."""
+        W, b, _ = self.mip_matrix()
+        h = hs[0]
+        rows_k = np.nonzero(keep)[0]
+        if (h == ABSENT).any() and W[rows_k][:, np.nonzero(h == ABSENT)[0]].nnz:  # pragma: no cover - internal
+            raise RuntimeError(f"internal error: {self.name} reads a neuron the encoding dropped")
+        live = np.nonzero(h >= 0)[0]
+        Wc = W[rows_k][:, live].tocoo()
+        k = len(rows_k)
+        z = np.full(W.shape[0], ABSENT, dtype=np.int64)
+        z[rows_k] = bld.cols(out[0][rows_k], out[1][rows_k])
+        bld.rows([(np.arange(k), z[rows_k], np.ones(k)), (Wc.row, h[live][Wc.col], -Wc.data)], b[rows_k], b[rows_k])
+        return z, None
+
+    def mip_sensitivity(self, s: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> tuple[float, list[np.ndarray]]:
+        """One equality row per output; the inputs move the output by ``|W|``."""
+        return float(s.sum()), [self.mip_matrix()[2] @ s]
 
 
 def channel_expand(v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

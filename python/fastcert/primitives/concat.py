@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from fastcert.layers.base import Box, Layer
+from fastcert.primitives.mip_rows import RowBuilder
 
 
 class Concat(Layer):
@@ -58,3 +60,23 @@ class Concat(Layer):
 
     def describe(self) -> str:
         return f"concat dim {self.dim} {self.shapes}->{self.out_shape}"
+
+    # ---------------------------------------------------------------- MIP encoding (see mip_rows.py)
+
+    def mip_bounds(self, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact: the concatenated bounds."""
+        lo = self.forward(*(torch.from_numpy(b[0])[None] for b in ins))[0].numpy()
+        hi = self.forward(*(torch.from_numpy(b[1])[None] for b in ins))[0].numpy()
+        return lo, hi
+
+    def mip_need(self, need: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [part[0, 0].numpy() for part in self.transpose(torch.from_numpy(need)[None, None])]
+
+    def mip_encode(self, bld: RowBuilder, hs: list[np.ndarray], ins: list[tuple[np.ndarray, np.ndarray]],
+                   out: tuple[np.ndarray, np.ndarray], keep: np.ndarray, mode: str) -> tuple[np.ndarray, None]:
+        """No rows: the inputs' columns in the concatenated layout."""
+        return self.forward(*(torch.from_numpy(h)[None] for h in hs))[0].numpy().copy(), None
+
+    def mip_sensitivity(self, s: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> tuple[float, list[np.ndarray]]:
+        return 0.0, [t[0, 0].numpy() for t in self.transpose(torch.from_numpy(s)[None, None])]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fastcert._ext import _C
 from fastcert.layers.base import np_view
 from fastcert.options import DEFAULT_OPTIONS, BoundOptions
 from fastcert.primitives.affine import AffineBase
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class Conv2d(AffineBase):
@@ -123,6 +128,19 @@ class Conv2d(AffineBase):
         ``col2im_add_table``: at most KH*KW - 1 more additions). With the product and the parameter
         rounding: OC + KH*KW roundings (+1 margin), not OC*KH*KW (docs/architecture.md)."""
         return int(self.W64.shape[0] + self.W64.shape[2] * self.W64.shape[3]) + 1
+
+    def sparse_weight(self) -> sp.csr_matrix:
+        """The convolution as a float64 CSR matrix [OC*OH*OW, C*H*W], expanded by convolving basis vectors
+        (each entry a single product with 1.0: exact copies of the weights)."""
+        import scipy.sparse as sp
+
+        n_in = self.n_in
+        eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *self.in_shape)
+        cols = []
+        for s in range(0, n_in, 512):
+            out = torch.nn.functional.conv2d(eye[s:s + 512], self.W64, None, stride=self.stride, padding=self.padding)
+            cols.append(sp.csr_matrix(out.reshape(out.shape[0], -1).numpy()))
+        return sp.vstack(cols).T.tocsr()
 
     def describe(self) -> str:
         return (f"conv2d {tuple(self.W64.shape)} stride {self.stride} padding {self.padding} "

@@ -3,10 +3,15 @@ not be folded into a neighbouring layer). Elementwise, so it runs in torch."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fastcert.options import BoundOptions
 from fastcert.primitives.affine import AffineBase
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class Diag(AffineBase):
@@ -48,3 +53,9 @@ class Diag(AffineBase):
     @property
     def back_depth(self) -> int:
         return 2
+
+    def sparse_weight(self) -> sp.csr_matrix:
+        """diag(s) [n, n] as a float64 CSR matrix (exact)."""
+        import scipy.sparse as sp
+
+        return sp.diags(self.W64.numpy().reshape(-1)).tocsr()

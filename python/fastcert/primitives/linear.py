@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fastcert._ext import _C
 from fastcert.layers.base import np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.affine import AffineBase
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class Dense(AffineBase):
@@ -45,3 +50,9 @@ class Dense(AffineBase):
         out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
         _C.dense_backward(np_view(lam), np_view(p.W), np_view(out))
         return out
+
+    def sparse_weight(self) -> sp.csr_matrix:
+        """W [n_out, n_in] as a float64 CSR matrix (exact)."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix(self.W64.numpy())

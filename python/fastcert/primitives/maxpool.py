@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fastcert.layers.base import Box, Layer
+from fastcert.primitives.mip_rows import ABSENT, INF, RowBuilder
+from fastcert.rounding import gamma_n
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,130 @@ class MaxPool2d(Layer):
 
     def describe(self) -> str:
         return f"maxpool k{self.k} s{self.s} p{self.p} {self.in_shape}->{self.out_shape}"
+
+    # ---------------------------------------------------------------- MIP encoding (see mip_rows.py)
+
+    def mip_bounds(self, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact: ``[max l, max u]`` per window."""
+        l, u = ins[0]
+        return (self._pool(torch.from_numpy(l)[None])[0].numpy(), self._pool(torch.from_numpy(u)[None])[0].numpy())
+
+    def mip_need(self, need: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        pl = pool_plan(self, *ins[0])
+        m = np.zeros(self.n_in, dtype=bool)
+        m[pl.win[pl.cand & need[:, None]]] = True
+        return [m]
+
+    def mip_relevant(self, l: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The possible maxima of the undecided windows."""
+        pl = pool_plan(self, l, u)
+        m = np.zeros(self.n_in, dtype=bool)
+        m[pl.win[pl.cand & ~pl.dom[:, None]]] = True
+        return m
+
+    def mip_encode(self, bld: RowBuilder, hs: list[np.ndarray], ins: list[tuple[np.ndarray, np.ndarray]],
+                   out: tuple[np.ndarray, np.ndarray], keep: np.ndarray, mode: str
+                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Per window with input bounds ``[l_j, u_j]``: ``a`` the input with the largest lower bound
+        ``L = l_a``; inputs with ``u_j <= L`` can never exceed ``x_a`` and are dropped; when only ``a`` is left
+        the output reuses ``x_a``'s column; otherwise (the exact encoding of a max) ``y >= x_j`` and, per
+        remaining ``j``, a selector ``d_j`` (binary in "mip" mode, in ``[0, 1]`` in "lp" mode) with
+        ``sum d_j = 1`` and ``y <= x_j + M_j (1 - d_j)``, ``M_j >= max_{i != j} u_i - l_j`` (rounded up), plus
+        the valid cut ``y - sum_j x_j <= L - sum_j l_j`` (rounded up) and ``L <= y <= max u``. Returns the
+        columns and, in "mip" mode, ``(pairs [k, 2] of (output, flat input index), selector columns)``."""
+        h, (l, u) = hs[0], ins[0]
+        pl = pool_plan(self, l, u)
+        rows = np.arange(len(keep))
+        y = np.full(len(keep), ABSENT, dtype=np.int64)
+        d = keep & pl.dom
+        y[d] = h[pl.win[rows[d], pl.a[d]]]
+        o = np.nonzero(keep & ~pl.dom)[0]
+        if len(o) == 0:
+            return y, None
+        if (h[pl.win[o][pl.cand[o]]] == ABSENT).any():  # pragma: no cover - internal
+            raise RuntimeError(f"internal error: {self.name} reads a neuron the encoding dropped")
+        k = len(o)
+        yc = bld.cols(pl.L[o], pl.U[o])
+        y[o] = yc
+        wo, jo = np.nonzero(pl.cand[o])  # (window among o, position): the candidate pairs
+        inp = pl.win[o[wo], jo]
+        xc = h[inp]
+        m = len(wo)
+        ar = np.arange(m)
+        bld.rows([(ar, yc[wo], np.ones(m)), (ar, xc, -np.ones(m))], np.zeros(m), np.full(m, INF))  # y >= x_j
+        dc = bld.cols(np.zeros(m), np.ones(m), integer=(mode == "mip"))
+        M = pl.M[o[wo], jo]
+        # y - x_j + M_j d_j <= M_j: d_j = 1 gives y <= x_j; d_j = 0 gives y - x_j <= max_{i != j} u_i - l_j
+        bld.rows([(ar, yc[wo], np.ones(m)), (ar, xc, -np.ones(m)), (ar, dc, M)], np.full(m, -INF), M)
+        bld.rows([(wo, dc, np.ones(m))], np.ones(k), np.ones(k))  # sum_j d_j = 1
+        # y - sum_j x_j <= L - sum_j l_j  (y = x_i for some i: y - L <= x_i - l_i <= sum_j (x_j - l_j))
+        lj = l[inp]
+        s_l = np.bincount(wo, weights=lj, minlength=k)
+        mag = np.abs(pl.L[o]) + np.bincount(wo, weights=np.abs(lj), minlength=k)
+        cnt = np.bincount(wo, minlength=k)
+        rhs = pl.L[o] - s_l + 2.0 * gamma_n(int(cnt.max()) + 1, torch.float64) * mag + 1e-300
+        bld.rows([(np.arange(k), yc, np.ones(k)), (wo, xc, -np.ones(m))], np.full(k, -INF), rhs)
+        return y, ((np.stack([o[wo], inp], axis=1), dc) if mode == "mip" else None)
+
+    def mip_sensitivity(self, s: np.ndarray, ins: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> tuple[float, list[np.ndarray]]:
+        """1-Lipschitz, plus the big-M of an undecided window whose selectors may be fractional."""
+        pl = pool_plan(self, *ins[0])
+        und = ~pl.dom
+        s_in = np.zeros(self.n_in)
+        np.add.at(s_in, pl.win[pl.cand], np.broadcast_to(s[:, None], pl.cand.shape)[pl.cand])
+        return float(s.sum()) + float(s[und] @ pl.M[und].max(axis=1, initial=0.0)), [s_in]
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The MIP plan of a max pool on input bounds ``(l, u)``: ``win`` [n_out, K] flat input indices of
+    each window (-1 in the padding), ``a`` [n_out] the window position with the largest lower bound,
+    ``dom`` [n_out] whether it dominates (the output is ``x_a``), ``cand`` [n_out, K] the inputs that can be
+    the maximum (only ``a`` where dominated), ``L`` / ``U`` [n_out] the output's bounds, ``M`` [n_out, K]
+    the big-M ``max_{i != j, cand} u_i - l_j``, rounded up."""
+
+    win: np.ndarray
+    a: np.ndarray
+    dom: np.ndarray
+    cand: np.ndarray
+    L: np.ndarray
+    U: np.ndarray
+    M: np.ndarray
+
+
+def pool_windows(p: MaxPool2d) -> np.ndarray:
+    """[n_out, kh*kw] flat input indices of each output's window (-1 in the padding), output order C, OH, OW."""
+    C, H, W = p.in_shape
+    idx = torch.arange(C * H * W, dtype=torch.float64).reshape(1, C, H, W)
+    if p.p != (0, 0):
+        idx = F.pad(idx, (p.p[1], p.p[1], p.p[0], p.p[0]), value=-1.0)
+    cols = F.unfold(idx, p.k, stride=p.s)  # [1, C*kh*kw, L]
+    K = p.k[0] * p.k[1]
+    return cols.view(C, K, -1).permute(0, 2, 1).reshape(-1, K).numpy().astype(np.int64)
+
+
+def pool_plan(p: MaxPool2d, l: np.ndarray, u: np.ndarray) -> PoolPlan:
+    """See :class:`PoolPlan`; l, u: [n_in] bounds of the pool's input."""
+    win = pool_windows(p)
+    pad = win < 0
+    lw = np.where(pad, -INF, l[np.maximum(win, 0)])
+    uw = np.where(pad, -INF, u[np.maximum(win, 0)])
+    a = lw.argmax(axis=1)
+    rows = np.arange(win.shape[0])
+    L = lw[rows, a]
+    others = uw.copy()
+    others[rows, a] = -INF
+    dom = L >= others.max(axis=1)
+    cand = ((uw > L[:, None]) & ~pad) & ~dom[:, None]
+    cand[rows, a] = True
+    U = np.where(cand, uw, -INF).max(axis=1)
+    cu = np.where(cand, uw, -INF)  # the largest candidate u other than j: top two per window
+    top = cu.argmax(axis=1)
+    first = cu[rows, top]
+    cu2 = cu.copy()
+    cu2[rows, top] = -INF
+    second = cu2.max(axis=1)
+    other_max = np.where(np.arange(win.shape[1])[None, :] == top[:, None], second[:, None], first[:, None])
+    M = np.where(cand & ~dom[:, None], np.nextafter(other_max - lw, INF), 0.0)
+    return PoolPlan(win, a, dom, cand, L, U, M)

@@ -21,9 +21,7 @@ All tensors are float64 and broadcast elementwise.
 
 from __future__ import annotations
 
-from typing import Any
-
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
