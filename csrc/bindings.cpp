@@ -64,6 +64,10 @@ static void def_all(py::module_& m) {
         py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
         py::arg("chunk") = 0);
   m.def("all_finite", &all_finite<T>, py::arg("x").noconvert(), "Whether every entry of x is finite.");
+  m.def("region_box", &region_box<T>, py::arg("x").noconvert(), py::arg("e").noconvert(), py::arg("xmin").noconvert(),
+        py::arg("xmax").noconvert(), py::arg("lo").noconvert(), py::arg("hi").noconvert(),
+        "The input box of fastcert.api.make_region; returns flags (1 x not finite, 2 overflow, 4 below xmin, "
+        "8 above xmax).");
   m.def("eval_err_max", &eval_err_max<T>, py::arg("g").noconvert(), py::arg("rowabs").noconvert(),
         py::arg("emax_in").noconvert(), py::arg("gamma64"), py::arg("uf"), py::arg("lip"), py::arg("post_l").noconvert(),
         py::arg("post_u").noconvert(), py::arg("rel"), py::arg("abs_term"), py::arg("emax_out").noconvert());

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from fastcert._ext import torch_serial
+from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem
 from fastcert.checks import as_tensor, class_indices, norm_key, real_numbers
+from fastcert.layers.base import empty_like_dtype
 from fastcert.network import Network, as_network
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import LOWER_SLOPE_MODES
@@ -60,12 +63,22 @@ class CertifyResult:
         return float(self.certified.double().mean()) if self.certified.numel() else float("nan")
 
 
-def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
-    B = x.shape[0]
-    dt = x.dtype
-    flat = x.detach().reshape(B, -1).contiguous()
-    if not torch.isfinite(flat).all():
-        raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
+def _eps_vector(eps: Any, B: int, dt: torch.dtype) -> torch.Tensor:
+    """eps (a number or [B]) as [B] in ``dt``, rounded up (a ball no smaller than asked for); ValueError /
+    TypeError naming the problem otherwise."""
+    if isinstance(eps, float):  # the common case without torch operations on a [B] tensor
+        if not math.isfinite(eps):
+            raise ValueError("eps must be finite")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got min {float(eps)}")
+        r = eps
+        if dt == torch.float32:
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused as an overflow below
+                r32 = np.float32(eps)
+            if float(r32) < eps:
+                r32 = np.nextafter(r32, np.float32(np.inf))
+            r = float(r32)
+        return torch.full((B,), r, dtype=dt)
     e = real_numbers(eps, "eps", "a number or a [B] tensor of numbers")
     if e.dim() == 0:
         e = e.expand(B)
@@ -75,32 +88,68 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
         raise ValueError("eps must be finite")
     if (e < 0).any():
         raise ValueError(f"eps must be >= 0, got min {float(e.min())}")
-    e = round_up(e, dt)  # a ball no smaller than asked for
-    lo = torch.nextafter(flat - e[:, None], torch.full_like(flat, -torch.inf))
-    hi = torch.nextafter(flat + e[:, None], torch.full_like(flat, torch.inf))
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError(f"eps is too large: x +- eps overflows {dt}; use a smaller eps (or float64)")
-    for name, bnd in (("x_min", x_min), ("x_max", x_max)):
-        if bnd is None:
-            continue
-        t = real_numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
-        t = (round_up if name == "x_max" else round_down)(t, dt)  # domain never shrinks
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} must be finite")
-        try:
-            t = torch.broadcast_to(t.reshape(t.shape if t.dim() else ()), x.shape[1:]).reshape(1, -1)
-        except RuntimeError as exc:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the per-sample shape "
-                             f"{tuple(x.shape[1:])}") from exc
-        if name == "x_min":
-            if (flat < t).any():
-                raise ValueError("x lies below x_min somewhere: the centre of the ball must lie in the input domain")
-            lo = torch.maximum(lo, t)
-        else:
-            if (flat > t).any():
-                raise ValueError("x lies above x_max somewhere: the centre of the ball must lie in the input domain")
-            hi = torch.minimum(hi, t)
-    return Problem(flat, e, NORMS[norm], lo.contiguous(), hi.contiguous())
+    return round_up(e, dt)
+
+
+def _domain_limit(bnd: Any, name: str, shape: tuple[int, ...], dt: torch.dtype) -> torch.Tensor | None:
+    """x_min / x_max as a flat [prod(shape)] tensor in ``dt``, rounded outward (the domain never shrinks), or
+    None when not given; ValueError / TypeError naming the problem otherwise."""
+    if bnd is None:
+        return None
+    t = real_numbers(bnd, name, "a number or a tensor broadcastable to the per-sample shape")
+    t = (round_up if name == "x_max" else round_down)(t, dt)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite")
+    try:
+        t = torch.broadcast_to(t.reshape(t.shape if t.dim() else ()), shape).reshape(-1)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the per-sample shape "
+                         f"{shape}") from exc
+    return t.contiguous()
+
+
+def _region_box(flat: torch.Tensor, e: torch.Tensor | None, tmin: torch.Tensor | None,
+                tmax: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box ``[max(down(x - e), x_min), min(up(x + e), x_max)]``: flat [B, n] -> (lo, hi) [B, n], in one pass
+    of the core (``_C.region_box``), raising the first of its errors in the order of the checks: x not finite,
+    x +- eps overflowing, x below x_min, x above x_max. With e None (eps was refused) only the first check."""
+    dt = flat.dtype
+    lo, hi = torch.empty_like(flat), torch.empty_like(flat)
+    none = empty_like_dtype(dt)
+    ev = torch.zeros(flat.shape[0], dtype=dt) if e is None else e
+    flags = _C.region_box(flat.numpy(), ev.numpy(), none if tmin is None else tmin.numpy(),
+                          none if tmax is None else tmax.numpy(), lo.numpy(), hi.numpy())
+    if flags & 1:
+        raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
+    if e is not None:
+        if flags & 2:
+            raise ValueError(f"eps is too large: x +- eps overflows {dt}; use a smaller eps (or float64)")
+        if flags & 4:
+            raise ValueError("x lies below x_min somewhere: the centre of the ball must lie in the input domain")
+        if flags & 8:
+            raise ValueError("x lies above x_max somewhere: the centre of the ball must lie in the input domain")
+    return lo, hi
+
+
+def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) -> Problem:
+    """The input region of ``x: [B, *shape]``: the ``norm`` ball of radius eps (a number or [B]) around each
+    sample, within ``[x_min, x_max]`` when given. Its box ``lo, hi: [B, n]`` is rounded outward (never smaller
+    than asked for). Refuses, in this order: x not finite, a bad eps, x +- eps overflowing the dtype, a bad
+    x_min or x outside it, a bad x_max or x outside it (ValueError / TypeError naming the fix)."""
+    B = x.shape[0]
+    dt = x.dtype
+    shape = tuple(x.shape[1:])
+    flat = x.detach().reshape(B, -1).contiguous()
+    e = tmin = None
+    try:
+        e = _eps_vector(eps, B, dt)
+        tmin = _domain_limit(x_min, "x_min", shape, dt)
+        tmax = _domain_limit(x_max, "x_max", shape, dt)
+    except (TypeError, ValueError):
+        _region_box(flat, e, tmin, None)  # the checks that come before the failing one raise first
+        raise
+    lo, hi = _region_box(flat, e, tmin, tmax)
+    return Problem(flat, e, NORMS[norm], lo, hi)
 
 
 def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, int]:
@@ -149,7 +198,8 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
         if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K:
             raise ValueError(f"C must be [S, {K}] or [{B}, S, {K}] for a network with {K} outputs and batch {B}, "
                              f"got shape {tuple(Ct.shape)}")
-        if not torch.isfinite(Ct).all():
+        Ct = Ct.contiguous()
+        if not _C.all_finite(Ct.numpy()):
             raise ValueError("C contains NaN or inf")
     Ct = Ct.contiguous()
     if lower_slope is not None:

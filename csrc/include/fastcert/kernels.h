@@ -49,6 +49,8 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
                    int sw, int ph, int pw, int chunk);
 template <typename T> bool all_finite(const Arr<T>& x);
 template <typename T>
+int region_box(const Arr<T>& x, const Arr<T>& e, const Arr<T>& xmin, const Arr<T>& xmax, Arr<T>& lo, Arr<T>& hi);
+template <typename T>
 void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>& emax_in, double gamma64, double uf,
                   double lip, const Arr<T>& post_l, const Arr<T>& post_u, double rel, double abs_term,
                   Arr<double>& emax_out);
