@@ -16,14 +16,26 @@ namespace fastcert {
 
 namespace {
 // sum_j a[j] * v[j] in float64 (a product of a float32 entry and a double is rounded once in double;
-// of two float32 numbers it is exact): off by at most gamma64_n sum |a_j v_j| (any order).
+// of two float32 numbers it is exact): off by at most gamma64_n sum |a_j v_j| (any order). 32 fixed
+// lanes, combined in a fixed tree: the same bits in every clone (FASTCERT_SIMD_CLONES, common.h) and on
+// every machine; the clones run the lanes 2, 4 or 8 wide (32 lanes: several independent vector sums, so
+// the additions' latency does not bound the loop).
 template <typename T, typename V>
-inline double dot64(const T* a, const V* v, py::ssize_t n) {
-  double acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (py::ssize_t j = 0; j < n; ++j) acc += static_cast<double>(a[j]) * static_cast<double>(v[j]);
-  return acc;
+inline __attribute__((always_inline)) double dot64_body(const T* __restrict a, const V* __restrict v, py::ssize_t n) {
+  constexpr int kLanes = 32;
+  double acc[kLanes] = {};
+  py::ssize_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(v[j + k]);
+  for (int k = 0; j < n; ++j, ++k) acc[k] += static_cast<double>(a[j]) * static_cast<double>(v[j]);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
 }
+FASTCERT_SIMD_CLONES double dot64(const float* a, const float* v, py::ssize_t n) { return dot64_body(a, v, n); }
+FASTCERT_SIMD_CLONES double dot64(const float* a, const double* v, py::ssize_t n) { return dot64_body(a, v, n); }
+FASTCERT_SIMD_CLONES double dot64(const double* a, const double* v, py::ssize_t n) { return dot64_body(a, v, n); }
 // bias (and bias_hi) += t (a float64 correction), rounded once to T; mag += 4u |new bias| for that
 // rounding and the double addition (docs/architecture.md, "centre form").
 template <typename T>
