@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_THREAD_VARS = ("OMP_", "GOMP_", "KMP_", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "FASTCERT_BLAS_THREADS")
+THREAD_VARS = ("OMP_", "GOMP_", "KMP_", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "FASTCERT_BLAS_THREADS")
 
 
 def worker() -> None:
@@ -61,14 +61,14 @@ def worker() -> None:
 
 
 def _start(passive: bool) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_THREAD_VARS)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(THREAD_VARS)}
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     return subprocess.Popen([sys.executable, "-m", "benches.wait_policy", "--worker"], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-def _ask(p: subprocess.Popen, req: dict) -> list[float]:
+def ask(p: subprocess.Popen, req: dict) -> list[float]:
     assert p.stdin is not None and p.stdout is not None
     p.stdin.write(json.dumps(req) + "\n")
     p.stdin.flush()
@@ -78,42 +78,49 @@ def _ask(p: subprocess.Popen, req: dict) -> list[float]:
     return json.loads(line)
 
 
-def main(argv: list[str] | None = None) -> int:
+def case_args(ap: argparse.ArgumentParser, rounds: int, reps: int) -> None:
+    """The options that choose the timed calls: cases, methods, batches, eps, rounds, reps."""
     from benches.cases import CASES
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--methods", default="ibp,crown,crown-ibp,kw")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--eps", default="0.01")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--reps", type=int, default=reps)
+
+
+def requests(a: argparse.Namespace) -> list[dict]:
+    """One worker request per (case, method, batch, eps) chosen by :func:`case_args`' options."""
+    return [dict(case=case, method=method, batch=batch, eps=eps, rounds=a.rounds)
+            for case in a.cases.split(",") for method in a.methods.split(",")
+            for batch in (int(b) for b in a.batches.split(",")) for eps in (float(e) for e in a.eps.split(","))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    case_args(ap, rounds=5, reps=3)
     ap.add_argument("--torch-load", action="store_true")
     a = ap.parse_args(argv)
     if a.worker:
         worker()
         return 0
     sides = {"default": _start(False), "passive": _start(True)}
-    print(f"| case | method | batch | eps | default ms | PASSIVE ms | default / PASSIVE |")
+    print("| case | method | batch | eps | default ms | PASSIVE ms | default / PASSIVE |")
     print("|---|---|--:|--:|--:|--:|--:|")
     worst = 0.0
     try:
-        for case in a.cases.split(","):
-            for method in a.methods.split(","):
-                for batch in (int(b) for b in a.batches.split(",")):
-                    for eps in (float(e) for e in a.eps.split(",")):
-                        req = dict(case=case, method=method, batch=batch, eps=eps, rounds=a.rounds,
-                                   torch_load=a.torch_load)
-                        t: dict[str, list[float]] = {"default": [], "passive": []}
-                        for rep in range(a.reps):
-                            order = ("default", "passive") if rep % 2 == 0 else ("passive", "default")
-                            for side in order:
-                                t[side] += _ask(sides[side], req)
-                        md, mp = statistics.median(t["default"]), statistics.median(t["passive"])
-                        worst = max(worst, md / mp)
-                        print(f"| {case} | {method} | {batch} | {eps} | {md:.3g} | {mp:.3g} | {md / mp:.2f} |",
-                              flush=True)
+        for req in requests(a):
+            req["torch_load"] = a.torch_load
+            t: dict[str, list[float]] = {"default": [], "passive": []}
+            for rep in range(a.reps):
+                for side in (("default", "passive") if rep % 2 == 0 else ("passive", "default")):
+                    t[side] += ask(sides[side], req)
+            md, mp = statistics.median(t["default"]), statistics.median(t["passive"])
+            worst = max(worst, md / mp)
+            print(f"| {req['case']} | {req['method']} | {req['batch']} | {req['eps']} | {md:.3g} | {mp:.3g} | "
+                  f"{md / mp:.2f} |", flush=True)
     finally:
         for p in sides.values():
             p.stdin.close()  # type: ignore[union-attr]
