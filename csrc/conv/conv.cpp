@@ -3,6 +3,7 @@
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -196,6 +197,67 @@ struct ConvChunk {
   T gamma, tiny;
 };
 
+inline float bit_float(std::uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// c = (l+u)/2 (inside [l,u] for finite l <= u), r = up_unless_zero(max(u-c, c-l)) of one sample's chw
+// inputs, and a zero (c, r) after them (the padding's index): float as (c, r) pairs at pair offset off of
+// pc (c in the low, r in the high half: the gather then loads one 64-bit pair per tap instead of two
+// 32-bit values), double into the separate arrays pc + off, pr + off.
+template <typename T>
+inline __attribute__((always_inline)) void prep_cr(const T* __restrict Ls, const T* __restrict Us, py::ssize_t chw,
+                                                   T* pc, T* pr, py::ssize_t off) {
+  if constexpr (sizeof(T) == 4) {
+    T* __restrict cr = pc + 2 * off;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;
+      cr[2 * i] = ci;
+      cr[2 * i + 1] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cr[2 * chw] = cr[2 * chw + 1] = T(0);
+  } else {
+    T* __restrict cs = pc + off;
+    T* __restrict rs = pr + off;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;
+      cs[i] = ci;
+      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cs[chw] = rs[chw] = T(0);
+  }
+}
+
+// One sample's im2col row segment of c and r through the index table: float reads (c, r) pairs (pc, the
+// sample at pair offset off), double the separate arrays pc + off, pr + off.
+template <typename T>
+inline __attribute__((always_inline)) void gather_cr(const T* pc, const T* pr, py::ssize_t off,
+                                                     const int* __restrict tq, py::ssize_t ohw, T* __restrict dc,
+                                                     T* __restrict dr) {
+  if constexpr (sizeof(T) == 4) {
+    const std::uint64_t* __restrict ps = reinterpret_cast<const std::uint64_t*>(pc) + off;
+#pragma omp simd
+    for (py::ssize_t p = 0; p < ohw; ++p) {
+      const std::uint64_t v = ps[tq[p]];
+      dc[p] = bit_float(static_cast<std::uint32_t>(v));
+      dr[p] = bit_float(static_cast<std::uint32_t>(v >> 32));
+    }
+  } else {
+    const T* __restrict cs = pc + off;
+    const T* __restrict rs = pr + off;
+#pragma omp simd
+    for (py::ssize_t p = 0; p < ohw; ++p) {
+      const int k = tq[p];
+      dc[p] = cs[k];
+      dr[p] = rs[k];
+    }
+  }
+}
+
 // One chunk of samples [n0, n0 + nc) in scratch ws (chunk_scratch(nc) elements).
 inline py::ssize_t chunk_scratch(const Geo& g, py::ssize_t nc) {
   return nc * (2 * (g.chw() + 1) + 3 * g.ckk() * g.ohw() + 3 * g.OC * g.ohw());
@@ -220,18 +282,8 @@ inline __attribute__((always_inline)) void conv_chunk_window(const ConvChunk<T>&
     const int* __restrict tq = a.tab + q * ohw;
     T* __restrict dcq = cols_c + q * ld;
     T* __restrict drq = cols_r + q * ld;
-    for (py::ssize_t s = 0; s < nc; ++s) {
-      const T* __restrict cs = pc + s * chw1;
-      const T* __restrict rs = pr + s * chw1;
-      T* __restrict dc = dcq + s * ohw;
-      T* __restrict dr = drq + s * ohw;
-#pragma omp simd
-      for (py::ssize_t p = 0; p < ohw; ++p) {
-        const int k = tq[p];
-        dc[p] = cs[k];
-        dr[p] = rs[k];
-      }
-    }
+    for (py::ssize_t s = 0; s < nc; ++s)
+      gather_cr(pc, pr, s * chw1, tq, ohw, dcq + s * ohw, drq + s * ohw);
     T* __restrict cm = cmax + (q / kk) * ld;
     if (q % kk == 0) {
 #pragma omp simd
@@ -282,24 +334,13 @@ inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a
   const Geo& g = a.g;
   const py::ssize_t ohw = g.ohw(), ckk = g.ckk(), chw = g.chw(), chw1 = chw + 1, ld = nc * ohw;
   const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
-  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding)
+  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding);
+                                              // float: (c, r) pairs over both (prep_cr)
   T* cols_c = pr + nc * chw1;                 // [CKK, nc*OHW]
   T* cols_rh = cols_c + nc * ckk * ohw;       // [CKK, 2*nc*OHW]: r of the chunk's samples, then h
   T* oc_ = cols_rh + 2 * nc * ckk * ohw;      // [OC, nc*OHW]
   T* orh = oc_ + nc * n_out;                  // [OC, 2*nc*OHW]
-  for (py::ssize_t s = 0; s < nc; ++s) {
-    const T* __restrict Ls = a.L + (n0 + s) * chw;
-    const T* __restrict Us = a.U + (n0 + s) * chw;
-    T* __restrict cs = pc + s * chw1;
-    T* __restrict rs = pr + s * chw1;
-#pragma omp simd
-    for (py::ssize_t i = 0; i < chw; ++i) {
-      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;  // stays inside [l,u] for finite l<=u
-      cs[i] = ci;
-      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
-    }
-    cs[chw] = rs[chw] = T(0);
-  }
+  for (py::ssize_t s = 0; s < nc; ++s) prep_cr(a.L + (n0 + s) * chw, a.U + (n0 + s) * chw, chw, pc, pr, s * chw1);
   // im2col as a gather through the index table (a loop per (c,kh,kw,oh) with a bounds test per entry
   // was 2/3 of the step on 7-wide output rows)
   if (a.S) return conv_chunk_window(a, n0, nc, pc, pr, cols_c, cols_rh, oc_, orh);
@@ -307,18 +348,8 @@ inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a
     const int* __restrict tq = a.tab + q * ohw;
     T* __restrict dcq = cols_c + q * ld;
     T* __restrict drq = cols_rh + q * 2 * ld;
-    for (py::ssize_t s = 0; s < nc; ++s) {
-      const T* __restrict cs = pc + s * chw1;
-      const T* __restrict rs = pr + s * chw1;
-      T* __restrict dc = dcq + s * ohw;
-      T* __restrict dr = drq + s * ohw;
-#pragma omp simd
-      for (py::ssize_t p = 0; p < ohw; ++p) {
-        const int k = tq[p];
-        dc[p] = cs[k];
-        dr[p] = rs[k];
-      }
-    }
+    for (py::ssize_t s = 0; s < nc; ++s)
+      gather_cr(pc, pr, s * chw1, tq, ohw, dcq + s * ohw, drq + s * ohw);
     // h = |c| + r (rounded up unless 0) on the columns: the same values as building h per input
     // element and gathering it (the padding gives |0| + 0 = 0), in a vectorized pass instead of a gather
     T* __restrict dhq = drq + ld;
