@@ -62,7 +62,7 @@ static void def_all(py::module_& m) {
         py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("gamma"),
         py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(),
         py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
-        py::arg("chunk") = 0);
+        py::arg("chunk") = 0, py::arg("wsum").noconvert() = Arr<T>());
   m.def("all_finite", &all_finite<T>, py::arg("x").noconvert(), "Whether every entry of x is finite.");
   m.def("region_box", &region_box<T>, py::arg("x").noconvert(), py::arg("e").noconvert(), py::arg("xmin").noconvert(),
         py::arg("xmax").noconvert(), py::arg("lo").noconvert(), py::arg("hi").noconvert(),

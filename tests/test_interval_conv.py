@@ -123,6 +123,8 @@ def test_interval_conv_rejects_bad_arguments() -> None:
         _C.interval_conv(x, x, W, np.ones((2, 1, 3, 2)), np.zeros(2), 1e-10, 1e-300, *out, 5, 5, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="chunk"):
         _C.interval_conv(*args, 1e-10, 1e-300, *out, 5, 5, 1, 1, 0, 0, -1)
+    with pytest.raises(ValueError, match="wsum"):
+        _C.interval_conv(*args, 1e-10, 1e-300, *out, 5, 5, 1, 1, 0, 0, 0, np.ones(3))
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -198,3 +200,92 @@ def test_eval_slack_fused_steps_equal_the_unfused_ones(monkeypatch: pytest.Monke
             m.setattr(slack, "_fusable", lambda layers, j: False)
             fastcert.bounds(model, x.to(dtype), 0.02, method="ibp")
         assert torch.equal(got[-2], got[-1]) and (got[-1] > 0).all()
+
+
+def _extreme_layer(cfg: dict, seed: int) -> tuple[Conv2d, torch.Tensor, torch.Tensor]:
+    """Weights and bias spread over 2^-60 .. 2^40 (products down to float32's underflow range)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg["OC"], cfg["C"], cfg["k"], cfg["k"])
+    W = torch.randn(*shape, generator=g, dtype=torch.float64)
+    W = W * torch.exp2(torch.randint(-60, 41, shape, generator=g).double())
+    W = W.float().double()  # exact in float32: the float64 reference then sees the kernel's weights
+    b = torch.randn(cfg["OC"], generator=g, dtype=torch.float64).float().double()
+    return Conv2d(W, b, (cfg["s"], cfg["s"]), (cfg["p"], cfg["p"]), (cfg["C"], cfg["H"], cfg["W"])), W, b
+
+
+def _window_step(L: Conv2d, l: torch.Tensor, u: torch.Tensor, wsum: torch.Tensor, chunk: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dt = l.dtype
+    p = L.params(dt)
+    lo, hi, g = (torch.empty(l.shape[0], L.n_out, dtype=dt) for _ in range(3))
+    gamma = gamma_n(L.fan_in, dt)
+    tiny = max(underflow_slack(L.fan_in, dt), torch.finfo(dt).tiny)
+    _, H, W = L.in_shape
+    _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(L.params(dt).bias[:0] if L.b64 is None
+                     else L.b64.to(dt)), gamma, tiny, np_view(lo), np_view(hi), np_view(g), H, W, L.stride[0],
+                     L.stride[1], L.padding[0], L.padding[1], chunk, np_view(wsum))
+    return lo, hi, g
+
+
+def _bounds_hold(L: Conv2d, W: torch.Tensor, b: torch.Tensor, l: torch.Tensor, u: torch.Tensor,
+                 out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> bool:
+    """lo <= the exact image <= hi and g >= |W| max(|l|,|u|) + |b|, the exact values bounded from the
+    sound side: the float64 reference (float32 operands: exact products; sums of <= 300 nonnegative terms
+    off by < 1e-13 relative) is widened by 1e-12 of its magnitude before the comparison."""
+    el, eu, eg = _exact(L, W, b, l, u)
+    slack = 1e-12 * eg
+    lo, hi, g = (t.double() for t in out)
+    return bool((lo <= el - slack).all() and (hi >= eu + slack).all() and (g >= eg + slack).all())
+
+
+@pytest.mark.parametrize("cfg", GEOMETRIES)
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_window_magnitude_bounds_the_exact_product(cfg: dict, chunk: int) -> None:
+    """The window-max magnitude (wsum given: kernel sums times the window max of |c|, plus |W| r) is a g
+    >= |W| max(|l|,|u|) + |b| and keeps the box sound, on every geometry (padding, stride, 1x1 output,
+    1x1 kernel), with weights and inputs of extreme magnitudes; and the same check catches a kernel-sum
+    table made too small (so the test can fail)."""
+    L, W, b = _extreme_layer(cfg, seed=cfg["H"] * 7 + cfg["C"])
+    g = torch.Generator().manual_seed(11)
+    for dt in (torch.float32,):
+        S = L.kernel_sums(dt)
+        assert (S.double() >= W.abs().reshape(*S.shape, -1).sum(2)).all()
+        base = torch.randn(cfg["B"], L.n_in, generator=g, dtype=torch.float64)
+        base = base * torch.exp2(torch.randint(-60, 41, base.shape, generator=g).double())
+        width = torch.rand(cfg["B"], L.n_in, generator=g, dtype=torch.float64) * base.abs()
+        width[:, ::3] = 0
+        base[:, ::7] = 0
+        l = base.to(dt).contiguous()
+        u = torch.maximum(l, (base + width).to(dt)).contiguous()
+        assert _bounds_hold(L, W, b, l, u, _window_step(L, l, u, S, chunk))
+        # a point box of constant inputs: every window's max is its values, so the bound is the exact
+        # |W| |x| + |b| up to the gamma factor, and halving the kernel sums must be caught
+        x = torch.full((cfg["B"], L.n_in), 3.0, dtype=dt)
+        assert _bounds_hold(L, W, b, x, x, _window_step(L, x, x, S, chunk))
+        half = (S / 2).contiguous()
+        assert not _bounds_hold(L, W, b, x, x, _window_step(L, x, x, half, chunk))
+
+
+def test_window_magnitude_only_in_float32_ibp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IBP pass in float32 asks convolutions (but the last layer) for the window-max magnitude; other
+    methods and float64 keep the exact product (their float32 gammas read g; float64 bounds stay those of
+    the exact path)."""
+    import fastcert
+
+    seen: list[tuple[torch.dtype, bool]] = []
+    orig = Conv2d.interval_step
+
+    def spy(self: Conv2d, l: torch.Tensor, u: torch.Tensor, gamma: float, tiny: float, exact: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seen.append((l.dtype, exact))
+        return orig(self, l, u, gamma, tiny, exact)
+
+    monkeypatch.setattr(Conv2d, "interval_step", spy)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, 1, 1),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 16, 3))
+    x = torch.rand(2, 2, 8, 8)
+    for dt, method, want in ((torch.float32, "ibp", False), (torch.float64, "ibp", True),
+                             (torch.float32, "crown-ibp", True), (torch.float32, "crown", True)):
+        seen.clear()
+        fastcert.bounds(net.to(dt), x.to(dt), 0.01, method=method)
+        assert seen and all(ex == want for _, ex in seen), (dt, method, seen)

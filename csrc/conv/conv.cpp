@@ -3,6 +3,7 @@
 // The caller passes a workspace; the kernels process samples in chunks that fit in it.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -190,57 +191,165 @@ template <typename T>
 struct ConvChunk {
   Geo g;
   const T *L, *U, *W, *AW, *b;  // b: null without a bias
+  const T* S;  // [OC, C] kernel sums of |W| rounded up (the window-max magnitude); null: the exact |W| h
   T *OL, *OU, *OG;
   const int* tab;  // input index of every (c,kh,kw) x output position; chw where it falls in the padding
   T gamma, tiny;
 };
 
+inline float bit_float(std::uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// c = (l+u)/2 (inside [l,u] for finite l <= u), r = up_unless_zero(max(u-c, c-l)) of one sample's chw
+// inputs, and a zero (c, r) after them (the padding's index): float as (c, r) pairs at pair offset off of
+// pc (c in the low, r in the high half: the gather then loads one 64-bit pair per tap instead of two
+// 32-bit values), double into the separate arrays pc + off, pr + off.
+template <typename T>
+inline __attribute__((always_inline)) void prep_cr(const T* __restrict Ls, const T* __restrict Us, py::ssize_t chw,
+                                                   T* pc, T* pr, py::ssize_t off) {
+  if constexpr (sizeof(T) == 4) {
+    T* __restrict cr = pc + 2 * off;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;
+      cr[2 * i] = ci;
+      cr[2 * i + 1] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cr[2 * chw] = cr[2 * chw + 1] = T(0);
+  } else {
+    T* __restrict cs = pc + off;
+    T* __restrict rs = pr + off;
+#pragma omp simd
+    for (py::ssize_t i = 0; i < chw; ++i) {
+      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;
+      cs[i] = ci;
+      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
+    }
+    cs[chw] = rs[chw] = T(0);
+  }
+}
+
+// One sample's im2col row segment of c and r through the index table: float reads (c, r) pairs (pc, the
+// sample at pair offset off), double the separate arrays pc + off, pr + off.
+template <typename T>
+inline __attribute__((always_inline)) void gather_cr(const T* pc, const T* pr, py::ssize_t off,
+                                                     const int* __restrict tq, py::ssize_t ohw, T* __restrict dc,
+                                                     T* __restrict dr) {
+  if constexpr (sizeof(T) == 4) {
+    const std::uint64_t* __restrict ps = reinterpret_cast<const std::uint64_t*>(pc) + off;
+#pragma omp simd
+    for (py::ssize_t p = 0; p < ohw; ++p) {
+      const std::uint64_t v = ps[tq[p]];
+      dc[p] = bit_float(static_cast<std::uint32_t>(v));
+      dr[p] = bit_float(static_cast<std::uint32_t>(v >> 32));
+    }
+  } else {
+    const T* __restrict cs = pc + off;
+    const T* __restrict rs = pr + off;
+#pragma omp simd
+    for (py::ssize_t p = 0; p < ohw; ++p) {
+      const int k = tq[p];
+      dc[p] = cs[k];
+      dr[p] = rs[k];
+    }
+  }
+}
+
 // One chunk of samples [n0, n0 + nc) in scratch ws (chunk_scratch(nc) elements).
 inline py::ssize_t chunk_scratch(const Geo& g, py::ssize_t nc) {
   return nc * (2 * (g.chw() + 1) + 3 * g.ckk() * g.ohw() + 3 * g.OC * g.ohw());
 }
+// The chunk step with the window-max magnitude (a.S set): instead of the third product |W| h,
+//   g = ((mr + mq + 2 tiny) + |b|)(1 + gamma) rounded up,  mq = S @ cmax,
+// cmax[ch, p] = max |c| over the window of output position p in input channel ch (the padding reads 0),
+// S[o, ch] >= sum_{kh,kw} |W[o,ch,kh,kw]| (rounded up by the caller). |W| max(|l|,|u|) <= |W| |c| + |W| r
+// and (|W| |c|)[o,p] <= sum_ch S[o,ch] cmax[ch,p]: a sum of C products, C <= fan_in, so gamma and tiny
+// cover its rounding as they cover mr's (docs/architecture.md, "The window-max magnitude"). Scratch:
+// cols_c [CKK, ld], cols_r [CKK, ld], cmax [C, ld] inside the exact step's cols buffers; oc_, then the
+// [OC, ld] products |W| r and S cmax side by side in orh.
+template <typename T>
+inline __attribute__((always_inline)) void conv_chunk_window(const ConvChunk<T>& a, py::ssize_t n0, py::ssize_t nc,
+                                                             const T* pc, const T* pr, T* cols_c, T* cols_r, T* oc_,
+                                                             T* orh) {
+  const Geo& g = a.g;
+  const py::ssize_t ohw = g.ohw(), ckk = g.ckk(), chw1 = g.chw() + 1, ld = nc * ohw, kk = ckk / g.C;
+  const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
+  T* cmax = cols_r + ckk * ld;  // [C, ld]
+  for (py::ssize_t q = 0; q < ckk; ++q) {
+    const int* __restrict tq = a.tab + q * ohw;
+    T* __restrict dcq = cols_c + q * ld;
+    T* __restrict drq = cols_r + q * ld;
+    for (py::ssize_t s = 0; s < nc; ++s)
+      gather_cr(pc, pr, s * chw1, tq, ohw, dcq + s * ohw, drq + s * ohw);
+    T* __restrict cm = cmax + (q / kk) * ld;
+    if (q % kk == 0) {
+#pragma omp simd
+      for (py::ssize_t j = 0; j < ld; ++j) cm[j] = std::fabs(dcq[j]);
+    } else {  // a NaN, once in, stays (x > NaN and NaN != NaN are false)
+#pragma omp simd
+      for (py::ssize_t j = 0; j < ld; ++j) {
+        const T x = std::fabs(dcq[j]);
+        cm[j] = (x > cm[j] || x != x) ? x : cm[j];
+      }
+    }
+  }
+  if (a.b)
+    for (int o = 0; o < g.OC; ++o) std::fill(oc_ + o * ld, oc_ + (o + 1) * ld, a.b[o]);
+  const int K = static_cast<int>(ckk), Ld = static_cast<int>(ld);
+  T* orr = orh;
+  T* oq = orh + g.OC * ld;
+  gemm(false, false, g.OC, Ld, K, T(1), a.W, K, cols_c, Ld, a.b ? T(1) : T(0), oc_, Ld);
+  gemm(false, false, g.OC, Ld, K, T(1), a.AW, K, cols_r, Ld, T(0), orr, Ld);
+  gemm(false, false, g.OC, Ld, g.C, T(1), a.S, g.C, cmax, Ld, T(0), oq, Ld);
+  const T gm = a.gamma, tn = a.tiny, g1 = up(T(1) + gm), tn2 = 2 * tn;
+  for (py::ssize_t s = 0; s < nc; ++s)
+    for (int o = 0; o < g.OC; ++o) {
+      const T ab = a.b ? std::fabs(a.b[o]) : T(0);
+      const T* __restrict cr = oc_ + o * ld + s * ohw;
+      const T* __restrict rr = orr + o * ld + s * ohw;
+      const T* __restrict qr = oq + o * ld + s * ohw;
+      const py::ssize_t dst = (n0 + s) * n_out + o * ohw;
+      T* __restrict lo = a.OL + dst;
+      T* __restrict hi = a.OU + dst;
+      T* __restrict go = a.OG + dst;
+#pragma omp simd
+      for (py::ssize_t p = 0; p < ohw; ++p) {
+        // mr + mq: sums of products of nonnegative numbers (>= +0) or NaN; then sums with tn > 0
+        T gi = up_pos(up_pos(up_pos(rr[p] + qr[p]) + tn2) + ab);
+        gi = up_pos(gi * g1);
+        go[p] = gi;
+        const T rad = up_pos(up_pos(rr[p] + up_pos(gm * gi)) + tn2);
+        lo[p] = down(cr[p] - rad);
+        hi[p] = up(cr[p] + rad);
+      }
+    }
+}
+
 template <typename T>
 inline __attribute__((always_inline)) void conv_chunk_body(const ConvChunk<T>& a, py::ssize_t n0, py::ssize_t nc,
                                                            T* ws) {
   const Geo& g = a.g;
   const py::ssize_t ohw = g.ohw(), ckk = g.ckk(), chw = g.chw(), chw1 = chw + 1, ld = nc * ohw;
   const py::ssize_t n_out = static_cast<py::ssize_t>(g.OC) * ohw;
-  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding)
+  T *pc = ws, *pr = pc + nc * chw1;           // a sample's c (r) and the zero after it (the padding);
+                                              // float: (c, r) pairs over both (prep_cr)
   T* cols_c = pr + nc * chw1;                 // [CKK, nc*OHW]
   T* cols_rh = cols_c + nc * ckk * ohw;       // [CKK, 2*nc*OHW]: r of the chunk's samples, then h
   T* oc_ = cols_rh + 2 * nc * ckk * ohw;      // [OC, nc*OHW]
   T* orh = oc_ + nc * n_out;                  // [OC, 2*nc*OHW]
-  for (py::ssize_t s = 0; s < nc; ++s) {
-    const T* __restrict Ls = a.L + (n0 + s) * chw;
-    const T* __restrict Us = a.U + (n0 + s) * chw;
-    T* __restrict cs = pc + s * chw1;
-    T* __restrict rs = pr + s * chw1;
-#pragma omp simd
-    for (py::ssize_t i = 0; i < chw; ++i) {
-      const T ci = Ls[i] + (Us[i] - Ls[i]) / 2;  // stays inside [l,u] for finite l<=u
-      cs[i] = ci;
-      rs[i] = up_unless_zero(std::max(Us[i] - ci, ci - Ls[i]));
-    }
-    cs[chw] = rs[chw] = T(0);
-  }
+  for (py::ssize_t s = 0; s < nc; ++s) prep_cr(a.L + (n0 + s) * chw, a.U + (n0 + s) * chw, chw, pc, pr, s * chw1);
   // im2col as a gather through the index table (a loop per (c,kh,kw,oh) with a bounds test per entry
   // was 2/3 of the step on 7-wide output rows)
+  if (a.S) return conv_chunk_window(a, n0, nc, pc, pr, cols_c, cols_rh, oc_, orh);
   for (py::ssize_t q = 0; q < ckk; ++q) {
     const int* __restrict tq = a.tab + q * ohw;
     T* __restrict dcq = cols_c + q * ld;
     T* __restrict drq = cols_rh + q * 2 * ld;
-    for (py::ssize_t s = 0; s < nc; ++s) {
-      const T* __restrict cs = pc + s * chw1;
-      const T* __restrict rs = pr + s * chw1;
-      T* __restrict dc = dcq + s * ohw;
-      T* __restrict dr = drq + s * ohw;
-#pragma omp simd
-      for (py::ssize_t p = 0; p < ohw; ++p) {
-        const int k = tq[p];
-        dc[p] = cs[k];
-        dr[p] = rs[k];
-      }
-    }
+    for (py::ssize_t s = 0; s < nc; ++s)
+      gather_cr(pc, pr, s * chw1, tq, ohw, dcq + s * ohw, drq + s * ohw);
     // h = |c| + r (rounded up unless 0) on the columns: the same values as building h per input
     // element and gathering it (the padding gives |0| + 0 = 0), in a vectorized pass instead of a gather
     T* __restrict dhq = drq + ld;
@@ -292,9 +401,11 @@ FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<double>& a, py::ssize_t n0,
 template <typename T>
 void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
                    double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
-                   int sw, int ph, int pw, int chunk) {
+                   int sw, int ph, int pw, int chunk, const Arr<T>& wsum) {
   const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
   expect_size(absW.size(), Wt.size(), "absW");
+  if (wsum.size() != 0 && wsum.size() != static_cast<py::ssize_t>(g.OC) * g.C)
+    throw std::invalid_argument("interval_conv: wsum must be empty or [OC, C] (the kernel sums of |W|)");
   if (l.size() % g.chw() != 0) throw std::invalid_argument("interval_conv: l size is not a multiple of C*H*W");
   const py::ssize_t B = l.size() / g.chw(), n_out = static_cast<py::ssize_t>(g.OC) * g.ohw();
   expect_size(u.size(), l.size(), "u");
@@ -311,6 +422,7 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
   col2im_table(g, table);
   for (int& t : table) t = t < 0 ? static_cast<int>(g.chw()) : t;
   const ConvChunk<T> a{g, ro(l, "l"), ro(u, "u"), ro(Wt, "W"), ro(absW, "absW"), nb ? ro(b, "b") : nullptr,
+                       wsum.size() ? ro(wsum, "wsum") : nullptr,
                        mut(out_l, "out_l"), mut(out_u, "out_u"), mut(out_g, "out_g"), table.data(),
                        static_cast<T>(gamma), static_cast<T>(tiny)};
   if (!(a.tiny > 0)) throw std::invalid_argument("interval_conv: tiny must be > 0 in the compute dtype");
@@ -330,7 +442,8 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
 
 #define FASTCERT_INST(T)                                                                                    \
   template void interval_conv<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                 double, double, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int);
+                                 double, double, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int, \
+                                 const Arr<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

@@ -46,7 +46,7 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
 template <typename T>
 void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
                    double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
-                   int sw, int ph, int pw, int chunk);
+                   int sw, int ph, int pw, int chunk, const Arr<T>& wsum);
 template <typename T> bool all_finite(const Arr<T>& x);
 template <typename T>
 int region_box(const Arr<T>& x, const Arr<T>& e, const Arr<T>& xmin, const Arr<T>& xmax, Arr<T>& lo, Arr<T>& hi);

@@ -294,7 +294,11 @@ def _forward(st: Pass, cfg: tuple[str, str, bool] | None, relu_only: bool, stats
             if centre and isinstance(L, Dense):
                 box, st.G[i], st.centre[i] = interval_dense_center(L, box, gamma_n(L.back_depth, dt))
             else:
-                box, st.G[i] = interval_affine(L, box)
+                # plain IBP in float32: only the last layer's backward step reads G with a float32 gamma
+                # (the others feed the float64 evaluation slack), so the others may take the cheaper conv
+                # magnitude (in float64 the exact one keeps the bounds those of before, to 1e-9)
+                cheap = cfg is None and dt == torch.float32 and i < len(layers) - 1
+                box, st.G[i] = interval_affine(L, box, exact_g=not cheap)
             continue
         assert isinstance(L, (ReLU, Elementwise))
         if cfg is not None:

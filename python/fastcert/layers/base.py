@@ -74,7 +74,8 @@ class Layer:
         return f"{self.kind} {self.in_shape}->{self.out_shape}"
 
 
-def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tuple[Box, torch.Tensor]:
+def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_g: bool = True
+                    ) -> tuple[Box, torch.Tensor]:
     """Sound interval propagation through an affine layer in center/radius form.
 
     Returns the output box and ``g >= |W| max(|l|,|u|) + |b|`` (``[B, n_out]``), the magnitude that
@@ -82,6 +83,8 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
     bound ``(|W| |c|)_i <= min(max|c| rowsum_i|W|, ||c||_2 ||W_i||_2)`` per sample (a looser g, but only
     the rounding-error terms see it). Convolutions and diagonal layers compute ``|W| h`` as well: for a
     convolution the global ``||c||_2`` would be far looser than the patch each output sees.
+    ``exact_g=False`` lets a convolution bound ``|W| |c|`` by kernel sums times window maxima instead (one
+    product fewer; for callers whose only use of ``g`` is float64 terms, e.g. IBP's evaluation slack).
     """
     dt = box.l.dtype
     if gamma is None:
@@ -104,7 +107,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None) -> tup
                           hi.numpy(), g.numpy(), work.numpy())
         return Box(lo, hi), g
     if layer.kind == "conv2d":  # one fused kernel: c, r, h, the three products, the finishing step
-        lo, hi, g = layer.interval_step(box.l, box.u, gamma, tiny)  # type: ignore[attr-defined]
+        lo, hi, g = layer.interval_step(box.l, box.u, gamma, tiny, exact_g)  # type: ignore[attr-defined]
         return Box(lo, hi), g
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)

@@ -35,6 +35,7 @@ class Conv2d(AffineBase):
         self.in_shape = (int(C), int(H), int(Wd))
         self.out_shape = (int(W.shape[0]), int(OH), int(OW))
         self._bias_c_cache: dict[torch.dtype, torch.Tensor] = {}
+        self._wsum_cache: dict[torch.dtype, torch.Tensor] = {}
 
     def bias_flat64(self) -> torch.Tensor | None:
         if self.b64 is None:
@@ -73,11 +74,27 @@ class Conv2d(AffineBase):
             self._bias_c_cache[dtype] = b
         return b
 
-    def interval_step(self, l: torch.Tensor, u: torch.Tensor, gamma: float, tiny: float
+    def kernel_sums(self, dtype: torch.dtype) -> torch.Tensor:
+        """[OC, C] in ``dtype``: ``S[o, ch] >= sum_{kh,kw} max(|W64|, |W_dtype|)[o, ch, kh, kw]`` (summed in
+        float64, widened by that sum's error bound, rounded up; as ``rowabs``), computed once per dtype."""
+        S = self._wsum_cache.get(dtype)
+        if S is None:
+            from fastcert.rounding import round_up
+
+            a64 = torch.maximum(self.W64.abs(), self.params(dtype).absW.double())
+            OC, C = a64.shape[:2]
+            infl = 1 + 4 * torch.finfo(torch.float64).eps * (a64[0, 0].numel() + 2)
+            S = round_up(a64.reshape(OC, C, -1).sum(2) * infl, dtype)
+            self._wsum_cache[dtype] = S
+        return S
+
+    def interval_step(self, l: torch.Tensor, u: torch.Tensor, gamma: float, tiny: float, exact: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The fused interval step (``_C.interval_conv``): l, u: [B, C*H*W] -> (lo, hi, g): [B, OC*OH*OW],
         with ``lo <= W x + b <= hi`` for x in [l, u] and ``g >= |W| max(|l|,|u|) + |b|`` (see
-        :func:`fastcert.layers.base.interval_affine`)."""
+        :func:`fastcert.layers.base.interval_affine`). ``exact``: ``g`` from the product ``|W| h``; else
+        from the window-max magnitude (``|W| r`` + kernel sums times the window max of ``|c|``: one product
+        fewer, a looser ``g``; docs/architecture.md, "The window-max magnitude")."""
         dt = l.dtype
         p = self.params(dt)
         B = l.shape[0]
@@ -87,7 +104,7 @@ class Conv2d(AffineBase):
         _, H, Wd = self.in_shape
         _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self._bias_c(dt)), gamma, tiny,
                          lo.numpy(), hi.numpy(), g.numpy(), H, Wd, self.stride[0], self.stride[1], self.padding[0],
-                         self.padding[1])
+                         self.padding[1], 0, np_view(torch.empty(0, dtype=dt) if exact else self.kernel_sums(dt)))
         return lo, hi, g
 
     def forward(self, x: torch.Tensor, opts: BoundOptions | None = None) -> torch.Tensor:
