@@ -9,6 +9,8 @@ convex_adversarial and VNN-COMP's Convnet_maxpool load and get sound bounds.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,6 +122,35 @@ def test_graph_bounds_are_sound(method: str, spec: dict) -> None:
         assert (val >= res.lower).all() and (val <= res.upper).all()
         if eps > 0:
             _attack(model, x, eps, C, res.lower, res.upper)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(spec=SPECS)
+def test_graph_bounds_float32_contain_the_exact_network(spec: dict) -> None:
+    """float32 x and weights on the graph engine: the bounds must hold for the exact network (the same
+    float32 numbers evaluated in float64), by sampling and attack, for every method."""
+    with one_torch_thread():
+        m32 = _model(spec).float()
+        exact = copy.deepcopy(m32).double()  # float32 weights, exactly, evaluated in float64
+        gen = torch.Generator().manual_seed(spec["seed"])
+        x = torch.rand(2, spec["C"], spec["H"], spec["H"], generator=gen).float()
+        C = torch.randn(2, 4, 3, generator=gen).float()
+        for eps in sorted({0.0, spec["eps"]}):  # eps = 0: the bounds' width is the rounding analysis alone
+            n = 200 if eps > 0 else 1
+            pts = x.double().unsqueeze(0) + (torch.rand(n, *x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * eps
+            pts[: n // 2] = x.double().unsqueeze(0) + (torch.randint(0, 2, (n // 2, *x.shape), generator=gen).double()
+                                                       * 2 - 1) * eps
+            with torch.no_grad():
+                y = exact(pts.reshape(-1, *x.shape[1:])).reshape(n, 2, 3)
+            val = torch.einsum("bsk,nbk->nbs", C.double(), y)
+            for method in METHODS:
+                res = fastcert.bounds(m32, x, eps, method=method, C=C)
+                assert res.lower.dtype == torch.float32
+                lo, hi = res.lower.double(), res.upper.double()
+                assert (val >= lo).all() and (val <= hi).all(), (method, eps)
+                if eps > 0:
+                    _attack(exact, x.double(), eps, C.double(), lo, hi)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -123,7 +123,7 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
         assert G is not None
         lam = lam.expand(Bc, S, lam.shape[2]).contiguous()
         _C.bias_mag(np_view(lam), np_view(prim.params(dt).bias), np_view(G[b0:b1]), np_view(bias),  # type: ignore
-                    np_view(mag), gamma_n(prim.back_len, dt), gamma_n(prim.n_out, dt), e)  # type: ignore
+                    np_view(mag), gamma_n(prim.back_depth, dt), gamma_n(prim.n_out, dt), e)  # type: ignore
         out = prim.backward(lam.reshape(Bc * S, prim.n_out), st.opts).reshape(Bc, S, prim.n_in)  # type: ignore
         return [(nd.inputs[0], out)]
     if isinstance(prim, (ReLU, Elementwise)):
