@@ -289,3 +289,23 @@ def test_window_magnitude_only_in_float32_ibp(monkeypatch: pytest.MonkeyPatch) -
         seen.clear()
         fastcert.bounds(net.to(dt), x.to(dt), 0.01, method=method)
         assert seen and all(ex == want for _, ex in seen), (dt, method, seen)
+
+
+def test_window_magnitude_falls_back_when_a_kernel_sum_overflows() -> None:
+    """A kernel slice whose sum of |W| exceeds float32's range makes S infinite, and inf times a zero
+    window max is NaN: float32 IBP then takes the exact product (finite bounds, as CROWN's), instead of
+    refusing the network as overflowing (found in review)."""
+    import fastcert
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, 1, 1), torch.nn.Conv2d(1, 1, 3, 1, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(1e38)
+        net[0].bias.zero_()
+    x = torch.zeros(1, 1, 4, 4)
+    L = Conv2d(net[0].weight.detach(), None, (1, 1), (1, 1), (1, 4, 4))
+    assert not bool(torch.isfinite(L.kernel_sums(torch.float32)).all())
+    r = fastcert.bounds(net, x, 0.0, method="ibp")
+    assert torch.isfinite(r.lower).all() and torch.isfinite(r.upper).all()
+    with torch.no_grad():
+        y = net.double()(x.double())  # the exact network (float32 weights, exactly, in float64)
+    assert (r.lower.double() <= y.flatten(1)).all() and (y.flatten(1) <= r.upper.double()).all()

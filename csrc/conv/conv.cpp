@@ -239,10 +239,13 @@ inline __attribute__((always_inline)) void gather_cr(const T* pc, const T* pr, p
                                                      const int* __restrict tq, py::ssize_t ohw, T* __restrict dc,
                                                      T* __restrict dr) {
   if constexpr (sizeof(T) == 4) {
-    const std::uint64_t* __restrict ps = reinterpret_cast<const std::uint64_t*>(pc) + off;
+    // the pair is read as bytes (memcpy: one 64-bit load, without reading float storage through a
+    // uint64_t lvalue, which strict aliasing forbids, and without assuming 8-byte alignment)
+    const char* __restrict ps = reinterpret_cast<const char*>(pc + 2 * off);
 #pragma omp simd
     for (py::ssize_t p = 0; p < ohw; ++p) {
-      const std::uint64_t v = ps[tq[p]];
+      std::uint64_t v;
+      std::memcpy(&v, ps + static_cast<py::ssize_t>(tq[p]) * 8, 8);
       dc[p] = bit_float(static_cast<std::uint32_t>(v));
       dr[p] = bit_float(static_cast<std::uint32_t>(v >> 32));
     }

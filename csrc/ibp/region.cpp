@@ -27,7 +27,7 @@ inline __attribute__((always_inline)) int region_row(const T* __restrict x, T e,
     ovf |= !(std::fabs(l) < inf) | !(std::fabs(h) < inf);      // x +- e beyond the range of T
     if constexpr (HasMin) {
       below |= xk < xmin[k];
-      l = l < xmin[k] ? xmin[k] : l;  // finite, nonzero l (down() never gives 0): the same as torch.maximum
+      l = l < xmin[k] ? xmin[k] : l;  // as torch.maximum (a zero may differ in sign only)
     }
     if constexpr (HasMax) {
       above |= xk > xmax[k];

@@ -36,6 +36,7 @@ class Conv2d(AffineBase):
         self.out_shape = (int(W.shape[0]), int(OH), int(OW))
         self._bias_c_cache: dict[torch.dtype, torch.Tensor] = {}
         self._wsum_cache: dict[torch.dtype, torch.Tensor] = {}
+        self._wsum_finite: dict[torch.dtype, bool] = {}  # whether kernel_sums(dtype) is finite
 
     def bias_flat64(self) -> torch.Tensor | None:
         if self.b64 is None:
@@ -86,6 +87,7 @@ class Conv2d(AffineBase):
             infl = 1 + 4 * torch.finfo(torch.float64).eps * (a64[0, 0].numel() + 2)
             S = round_up(a64.reshape(OC, C, -1).sum(2) * infl, dtype)
             self._wsum_cache[dtype] = S
+            self._wsum_finite[dtype] = bool(torch.isfinite(S).all())
         return S
 
     def interval_step(self, l: torch.Tensor, u: torch.Tensor, gamma: float, tiny: float, exact: bool = True
@@ -97,6 +99,9 @@ class Conv2d(AffineBase):
         fewer, a looser ``g``; docs/architecture.md, "The window-max magnitude")."""
         dt = l.dtype
         p = self.params(dt)
+        S = None if exact else self.kernel_sums(dt)
+        if S is not None and not self._wsum_finite[dt]:
+            S, exact = None, True  # a kernel sum beyond the dtype's range: inf * a zero window max is NaN
         B = l.shape[0]
         lo = torch.empty(B, self.n_out, dtype=dt)
         hi = torch.empty(B, self.n_out, dtype=dt)
@@ -104,7 +109,7 @@ class Conv2d(AffineBase):
         _, H, Wd = self.in_shape
         _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self._bias_c(dt)), gamma, tiny,
                          lo.numpy(), hi.numpy(), g.numpy(), H, Wd, self.stride[0], self.stride[1], self.padding[0],
-                         self.padding[1], 0, np_view(torch.empty(0, dtype=dt) if exact else self.kernel_sums(dt)))
+                         self.padding[1], 0, np_view(torch.empty(0, dtype=dt) if exact else S))
         return lo, hi, g
 
     def forward(self, x: torch.Tensor, opts: BoundOptions | None = None) -> torch.Tensor:
