@@ -22,6 +22,7 @@ GEOMETRIES = [
     dict(C=2, H=3, W=3, OC=3, k=3, s=1, p=0, B=5),  # 1x1 output: one-column products
     dict(C=3, H=6, W=5, OC=1, k=3, s=1, p=1, B=2),  # one output channel: one-row products
     dict(C=2, H=5, W=5, OC=2, k=1, s=1, p=0, B=1),  # 1x1 kernel, one sample
+    dict(C=2, H=11, W=10, OC=3, k=2, s=3, p=1, B=3),  # stride beyond the kernel: inputs no window reads
 ]
 
 
