@@ -25,7 +25,6 @@ pytest.importorskip("highspy")
 from fastcert import lp_refine, mip
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
-from fastcert.primitives.relu import ReLU
 
 
 def _net(seed: int, n_in: int, widths: list[int], n_out: int = 3, scale: float = 1.0) -> nn.Sequential:
@@ -305,16 +304,15 @@ def _box_setup(seed: int, n_in: int, widths: list[int], half: float):
     prob = make_region(torch.from_numpy(x0)[None], float((hi - lo).max() / 2), "inf", torch.from_numpy(lo),
                    torch.from_numpy(hi))
     pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in mip.prefix_bounds(layers, prob, "crown").items()}
-    mats = [lp_refine.affine_matrix(L) if not isinstance(L, ReLU) else None for L in layers]
-    return model, layers, mats, pre, lo, hi
+    return model, layers, pre, lo, hi
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
 @given(seed=st.integers(0, 10**6), n_in=st.integers(2, 4), widths=st.lists(st.integers(3, 7), min_size=2, max_size=3),
        half=st.floats(0.05, 0.8))
 def test_lp_refined_bounds_are_sound_and_tighter(seed, n_in, widths, half):
-    model, layers, mats, pre, lo, hi = _box_setup(seed, n_in, widths, half)
-    new, info = lp_refine.refine_bounds(layers, mats, pre, lo, hi, time_budget=20.0)
+    model, layers, pre, lo, hi = _box_setup(seed, n_in, widths, half)
+    new, info = lp_refine.refine_bounds(layers, pre, lo, hi, time_budget=20.0)
     assert info["complete"] and set(new) == set(pre)
     for i in pre:  # never looser than CROWN
         assert (new[i][0] >= pre[i][0]).all() and (new[i][1] <= pre[i][1]).all()
@@ -352,8 +350,8 @@ def test_lp_refinement_tightens():
     """On a deeper net with a wide box the triangle LPs beat CROWN for some neurons and stabilise some."""
     gained = 0
     for seed in range(3):
-        _, layers, mats, pre, lo, hi = _box_setup(seed, 6, [16, 16, 16], 0.6)
-        new, info = lp_refine.refine_bounds(layers, mats, pre, lo, hi, time_budget=20.0)
+        _, layers, pre, lo, hi = _box_setup(seed, 6, [16, 16, 16], 0.6)
+        new, info = lp_refine.refine_bounds(layers, pre, lo, hi, time_budget=20.0)
         gained += sum(int((new[i][0] > pre[i][0]).sum() + (new[i][1] < pre[i][1]).sum()) for i in pre)
         assert info["lps"] > 0
     assert gained > 0
@@ -377,8 +375,8 @@ def _true_point(enc: lp_refine.Encoding, layers: list, x: np.ndarray) -> np.ndar
 @pytest.mark.parametrize("mode", ["lp", "mip"])
 def test_encoding_contains_every_true_point_and_certificates_are_valid(mode):
     for seed in range(4):
-        _, layers, mats, pre, lo, hi = _box_setup(seed, 4, [6, 5], 0.5)
-        enc = lp_refine.encode(layers, mats, pre, lo, hi, mode=mode)
+        _, layers, pre, lo, hi = _box_setup(seed, 4, [6, 5], 0.5)
+        enc = lp_refine.encode(layers, pre, lo, hi, mode=mode)
         g = np.random.default_rng(seed)
         pts = lo + (hi - lo) * g.random((200, 4))
         V = np.stack([_true_point(enc, layers, p) for p in pts])

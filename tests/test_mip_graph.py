@@ -25,7 +25,7 @@ from torch import nn
 
 pytest.importorskip("highspy")
 from fastcert import mip  # noqa: E402
-from fastcert.mip.encoding import encode_graph, graph_mats, pool_windows  # noqa: E402
+from fastcert.mip.encoding import encode_graph, pool_windows  # noqa: E402
 from fastcert.mip.lp_refine import certified_lower, highs_lp, refine_bounds  # noqa: E402
 from fastcert.primitives.maxpool import MaxPool2d  # noqa: E402
 from fastcert.primitives.relu import ReLU  # noqa: E402
@@ -299,9 +299,8 @@ def test_graph_encoding_holds_every_true_point(kind: str) -> None:
     relaxed) from any multipliers stay below the objective at every true point; the LP-mode encoding's
     certified minimum of each output is below its value at every true point."""
     model, shape, x, net, g, prob, pre = _setup(kind, 4, 0.25)
-    mats, _ = graph_mats(g)
     lo, hi = prob.l0[0].numpy(), prob.u0[0].numpy()
-    enc = encode_graph(g, mats, pre, lo, hi, mode="mip")
+    enc = encode_graph(g, pre, lo, hi, mode="mip")
     assert enc.n_binaries > 0
     rng = np.random.default_rng(0)
     xs = lo + (hi - lo) * rng.random((300, len(lo)))
@@ -322,7 +321,7 @@ def test_graph_encoding_holds_every_true_point(kind: str) -> None:
         for scale in (1e-3, 1.0):
             bad = certified_lower(lpenc, cost, lam + scale * rng.standard_normal(len(lam)))
             assert bad <= float((V @ cost).min())
-    lp = encode_graph(g, mats, pre, lo, hi, mode="lp")
+    lp = encode_graph(g, pre, lo, hi, mode="lp")
     with torch.no_grad():
         f = model(torch.from_numpy(xs).reshape(-1, *shape)).numpy()
     for k in range(f.shape[1]):
@@ -338,9 +337,8 @@ def test_lp_refinement_on_graphs_is_sound_and_tighter(kind: str) -> None:
     lps = 0
     for seed in (1, 3, 4):
         model, shape, x, net, g, prob, pre = _setup(kind, seed, EPS[kind])
-        mats, _ = graph_mats(g)
         lo, hi = prob.l0[0].numpy(), prob.u0[0].numpy()
-        new, info = refine_bounds(g, mats, pre, lo, hi, time_budget=30.0)
+        new, info = refine_bounds(g, pre, lo, hi, time_budget=30.0)
         assert info["complete"] and set(new) == set(pre)
         lps += info["lps"]
         rng = np.random.default_rng(seed)

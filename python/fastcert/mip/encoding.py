@@ -28,7 +28,7 @@ from fastcert.primitives.concat import Concat
 from fastcert.primitives.maxpool import PoolPlan, pool_plan, pool_windows
 from fastcert.primitives.mip_rows import ABSENT, RowBuilder, triangle_offset
 
-__all__ = ["Encoding", "PoolPlan", "SUPPORTED_MIP", "affine_matrix", "check_graph", "encode_graph", "graph_mats",
+__all__ = ["Encoding", "PoolPlan", "SUPPORTED_MIP", "affine_matrix", "check_graph", "encode_graph",
            "layer_graph", "node_value_bounds", "pool_plan", "pool_windows", "relevant_neurons", "sensitivity",
            "triangle_offset"]
 SUPPORTED_MIP = "Linear, Conv2d, AvgPool2d, BatchNorm, Normalize, ReLU, Add / Sub, Concat, MaxPool2d"
@@ -58,13 +58,6 @@ def affine_matrix(L: Any) -> tuple[sp.csr_matrix, np.ndarray]:
         raise TypeError(f"affine_matrix: {type(L).__name__} is not an affine layer")
     W, b, _ = L.mip_matrix()
     return W, b
-
-
-def graph_mats(g: Graph) -> tuple[list, list]:
-    """(mats, absW) per node: ``(W [n_out, n_in] CSR, bias [n_out])`` and ``|W|^T`` (CSR) of an affine
-    node, None otherwise (node 0, nonlinear, Add, Concat)."""
-    aff = [nd.prim.mip_matrix() if nd.prim is not None and nd.prim.is_affine else None for nd in g.nodes]
-    return [None if m is None else m[:2] for m in aff], [None if m is None else m[2] for m in aff]
 
 
 @dataclass
@@ -106,8 +99,7 @@ def _finish(bld: RowBuilder, x: np.ndarray, out: list, binary: dict) -> Encoding
 # --------------------------------------------------------------------------- bounds of every node's values
 
 
-def node_value_bounds(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray,
-                      upto: int | None = None) -> list:
+def node_value_bounds(g: Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None) -> list:
     """Sound bounds ``(l, u)`` (flat float64) of every node's output, nodes 0..upto: ``pre[v]`` (bounds of
     node v, required for the inputs of ReLU / max-pool nodes) where given, intersected with the image of
     the inputs' bounds (affine nodes and sums with ``pre`` use ``pre`` alone; without it: interval
@@ -161,17 +153,17 @@ def _need(g: Graph, Bd: list, upto: int, last_keep: np.ndarray | None) -> list:
 # --------------------------------------------------------------------------- the encoder
 
 
-def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
+def encode_graph(g: Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
                  mode: str = "mip", last_keep: np.ndarray | None = None) -> Encoding:
     """Encode nodes ``0..upto`` (default: the whole graph) of ``g`` on the input box ``[lo, hi]`` (module
-    docstring). mats: :func:`graph_mats`. pre[v]: sound bounds ``(l, u)`` (flat float64) of node v's
+    docstring). pre[v]: sound bounds ``(l, u)`` (flat float64) of node v's
     output, required for every input of a ReLU or max-pool node. mode "mip": binaries; "lp": the LP
     relaxation (ReLU triangles, max-pool selectors in [0, 1]). ``last_keep`` restricts which outputs of
     node ``upto`` are encoded. ``out`` and ``binary`` are per node."""
     if mode not in ("mip", "lp"):
         raise ValueError(f"mode must be 'mip' or 'lp', got {mode!r}")
     n = g.output if upto is None else upto
-    Bd = node_value_bounds(g, mats, pre, lo, hi, n)
+    Bd = node_value_bounds(g, pre, lo, hi, n)
     need = _need(g, Bd, n, last_keep)
     bld = RowBuilder()
     x = bld.cols(lo, hi)
@@ -193,14 +185,13 @@ def encode_graph(g: Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray
     return _finish(bld, x, outs, binary)
 
 
-def sensitivity(g: Graph, mats: list, absW: list, pre: dict, lo: np.ndarray, hi: np.ndarray, s: np.ndarray) -> float:
+def sensitivity(g: Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, s: np.ndarray) -> float:
     """sum over the variables v of (how much |c . f| can move per unit change of v) * (how much a
     tolerance-sized violation can move v, in units of tol): 1 per equality row (affine, sum), plus the
     big-M of an unstable ReLU or of an undecided max-pool window whose binaries may be fractional by tol.
     ReLU and max are 1-Lipschitz, affine nodes by |W|; a dead ReLU (``u <= 0``) is the constant 0 in the
-    encoding (no variable), so nothing reaches its input. mats, absW: from :func:`graph_mats`; pre, lo, hi
-    as for :func:`encode_graph`; s: ``|c|`` [K] on the output."""
-    Bd = node_value_bounds(g, mats, pre, lo, hi)
+    encoding (no variable), so nothing reaches its input. pre, lo, hi as for :func:`encode_graph`; s: ``|c|`` [K] on the output."""
+    Bd = node_value_bounds(g, pre, lo, hi)
     sv: list = [None] * len(g.nodes)
     sv[g.output] = np.asarray(s, dtype=np.float64)
     total = float(sv[g.output].sum())

@@ -62,20 +62,20 @@ def _per_layer(enc: Encoding) -> Encoding:
                     {k - 1: v for k, v in enc.binary.items()})
 
 
-def encode(net: list | Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
+def encode(net: list | Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
            mode: str = "mip", last_keep: np.ndarray | None = None) -> Encoding:
     """Encode a network on the input box ``[lo, hi]`` (:func:`fastcert.mip.encoding.encode_graph`).
 
-    net: a :class:`~fastcert.graph.ir.Graph` (mats, pre, upto, ``out`` and ``binary`` per node, ``pre[v]``
-    the bounds of node v's output) or a chain of IR layers (the per-layer interface: mats[i] of layer i,
+    net: a :class:`~fastcert.graph.ir.Graph` (pre, upto, ``out`` and ``binary`` per node, ``pre[v]``
+    the bounds of node v's output) or a chain of IR layers (the per-layer interface:
     pre[i] the bounds of the input of activation layer i, i.e. of layer i-1's output, ``upto`` layers
     encoded, ``out[i]`` / ``binary[i]`` per layer; encoded as the chain's graph).
     mode "mip": big-M with a binary per unstable ReLU (Tjeng et al.) and per max-pool candidate; "lp": the
     LP relaxation. ``last_keep`` restricts the outputs of the last encoded node / layer."""
     if isinstance(net, Graph):
-        return encode_graph(net, mats, pre, lo, hi, upto, mode, last_keep)
+        return encode_graph(net, pre, lo, hi, upto, mode, last_keep)
     g = layer_graph(net, len(lo))
-    enc = encode_graph(g, [None] + list(mats), pre, lo, hi, None if upto is None else upto, mode, last_keep)
+    enc = encode_graph(g, pre, lo, hi, upto, mode, last_keep)
     return _per_layer(enc)
 
 
@@ -163,7 +163,7 @@ def _refine_order(g: Graph, pre: dict) -> list[int]:
     return out
 
 
-def _refine_node(g: Graph, mats: list, new: dict, v: int, lo: np.ndarray, hi: np.ndarray, stop: float,
+def _refine_node(g: Graph, new: dict, v: int, lo: np.ndarray, hi: np.ndarray, stop: float,
                  info: dict) -> bool:
     """Per-neuron LPs for node v's relevant neurons (most ambiguous first) until ``stop``; updates
     ``new[v]`` in place. Returns whether every neuron was done."""
@@ -174,7 +174,7 @@ def _refine_node(g: Graph, mats: list, new: dict, v: int, lo: np.ndarray, hi: np
     todo = np.nonzero(rel)[0]
     if len(todo) == 0:
         return True
-    enc = encode_graph(g, mats, new, lo, hi, upto=v, mode="lp", last_keep=rel)
+    enc = encode_graph(g, new, lo, hi, upto=v, mode="lp", last_keep=rel)
     zc = enc.out[v]
     hs = highs_lp(enc, np.zeros(enc.ncol), max(1e-3, stop - time.perf_counter()))
     absAT = abs(enc.A.T.tocsr())
@@ -217,7 +217,7 @@ def _refine_node(g: Graph, mats: list, new: dict, v: int, lo: np.ndarray, hi: np
     return n_done == len(order)
 
 
-def refine_bounds(net: list | Graph, mats: list, pre: dict, lo: np.ndarray, hi: np.ndarray, *,
+def refine_bounds(net: list | Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, *,
                   time_budget: float = 10.0, max_layers: int | None = None,
                   deadline: float | None = None) -> tuple[dict, dict]:
     """Tighten the bounds ``pre[v] = (l, u)`` of the neurons the ReLU / max-pool encodings depend on, node
@@ -226,16 +226,16 @@ def refine_bounds(net: list | Graph, mats: list, pre: dict, lo: np.ndarray, hi: 
     of it. Stops when ``time_budget`` seconds are spent (the neurons not reached keep their bounds).
     ``max_layers``: refine at most this many nodes (the earliest ones).
 
-    net: a :class:`~fastcert.graph.ir.Graph` (mats and pre per node, as :func:`encode`) or a chain of IR
-    layers (mats per layer, pre keyed by activation layer: the same numbers, since activation layer i
+    net: a :class:`~fastcert.graph.ir.Graph` (pre per node, as :func:`encode`) or a chain of IR
+    layers (pre keyed by activation layer: the same numbers, since activation layer i
     reads node i of the chain's graph).
 
     Returns ``(new_pre, info)``: new_pre has the same keys and shapes, every entry at least as tight
     as in ``pre``; info counts LPs, neurons tightened, stable neurons gained and time.
     """
     if not isinstance(net, Graph):
-        return refine_bounds(layer_graph(net, len(lo)), [None] + list(mats), pre, lo, hi, time_budget=time_budget,
-                             max_layers=max_layers, deadline=deadline)
+        return refine_bounds(layer_graph(net, len(lo)), pre, lo, hi, time_budget=time_budget, max_layers=max_layers,
+                             deadline=deadline)
     t0 = time.perf_counter()
     stop = t0 + time_budget if deadline is None else min(deadline, t0 + time_budget)
     new = {k: (v[0].copy(), v[1].copy()) for k, v in pre.items()}
@@ -246,7 +246,7 @@ def refine_bounds(net: list | Graph, mats: list, pre: dict, lo: np.ndarray, hi: 
     for v in todo:
         if not relevant_neurons(net, v, *new[v]).any():
             continue
-        if time.perf_counter() >= stop or not _refine_node(net, mats, new, v, lo, hi, stop, info):
+        if time.perf_counter() >= stop or not _refine_node(net, new, v, lo, hi, stop, info):
             info["complete"] = False
             break
     info["time_s"] = time.perf_counter() - t0

@@ -106,9 +106,7 @@ class PropertyRun:
                                      "bounds_method": self.method, "attack_best": math.inf}
         self.say = log or (lambda _m: None)
         self.twin: TorchTwin | None = None
-        self.mats: list | None = None  # set by the LP stage: affine matrices per node, |W|^T, MIP encodings per box
-        self.absW: list | None = None
-        self.prepared: dict[int, dict] = {}
+        self.prepared: dict[int, dict] = {}  # set by the LP stage: the MIP encodings per box
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()

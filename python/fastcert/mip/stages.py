@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fastcert.mip.common import conj_model, node_bounds
-from fastcert.mip.encoding import encode_graph, graph_mats, sensitivity
+from fastcert.mip.encoding import encode_graph, sensitivity
 from fastcert.mip.highs import margin_of, run_mip
 from fastcert.mip.lp_refine import certified_lower, highs_lp, refine_bounds
 
@@ -47,10 +47,10 @@ def _lp_jobs(run: Any, dj: list, enc_lp: Any) -> tuple[list, tuple | None]:
     return starts, None
 
 
-def _lp_round(run: Any, dj: list, mats: list, pre: dict, tag: str) -> tuple[np.ndarray, str] | None:
+def _lp_round(run: Any, dj: list, pre: dict, tag: str) -> tuple[np.ndarray, str] | None:
     """LPs of one disjunct's open jobs with the pre-activation bounds ``pre``, then PGD from the LP
     points (``run.opts.polish``). Returns (counterexample, reason) or None."""
-    enc_lp = encode_graph(run.graph, mats, pre, dj[0]["lo"], dj[0]["hi"], mode="lp")
+    enc_lp = encode_graph(run.graph, pre, dj[0]["lo"], dj[0]["hi"], mode="lp")
     starts, hit = _lp_jobs(run, dj, enc_lp)
     if hit is not None:
         return hit[0], f"LP-relaxation point ({tag} bounds) is a counterexample (value {hit[1]['lp_value']:.3g})"
@@ -70,7 +70,6 @@ def lp_stage(run: Any) -> tuple | None:
     optimal point, polished by PGD, is a candidate), first with the incomplete pre-activation bounds,
     then after per-neuron LP refinement. Prepares the MIP encodings (``run.prepared``)."""
     t0 = time.perf_counter()
-    run.mats, run.absW = graph_mats(run.graph)
     run.prepared = {}
     for d in sorted({j["disjunct"] for j in run.open_jobs()}):
         dj = [j for j in run.open_jobs() if j["disjunct"] == d]
@@ -79,19 +78,19 @@ def lp_stage(run: Any) -> tuple | None:
         pre = {i: (v[0][0].copy(), v[1][0].copy())
                for i, v in node_bounds(run.ir, run.shape, run.probs[d], run.method).items()}
         lo, hi = dj[0]["lo"], dj[0]["hi"]
-        hit = _lp_round(run, dj, run.mats, pre, run.method)
+        hit = _lp_round(run, dj, pre, run.method)
         if hit is None and run.opts.lp_refine and not all(j["closed"] for j in dj) and run.left() > 0:
-            pre, rinfo = refine_bounds(run.graph, run.mats, pre, lo, hi,
+            pre, rinfo = refine_bounds(run.graph, pre, lo, hi,
                                        time_budget=run.opts.refine_fraction * run.left())
             rinfo["disjunct"] = d
             run.info["refine"].append(rinfo)
             run.say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
                     f"{rinfo['time_s']:.2f}s")
-            hit = _lp_round(run, dj, run.mats, pre, "refined")
+            hit = _lp_round(run, dj, pre, "refined")
         if hit is not None:
             run.info["lp_s"] = time.perf_counter() - t0
             return run.finish("sat", hit[1], "lp", hit[0])
-        run.prepared[d] = {"mip": encode_graph(run.graph, run.mats, pre, lo, hi, mode="mip"), "pre": pre}
+        run.prepared[d] = {"mip": encode_graph(run.graph, pre, lo, hi, mode="mip"), "pre": pre}
     run.info["lp_s"] = time.perf_counter() - t0
     if not run.open_jobs():
         return run.finish("unsat", "every conjunction closed by bounds or LP certificates", "lp")
@@ -105,8 +104,7 @@ def _mip_job(run: Any, j: dict, budget: float, effort: float | None, found: list
     violation); updates the job's bounds and status, appends a counterexample to ``found``."""
     enc, pre = run.prepared[j["disjunct"]]["mip"], run.prepared[j["disjunct"]]["pre"]
     A, b, hopts = j["A"], j["b"], run.opts.highs
-    sens = 10.0 * hopts.feasibility_tol * sensitivity(run.graph, run.mats, run.absW, pre, j["lo"], j["hi"],
-                                                      np.abs(A).sum(axis=0))
+    sens = 10.0 * hopts.feasibility_tol * sensitivity(run.graph, pre, j["lo"], j["hi"], np.abs(A).sum(axis=0))
     cutoff = 2.0 * (hopts.rel_margin + sens)
     menc, cost, offset = conj_model(enc, A, b, j["crown_lower"], j["crown_upper"])
 

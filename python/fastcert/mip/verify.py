@@ -21,7 +21,7 @@ from fastcert.checks import as_tensor, norm_key
 from fastcert.confirm import into_region, output_upper
 from fastcert.graph.ir import Graph
 from fastcert.mip.common import augment, node_bounds
-from fastcert.mip.encoding import check_graph, encode_graph, graph_mats, sensitivity
+from fastcert.mip.encoding import check_graph, encode_graph, sensitivity
 from fastcert.mip.highs import HighsOptions, margin_of, run_mip
 from fastcert.mip.lp_refine import Encoding, refine_bounds
 from fastcert.network import Network, as_network
@@ -66,13 +66,11 @@ class _Problem:
     net: Network
     ref_model: Any  # the model re-executed in float64 (a float64 copy of an nn.Module, or the Network)
     g: Graph  # the network's graph at ``shape`` (a chain's graph has its layers as nodes)
-    mats: list  # per node: (W, b) of an affine node, else None
     shape: tuple[int, ...]
     norm: str
     C: torch.Tensor  # [B, S, K] float64
     crown_lo: torch.Tensor  # [B, S]
     crown_up: torch.Tensor  # [B, S]
-    absW: list
     dlo: np.ndarray  # the input domain, flat (-inf / inf where none)
     dhi: np.ndarray
     early_stop: bool
@@ -165,7 +163,7 @@ def _solve_row(P: _Problem, b: int, s: int, target: int | None, enc: Encoding, p
     c = P.C[b, s].numpy()
     cost = np.zeros(enc.ncol)
     cost[enc.out[-1]] = c
-    sens = 10.0 * P.opts.feasibility_tol * sensitivity(P.g, P.mats, P.absW, pre, box[0], box[1], np.abs(c))
+    sens = 10.0 * P.opts.feasibility_tol * sensitivity(P.g, pre, box[0], box[1], np.abs(c))
     cutoff = 2.0 * (P.opts.rel_margin + sens) if P.early_stop else None
     best: dict[str, Any] = {"up": math.inf, "x": None, "val": None}
 
@@ -241,8 +239,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     # sound pre-activation boxes (prefix bounds) and rigorous output bounds
     crown_lo, crown_up = network_bounds(net, shape, prob, Ct, bounds_method)
     pre_all = node_bounds(net, shape, prob, bounds_method)
-    mats, absW = graph_mats(g)
-    P = _Problem(net, ref_model, g, mats, shape, nk, Ct, crown_lo, crown_up, absW, _domain(x_min, shape, -np.inf),
+    P = _Problem(net, ref_model, g, shape, nk, Ct, crown_lo, crown_up, _domain(x_min, shape, -np.inf),
                  _domain(x_max, shape, np.inf), early_stop, options or HighsOptions())
     results: list[list[MIPResult]] = []
     for b in range(B):
@@ -252,8 +249,8 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
         l0, u0 = prob.l0[b].numpy().copy(), prob.u0[b].numpy().copy()
         pre = {i: (v[0][b].copy(), v[1][b].copy()) for i, v in pre_all.items()}
         if lp_refine > 0 and nk == "inf":
-            pre, _ = refine_bounds(g, mats, pre, l0, u0, time_budget=float(lp_refine))
-        enc = encode_graph(g, mats, pre, l0, u0, mode="mip")
+            pre, _ = refine_bounds(g, pre, l0, u0, time_budget=float(lp_refine))
+        enc = encode_graph(g, pre, l0, u0, mode="mip")
         if nk == "1":
             enc = _l1_ball(enc, x0, e_b)
         build_s = time.perf_counter() - t_b
