@@ -25,14 +25,27 @@ namespace {
 // How long an idle thread polls before it sleeps: long enough to catch the next loop of a kernel
 // sequence, short enough that a busy machine loses nothing measurable (OpenMP's default is ~ms).
 constexpr auto kSpin = std::chrono::microseconds(10);
+// ... and while a burst is open (pool_burst): a bound computation's kernels are separated by Python
+// steps of ~10-300 us, and a worker asleep on the condition variable took ~50 us or more to wake (a
+// futex wake-up on a virtual machine), by when the caller had done most of the chunks itself: with two
+// threads the IBP bench cases ran no faster than on one. Polling through the gaps of the computation,
+// and never beyond this long after the last job, keeps the workers on hand (BENCHMARKS.md).
+constexpr auto kBurstSpin = std::chrono::microseconds(2000);
 
+std::atomic<int> g_burst{0};  // open bursts, all threads
+
+// Poll pred for kSpin (burst_aware: also as long as a burst is open, up to kBurstSpin).
 template <typename Pred>
-bool spin_until(Pred pred) {
-  const auto t_end = std::chrono::steady_clock::now() + kSpin;
+bool spin_until(Pred pred, bool burst_aware = false) {
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0;; ++i) {
     if (pred()) return true;
     FASTCERT_RELAX();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= t_end) return pred();
+    if ((i & 63) == 63) {
+      const auto dt = std::chrono::steady_clock::now() - t0;
+      if (dt >= kSpin && !(burst_aware && dt < kBurstSpin && g_burst.load(std::memory_order_relaxed) > 0))
+        return pred();
+    }
   }
 }
 
@@ -113,7 +126,7 @@ class Pool {
     std::uint64_t seen = 0;
     for (;;) {
       std::shared_ptr<Job> job;
-      spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; });
+      spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; }, true);
       {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return gen_.load(std::memory_order_relaxed) != seen; });
@@ -143,6 +156,11 @@ void serial(std::int64_t n, std::int64_t grain, ChunkFn fn, void* ctx) {
 
 namespace {
 thread_local int t_override = 0;
+}
+
+void pool_burst(bool begin) {
+  if (begin) g_burst.fetch_add(1, std::memory_order_relaxed);
+  else g_burst.fetch_sub(1, std::memory_order_relaxed);
 }
 
 int set_pool_threads(int n) {

@@ -98,3 +98,57 @@ def test_torch_serial_restores_and_nests() -> None:
         with torch_serial():
             raise RuntimeError("inside")
     assert torch.get_num_threads() == n0
+
+
+def _idle_cpu_seconds(window: float = 0.15) -> float:
+    """Process CPU time (all threads) spent while the calling thread sleeps for ``window`` seconds."""
+    import time
+
+    c0 = time.process_time()
+    time.sleep(window)
+    return time.process_time() - c0
+
+
+def test_burst_workers_sleep_after_the_burst_and_after_its_polling_window() -> None:
+    """A burst (``_C.pool_burst``, opened by ``torch_serial`` around each bound computation) keeps idle workers
+    polling between kernels, but never for long: ~2 ms after their last job even while the burst is open, ~10 us
+    once it is closed. Workers that kept spinning would cost a whole core each while the process does nothing:
+    measured here as process CPU time while the caller sleeps (a spinning worker: ~0.15 s in 0.15 s)."""
+    rng = np.random.default_rng(1)
+    l = rng.standard_normal(N_PAR)
+    u = l + 1
+    prev = _C.set_pool_threads(3)
+    try:
+        _C.pool_burst(True)
+        try:
+            ref = _prep(l, u)  # a parallel job: the workers poll after it
+            _C.pool_burst(True)  # bursts nest
+            _C.pool_burst(False)
+            got = _prep(l, u)
+            busy = _idle_cpu_seconds()  # the burst is still open: the workers stop polling ~2 ms after the job
+        finally:
+            _C.pool_burst(False)
+        _prep(l, u)
+        idle = _idle_cpu_seconds()  # closed
+    finally:
+        _C.set_pool_threads(prev)
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
+    assert busy < 0.05, f"pool workers used {busy:.3f} s of CPU in 0.15 s with a burst open and no job"
+    assert idle < 0.05, f"pool workers used {idle:.3f} s of CPU in 0.15 s after the burst closed"
+
+
+def test_torch_serial_opens_and_closes_a_burst() -> None:
+    """Every computation bracketed by ``torch_serial`` closes its burst, also when it raises: afterwards the
+    workers sleep (CPU time of the idle process ~0)."""
+    prev = _C.set_pool_threads(2)
+    try:
+        with pytest.raises(RuntimeError):
+            with torch_serial():
+                _prep(np.zeros(N_PAR), np.ones(N_PAR))
+                raise RuntimeError("inside")
+        _prep(np.zeros(N_PAR), np.ones(N_PAR))
+        idle = _idle_cpu_seconds()
+    finally:
+        _C.set_pool_threads(prev)
+    assert idle < 0.05, f"pool workers used {idle:.3f} s of CPU in 0.15 s after torch_serial returned"

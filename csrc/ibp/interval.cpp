@@ -5,6 +5,8 @@
 #include "fastcert/kernels.h"
 #include "fastcert/pool.h"
 
+#include <vector>
+
 namespace fastcert {
 
 template <typename T>
@@ -376,16 +378,30 @@ for (int i = static_cast<int>(i0_); i < static_cast<int>(i1_); ++i) {
 });
     }
   } else {
-    // the two products W c (+b) and |W| r are independent: one per OpenMP thread (each GEMM runs on
-    // the single-threaded BLAS of its thread); pointers and checks are taken before the region
+    // the two products W c (+b) and |W| r are independent: one per pool thread (each GEMM runs on the
+    // single-threaded BLAS of its thread); pointers and checks are taken before the region. Each is
+    // computed transposed, [m, B] = W [m, n] . c^T, into a reused per-thread scratch: OpenBLAS's sgemm
+    // runs this orientation ~1.3-1.5x faster than c [B, n] . W^T on the dense layers of the bench cases
+    // (M = 100, N = 32, K = 1568-2048, one thread; the same sums of n products in another order, which
+    // the rounding bound of interval_finish_rows covers), and the [m, B] results are small to transpose.
     const T* AWp = ro(absW, "absW");
+    const py::ssize_t mB = static_cast<py::ssize_t>(m) * B;
+    thread_local std::vector<T> tr;
+    if (static_cast<py::ssize_t>(tr.size()) < 2 * mB) tr.resize(2 * mB);
+    T* tc = tr.data();
+    T* trr = tc + mB;
     if (bp)
-      for (int i = 0; i < B; ++i) std::copy(bp, bp + m, OL + static_cast<py::ssize_t>(i) * m);
+      for (int i = 0; i < m; ++i) std::fill(tc + static_cast<py::ssize_t>(i) * B, tc + static_cast<py::ssize_t>(i + 1) * B, bp[i]);
     const bool par = static_cast<py::ssize_t>(B) * m * n > kParallelMacs;
     parallel_for(2, 1, par, [&](std::int64_t k, std::int64_t, int) {
-      if (k == 0) gemm(false, true, B, m, n, T(1), cp, n, Wp, n, bp ? T(1) : T(0), OL, m);
-      else gemm(false, true, B, m, n, T(1), rp, n, AWp, n, T(0), OU, m);
+      if (k == 0) gemm(false, true, m, B, n, T(1), Wp, n, cp, n, bp ? T(1) : T(0), tc, B);
+      else gemm(false, true, m, B, n, T(1), AWp, n, rp, n, T(0), trr, B);
     });
+    for (int s = 0; s < B; ++s)
+      for (int i = 0; i < m; ++i) {
+        OL[static_cast<py::ssize_t>(s) * m + i] = tc[static_cast<py::ssize_t>(i) * B + s];
+        OU[static_cast<py::ssize_t>(s) * m + i] = trr[static_cast<py::ssize_t>(i) * B + s];
+      }
   }
   interval_finish_rows<T>(out_l, out_u, cm, cn, rowabs, rownorm, absb, gamma, tiny, out_g);
 }

@@ -11,8 +11,10 @@ range lose up to ``eta / 2`` each whatever their size, and a later large weight 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import numpy as np
 import torch
 
 _ETA = {torch.float32: 2.0**-149, torch.float64: 2.0**-1074}
@@ -40,6 +42,14 @@ def round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, torch.inf)), r).contiguous()
 
 
+def round_up_array(v: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """:func:`round_up` on a float64 numpy array (the same IEEE operations, without torch's per-operation
+    cost on the small [B, S] arrays of a bound's last steps); beyond the dtype's range the result is inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = v.astype(np.float32 if dtype == torch.float32 else np.float64)
+        return np.where(r.astype(np.float64) < v, np.nextafter(r, r.dtype.type(np.inf)), r)
+
+
 def round_down(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """float64 ``v`` -> ``dtype``, never above ``v``."""
     r = v.to(dtype)
@@ -55,6 +65,7 @@ def rounding_is_relative(v64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (r == v64) | (v64.abs() >= torch.finfo(dtype).tiny)
 
 
+@functools.lru_cache(maxsize=4096)
 def gamma_n(n: int, dtype: torch.dtype) -> float:
     """Rounding factor for a sum of ``n`` rounded products in ``dtype``: 1.01 (n+2)u / (1-(n+2)u).
 

@@ -25,6 +25,12 @@ int pool_threads();
 // setting. fastcert._ext.torch_serial() uses it while torch's own operations run on one thread.
 int set_pool_threads(int n);
 
+// Open (begin = true) or close a burst: a run of parallel loops separated by short serial steps, such
+// as one bound computation. While any burst is open, idle workers keep polling for the next job up to
+// ~2 ms after their last one instead of ~10 us before they sleep (pool.cpp, kBurstSpin). Calls nest and
+// add up over threads; every open must be closed (fastcert._ext.torch_serial() brackets a computation).
+void pool_burst(bool begin);
+
 using ChunkFn = void (*)(void* ctx, std::int64_t begin, std::int64_t end, int tid);
 
 // Runs fn(ctx, b, e, tid) over [0, n) in chunks [b, e) of at most `grain` items, on the caller (tid 0)

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+from fastcert.algorithms.slack import output_slack
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.concat import Concat
 from fastcert.primitives.diag import Diag
 from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.primitives.relu import ReLU
-from fastcert.rounding import eta, gamma_for, round_up, underflow_slack
+from fastcert.rounding import eta, gamma_for, underflow_slack
 
 
 def graph_eval_slack(st: Any, C: torch.Tensor, C_exact: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,12 +65,4 @@ def graph_eval_slack(st: Any, C: torch.Tensor, C_exact: torch.Tensor | None = No
             assert isinstance(prim, MaxPool2d)
             e = prim.forward(Ein[0])
         E.append(e)
-    out_box = st.box[g.output]
-    K = out_box.l.shape[1]
-    Ef = E[-1] + gamma64 * out_box.mag().double()
-    slack = torch.einsum("bsk,bk->bs", C.double().abs(), Ef) * (1 + 1e-6) + underflow_slack(K, torch.float64)
-    if C_exact is not None:
-        dC = (C_exact.double() - C.double()).abs()
-        slack = slack + torch.einsum("bsk,bk->bs", dC, out_box.mag().double() + Ef) * (1 + 1e-6) + \
-            underflow_slack(K, torch.float64)
-    return round_up(slack, C.dtype)
+    return output_slack(E[-1].contiguous(), st.box[g.output], C, C_exact, gamma64)

@@ -18,11 +18,11 @@ from fastcert.layers.base import Box
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.diag import Diag
 from fastcert.primitives.relu import ReLU
-from fastcert.rounding import eta, gamma_for, round_up, underflow_slack
+from fastcert.rounding import eta, gamma_for, round_up_array, underflow_slack
 
 
-def underflow_units(st: Any, j: int) -> torch.Tensor:
-    """[B] float64 ``a`` such that ``a * eta`` bounds the absolute (underflow) error that one backward
+def underflow_units(st: Any, j: int) -> np.ndarray:
+    """[B] float64 (numpy) ``a`` such that ``a * eta`` bounds the absolute (underflow) error that one backward
     step through layer j adds to every row's bound, whatever the row (see rounding.py's model):
 
     - affine layer (input box magnitude ``m``): each entry of ``Lam W`` is a sum of ``back_len``
@@ -41,8 +41,9 @@ def underflow_units(st: Any, j: int) -> torch.Tensor:
         assert box is not None
         n = box.l.shape[1]
         r = st.relax[j]
-        m = r[3] if r is not None else box.mag()  # an activation's relaxation already holds max(|l|, |u|)
-        l1 = m.double().sum(1) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms, rounded up
+        # max(|l|, |u|) (an activation's relaxation already holds it), in numpy: [B, n] -> [B] float64 sums
+        m = r[3].numpy() if r is not None else np.maximum(np.abs(box.l.numpy()), np.abs(box.u.numpy()))
+        l1 = m.sum(1, dtype=np.float64) * (1 + 4 * (n + 2) * 2.0**-53)  # a sum of n >= 0 terms (any order), rounded up
         if L.is_affine:
             # + n_in + n_out + 4: the float64 sums of the centre form (a product rounded in double loses
             # at most eta64 / 2 <= eta / 2)
@@ -62,13 +63,13 @@ def initial_mag(st: Any, start: int, stop: int, b0: int, b1: int, S: int, dt: to
     # which made this ~15-operation step cost as much as a kernel on a 32-sample IBP call)
     total = np.zeros(b1 - b0, dtype=np.float64)
     for j in range(stop, start):
-        total = total + underflow_units(st, j)[b0:b1].numpy()
+        total = total + underflow_units(st, j)[b0:b1]
     v64 = (total * (1 + 1e-12) + 1) * eta(dt)
     v = v64.astype(np.float32 if dt == torch.float32 else np.float64)
     v = np.where(v.astype(np.float64) < v64, np.nextafter(v, np.inf).astype(v.dtype), v)  # round up
     if repeat > 1:
         v = np.repeat(v, repeat)
-    return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(v[:, None], (v.shape[0], S))))
+    return torch.from_numpy(np.repeat(v[:, None], S, axis=1))
 
 
 def overflow_hint(dt: torch.dtype) -> str:
@@ -162,8 +163,10 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
                 assert E is not None  # a fused step is followed by a non-diagonal affine layer
                 E = gamma64 * G.double() + L.forward_abs(E.contiguous()) + uf
             else:  # |W| E <= rowsum|W| * max E: a looser E, but no product (E is ~1e-16 of the values)
-                Em = emax[:, None] if E is None else E.amax(1, keepdim=True)
-                E = gamma64 * G.double() + L.params(torch.float64).rowabs * Em + uf
+                # (numpy: the same float64 operations, without torch's per-operation cost on [B, n] arrays)
+                Em = emax.numpy()[:, None] if E is None else E.numpy().max(1, keepdims=True)
+                E = torch.from_numpy(gamma64 * G.numpy().astype(np.float64) +
+                                     L.params(torch.float64).rowabs.numpy() * Em + uf)
             ev_in = getattr(L, "eval_in", None)  # an unfolded BatchNorm / Normalize
             if ev_in is not None:
                 E = E + ev_in[0] * st.boxes_in[j].mag().double() + ev_in[1]  # type: ignore[union-attr]
@@ -179,14 +182,26 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
             else:  # ReLU: exact
                 assert isinstance(L, ReLU)
                 E = L.lipschitz * E + 4 * u * nxt.mag().double() + max(8 * eta(torch.float64), normal64)
-    K = out_box.l.shape[1]
     assert E is not None  # the last layer is never fused
-    mag = out_box.mag().double()
-    Ef = E + gamma64 * mag  # the spec's own product C f
-    # sum_k |C[b,s,k]| Ef[b,k] (float64, as a batched product: einsum's parsing cost more than the sums here)
-    slack = torch.bmm(C.double().abs(), Ef[:, :, None])[:, :, 0] * (1 + 1e-6) + underflow_slack(K, torch.float64)
-    if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box
-        dC = (C_exact.double() - C.double()).abs()
-        slack = slack + torch.bmm(dC, (mag + Ef)[:, :, None])[:, :, 0] * (1 + 1e-6) + \
-            underflow_slack(K, torch.float64)
-    return round_up(slack, C.dtype)
+    return output_slack(E, out_box, C, C_exact, gamma64)
+
+
+def output_slack(E: torch.Tensor, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | None, gamma64: float
+                 ) -> torch.Tensor:
+    """The evaluation slack of the specification ``C f``: [B, S] in C's dtype, rounded up, from ``E: [B, K]``
+    (float64) bounding the float64 evaluation's error on the outputs ``f``, whose box is ``out_box``:
+    ``|C| (E + gamma64 max|f|)`` (the spec's own product), plus ``|C_exact - C| (max|f| + ...)`` when C was
+    rounded from ``C_exact: [B, S, K]``. In numpy: the same float64 operations as in torch, at a fraction of
+    its per-operation cost on these small arrays."""
+    K = out_box.l.shape[1]
+    uf = underflow_slack(K, torch.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mag = np.maximum(np.abs(out_box.l.numpy()), np.abs(out_box.u.numpy())).astype(np.float64)
+        Ef = E.numpy() + gamma64 * mag
+        # sum_k |C[b,s,k]| Ef[b,k] in float64, as a batched product (any order: the factor covers its rounding)
+        C64 = C.numpy().astype(np.float64)
+        slack = np.matmul(np.abs(C64), Ef[:, :, None])[:, :, 0] * (1 + 1e-6) + uf
+        if C_exact is not None:  # C was rounded from C_exact: |C_exact - C| max|f| on the output box
+            dC = np.abs(C_exact.double().numpy() - C64)
+            slack = slack + np.matmul(dC, (mag + Ef)[:, :, None])[:, :, 0] * (1 + 1e-6) + uf
+    return torch.from_numpy(round_up_array(slack, C.dtype))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C
-from fastcert.rounding import underflow_slack
+from fastcert.rounding import gamma_n, underflow_slack
 
 
 def np_view(t: torch.Tensor) -> np.ndarray:
@@ -31,6 +31,7 @@ def np_view(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+_TINY = {dt: torch.finfo(dt).tiny for dt in (torch.float32, torch.float64)}  # smallest normal numbers
 EMPTY = {torch.float32: torch.empty(0, dtype=torch.float32), torch.float64: torch.empty(0, dtype=torch.float64)}
 
 
@@ -88,12 +89,10 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_
     """
     dt = box.l.dtype
     if gamma is None:
-        from fastcert.rounding import gamma_n
-
         gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
     # the absolute (underflow) term, raised to the smallest normal number: a subnormal operand made
     # every elementwise step it enters 10-20x slower, and the larger term is still a bound
-    tiny = max(underflow_slack(layer.fan_in, dt), torch.finfo(dt).tiny)  # type: ignore[attr-defined]
+    tiny = max(underflow_slack(layer.fan_in, dt), _TINY[dt])  # type: ignore[attr-defined]
     B = box.l.shape[0]
     p = layer.params(dt)  # type: ignore[attr-defined]
     n_out = layer.n_out
@@ -142,11 +141,9 @@ def interval_dense_center(layer: "Layer", box: Box, gamma_back: float) -> tuple[
     Returns (output box, ``g >= |W| max(|l|,|u|) + |b|``: [B, n_out], :class:`Centre`). ``gamma_back`` is the
     rounding factor of the layer's backward product (``gamma_n(back_depth)``). docs/architecture.md,
     "Floating point", centre form."""
-    from fastcert.rounding import gamma_n
-
     dt = box.l.dtype
     gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
-    tiny = max(underflow_slack(layer.fan_in, dt), torch.finfo(dt).tiny)  # type: ignore[attr-defined]
+    tiny = max(underflow_slack(layer.fan_in, dt), _TINY[dt])  # type: ignore[attr-defined]
     B = box.l.shape[0]
     p = layer.params(dt)  # type: ignore[attr-defined]
     n_out, n_in = layer.n_out, layer.n_in

@@ -4,6 +4,7 @@ rounded-up row sums and norms the rounding analysis uses, and the rounding count
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,7 +80,7 @@ class AffineBase(Layer):
         """Flat [n_out] sums of the nonnegative weights a64 (shaped like W64) over each output's inputs."""
         return a64.reshape(a64.shape[0], -1).sum(1)
 
-    @property
+    @functools.cached_property
     def fan_in(self) -> int:
         """Length of the sums in ``forward`` (products per output, + bias, + 1 for the rounding of the
         float64 parameters to a float32 compute dtype, which perturbs each product by <= u)."""
