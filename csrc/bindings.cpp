@@ -168,6 +168,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_pool_threads", &set_pool_threads, py::arg("n"),
         "Fix the number of threads of the core's parallel loops on the calling thread (0: follow "
         "omp_get_max_threads()); returns the previous setting.");
+  m.def(
+      "first_nonfinite",
+      [](const py::list& xs) -> py::ssize_t {
+        py::ssize_t i = 0;
+        for (const py::handle h : xs) {
+          bool ok;
+          if (py::isinstance<Arr<float>>(h)) ok = all_finite<float>(h.cast<Arr<float>>());
+          else if (py::isinstance<Arr<double>>(h)) ok = all_finite<double>(h.cast<Arr<double>>());
+          else throw std::invalid_argument("first_nonfinite: every item must be a C-contiguous float32 or float64 array");
+          if (!ok) return i;
+          ++i;
+        }
+        return -1;
+      },
+      py::arg("xs"),
+      "Index of the first array in the list with a NaN or infinite entry, -1 if none (the interval pass's "
+      "overflow check in one call).");
   m.def("pool_burst", &pool_burst, py::arg("begin"),
         "Open (True) or close (False) a burst of kernel calls: while one is open, the pool's idle workers "
         "poll for the next job for up to ~2 ms instead of ~10 us before sleeping. fastcert._ext.torch_serial() "

@@ -836,3 +836,25 @@ def test_half_weights_are_exact(dtype) -> None:
 @pytest.mark.parametrize("shape", [3, (0,), (3, 0), (-1,), (3.0,), ()])
 def test_bad_input_shape(shape) -> None:
     _raises(BAD, "input_shape", fn=fastcert.Network.from_torch, model=_mlp(), input_shape=shape)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "kw"])
+def test_interval_overflow_names_the_layer_even_when_a_relu_hides_it(method: str) -> None:
+    """float32 overflow in the first layer's interval (its magnitude g is inf), hidden from the output by the
+    ReLU (every pre-activation is below -3e38, so the ReLU outputs 0): refused, naming that layer."""
+    m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(-3e38)
+        m[0].bias.zero_()
+    with pytest.raises(ValueError, match=r"overflow in position 0 .*Linear.*float64 inputs"):
+        fastcert.bounds(m, torch.ones(1, 2), 0.5, method=method)
+    r = fastcert.bounds(m, torch.ones(1, 2, dtype=torch.float64), 0.5, method=method)  # in range there
+    assert torch.isfinite(r.lower).all() and torch.isfinite(r.upper).all()
+
+
+def test_interval_overflow_at_the_output_is_refused() -> None:
+    m = nn.Sequential(nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(3e38)
+    with pytest.raises(ValueError, match="overflow"):
+        fastcert.bounds(m, torch.ones(1, 2), 0.5, method="ibp")

@@ -78,7 +78,7 @@ def _eps_vector(eps: Any, B: int, dt: torch.dtype) -> torch.Tensor:
             if float(r32) < eps:
                 r32 = np.nextafter(r32, np.float32(np.inf))
             r = float(r32)
-        return torch.full((B,), r, dtype=dt)
+        return torch.from_numpy(np.full(B, r, dtype=np.float32 if dt == torch.float32 else np.float64))
     e = real_numbers(eps, "eps", "a number or a [B] tensor of numbers")
     if e.dim() == 0:
         e = e.expand(B)

@@ -76,22 +76,19 @@ def overflow_hint(dt: torch.dtype) -> str:
     return "try float64 inputs or a smaller eps" if dt == torch.float32 else "try a smaller eps or rescale the network"
 
 
-def _finite(t: torch.Tensor) -> bool:
-    """Whether every entry of t is finite (one vectorized pass in the core, no temporaries)."""
-    return bool(_C.all_finite(t.contiguous().numpy()))
-
-
 def check_overflow(st: Any, out_box: Box) -> None:
     """Raise a clear error when the interval pass overflowed (g >= |W| max(|l|,|u|) + |b| is finite
     iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
     # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
-    if _finite(out_box.l) and _finite(out_box.u):
-        if all(g is None or _finite(g) for g in st.G):
-            return
-    for L, g in zip(st.layers, st.G):
-        if g is not None and not _finite(g):
-            raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
-                             f"{g.dtype}; the weights, x or eps are too large ({overflow_hint(g.dtype)})")
+    gs = [(L, g) for L, g in zip(st.layers, st.G) if g is not None]
+    bad = _C.first_nonfinite([g.contiguous().numpy() for _, g in gs] +
+                             [out_box.l.contiguous().numpy(), out_box.u.contiguous().numpy()])
+    if bad < 0:
+        return
+    if bad < len(gs):
+        L, g = gs[bad]
+        raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
+                         f"{g.dtype}; the weights, x or eps are too large ({overflow_hint(g.dtype)})")
     raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
                      f"{out_box.l.dtype}; the weights, x or eps are too large ({overflow_hint(out_box.l.dtype)})")
 
