@@ -85,6 +85,9 @@ static void def_all(py::module_& m) {
         py::arg("g").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("out").noconvert(),
         py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(),
         py::arg("block_rows"), py::arg("work").noconvert(), py::arg("v").noconvert(), py::arg("cin").noconvert());
+  m.def("ibp_chain", &ibp_chain<T>, py::arg("steps"), py::arg("l0").noconvert(), py::arg("u0").noconvert(),
+        py::arg("C").noconvert(), py::arg("eps").noconvert(), py::arg("gamma64"),
+        "IBP of a chain of dense / conv2d / ReLU layers in one call (see csrc/ibp/chain.cpp): (lower, upper, code).");
   m.def("affine_center", &affine_center<T>, py::arg("lam").noconvert(), py::arg("lam_out").noconvert(),
         py::arg("v").noconvert(), py::arg("cin").noconvert(), py::arg("w").noconvert(), py::arg("bias").noconvert(),
         py::arg("mag").noconvert(), py::arg("bias_hi").noconvert());

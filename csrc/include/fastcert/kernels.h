@@ -70,4 +70,8 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
 template <typename T>
 void affine_center(const Arr<T>& lam, const Arr<T>& lam_out, const Arr<double>& cv, const Arr<T>& cin,
                    const Arr<T>& w, Arr<T>& bias, Arr<T>& mag, Arr<T>& bias_hi);
+// IBP of a chain of dense / conv2d / ReLU layers in one call (csrc/ibp/chain.cpp): (lower, upper, code).
+template <typename T>
+py::tuple ibp_chain(const py::list& steps, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& C, const Arr<T>& eps,
+                    double gamma64);
 }  // namespace fastcert

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C, torch_serial
+from fastcert.algorithms.ibp_chain import ibp_chain
 from fastcert.algorithms.patches import (
     intermediate_patches,
     patch_geometry,
@@ -335,6 +336,10 @@ def linear_bounds(layers: list[Layer], prob: Problem, C: torch.Tensor, method: s
     dt = prob.x0.dtype
     B = prob.x0.shape[0]
     opts = BoundOptions() if opts is None else opts
+    if cfg is None and C_exact is None:  # IBP of a plain chain: the whole computation in one core call
+        res = ibp_chain(layers, prob, C, opts)
+        if res is not None:
+            return res
     st = Pass(layers, prob, [None] * len(layers), [None] * len(layers), [None] * len(layers), opts)
     # the one-pass (symmetric) Fast-Lin / KW trick needs lower slope == upper slope everywhere: ReLU's
     relu_only = all(Lj.is_affine or isinstance(Lj, ReLU) for Lj in layers)

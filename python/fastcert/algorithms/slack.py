@@ -83,14 +83,22 @@ def check_overflow(st: Any, out_box: Box) -> None:
     gs = [(L, g) for L, g in zip(st.layers, st.G) if g is not None]
     bad = _C.first_nonfinite([g.contiguous().numpy() for _, g in gs] +
                              [out_box.l.contiguous().numpy(), out_box.u.contiguous().numpy()])
-    if bad < 0:
-        return
-    if bad < len(gs):
-        L, g = gs[bad]
+    if bad >= 0:
+        raise_overflow([L for L, _ in gs], bad, out_box.l.dtype)
+
+
+def raise_overflow(with_g: list, bad: int, dt: torch.dtype) -> None:
+    """Raise the overflow error of the interval pass: ``bad`` indexes the magnitudes ``g`` of the layers
+    ``with_g`` (in order), then the output box's l and u; -2: a NaN after the final widening (state.finish)."""
+    if bad == -2:
+        raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
+                         f"for {dt} ({overflow_hint(dt)})")
+    if bad < len(with_g):
+        L = with_g[bad]
         raise ValueError(f"floating-point overflow in {L.name or L.kind}: the interval bounds exceed the range of "
-                         f"{g.dtype}; the weights, x or eps are too large ({overflow_hint(g.dtype)})")
+                         f"{dt}; the weights, x or eps are too large ({overflow_hint(dt)})")
     raise ValueError(f"floating-point overflow in the interval pass: the bounds exceed the range of "
-                     f"{out_box.l.dtype}; the weights, x or eps are too large ({overflow_hint(out_box.l.dtype)})")
+                     f"{dt}; the weights, x or eps are too large ({overflow_hint(dt)})")
 
 
 def _fusable(layers: list, j: int) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C
-from fastcert.algorithms.slack import overflow_hint
+from fastcert.algorithms.slack import raise_overflow
 from fastcert.layers.base import Box, Centre, Layer
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise, RelaxOptions
@@ -130,7 +130,6 @@ def finish(lower: torch.Tensor, upper: torch.Tensor, slack: torch.Tensor) -> tup
         lo = lower.numpy() - slack.numpy()
         hi = upper.numpy() + slack.numpy()
         if np.isnan(lo).any() or np.isnan(hi).any():
-            raise ValueError("floating-point overflow in the backward pass: the weights, x or eps are too large "
-                             f"for {dt} ({overflow_hint(dt)})")
+            raise_overflow([], -2, dt)
         inf = lo.dtype.type(np.inf)
         return torch.from_numpy(np.nextafter(lo, -inf)), torch.from_numpy(np.nextafter(hi, inf))

@@ -35,6 +35,13 @@ _TINY = {dt: torch.finfo(dt).tiny for dt in (torch.float32, torch.float64)}  # s
 EMPTY = {torch.float32: torch.empty(0, dtype=torch.float32), torch.float64: torch.empty(0, dtype=torch.float64)}
 
 
+def underflow_slack_tiny(fan_in: int, dt: torch.dtype) -> float:
+    """The absolute (underflow) term of an interval step with sums of ``fan_in`` products, raised to the
+    smallest normal number of ``dt``: a subnormal operand made every elementwise step it enters 10-20x
+    slower, and the larger term is still a bound."""
+    return max(underflow_slack(fan_in, dt), _TINY[dt])
+
+
 def empty_like_dtype(dtype: torch.dtype) -> np.ndarray:
     return np_view(EMPTY[dtype])
 
@@ -90,9 +97,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_
     dt = box.l.dtype
     if gamma is None:
         gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
-    # the absolute (underflow) term, raised to the smallest normal number: a subnormal operand made
-    # every elementwise step it enters 10-20x slower, and the larger term is still a bound
-    tiny = max(underflow_slack(layer.fan_in, dt), _TINY[dt])  # type: ignore[attr-defined]
+    tiny = underflow_slack_tiny(layer.fan_in, dt)  # type: ignore[attr-defined]
     B = box.l.shape[0]
     p = layer.params(dt)  # type: ignore[attr-defined]
     n_out = layer.n_out
@@ -143,7 +148,7 @@ def interval_dense_center(layer: "Layer", box: Box, gamma_back: float) -> tuple[
     "Floating point", centre form."""
     dt = box.l.dtype
     gamma = gamma_n(layer.fan_in, dt)  # type: ignore[attr-defined]
-    tiny = max(underflow_slack(layer.fan_in, dt), _TINY[dt])  # type: ignore[attr-defined]
+    tiny = underflow_slack_tiny(layer.fan_in, dt)  # type: ignore[attr-defined]
     B = box.l.shape[0]
     p = layer.params(dt)  # type: ignore[attr-defined]
     n_out, n_in = layer.n_out, layer.n_in

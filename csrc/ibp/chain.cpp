@@ -1,0 +1,281 @@
+// IBP of a chain in one core call: the interval pass, the overflow check, the last layer's backward step
+// fused with the specification C, the concretization, the float64 evaluation slack and the final outward
+// rounding. The same kernels, in the same order and with the same arguments, as the Python-driven path
+// (python/fastcert/algorithms/linear_bounds.py, slack.py, state.finish), whose per-call cost (~25 kernel
+// calls, ~600 Python function calls, ~40 tensor allocations) was about a third of an IBP call at batch 32
+// on the CNN bench cases. The Python side (algorithms/ibp_chain.py) decides which chains qualify (dense,
+// conv2d and plain ReLU layers, a dense last layer, no folded BatchNorm terms) and prepares each layer's
+// constants once per dtype; anything else takes the Python path.
+//
+// Where this file computes what the Python path computes in numpy (the underflow units of the last step,
+// the evaluation slack's unfused steps, the output slack, the final rounding), the operations are the same
+// IEEE operations in the same order (the build has -ffp-contract=off), except for the order of two sums
+// that the Python path leaves to numpy (the float64 magnitude sum of the underflow units, the |C| Ef
+// product): their rounding is covered by the factors the analysis already applies for *any* order
+// ((1 + 4 (n + 2) 2^-53) and (1 + 1e-6)), so the bounds stay sound and agree with the Python path's to
+// the last bits.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "fastcert/common.h"
+#include "fastcert/kernels.h"
+
+namespace fastcert {
+namespace {
+
+template <typename T>
+Arr<T> new_arr(std::vector<py::ssize_t> shape) {
+  return Arr<T>(std::move(shape));
+}
+
+template <typename T>
+Arr<T> arr_at(const py::tuple& t, size_t i, const char* what) {
+  py::handle h = t[i];
+  if (!Arr<T>::check_(h))
+    throw std::invalid_argument(std::string("ibp_chain: ") + what + " must be a C-contiguous array of the compute dtype");
+  return py::reinterpret_borrow<Arr<T>>(h);
+}
+
+// max(|l|, |u|) of entry i, in T (exact)
+template <typename T>
+inline T mag_at(const T* l, const T* u, py::ssize_t i) {
+  const T a = std::fabs(l[i]), b = std::fabs(u[i]);
+  return a > b ? a : b;
+}
+
+struct Step {
+  enum Kind { relu, dense, conv } kind;
+  py::tuple t;
+  py::ssize_t n_out = 0;
+};
+
+}  // namespace
+
+// steps: one tuple per layer (python/fastcert/algorithms/ibp_chain.py, ``chain_step``):
+//   ("relu",)
+//   ("dense", W, absW, b, rowabs, rownorm, absb, gamma, tiny, rowabs64, uf64, gamma_back, gamma_nout, back_len,
+//    gamma_nin)
+//   ("conv2d", W, absW, bias_c, gamma, tiny, H, W_in, sh, sw, ph, pw, wsum, rowabs64, uf64, n_out)
+// l0, u0: [B, n0] the input box; C: [B, S, K]; eps: [B] (the region's, read by concretize's size check only);
+// gamma64: the evaluation slack's factor (rounding.gamma_for(layers, float64)).
+// Returns (lower, upper, code): code -1 on success; k >= 0 the index of the first non-finite array among
+// (the g of every affine layer in order, the output box's l, u) -- the interval pass overflowed; -2 a NaN
+// after widening by the slack (overflow in the backward step). lower, upper are None unless code == -1.
+template <typename T>
+py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& C,
+                    const Arr<T>& eps, double gamma64) {
+  const size_t n = steps_in.size();
+  if (n == 0) throw std::invalid_argument("ibp_chain: no layers");
+  if (l0.ndim() != 2 || u0.ndim() != 2) throw std::invalid_argument("ibp_chain: l0, u0 must be [B, n]");
+  if (C.ndim() != 3) throw std::invalid_argument("ibp_chain: C must be [B, S, K]");
+  const py::ssize_t B = l0.shape(0);
+  expect_size(u0.size(), l0.size(), "u0");
+  if (C.shape(0) != B) throw std::invalid_argument("ibp_chain: C's batch differs from the box's");
+  const py::ssize_t S = C.shape(1), K = C.shape(2);
+
+  std::vector<Step> steps(n);
+  for (size_t j = 0; j < n; ++j) {
+    py::handle h = steps_in[j];
+    if (!py::isinstance<py::tuple>(h)) throw std::invalid_argument("ibp_chain: every step must be a tuple");
+    steps[j].t = py::reinterpret_borrow<py::tuple>(h);
+    const std::string kind = steps[j].t[0].cast<std::string>();
+    if (kind == "relu") steps[j].kind = Step::relu;
+    else if (kind == "dense") steps[j].kind = Step::dense;
+    else if (kind == "conv2d") steps[j].kind = Step::conv;
+    else throw std::invalid_argument("ibp_chain: unknown step kind " + kind);
+  }
+  if (steps[n - 1].kind != Step::dense) throw std::invalid_argument("ibp_chain: the last layer must be dense");
+
+  // ---- the interval pass (linear_bounds._forward with cfg None)
+  std::vector<Arr<T>> bl, bu, G;  // bl[j], bu[j]: the box entering layer j; bl[n], bu[n]: the output box
+  std::vector<py::ssize_t> gi(n, -1);  // index into G of an affine layer's g
+  bl.reserve(n + 1);
+  bu.reserve(n + 1);
+  bl.push_back(l0);
+  bu.push_back(u0);
+  for (size_t j = 0; j < n; ++j) {
+    const py::tuple& t = steps[j].t;
+    const Arr<T>& l = bl[j];
+    const Arr<T>& u = bu[j];
+    const py::ssize_t n_in = l.size() / (B ? B : 1);
+    if (steps[j].kind == Step::relu) {
+      Arr<T> lo = new_arr<T>({B, n_in}), hi = new_arr<T>({B, n_in});
+      relu_interval<T>(l, u, lo, hi);
+      steps[j].n_out = n_in;
+      bl.push_back(std::move(lo));
+      bu.push_back(std::move(hi));
+      continue;
+    }
+    const Arr<T> W = arr_at<T>(t, 1, "W"), absW = arr_at<T>(t, 2, "absW"), b = arr_at<T>(t, 3, "bias");
+    py::ssize_t m;
+    Arr<T> lo, hi, g;
+    if (steps[j].kind == Step::dense) {
+      m = W.shape(0);
+      lo = new_arr<T>({B, m});
+      hi = new_arr<T>({B, m});
+      g = new_arr<T>({B, m});
+      Arr<T> work = new_arr<T>({2 * l.size() + 2 * B});
+      interval_dense<T>(l, u, W, absW, b, arr_at<T>(t, 4, "rowabs"), arr_at<T>(t, 5, "rownorm"),
+                        arr_at<T>(t, 6, "absb"), t[7].cast<double>(), t[8].cast<double>(), lo, hi, g, work);
+    } else {
+      m = t[15].cast<py::ssize_t>();
+      lo = new_arr<T>({B, m});
+      hi = new_arr<T>({B, m});
+      g = new_arr<T>({B, m});
+      interval_conv<T>(l, u, W, absW, b, t[4].cast<double>(), t[5].cast<double>(), lo, hi, g, t[6].cast<int>(),
+                       t[7].cast<int>(), t[8].cast<int>(), t[9].cast<int>(), t[10].cast<int>(), t[11].cast<int>(), 0,
+                       arr_at<T>(t, 12, "wsum"));
+    }
+    steps[j].n_out = m;
+    gi[j] = static_cast<py::ssize_t>(G.size());
+    G.push_back(std::move(g));
+    bl.push_back(std::move(lo));
+    bu.push_back(std::move(hi));
+  }
+  if (bl[n].size() != B * K) throw std::invalid_argument("ibp_chain: C's last dimension differs from the outputs");
+
+  // ---- overflow (slack.check_overflow): every g, then the output box
+  {
+    py::ssize_t k = 0;
+    for (const Arr<T>& g : G) {
+      if (!all_finite<T>(g)) return py::make_tuple(py::none(), py::none(), k);
+      ++k;
+    }
+    if (!all_finite<T>(bl[n])) return py::make_tuple(py::none(), py::none(), k);
+    if (!all_finite<T>(bu[n])) return py::make_tuple(py::none(), py::none(), k + 1);
+  }
+
+  // ---- the last (dense) layer's backward step fused with C, then concretization against its input box
+  const size_t last = n - 1;
+  const py::tuple& tl = steps[last].t;
+  const Arr<T>& Ll = bl[last];
+  const Arr<T>& Lu = bu[last];
+  const py::ssize_t n_in = Ll.size() / (B ? B : 1);
+  Arr<T> mag = new_arr<T>({B, S}), bias = new_arr<T>({B, S}), bias_hi = new_arr<T>({B, S});
+  {
+    // slack.initial_mag / underflow_units for one affine step (no relaxation: m = max(|l|, |u|))
+    const double back_len = static_cast<double>(tl[13].cast<py::ssize_t>());
+    const double m_out = static_cast<double>(steps[last].n_out);
+    const double infl = 1.0 + 4.0 * static_cast<double>(n_in + 2) * 0x1p-53;
+    const double eta_t = static_cast<double>(eta<T>());
+    const T* Lp = Ll.data();
+    const T* Up = Lu.data();
+    T* MG = mag.mutable_data();
+    for (py::ssize_t b = 0; b < B; ++b) {
+      double s = 0;
+      for (py::ssize_t i = 0; i < n_in; ++i) s += static_cast<double>(mag_at(Lp, Up, b * n_in + i));
+      const double l1 = s * infl;
+      const double a = (back_len + 2) * l1 + (4 * m_out + static_cast<double>(n_in) + 12);
+      const double total = 0.0 + a;
+      const double v64 = (total * (1 + 1e-12) + 1) * eta_t;
+      T v = static_cast<T>(v64);
+      if (static_cast<double>(v) < v64) v = std::nextafter(v, std::numeric_limits<T>::infinity());
+      std::fill(MG + b * S, MG + (b + 1) * S, v);
+    }
+    std::fill(bias.mutable_data(), bias.mutable_data() + B * S, T(0));
+    std::fill(bias_hi.mutable_data(), bias_hi.mutable_data() + B * S, T(0));
+  }
+  const Arr<T> Wl = arr_at<T>(tl, 1, "W");
+  bias_mag<T>(C, arr_at<T>(tl, 3, "bias"), G[gi[last]], bias, mag, tl[11].cast<double>(), tl[12].cast<double>(),
+              bias_hi);
+  Arr<T> lam = new_arr<T>({B, S, n_in});
+  dense_backward<T>(C, Wl, lam);
+  Arr<T> lower = new_arr<T>({B, S}), upper = new_arr<T>({B, S});
+  concretize<T>(lam, Ll, Ll, Lu, eps, 0, bias, mag, tl[14].cast<double>(), lower, bias_hi, upper);
+
+  // ---- the evaluation slack (slack.eval_slack): E per neuron, or only its per-sample max where the next
+  // layer is affine and not diagonal
+  const double u64 = 0x1p-53;
+  const double normal64 = std::numeric_limits<double>::min();
+  const double relu_abs = std::max(8 * eta<double>(), normal64);
+  std::vector<double> emax(B, 0.0), E;  // E empty: only emax is kept
+  py::ssize_t En = 0;                   // E's row length when held
+  if (steps[0].kind == Step::relu) {    // an activation first reads the (zero) error per neuron
+    En = l0.size() / (B ? B : 1);
+    E.assign(B * En, 0.0);
+  }
+  auto row_max = [&](std::vector<double>& out) {
+    if (E.empty()) return;  // emax holds it already
+    for (py::ssize_t b = 0; b < B; ++b) {
+      double v = E[b * En];
+      for (py::ssize_t i = 1; i < En; ++i) v = std::max(v, E[b * En + i]);  // numpy's max: NaN would propagate
+      out[b] = v;
+    }
+  };
+  for (size_t j = 0; j < n; ++j) {
+    const py::tuple& t = steps[j].t;
+    if (steps[j].kind == Step::relu) {
+      if (E.empty()) throw std::logic_error("ibp_chain: an activation after a fused step (two activations in a row)");
+      const T* Pl = bl[j + 1].data();
+      const T* Pu = bu[j + 1].data();
+      for (py::ssize_t i = 0; i < B * En; ++i)
+        E[i] = (1.0 * E[i] + (4 * u64) * static_cast<double>(mag_at(Pl, Pu, i))) + relu_abs;
+      continue;
+    }
+    const size_t ia = steps[j].kind == Step::dense ? 9 : 13;  // rowabs64, then uf64
+    const Arr<double> rowabs64 = [&]() {
+      py::handle h = t[ia];
+      if (!Arr<double>::check_(h)) throw std::invalid_argument("ibp_chain: rowabs64 must be a float64 array");
+      return py::reinterpret_borrow<Arr<double>>(h);
+    }();
+    const double uf = t[ia + 1].cast<double>();
+    const Arr<T>& g = G[gi[j]];
+    const bool fuse = j + 2 < n && steps[j + 1].kind == Step::relu && steps[j + 2].kind != Step::relu;
+    std::vector<double> e_in(B, 0.0);
+    if (E.empty()) e_in = emax;
+    else row_max(e_in);
+    if (fuse) {
+      Arr<double> ein = Arr<double>(std::vector<py::ssize_t>{B}), eout = Arr<double>(std::vector<py::ssize_t>{B});
+      std::copy(e_in.begin(), e_in.end(), ein.mutable_data());
+      eval_err_max<T>(g, rowabs64, ein, gamma64, uf, 1.0, bl[j + 2], bu[j + 2], 4 * u64, relu_abs, eout);
+      std::copy(eout.data(), eout.data() + B, emax.begin());
+      E.clear();
+      ++j;  // the activation is part of this step
+      continue;
+    }
+    const py::ssize_t m = steps[j].n_out;
+    expect_size(rowabs64.size(), m, "rowabs64");
+    const double* RA = rowabs64.data();
+    const T* Gp = g.data();
+    E.assign(B * m, 0.0);
+    En = m;
+    for (py::ssize_t b = 0; b < B; ++b)
+      for (py::ssize_t i = 0; i < m; ++i)
+        E[b * m + i] = (gamma64 * static_cast<double>(Gp[b * m + i]) + RA[i] * e_in[b]) + uf;
+  }
+  // slack.output_slack: |C| (E + gamma64 max|f|) * (1 + 1e-6) + uf, rounded up to T; then state.finish
+  const double ufK = 2.0 * static_cast<double>(K + 2) * eta<double>();
+  const T* Ol = bl[n].data();
+  const T* Ou = bu[n].data();
+  const T* Cp = C.data();
+  T* LO = lower.mutable_data();
+  T* HI = upper.mutable_data();
+  bool nan = false;
+  std::vector<double> Ef(K);
+  for (py::ssize_t b = 0; b < B; ++b) {
+    for (py::ssize_t k = 0; k < K; ++k)
+      Ef[k] = E[b * K + k] + gamma64 * static_cast<double>(mag_at(Ol, Ou, b * K + k));
+    for (py::ssize_t s = 0; s < S; ++s) {
+      const T* c = Cp + (b * S + s) * K;
+      double acc = 0;
+      for (py::ssize_t k = 0; k < K; ++k) acc += std::fabs(static_cast<double>(c[k])) * Ef[k];
+      const double v = acc * (1 + 1e-6) + ufK;
+      T r = static_cast<T>(v);
+      if (static_cast<double>(r) < v) r = std::nextafter(r, std::numeric_limits<T>::infinity());
+      const py::ssize_t o = b * S + s;
+      const T lo = LO[o] - r, hi = HI[o] + r;
+      nan = nan || std::isnan(lo) || std::isnan(hi);
+      LO[o] = std::nextafter(lo, -std::numeric_limits<T>::infinity());
+      HI[o] = std::nextafter(hi, std::numeric_limits<T>::infinity());
+    }
+  }
+  if (nan) return py::make_tuple(py::none(), py::none(), -2);
+  return py::make_tuple(lower, upper, -1);
+}
+
+template py::tuple ibp_chain<float>(const py::list&, const Arr<float>&, const Arr<float>&, const Arr<float>&,
+                                    const Arr<float>&, double);
+template py::tuple ibp_chain<double>(const py::list&, const Arr<double>&, const Arr<double>&, const Arr<double>&,
+                                     const Arr<double>&, double);
+}  // namespace fastcert
