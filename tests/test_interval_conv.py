@@ -281,15 +281,25 @@ def test_window_magnitude_only_in_float32_ibp(monkeypatch: pytest.MonkeyPatch) -
         seen.append((l.dtype, exact))
         return orig(self, l, u, gamma, tiny, exact)
 
+    import fastcert.algorithms.linear_bounds as lb
+    from fastcert.algorithms.ibp_chain import chain_step
+
     monkeypatch.setattr(Conv2d, "interval_step", spy)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, 1, 1),
                               torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 16, 3))
     x = torch.rand(2, 2, 8, 8)
-    for dt, method, want in ((torch.float32, "ibp", False), (torch.float64, "ibp", True),
-                             (torch.float32, "crown-ibp", True), (torch.float32, "crown", True)):
-        seen.clear()
-        fastcert.bounds(net.to(dt), x.to(dt), 0.01, method=method)
-        assert seen and all(ex == want for _, ex in seen), (dt, method, seen)
+    # the one-call IBP path (algorithms/ibp_chain.py) passes the kernel sums to its convolutions in float32 only
+    fc = fastcert.Network.from_torch(net, input_shape=(2, 8, 8))
+    for dt, want in ((torch.float32, False), (torch.float64, True)):
+        convs = [L for L in fc.layers_for((2, 8, 8)) if isinstance(L, Conv2d)]
+        assert len(convs) == 2 and all((chain_step(L, dt)[12].size == 0) == want for L in convs)
+    with monkeypatch.context() as m:  # the Python-driven path
+        m.setattr(lb, "ibp_chain", lambda *a: None)
+        for dt, method, want in ((torch.float32, "ibp", False), (torch.float64, "ibp", True),
+                                 (torch.float32, "crown-ibp", True), (torch.float32, "crown", True)):
+            seen.clear()
+            fastcert.bounds(net.to(dt), x.to(dt), 0.01, method=method)
+            assert seen and all(ex == want for _, ex in seen), (dt, method, seen)
 
 
 def test_window_magnitude_falls_back_when_a_kernel_sum_overflows() -> None:

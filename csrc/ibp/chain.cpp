@@ -29,6 +29,36 @@ Arr<T> new_arr(std::vector<py::ssize_t> shape) {
   return Arr<T>(std::move(shape));
 }
 
+// The intermediate arrays of a call, carved from one block the calling thread keeps between calls: fresh
+// blocks of these sizes (megabytes on the CNN bench cases) came back from the allocator unmapped on many
+// calls, and faulting them in (~1000 page faults a call, ~3.5 us each measured on a virtual machine) cost
+// more than the arithmetic. Views into it are numpy arrays whose base is a capsule (no copy, writeable); they
+// live only inside the call (the kernels run no Python code, so the block is not reused meanwhile).
+template <typename T>
+class Arena {
+ public:
+  explicit Arena(size_t elems) : base_(py::capsule(this, "fastcert.ibp_chain.arena")) {
+    thread_local std::vector<T> block;
+    if (block.size() < elems) block.resize(elems);
+    p_ = block.data();
+    left_ = elems;
+  }
+  Arr<T> take(std::vector<py::ssize_t> shape) {
+    size_t k = 1;
+    for (py::ssize_t d : shape) k *= static_cast<size_t>(d);
+    if (k > left_) throw std::logic_error("ibp_chain: arena too small (internal)");
+    Arr<T> a(std::move(shape), p_, base_);
+    p_ += k;
+    left_ -= k;
+    return a;
+  }
+
+ private:
+  py::capsule base_;
+  T* p_ = nullptr;
+  size_t left_ = 0;
+};
+
 template <typename T>
 Arr<T> arr_at(const py::tuple& t, size_t i, const char* what) {
   py::handle h = t[i];
@@ -87,6 +117,25 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
   }
   if (steps[n - 1].kind != Step::dense) throw std::invalid_argument("ibp_chain: the last layer must be dense");
 
+  // the arena's size: every intermediate array below
+  size_t elems = 3 * static_cast<size_t>(B * S);
+  {
+    py::ssize_t w = l0.size() / (B ? B : 1);
+    for (size_t j = 0; j < n; ++j) {
+      const py::tuple& t = steps[j].t;
+      if (steps[j].kind == Step::relu) {
+        elems += 2 * static_cast<size_t>(B * w);
+        continue;
+      }
+      const py::ssize_t m = steps[j].kind == Step::dense ? arr_at<T>(t, 1, "W").shape(0) : t[15].cast<py::ssize_t>();
+      elems += 3 * static_cast<size_t>(B * m);
+      if (steps[j].kind == Step::dense) elems += static_cast<size_t>(2 * B * w + 2 * B);
+      if (j == n - 1) elems += static_cast<size_t>(B * S * w);
+      w = m;
+    }
+  }
+  Arena<T> arena(elems);
+
   // ---- the interval pass (linear_bounds._forward with cfg None)
   std::vector<Arr<T>> bl, bu, G;  // bl[j], bu[j]: the box entering layer j; bl[n], bu[n]: the output box
   std::vector<py::ssize_t> gi(n, -1);  // index into G of an affine layer's g
@@ -100,7 +149,7 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
     const Arr<T>& u = bu[j];
     const py::ssize_t n_in = l.size() / (B ? B : 1);
     if (steps[j].kind == Step::relu) {
-      Arr<T> lo = new_arr<T>({B, n_in}), hi = new_arr<T>({B, n_in});
+      Arr<T> lo = arena.take({B, n_in}), hi = arena.take({B, n_in});
       relu_interval<T>(l, u, lo, hi);
       steps[j].n_out = n_in;
       bl.push_back(std::move(lo));
@@ -112,17 +161,17 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
     Arr<T> lo, hi, g;
     if (steps[j].kind == Step::dense) {
       m = W.shape(0);
-      lo = new_arr<T>({B, m});
-      hi = new_arr<T>({B, m});
-      g = new_arr<T>({B, m});
-      Arr<T> work = new_arr<T>({2 * l.size() + 2 * B});
+      lo = arena.take({B, m});
+      hi = arena.take({B, m});
+      g = arena.take({B, m});
+      Arr<T> work = arena.take({2 * l.size() + 2 * B});
       interval_dense<T>(l, u, W, absW, b, arr_at<T>(t, 4, "rowabs"), arr_at<T>(t, 5, "rownorm"),
                         arr_at<T>(t, 6, "absb"), t[7].cast<double>(), t[8].cast<double>(), lo, hi, g, work);
     } else {
       m = t[15].cast<py::ssize_t>();
-      lo = new_arr<T>({B, m});
-      hi = new_arr<T>({B, m});
-      g = new_arr<T>({B, m});
+      lo = arena.take({B, m});
+      hi = arena.take({B, m});
+      g = arena.take({B, m});
       interval_conv<T>(l, u, W, absW, b, t[4].cast<double>(), t[5].cast<double>(), lo, hi, g, t[6].cast<int>(),
                        t[7].cast<int>(), t[8].cast<int>(), t[9].cast<int>(), t[10].cast<int>(), t[11].cast<int>(), 0,
                        arr_at<T>(t, 12, "wsum"));
@@ -152,7 +201,7 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
   const Arr<T>& Ll = bl[last];
   const Arr<T>& Lu = bu[last];
   const py::ssize_t n_in = Ll.size() / (B ? B : 1);
-  Arr<T> mag = new_arr<T>({B, S}), bias = new_arr<T>({B, S}), bias_hi = new_arr<T>({B, S});
+  Arr<T> mag = arena.take({B, S}), bias = arena.take({B, S}), bias_hi = arena.take({B, S});
   {
     // slack.initial_mag / underflow_units for one affine step (no relaxation: m = max(|l|, |u|))
     const double back_len = static_cast<double>(tl[13].cast<py::ssize_t>());
@@ -179,7 +228,7 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
   const Arr<T> Wl = arr_at<T>(tl, 1, "W");
   bias_mag<T>(C, arr_at<T>(tl, 3, "bias"), G[gi[last]], bias, mag, tl[11].cast<double>(), tl[12].cast<double>(),
               bias_hi);
-  Arr<T> lam = new_arr<T>({B, S, n_in});
+  Arr<T> lam = arena.take({B, S, n_in});
   dense_backward<T>(C, Wl, lam);
   Arr<T> lower = new_arr<T>({B, S}), upper = new_arr<T>({B, S});
   concretize<T>(lam, Ll, Ll, Lu, eps, 0, bias, mag, tl[14].cast<double>(), lower, bias_hi, upper);
