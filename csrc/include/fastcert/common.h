@@ -86,9 +86,11 @@ constexpr py::ssize_t kParallelMacs = 1 << 22;
 #define FASTCERT_SIMD_CLONES
 #endif
 // Samples per chunk of the fused interval convolution: a chunk's scratch (its c, r, h, their im2col
-// columns and the three products) is kept near this many elements (~L2 of a core in float32), so the
-// GEMMs see several samples side by side and the finishing step reads their results in cache.
-constexpr py::ssize_t kConvChunkElems = 1 << 17;
+// columns and the three products) is kept near this many elements, so the GEMMs see several samples side
+// by side when they are small and the finishing step reads their results in cache. 2^16 (256 KiB in
+// float32: one sample per chunk on the CIFAR bench case) rather than 2^17: 10-25% faster there on one and
+// two threads, most after another computation had evicted the caches (BENCHMARKS.md, issue #10 5b).
+constexpr py::ssize_t kConvChunkElems = 1 << 16;
 
 // Unit roundoff of T (half machine epsilon).
 template <typename T>
