@@ -9,6 +9,7 @@ test_soundness.py (its IBP calls on such chains now take this path)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import fastcert
@@ -127,6 +128,21 @@ def test_extreme_scales_float64_same_bounds(net: NetSpec, reg: RegionSpec) -> No
     _compare(_plain(net), dataclasses.replace(reg, scale=net.input_scale), torch.float64)
 
 
+@contextlib.contextmanager
+def _spying(calls: list[bool]):
+    """Record, per call of the one-call path, whether it computed the bounds (True) or declined (False)."""
+    orig = lb.ibp_chain
+
+    def spy(*a, **k):
+        r = orig(*a, **k)
+        calls.append(r is not None)
+        return r
+
+    with pytest.MonkeyPatch().context() as m:
+        m.setattr(lb, "ibp_chain", spy)
+        yield
+
+
 def _cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1),
@@ -141,17 +157,8 @@ def test_bench_like_cnn_takes_the_one_call_path_with_the_same_bounds(dtype) -> N
     x = torch.rand(5, 1, 8, 8, dtype=dtype)
     net = fastcert.Network.from_torch(model, input_shape=(1, 8, 8))
     assert qualifies(net.layers_for((1, 8, 8)))
-    calls = []
-    orig = lb.ibp_chain
-
-    def spy(*a, **k):
-        r = orig(*a, **k)
-        calls.append(r is not None)
-        return r
-
-    mp = pytest.MonkeyPatch()
-    with mp.context() as m:
-        m.setattr(lb, "ibp_chain", spy)
+    calls: list[bool] = []
+    with _spying(calls):
         a = fastcert.bounds(net, x, 0.05, method="ibp")
     assert calls == [True]
     b = _python_path(pytest.MonkeyPatch(), lambda: fastcert.bounds(net, x, 0.05, method="ibp"))
@@ -186,17 +193,8 @@ def test_memory_budget_and_rounded_spec_take_the_python_path() -> None:
     model = _cnn()
     net = fastcert.Network.from_torch(model, input_shape=(1, 8, 8))
     x = torch.rand(6, 1, 8, 8)
-    calls = []
-    orig = lb.ibp_chain
-
-    def spy(*a, **k):
-        r = orig(*a, **k)
-        calls.append(r is not None)
-        return r
-
-    mp = pytest.MonkeyPatch()
-    with mp.context() as m:
-        m.setattr(lb, "ibp_chain", spy)
+    calls: list[bool] = []
+    with _spying(calls):
         tight = fastcert.BoundOptions(lambda_bytes=4 * 3 * 16)  # one sample's rows, not six
         a = fastcert.bounds(net, x, 0.05, method="ibp", options=tight)
         C64 = torch.randn(2, 3, dtype=torch.float64)
