@@ -32,6 +32,7 @@ from strategies import (
     region_specs,
     scaled_specs,
 )
+from test_soundness import _check_network
 from torch import nn
 
 
@@ -107,25 +108,36 @@ def _ulps(a: torch.Tensor, b: torch.Tensor) -> int:
 @fc_settings(120)
 @given(net=mlp_specs("relu"), reg=region_specs(), f32=st.booleans())
 def test_mlp_same_bounds_as_the_python_path(net: NetSpec, reg: RegionSpec, f32: bool) -> None:
-    _compare(_plain(net), reg, torch.float32 if f32 else torch.float64)
+    assert _compare(_plain(net), reg, torch.float32 if f32 else torch.float64)
 
 
 @fc_settings(80)
 @given(net=cnn_specs("relu"), reg=region_specs(), f32=st.booleans())
 def test_cnn_same_bounds_as_the_python_path(net: NetSpec, reg: RegionSpec, f32: bool) -> None:
-    _compare(_plain(net), reg, torch.float32 if f32 else torch.float64)
+    assert _compare(_plain(net), reg, torch.float32 if f32 else torch.float64)
 
 
 @fc_settings(80)
 @given(net=scaled_specs(torch.float32, "relu"), reg=region_specs())
 def test_extreme_scales_float32_same_bounds(net: NetSpec, reg: RegionSpec) -> None:
-    _compare(_plain(net), dataclasses.replace(reg, scale=net.input_scale), torch.float32)
+    assert _compare(_plain(net), dataclasses.replace(reg, scale=net.input_scale), torch.float32)
 
 
 @fc_settings(60)
 @given(net=scaled_specs(torch.float64, "relu"), reg=region_specs())
 def test_extreme_scales_float64_same_bounds(net: NetSpec, reg: RegionSpec) -> None:
-    _compare(_plain(net), dataclasses.replace(reg, scale=net.input_scale), torch.float64)
+    assert _compare(_plain(net), dataclasses.replace(reg, scale=net.input_scale), torch.float64)
+
+
+@fc_settings(40)
+@given(net=st.one_of(mlp_specs("relu"), cnn_specs("relu")), reg=region_specs(), f32=st.booleans())
+def test_one_call_path_sound_by_sampling_and_pgd(net: NetSpec, reg: RegionSpec, f32: bool) -> None:
+    """Containment of sampled and PGD points, no tolerance, on chains that take the one-call path (the
+    soundness tests' random networks mostly do not: BatchNorm, pooling, ...), degenerate boxes included."""
+    plain = _plain(net)
+    fc = fastcert.Network.from_torch(build_network(plain), input_shape=plain.input_shape)
+    assert fc.chain and qualifies(fc.layers_for(tuple(plain.input_shape)))
+    _check_network(plain, reg, torch.float32 if f32 else torch.float64)
 
 
 @contextlib.contextmanager

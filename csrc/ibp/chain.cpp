@@ -14,6 +14,7 @@
 // product): their rounding is covered by the factors the analysis already applies for *any* order
 // ((1 + 4 (n + 2) 2^-53) and (1 + 1e-6)), so the bounds stay sound and agree with the Python path's to
 // the last bits.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -80,6 +81,232 @@ struct Step {
   py::ssize_t n_out = 0;
 };
 
+// The state of one call: the steps, the box entering each layer (bl[j], bu[j]; bl[n], bu[n] the output box)
+// and the magnitude g of each affine layer (G[gi[j]]).
+template <typename T>
+struct Chain {
+  std::vector<Step> steps;
+  py::ssize_t B = 0, S = 0, K = 0;
+  std::vector<Arr<T>> bl, bu, G;
+  std::vector<py::ssize_t> gi;
+  py::ssize_t width(size_t j) const { return bl[j].size() / (B ? B : 1); }
+};
+
+std::vector<Step> parse_steps(const py::list& steps_in) {
+  std::vector<Step> steps(steps_in.size());
+  for (size_t j = 0; j < steps.size(); ++j) {
+    py::handle h = steps_in[j];
+    if (!py::isinstance<py::tuple>(h)) throw std::invalid_argument("ibp_chain: every step must be a tuple");
+    steps[j].t = py::reinterpret_borrow<py::tuple>(h);
+    const std::string kind = steps[j].t[0].cast<std::string>();
+    if (kind == "relu") steps[j].kind = Step::relu;
+    else if (kind == "dense") steps[j].kind = Step::dense;
+    else if (kind == "conv2d") steps[j].kind = Step::conv;
+    else throw std::invalid_argument("ibp_chain: unknown step kind " + kind);
+  }
+  if (steps.empty()) throw std::invalid_argument("ibp_chain: no layers");
+  if (steps.back().kind != Step::dense) throw std::invalid_argument("ibp_chain: the last layer must be dense");
+  return steps;
+}
+
+// The arena's size: every intermediate array of interval_pass and last_step.
+template <typename T>
+size_t arena_elems(const std::vector<Step>& steps, py::ssize_t w, py::ssize_t B, py::ssize_t S) {
+  size_t elems = 3 * static_cast<size_t>(B * S);
+  for (size_t j = 0; j < steps.size(); ++j) {
+    const py::tuple& t = steps[j].t;
+    if (steps[j].kind == Step::relu) {
+      elems += 2 * static_cast<size_t>(B * w);
+      continue;
+    }
+    const py::ssize_t m = steps[j].kind == Step::dense ? arr_at<T>(t, 1, "W").shape(0) : t[15].cast<py::ssize_t>();
+    elems += 3 * static_cast<size_t>(B * m);
+    if (steps[j].kind == Step::dense) elems += static_cast<size_t>(2 * B * w + 2 * B);
+    if (j + 1 == steps.size()) elems += static_cast<size_t>(B * S * w);
+    w = m;
+  }
+  return elems;
+}
+
+// linear_bounds._forward with cfg None: the box entering every layer and every affine layer's g.
+template <typename T>
+void interval_pass(Chain<T>& c, Arena<T>& arena) {
+  const py::ssize_t B = c.B;
+  for (size_t j = 0; j < c.steps.size(); ++j) {
+    Step& st = c.steps[j];
+    const py::tuple& t = st.t;
+    const Arr<T>& l = c.bl[j];
+    const Arr<T>& u = c.bu[j];
+    const py::ssize_t n_in = c.width(j);
+    if (st.kind == Step::relu) {
+      Arr<T> lo = arena.take({B, n_in}), hi = arena.take({B, n_in});
+      relu_interval<T>(l, u, lo, hi);
+      st.n_out = n_in;
+      c.bl.push_back(std::move(lo));
+      c.bu.push_back(std::move(hi));
+      continue;
+    }
+    const Arr<T> W = arr_at<T>(t, 1, "W"), absW = arr_at<T>(t, 2, "absW"), b = arr_at<T>(t, 3, "bias");
+    const py::ssize_t m = st.kind == Step::dense ? W.shape(0) : t[15].cast<py::ssize_t>();
+    Arr<T> lo = arena.take({B, m}), hi = arena.take({B, m}), g = arena.take({B, m});
+    if (st.kind == Step::dense) {
+      Arr<T> work = arena.take({2 * l.size() + 2 * B});
+      interval_dense<T>(l, u, W, absW, b, arr_at<T>(t, 4, "rowabs"), arr_at<T>(t, 5, "rownorm"),
+                        arr_at<T>(t, 6, "absb"), t[7].cast<double>(), t[8].cast<double>(), lo, hi, g, work);
+    } else {
+      interval_conv<T>(l, u, W, absW, b, t[4].cast<double>(), t[5].cast<double>(), lo, hi, g, t[6].cast<int>(),
+                       t[7].cast<int>(), t[8].cast<int>(), t[9].cast<int>(), t[10].cast<int>(), t[11].cast<int>(), 0,
+                       arr_at<T>(t, 12, "wsum"));
+    }
+    st.n_out = m;
+    c.gi[j] = static_cast<py::ssize_t>(c.G.size());
+    c.G.push_back(std::move(g));
+    c.bl.push_back(std::move(lo));
+    c.bu.push_back(std::move(hi));
+  }
+}
+
+// slack.check_overflow: the index of the first non-finite array among every g and the output box's l, u; -1.
+template <typename T>
+py::ssize_t first_overflow(const Chain<T>& c) {
+  py::ssize_t k = 0;
+  for (const Arr<T>& g : c.G) {
+    if (!all_finite<T>(g)) return k;
+    ++k;
+  }
+  if (!all_finite<T>(c.bl.back())) return k;
+  if (!all_finite<T>(c.bu.back())) return k + 1;
+  return -1;
+}
+
+// The last (dense) layer's backward step fused with C, then concretization against its input box: fills
+// lower, upper (linear_bounds._two_sided, symmetric, with slack.initial_mag for one affine step).
+template <typename T>
+void last_step(const Chain<T>& c, const Arr<T>& C, const Arr<T>& eps, Arena<T>& arena, Arr<T>& lower,
+               Arr<T>& upper) {
+  const py::ssize_t B = c.B, S = c.S;
+  const size_t last = c.steps.size() - 1;
+  const py::tuple& tl = c.steps[last].t;
+  const Arr<T>& Ll = c.bl[last];
+  const Arr<T>& Lu = c.bu[last];
+  const py::ssize_t n_in = c.width(last);
+  Arr<T> mag = arena.take({B, S}), bias = arena.take({B, S}), bias_hi = arena.take({B, S});
+  // slack.underflow_units for an affine step (no relaxation: m = max(|l|, |u|)), as initial_mag rounds it
+  const double back_len = static_cast<double>(tl[13].cast<py::ssize_t>());
+  const double m_out = static_cast<double>(c.steps[last].n_out);
+  const double infl = 1.0 + 4.0 * static_cast<double>(n_in + 2) * 0x1p-53;
+  const double eta_t = static_cast<double>(eta<T>());
+  const T* Lp = Ll.data();
+  const T* Up = Lu.data();
+  T* MG = mag.mutable_data();
+  for (py::ssize_t b = 0; b < B; ++b) {
+    double s = 0;
+    for (py::ssize_t i = 0; i < n_in; ++i) s += static_cast<double>(mag_at(Lp, Up, b * n_in + i));
+    const double a = (back_len + 2) * (s * infl) + (4 * m_out + static_cast<double>(n_in) + 12);
+    const double v64 = ((0.0 + a) * (1 + 1e-12) + 1) * eta_t;
+    T v = static_cast<T>(v64);
+    if (static_cast<double>(v) < v64) v = std::nextafter(v, std::numeric_limits<T>::infinity());
+    std::fill(MG + b * S, MG + (b + 1) * S, v);
+  }
+  std::fill(bias.mutable_data(), bias.mutable_data() + B * S, T(0));
+  std::fill(bias_hi.mutable_data(), bias_hi.mutable_data() + B * S, T(0));
+  bias_mag<T>(C, arr_at<T>(tl, 3, "bias"), c.G[c.gi[last]], bias, mag, tl[11].cast<double>(), tl[12].cast<double>(),
+              bias_hi);
+  Arr<T> lam = arena.take({B, S, n_in});
+  dense_backward<T>(C, arr_at<T>(tl, 1, "W"), lam);
+  concretize<T>(lam, Ll, Ll, Lu, eps, 0, bias, mag, tl[14].cast<double>(), lower, bias_hi, upper);
+}
+
+// slack.eval_slack up to the outputs: [B, K] bounds on a float64 evaluation's error of the outputs. E per
+// neuron, or only its per-sample max (emax) where the next layer is affine and not diagonal.
+template <typename T>
+std::vector<double> eval_error(const Chain<T>& c, double gamma64) {
+  const py::ssize_t B = c.B;
+  const size_t n = c.steps.size();
+  const double u64 = 0x1p-53;
+  const double relu_abs = std::max(8 * eta<double>(), std::numeric_limits<double>::min());
+  std::vector<double> emax(B, 0.0), E;  // E empty: only emax is kept
+  py::ssize_t En = 0;                   // E's row length when held
+  if (c.steps[0].kind == Step::relu) {  // an activation first reads the (zero) error per neuron
+    En = c.width(0);
+    E.assign(B * En, 0.0);
+  }
+  for (size_t j = 0; j < n; ++j) {
+    const Step& st = c.steps[j];
+    if (st.kind == Step::relu) {
+      if (E.empty()) throw std::logic_error("ibp_chain: an activation after a fused step (two activations in a row)");
+      const T* Pl = c.bl[j + 1].data();
+      const T* Pu = c.bu[j + 1].data();
+      for (py::ssize_t i = 0; i < B * En; ++i)
+        E[i] = (1.0 * E[i] + (4 * u64) * static_cast<double>(mag_at(Pl, Pu, i))) + relu_abs;
+      continue;
+    }
+    const size_t ia = st.kind == Step::dense ? 9 : 13;  // rowabs64, then uf64
+    py::handle h = st.t[ia];
+    if (!Arr<double>::check_(h)) throw std::invalid_argument("ibp_chain: rowabs64 must be a float64 array");
+    const auto rowabs64 = py::reinterpret_borrow<Arr<double>>(h);
+    const double uf = st.t[ia + 1].cast<double>();
+    const Arr<T>& g = c.G[c.gi[j]];
+    std::vector<double> e_in = emax;  // the largest incoming error per sample
+    for (py::ssize_t b = 0; !E.empty() && b < B; ++b)
+      e_in[b] = *std::max_element(E.begin() + b * En, E.begin() + (b + 1) * En);
+    if (j + 2 < n && c.steps[j + 1].kind == Step::relu && c.steps[j + 2].kind != Step::relu) {
+      // this layer and its activation in one kernel, as eval_slack fuses them
+      Arr<double> ein(std::vector<py::ssize_t>{B}), eout(std::vector<py::ssize_t>{B});
+      std::copy(e_in.begin(), e_in.end(), ein.mutable_data());
+      eval_err_max<T>(g, rowabs64, ein, gamma64, uf, 1.0, c.bl[j + 2], c.bu[j + 2], 4 * u64, relu_abs, eout);
+      std::copy(eout.data(), eout.data() + B, emax.begin());
+      E.clear();
+      ++j;  // the activation is part of this step
+      continue;
+    }
+    const py::ssize_t m = st.n_out;
+    expect_size(rowabs64.size(), m, "rowabs64");
+    const double* RA = rowabs64.data();
+    const T* Gp = g.data();
+    E.assign(B * m, 0.0);
+    En = m;
+    for (py::ssize_t b = 0; b < B; ++b)
+      for (py::ssize_t i = 0; i < m; ++i)
+        E[b * m + i] = (gamma64 * static_cast<double>(Gp[b * m + i]) + RA[i] * e_in[b]) + uf;
+  }
+  return E;  // the last layer is dense and never fused: E is [B, K]
+}
+
+// slack.output_slack (|C| (E + gamma64 max|f|) * (1 + 1e-6) + uf, rounded up to T), then state.finish (widen,
+// refuse NaN, round outward). Returns false on a NaN.
+template <typename T>
+bool widen(const Chain<T>& c, const std::vector<double>& E, const Arr<T>& C, double gamma64, Arr<T>& lower,
+           Arr<T>& upper) {
+  const py::ssize_t B = c.B, S = c.S, K = c.K;
+  const double ufK = 2.0 * static_cast<double>(K + 2) * eta<double>();
+  const T* Ol = c.bl.back().data();
+  const T* Ou = c.bu.back().data();
+  const T* Cp = C.data();
+  T* LO = lower.mutable_data();
+  T* HI = upper.mutable_data();
+  bool nan = false;
+  std::vector<double> Ef(K);
+  for (py::ssize_t b = 0; b < B; ++b) {
+    for (py::ssize_t k = 0; k < K; ++k)
+      Ef[k] = E[b * K + k] + gamma64 * static_cast<double>(mag_at(Ol, Ou, b * K + k));
+    for (py::ssize_t s = 0; s < S; ++s) {
+      const T* cr = Cp + (b * S + s) * K;
+      double acc = 0;
+      for (py::ssize_t k = 0; k < K; ++k) acc += std::fabs(static_cast<double>(cr[k])) * Ef[k];
+      const double v = acc * (1 + 1e-6) + ufK;
+      T r = static_cast<T>(v);
+      if (static_cast<double>(r) < v) r = std::nextafter(r, std::numeric_limits<T>::infinity());
+      const py::ssize_t o = b * S + s;
+      const T lo = LO[o] - r, hi = HI[o] + r;
+      nan = nan || std::isnan(lo) || std::isnan(hi);
+      LO[o] = std::nextafter(lo, -std::numeric_limits<T>::infinity());
+      HI[o] = std::nextafter(hi, std::numeric_limits<T>::infinity());
+    }
+  }
+  return !nan;
+}
+
 }  // namespace
 
 // steps: one tuple per layer (python/fastcert/algorithms/ibp_chain.py, ``chain_step``):
@@ -95,231 +322,30 @@ struct Step {
 template <typename T>
 py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& C,
                     const Arr<T>& eps, double gamma64) {
-  const size_t n = steps_in.size();
-  if (n == 0) throw std::invalid_argument("ibp_chain: no layers");
   if (l0.ndim() != 2 || u0.ndim() != 2) throw std::invalid_argument("ibp_chain: l0, u0 must be [B, n]");
   if (C.ndim() != 3) throw std::invalid_argument("ibp_chain: C must be [B, S, K]");
-  const py::ssize_t B = l0.shape(0);
   expect_size(u0.size(), l0.size(), "u0");
-  if (C.shape(0) != B) throw std::invalid_argument("ibp_chain: C's batch differs from the box's");
-  const py::ssize_t S = C.shape(1), K = C.shape(2);
-
-  std::vector<Step> steps(n);
-  for (size_t j = 0; j < n; ++j) {
-    py::handle h = steps_in[j];
-    if (!py::isinstance<py::tuple>(h)) throw std::invalid_argument("ibp_chain: every step must be a tuple");
-    steps[j].t = py::reinterpret_borrow<py::tuple>(h);
-    const std::string kind = steps[j].t[0].cast<std::string>();
-    if (kind == "relu") steps[j].kind = Step::relu;
-    else if (kind == "dense") steps[j].kind = Step::dense;
-    else if (kind == "conv2d") steps[j].kind = Step::conv;
-    else throw std::invalid_argument("ibp_chain: unknown step kind " + kind);
-  }
-  if (steps[n - 1].kind != Step::dense) throw std::invalid_argument("ibp_chain: the last layer must be dense");
-
-  // the arena's size: every intermediate array below
-  size_t elems = 3 * static_cast<size_t>(B * S);
-  {
-    py::ssize_t w = l0.size() / (B ? B : 1);
-    for (size_t j = 0; j < n; ++j) {
-      const py::tuple& t = steps[j].t;
-      if (steps[j].kind == Step::relu) {
-        elems += 2 * static_cast<size_t>(B * w);
-        continue;
-      }
-      const py::ssize_t m = steps[j].kind == Step::dense ? arr_at<T>(t, 1, "W").shape(0) : t[15].cast<py::ssize_t>();
-      elems += 3 * static_cast<size_t>(B * m);
-      if (steps[j].kind == Step::dense) elems += static_cast<size_t>(2 * B * w + 2 * B);
-      if (j == n - 1) elems += static_cast<size_t>(B * S * w);
-      w = m;
-    }
-  }
-  Arena<T> arena(elems);
-
-  // ---- the interval pass (linear_bounds._forward with cfg None)
-  std::vector<Arr<T>> bl, bu, G;  // bl[j], bu[j]: the box entering layer j; bl[n], bu[n]: the output box
-  std::vector<py::ssize_t> gi(n, -1);  // index into G of an affine layer's g
-  bl.reserve(n + 1);
-  bu.reserve(n + 1);
-  bl.push_back(l0);
-  bu.push_back(u0);
-  for (size_t j = 0; j < n; ++j) {
-    const py::tuple& t = steps[j].t;
-    const Arr<T>& l = bl[j];
-    const Arr<T>& u = bu[j];
-    const py::ssize_t n_in = l.size() / (B ? B : 1);
-    if (steps[j].kind == Step::relu) {
-      Arr<T> lo = arena.take({B, n_in}), hi = arena.take({B, n_in});
-      relu_interval<T>(l, u, lo, hi);
-      steps[j].n_out = n_in;
-      bl.push_back(std::move(lo));
-      bu.push_back(std::move(hi));
-      continue;
-    }
-    const Arr<T> W = arr_at<T>(t, 1, "W"), absW = arr_at<T>(t, 2, "absW"), b = arr_at<T>(t, 3, "bias");
-    py::ssize_t m;
-    Arr<T> lo, hi, g;
-    if (steps[j].kind == Step::dense) {
-      m = W.shape(0);
-      lo = arena.take({B, m});
-      hi = arena.take({B, m});
-      g = arena.take({B, m});
-      Arr<T> work = arena.take({2 * l.size() + 2 * B});
-      interval_dense<T>(l, u, W, absW, b, arr_at<T>(t, 4, "rowabs"), arr_at<T>(t, 5, "rownorm"),
-                        arr_at<T>(t, 6, "absb"), t[7].cast<double>(), t[8].cast<double>(), lo, hi, g, work);
-    } else {
-      m = t[15].cast<py::ssize_t>();
-      lo = arena.take({B, m});
-      hi = arena.take({B, m});
-      g = arena.take({B, m});
-      interval_conv<T>(l, u, W, absW, b, t[4].cast<double>(), t[5].cast<double>(), lo, hi, g, t[6].cast<int>(),
-                       t[7].cast<int>(), t[8].cast<int>(), t[9].cast<int>(), t[10].cast<int>(), t[11].cast<int>(), 0,
-                       arr_at<T>(t, 12, "wsum"));
-    }
-    steps[j].n_out = m;
-    gi[j] = static_cast<py::ssize_t>(G.size());
-    G.push_back(std::move(g));
-    bl.push_back(std::move(lo));
-    bu.push_back(std::move(hi));
-  }
-  if (bl[n].size() != B * K) throw std::invalid_argument("ibp_chain: C's last dimension differs from the outputs");
-
-  // ---- overflow (slack.check_overflow): every g, then the output box
-  {
-    py::ssize_t k = 0;
-    for (const Arr<T>& g : G) {
-      if (!all_finite<T>(g)) return py::make_tuple(py::none(), py::none(), k);
-      ++k;
-    }
-    if (!all_finite<T>(bl[n])) return py::make_tuple(py::none(), py::none(), k);
-    if (!all_finite<T>(bu[n])) return py::make_tuple(py::none(), py::none(), k + 1);
-  }
-
-  // ---- the last (dense) layer's backward step fused with C, then concretization against its input box
-  const size_t last = n - 1;
-  const py::tuple& tl = steps[last].t;
-  const Arr<T>& Ll = bl[last];
-  const Arr<T>& Lu = bu[last];
-  const py::ssize_t n_in = Ll.size() / (B ? B : 1);
-  Arr<T> mag = arena.take({B, S}), bias = arena.take({B, S}), bias_hi = arena.take({B, S});
-  {
-    // slack.initial_mag / underflow_units for one affine step (no relaxation: m = max(|l|, |u|))
-    const double back_len = static_cast<double>(tl[13].cast<py::ssize_t>());
-    const double m_out = static_cast<double>(steps[last].n_out);
-    const double infl = 1.0 + 4.0 * static_cast<double>(n_in + 2) * 0x1p-53;
-    const double eta_t = static_cast<double>(eta<T>());
-    const T* Lp = Ll.data();
-    const T* Up = Lu.data();
-    T* MG = mag.mutable_data();
-    for (py::ssize_t b = 0; b < B; ++b) {
-      double s = 0;
-      for (py::ssize_t i = 0; i < n_in; ++i) s += static_cast<double>(mag_at(Lp, Up, b * n_in + i));
-      const double l1 = s * infl;
-      const double a = (back_len + 2) * l1 + (4 * m_out + static_cast<double>(n_in) + 12);
-      const double total = 0.0 + a;
-      const double v64 = (total * (1 + 1e-12) + 1) * eta_t;
-      T v = static_cast<T>(v64);
-      if (static_cast<double>(v) < v64) v = std::nextafter(v, std::numeric_limits<T>::infinity());
-      std::fill(MG + b * S, MG + (b + 1) * S, v);
-    }
-    std::fill(bias.mutable_data(), bias.mutable_data() + B * S, T(0));
-    std::fill(bias_hi.mutable_data(), bias_hi.mutable_data() + B * S, T(0));
-  }
-  const Arr<T> Wl = arr_at<T>(tl, 1, "W");
-  bias_mag<T>(C, arr_at<T>(tl, 3, "bias"), G[gi[last]], bias, mag, tl[11].cast<double>(), tl[12].cast<double>(),
-              bias_hi);
-  Arr<T> lam = arena.take({B, S, n_in});
-  dense_backward<T>(C, Wl, lam);
-  Arr<T> lower = new_arr<T>({B, S}), upper = new_arr<T>({B, S});
-  concretize<T>(lam, Ll, Ll, Lu, eps, 0, bias, mag, tl[14].cast<double>(), lower, bias_hi, upper);
-
-  // ---- the evaluation slack (slack.eval_slack): E per neuron, or only its per-sample max where the next
-  // layer is affine and not diagonal
-  const double u64 = 0x1p-53;
-  const double normal64 = std::numeric_limits<double>::min();
-  const double relu_abs = std::max(8 * eta<double>(), normal64);
-  std::vector<double> emax(B, 0.0), E;  // E empty: only emax is kept
-  py::ssize_t En = 0;                   // E's row length when held
-  if (steps[0].kind == Step::relu) {    // an activation first reads the (zero) error per neuron
-    En = l0.size() / (B ? B : 1);
-    E.assign(B * En, 0.0);
-  }
-  auto row_max = [&](std::vector<double>& out) {
-    if (E.empty()) return;  // emax holds it already
-    for (py::ssize_t b = 0; b < B; ++b) {
-      double v = E[b * En];
-      for (py::ssize_t i = 1; i < En; ++i) v = std::max(v, E[b * En + i]);  // numpy's max: NaN would propagate
-      out[b] = v;
-    }
-  };
-  for (size_t j = 0; j < n; ++j) {
-    const py::tuple& t = steps[j].t;
-    if (steps[j].kind == Step::relu) {
-      if (E.empty()) throw std::logic_error("ibp_chain: an activation after a fused step (two activations in a row)");
-      const T* Pl = bl[j + 1].data();
-      const T* Pu = bu[j + 1].data();
-      for (py::ssize_t i = 0; i < B * En; ++i)
-        E[i] = (1.0 * E[i] + (4 * u64) * static_cast<double>(mag_at(Pl, Pu, i))) + relu_abs;
-      continue;
-    }
-    const size_t ia = steps[j].kind == Step::dense ? 9 : 13;  // rowabs64, then uf64
-    const Arr<double> rowabs64 = [&]() {
-      py::handle h = t[ia];
-      if (!Arr<double>::check_(h)) throw std::invalid_argument("ibp_chain: rowabs64 must be a float64 array");
-      return py::reinterpret_borrow<Arr<double>>(h);
-    }();
-    const double uf = t[ia + 1].cast<double>();
-    const Arr<T>& g = G[gi[j]];
-    const bool fuse = j + 2 < n && steps[j + 1].kind == Step::relu && steps[j + 2].kind != Step::relu;
-    std::vector<double> e_in(B, 0.0);
-    if (E.empty()) e_in = emax;
-    else row_max(e_in);
-    if (fuse) {
-      Arr<double> ein = Arr<double>(std::vector<py::ssize_t>{B}), eout = Arr<double>(std::vector<py::ssize_t>{B});
-      std::copy(e_in.begin(), e_in.end(), ein.mutable_data());
-      eval_err_max<T>(g, rowabs64, ein, gamma64, uf, 1.0, bl[j + 2], bu[j + 2], 4 * u64, relu_abs, eout);
-      std::copy(eout.data(), eout.data() + B, emax.begin());
-      E.clear();
-      ++j;  // the activation is part of this step
-      continue;
-    }
-    const py::ssize_t m = steps[j].n_out;
-    expect_size(rowabs64.size(), m, "rowabs64");
-    const double* RA = rowabs64.data();
-    const T* Gp = g.data();
-    E.assign(B * m, 0.0);
-    En = m;
-    for (py::ssize_t b = 0; b < B; ++b)
-      for (py::ssize_t i = 0; i < m; ++i)
-        E[b * m + i] = (gamma64 * static_cast<double>(Gp[b * m + i]) + RA[i] * e_in[b]) + uf;
-  }
-  // slack.output_slack: |C| (E + gamma64 max|f|) * (1 + 1e-6) + uf, rounded up to T; then state.finish
-  const double ufK = 2.0 * static_cast<double>(K + 2) * eta<double>();
-  const T* Ol = bl[n].data();
-  const T* Ou = bu[n].data();
-  const T* Cp = C.data();
-  T* LO = lower.mutable_data();
-  T* HI = upper.mutable_data();
-  bool nan = false;
-  std::vector<double> Ef(K);
-  for (py::ssize_t b = 0; b < B; ++b) {
-    for (py::ssize_t k = 0; k < K; ++k)
-      Ef[k] = E[b * K + k] + gamma64 * static_cast<double>(mag_at(Ol, Ou, b * K + k));
-    for (py::ssize_t s = 0; s < S; ++s) {
-      const T* c = Cp + (b * S + s) * K;
-      double acc = 0;
-      for (py::ssize_t k = 0; k < K; ++k) acc += std::fabs(static_cast<double>(c[k])) * Ef[k];
-      const double v = acc * (1 + 1e-6) + ufK;
-      T r = static_cast<T>(v);
-      if (static_cast<double>(r) < v) r = std::nextafter(r, std::numeric_limits<T>::infinity());
-      const py::ssize_t o = b * S + s;
-      const T lo = LO[o] - r, hi = HI[o] + r;
-      nan = nan || std::isnan(lo) || std::isnan(hi);
-      LO[o] = std::nextafter(lo, -std::numeric_limits<T>::infinity());
-      HI[o] = std::nextafter(hi, std::numeric_limits<T>::infinity());
-    }
-  }
-  if (nan) return py::make_tuple(py::none(), py::none(), -2);
+  if (C.shape(0) != l0.shape(0)) throw std::invalid_argument("ibp_chain: C's batch differs from the box's");
+  Chain<T> c;
+  c.steps = parse_steps(steps_in);
+  c.B = l0.shape(0);
+  c.S = C.shape(1);
+  c.K = C.shape(2);
+  const size_t n = c.steps.size();
+  c.gi.assign(n, -1);
+  c.bl.reserve(n + 1);
+  c.bu.reserve(n + 1);
+  c.bl.push_back(l0);
+  c.bu.push_back(u0);
+  Arena<T> arena(arena_elems<T>(c.steps, c.width(0), c.B, c.S));
+  interval_pass(c, arena);
+  if (c.bl.back().size() != c.B * c.K)
+    throw std::invalid_argument("ibp_chain: C's last dimension differs from the outputs");
+  const py::ssize_t bad = first_overflow(c);
+  if (bad >= 0) return py::make_tuple(py::none(), py::none(), bad);
+  Arr<T> lower = new_arr<T>({c.B, c.S}), upper = new_arr<T>({c.B, c.S});
+  last_step(c, C, eps, arena, lower, upper);
+  if (!widen(c, eval_error(c, gamma64), C, gamma64, lower, upper)) return py::make_tuple(py::none(), py::none(), -2);
   return py::make_tuple(lower, upper, -1);
 }
 

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 
 from fastcert._ext import _C
-from fastcert.algorithms.slack import raise_overflow
+from fastcert.algorithms.slack import eval_underflow, raise_overflow
 from fastcert.layers.base import Layer, underflow_slack_tiny
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.conv2d import Conv2d
 from fastcert.primitives.linear import Dense
 from fastcert.primitives.relu import ReLU
-from fastcert.rounding import gamma_for, gamma_n, underflow_slack
+from fastcert.rounding import gamma_for, gamma_n
 
 _RELU = ("relu",)
 
@@ -56,7 +56,7 @@ def chain_step(L: Layer, dt: torch.dtype) -> tuple:
     p = L.params(dt)  # type: ignore[attr-defined]
     gamma, tiny = gamma_n(L.fan_in, dt), underflow_slack_tiny(L.fan_in, dt)  # type: ignore[attr-defined]
     rowabs64 = L.params(torch.float64).rowabs.numpy()  # type: ignore[attr-defined]
-    uf64 = max(underflow_slack(L.fan_in + 8, torch.float64), torch.finfo(torch.float64).tiny)  # type: ignore
+    uf64 = eval_underflow(L)
     if isinstance(L, Dense):
         W, absW, bias, absb, rowabs, rownorm = p.np
         t = ("dense", W, absW, bias, rowabs, rownorm, absb, gamma, tiny, rowabs64, uf64,
@@ -65,13 +65,10 @@ def chain_step(L: Layer, dt: torch.dtype) -> tuple:
         assert isinstance(L, Conv2d)
         # never the last layer here: in float32 the cheaper window-max magnitude (as interval_affine's
         # exact_g=False), unless a kernel sum overflows the dtype
-        wsum = torch.empty(0, dtype=dt)
-        if dt == torch.float32:
-            S = L.kernel_sums(dt)
-            if L._wsum_finite[dt]:
-                wsum = S
+        S = L.finite_kernel_sums(dt) if dt == torch.float32 else None
+        wsum = torch.empty(0, dtype=dt) if S is None else S
         _, H, Wd = L.in_shape
-        t = ("conv2d", p.np[0], p.np[1], L._bias_c(dt).numpy(), gamma, tiny, H, Wd, L.stride[0], L.stride[1],
+        t = ("conv2d", p.np[0], p.np[1], L.channel_bias(dt).numpy(), gamma, tiny, H, Wd, L.stride[0], L.stride[1],
              L.padding[0], L.padding[1], wsum.numpy(), rowabs64, uf64, L.n_out)
     cache[dt] = t
     return t

@@ -101,6 +101,13 @@ def raise_overflow(with_g: list, bad: int, dt: torch.dtype) -> None:
                      f"{dt}; the weights, x or eps are too large ({overflow_hint(dt)})")
 
 
+def eval_underflow(L: Any) -> float:
+    """The absolute term a float64 evaluation of affine layer L adds per neuron: the underflow of its products
+    (a few more for BatchNorm's subtraction, division and product), raised to the smallest normal float64 (a
+    subnormal operand makes every elementwise step it enters 10-20x slower; the larger term is still a bound)."""
+    return max(underflow_slack(L.fan_in + 8, torch.float64), torch.finfo(torch.float64).tiny)
+
+
 def _fusable(layers: list, j: int) -> bool:
     """Whether eval_slack's steps through affine layer j and activation j+1 can run as one kernel
     (``_C.eval_err_max``): j is affine, not diagonal and without its own evaluation terms, j+1 is a plain
@@ -150,7 +157,7 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
             assert G is not None
             # the relative term, plus the underflow of the layer's products (a few more for BatchNorm's
             # subtraction, division and product)
-            uf = max(underflow_slack(L.fan_in + 8, torch.float64), normal64)  # type: ignore[attr-defined]
+            uf = eval_underflow(L)
             if _fusable(layers, j):
                 # this layer and its activation in one kernel, the same float64 operations as below, keeping
                 # only the per-sample max that the next (affine, not diagonal) layer reads

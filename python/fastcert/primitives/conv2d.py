@@ -66,7 +66,7 @@ class Conv2d(AffineBase):
                         self.padding[0], self.padding[1], np_view(work))
         return out
 
-    def _bias_c(self, dtype: torch.dtype) -> torch.Tensor:
+    def channel_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """Per-channel bias [OC] in ``dtype`` (empty without a bias), converted once per dtype."""
         b = self._bias_c_cache.get(dtype)
         if b is None:
@@ -74,6 +74,12 @@ class Conv2d(AffineBase):
             b = torch.empty(0, dtype=dtype) if self.b64 is None else self.b64.to(dtype).contiguous()
             self._bias_c_cache[dtype] = b
         return b
+
+    def finite_kernel_sums(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """:meth:`kernel_sums` where every sum is finite in ``dtype``, else None (the window-max magnitude
+        would then compute inf * 0 = NaN where a window's max is zero: callers take the exact product)."""
+        S = self.kernel_sums(dtype)
+        return S if self._wsum_finite[dtype] else None
 
     def kernel_sums(self, dtype: torch.dtype) -> torch.Tensor:
         """[OC, C] in ``dtype``: ``S[o, ch] >= sum_{kh,kw} max(|W64|, |W_dtype|)[o, ch, kh, kw]`` (summed in
@@ -99,22 +105,21 @@ class Conv2d(AffineBase):
         fewer, a looser ``g``; docs/architecture.md, "The window-max magnitude")."""
         dt = l.dtype
         p = self.params(dt)
-        S = None if exact else self.kernel_sums(dt)
-        if S is not None and not self._wsum_finite[dt]:
-            S, exact = None, True  # a kernel sum beyond the dtype's range: inf * a zero window max is NaN
+        S = None if exact else self.finite_kernel_sums(dt)
+        exact = S is None  # also where a kernel sum is beyond the dtype's range
         B = l.shape[0]
         lo = torch.empty(B, self.n_out, dtype=dt)
         hi = torch.empty(B, self.n_out, dtype=dt)
         g = torch.empty(B, self.n_out, dtype=dt)
         _, H, Wd = self.in_shape
-        _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self._bias_c(dt)), gamma, tiny,
+        _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self.channel_bias(dt)), gamma, tiny,
                          lo.numpy(), hi.numpy(), g.numpy(), H, Wd, self.stride[0], self.stride[1], self.padding[0],
                          self.padding[1], 0, np_view(torch.empty(0, dtype=dt) if exact else S))
         return lo, hi, g
 
     def forward(self, x: torch.Tensor, opts: BoundOptions | None = None) -> torch.Tensor:
         """x: [B, C*H*W] -> [B, OC*OH*OW] (workspace sized by ``opts.conv_work_elems``)."""
-        return self._fwd(x, self.params(x.dtype).W, self._bias_c(x.dtype), opts)
+        return self._fwd(x, self.params(x.dtype).W, self.channel_bias(x.dtype), opts)
 
     def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same map in plain torch (differentiable): [B, C*H*W] -> [B, OC*OH*OW]."""
