@@ -17,6 +17,10 @@
 namespace py = pybind11;
 using namespace fastcert;
 
+namespace fastcert {
+void def_diff_ops(py::module_& m);  // csrc/diff/ops.cpp: kernels of the differentiable ops
+}
+
 template <typename T>
 static void step_outward(const Arr<T>& x, Arr<T>& out_up, Arr<T>& out_down) {
   expect_size(out_up.size(), x.size(), "out_up");
@@ -160,6 +164,7 @@ PYBIND11_MODULE(_C, m) {
       .value("parallel", LowerSlope::parallel)
       .value("zero", LowerSlope::zero)
       .value("one", LowerSlope::one);
+  def_diff_ops(m);
   def_all<float>(m);
   def_all<double>(m);
   m.def("fp_env_ok", &fp_env_ok_all,

@@ -31,16 +31,18 @@ _LAZY = {
     "set_blas_threads": "fastcert._ext",
     "verify": "fastcert.mip",
     "certify": "fastcert.api",
+    "differentiable_bounds": "fastcert.api_diff",
 }
-_SUBMODULES = ("attacks",)
+_SUBMODULES = ("attacks", "ops")
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
-    from fastcert import attacks
+    from fastcert import attacks, ops
     from fastcert._ext import build_info, set_blas_threads
     from fastcert.algorithms.linear_bounds import empty_cache
     from fastcert.api import BoundsResult, CertifyResult, bounds, certify
+    from fastcert.api_diff import differentiable_bounds
     from fastcert.errors import UnsupportedError
     from fastcert.mip import verify
     from fastcert.network import Network

@@ -14,6 +14,7 @@ from torch import nn
 from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS, Problem
+from fastcert.api_diff import attach_nominal_grad, check_diff_request, diff_bounds_of, wants_grad
 from fastcert.checks import as_tensor, class_indices, norm_key, real_numbers
 from fastcert.layers.base import empty_like_dtype
 from fastcert.network import Network, as_network
@@ -169,6 +170,29 @@ def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, 
     return net, x, g.n(g.output)
 
 
+def spec_matrix(C: Any, x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The specification ``C`` ([S, K], [B, S, K] or None: identity) as a contiguous [B, S, K] tensor in x's
+    dtype, and, when a float64 C is rounded to float32, the exact one ([B, S, K] float64; else None)."""
+    B = x.shape[0]
+    if C is None:
+        return torch.eye(K, dtype=x.dtype).expand(B, K, K).contiguous(), None
+    C_in = as_tensor(C, "C")
+    Ct = C_in.to(x.dtype)
+    if Ct.dim() == 2:
+        Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
+    if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K:
+        raise ValueError(f"C must be [S, {K}] or [{B}, S, {K}] for a network with {K} outputs and batch {B}, "
+                         f"got shape {tuple(Ct.shape)}")
+    Ct = Ct.contiguous()
+    if not _C.all_finite(Ct.numpy()):
+        raise ValueError("C contains NaN or inf")
+    # a float64 C used by a float32 computation is rounded: the bounds then add |C - C_rounded| max|f|
+    C64 = None
+    if C_in.dtype == torch.float64 and x.dtype != torch.float64:
+        C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
+    return Ct, C64
+
+
 @torch_serial()  # the input region's and the bounds' torch operations on one thread (see _ext.py)
 def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "crown", C: Any = None,
            x_min: Any = None, x_max: Any = None, lower_slope: str | None = None,
@@ -184,37 +208,31 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     Returns :class:`BoundsResult` with ``lower, upper: [B, S]``.
     """
     t0 = time.perf_counter()
+    x_in = x
     net, x, K = _prepare(model, x, method)
     nk = norm_key(norm)
     prob = make_region(x, eps, nk, x_min, x_max)
-    B = x.shape[0]
-    if C is None:
-        Ct = torch.eye(K, dtype=x.dtype).expand(B, K, K)
-    else:
-        C_in = as_tensor(C, "C")
-        Ct = C_in.to(x.dtype)
-        if Ct.dim() == 2:
-            Ct = Ct.unsqueeze(0).expand(B, *Ct.shape)
-        if Ct.dim() != 3 or Ct.shape[0] != B or Ct.shape[2] != K:
-            raise ValueError(f"C must be [S, {K}] or [{B}, S, {K}] for a network with {K} outputs and batch {B}, "
-                             f"got shape {tuple(Ct.shape)}")
-        Ct = Ct.contiguous()
-        if not _C.all_finite(Ct.numpy()):
-            raise ValueError("C contains NaN or inf")
-    Ct = Ct.contiguous()
+    Ct, C64 = spec_matrix(C, x, K)
     if lower_slope is not None:
         if method not in ("crown", "crown-ibp"):
             raise ValueError(f"lower_slope applies to method='crown' or 'crown-ibp' only (method {method!r} fixes "
                              f"its own slopes)")
         if lower_slope not in LOWER_SLOPE_MODES:
             raise ValueError(f"lower_slope must be one of {sorted(LOWER_SLOPE_MODES)}, got {lower_slope!r}")
-    # a float64 C used by a float32 computation is rounded: the bounds then add |C - C_rounded| max|f|
-    C64 = None
-    if C is not None and C_in.dtype == torch.float64 and x.dtype != torch.float64:
-        C64 = C_in.unsqueeze(0).expand(B, *C_in.shape) if C_in.dim() == 2 else C_in
     if options is not None and not isinstance(options, BoundOptions):
         raise TypeError(f"options must be a fastcert.BoundOptions, got {type(options).__name__}")
     lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64, opts=options)
+    if wants_grad(model, x_in, eps):
+        # the certified value; its gradient, computed only if autograd asks, is that of the same bound in
+        # nominal arithmetic (the rounding slack is a constant): docs/architecture.md, "Two modes"
+        x_live = x_in if isinstance(x_in, torch.Tensor) and x_in.dtype == x.dtype else x
+
+        def recompute() -> tuple[torch.Tensor, torch.Tensor]:
+            check_diff_request(method, nk, options)
+            return diff_bounds_of(net, x_live, eps, Ct, method, x_min, x_max, nk, lower_slope,
+                                  tangent=(options or BoundOptions()).tangent)
+
+        lo, up = attach_nominal_grad(lo, up, model, x_live, eps, recompute)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
 
 

@@ -51,6 +51,7 @@ class Network:
         self.chain = is_chain(ops)
         self._compiled: dict[tuple[int, ...], list[Layer]] = {}
         self._graphs: dict[tuple[int, ...], Graph] = {}
+        self._op_graphs: dict[tuple[int, ...], Graph] = {}
         self.input_shape = None if input_shape is None else shape_key(input_shape)
         if self.input_shape is not None:
             self.graph_for(self.input_shape)
@@ -111,6 +112,16 @@ class Network:
         if g is None:
             g = chain_graph(self.layers_for(key), key) if self.chain else build_graph(self._ops, key)
             self._graphs[key] = g
+        return g
+
+    def op_graph_for(self, input_shape: tuple[int, ...]) -> Graph:
+        """The graph of the front end's ops, one node per op (no folding, chains included), each node
+        keeping its op (and through it the source module): what the differentiable bounds run on."""
+        key = self._key(input_shape)
+        g = self._op_graphs.get(key)
+        if g is None:
+            g = build_graph(self._ops, key)
+            self._op_graphs[key] = g
         return g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

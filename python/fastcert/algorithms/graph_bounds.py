@@ -322,6 +322,16 @@ def node_boxes(g: Graph, prob: Any, method: str, opts: BoundOptions | None = Non
     return forward_pass(g, prob, GRAPH_METHODS[method], BoundOptions() if opts is None else opts).box
 
 
+def check_kw(g: Graph, method: str) -> None:
+    """The Kolter-Wong dual bound is defined for ReLU networks: refuse another activation by name."""
+    if method == "kw":
+        for nd in g.nodes[1:]:
+            if is_nonlinear(nd.prim) and not (isinstance(nd.prim, ReLU)):
+                raise UnsupportedError(f"{nd.name}: the Kolter-Wong dual bound (method 'kw') is defined for ReLU "
+                                       f"networks only, and this node is {nd.prim.describe()}; use 'fastlin' (the "
+                                       f"same bound on ReLU networks), 'crown', 'crown-ibp' or 'ibp'")
+
+
 @torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
@@ -333,12 +343,7 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
     cfg = GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
-    if method == "kw":
-        for nd in g.nodes[1:]:
-            if is_nonlinear(nd.prim) and not (isinstance(nd.prim, ReLU)):
-                raise UnsupportedError(f"{nd.name}: the Kolter-Wong dual bound (method 'kw') is defined for ReLU "
-                                       f"networks only, and this node is {nd.prim.describe()}; use 'fastlin' (the "
-                                       f"same bound on ReLU networks), 'crown', 'crown-ibp' or 'ibp'")
+    check_kw(g, method)
     st = forward_pass(g, prob, cfg, opts)
     out = g.output
     out_box = st.box[out]

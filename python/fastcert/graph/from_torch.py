@@ -272,7 +272,10 @@ def plain_tree(model: nn.Module) -> bool:
 
 def leaf_op(m: nn.Module, where: str) -> LayerOp | None:
     """The op of a leaf module, after checking it runs its class's own forward (None: an identity)."""
-    return _leaf_op(m, _check_behaviour(m, where), where)
+    op = _leaf_op(m, _check_behaviour(m, where), where)
+    if op is not None:
+        op.module = m
+    return op
 
 
 def is_leaf(m: nn.Module) -> bool:
@@ -291,7 +294,7 @@ def convert_tree(model: nn.Module) -> list[LayerOp]:
     ops: list[LayerOp] = []
     for pos, (name, m) in enumerate(_walk(model)):
         where = f"position {pos} ({name!r}, {type(m).__name__})"
-        op = _leaf_op(m, _check_behaviour(m, where), where)
+        op = leaf_op(m, where)
         if op is not None:
             ops.append(op)
     if not ops:

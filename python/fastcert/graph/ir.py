@@ -8,7 +8,8 @@ A chain (each node reads the one before) is the special case the chain engine ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -35,6 +36,9 @@ class Node:
     prim: Layer | None
     inputs: tuple[int, ...]
     name: str
+    # the front end's op this node came from (its ``module`` gives the live parameters of the
+    # differentiable bounds); None for nodes the builder adds
+    op: Any = field(default=None, compare=False, repr=False)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -107,7 +111,7 @@ def _prune(nodes: list[Node]) -> list[Node]:
             live.update(nd.inputs)
     keep = [nd for nd in nodes if nd.id in live]
     new_id = {nd.id: k for k, nd in enumerate(keep)}
-    return [Node(new_id[nd.id], nd.prim, tuple(new_id[i] for i in nd.inputs), nd.name) for nd in keep]
+    return [Node(new_id[nd.id], nd.prim, tuple(new_id[i] for i in nd.inputs), nd.name, nd.op) for nd in keep]
 
 
 def build_graph(ops: list[LayerOp], input_shape: tuple[int, ...]) -> Graph:
@@ -144,7 +148,7 @@ def build_graph(ops: list[LayerOp], input_shape: tuple[int, ...]) -> Graph:
             prim = MaxPool2d(shape, a["k"], a["stride"], a["padding"], name=op.where)
         else:
             prim = make_layer(op, shape)
-        nodes.append(Node(len(nodes), prim, tuple(v for v, _ in src), op.where))
+        nodes.append(Node(len(nodes), prim, tuple(v for v, _ in src), op.where, op))
         value.append((len(nodes) - 1, prim.out_shape))
     out_node, out_shape = value[-1]
     if out_node == 0:

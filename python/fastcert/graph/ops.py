@@ -32,6 +32,8 @@ class LayerOp:
     args: dict[str, Any] = field(default_factory=dict)
     # the values this op reads: 0 is the network input, k the output of op k-1; None: the previous op's
     inputs: tuple[int, ...] | None = None
+    # the torch module it was converted from (read live by the differentiable bounds); None for ONNX
+    module: Any = field(default=None, compare=False, repr=False)
 
 
 CHAIN_KINDS = frozenset({"linear", "conv", "act", "flatten", "reshape", "chaff", "avgpool", "identity"})

@@ -93,23 +93,27 @@ class LeakyReLU(Elementwise):
         # when u >= |l|, else with s = a
         return torch.where(u >= -l, torch.ones_like(k), torch.full_like(k, a))
 
+    def slopes(self, l: torch.Tensor, u: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slopes ``(lo_s, up_s)`` on finite boxes ([N] each; see the module docstring), torch operations
+        (differentiable in l and u where the rule is)."""
+        a = self.negative_slope
+        neg = u <= 0
+        pos = (l >= 0) & ~neg
+        cross = ~neg & ~pos
+        k = (u - a * l) / torch.where(cross, u - l, torch.ones_like(l))
+        kink = self.kink_slope(l, u, k, mode)
+        piece = torch.where(neg, torch.full_like(l, a), torch.ones_like(l))
+        convex = a <= 1
+        return torch.where(cross, kink if convex else k, piece), torch.where(cross, k if convex else kink, piece)
+
     def relax(self, box: Box, opts: RelaxOptions) -> Relaxation:
         """Lines on ``box`` ([B, n] each); ``lo_b`` is None when every lower intercept is 0."""
         check_mode(self, opts)
         dt, shape, l, u = ow.flat_box(self, box)
-        a = self.negative_slope
         bad = ow.unbounded(l, u)
         l0 = torch.where(bad, torch.zeros_like(l), l)
         u0 = torch.where(bad, torch.zeros_like(u), u)
-        neg = u0 <= 0
-        pos = (l0 >= 0) & ~neg
-        cross = ~neg & ~pos
-        k = (u0 - a * l0) / torch.where(cross, u0 - l0, torch.ones_like(l0))
-        kink = self.kink_slope(l0, u0, k, opts.lower_slope)
-        piece = torch.where(neg, torch.full_like(l0, a), torch.ones_like(l0))
-        convex = a <= 1
-        lo_s = torch.where(cross, kink if convex else k, piece)
-        up_s = torch.where(cross, k if convex else kink, piece)
+        lo_s, up_s = self.slopes(l0, u0, opts.lower_slope)
         lo_s, up_s = ow.slope_to(lo_s, dt), ow.slope_to(up_s, dt)
         lo_b = self.intercept(l0, u0, lo_s, False)
         up_b = self.intercept(l0, u0, up_s, True)

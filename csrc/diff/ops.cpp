@@ -1,0 +1,307 @@
+// Kernels of the differentiable ops (python/fastcert/ops): forward and backward of each, in the nominal
+// arithmetic of the optimize/train mode (docs/architecture.md, "Two modes"). They take View<T>s of
+// contiguous CPU tensors that the caller allocated (the outputs too) and write the outputs; the products
+// go through the BLAS (common.h's gemm). Shapes are checked here as well as in Python.
+#include <cmath>
+#include <vector>
+
+#include "fastcert/common.h"
+#include "fastcert/view.h"
+
+namespace fastcert {
+namespace {
+
+using I = std::int64_t;
+
+template <typename T>
+void ibp_affine_fwd(const View<T>& l, const View<T>& u, const View<T>& W, const View<T>& b, View<T> lo, View<T> hi) {
+  // lo/hi [B,m] = W c + b -/+ |W| r with c = (l+u)/2, r = (u-l)/2, l/u [B,n], W [m,n], b [m] or empty
+  const I B = l.dim(0), n = l.dim(1), m = W.dim(0);
+  expect_shape(u, {B, n}, "u");
+  expect_shape(W, {m, n}, "W");
+  expect_shape(lo, {B, m}, "lo");
+  expect_shape(hi, {B, m}, "hi");
+  if (!b.empty()) expect_shape(b, {m}, "b");
+  std::vector<T> c(static_cast<std::size_t>(B * n)), r(c.size()), a(static_cast<std::size_t>(m * n));
+  for (I i = 0; i < B * n; ++i) {
+    c[i] = (l.ptr[i] + u.ptr[i]) / 2;
+    r[i] = (u.ptr[i] - l.ptr[i]) / 2;
+  }
+  for (I i = 0; i < m * n; ++i) a[i] = std::abs(W.ptr[i]);
+  gemm(false, true, int(B), int(m), int(n), T(1), c.data(), int(n), W.ptr, int(n), T(0), lo.ptr, int(m));
+  gemm(false, true, int(B), int(m), int(n), T(1), r.data(), int(n), a.data(), int(n), T(0), hi.ptr, int(m));
+  for (I s = 0; s < B; ++s)
+    for (I j = 0; j < m; ++j) {
+      const T mid = lo.ptr[s * m + j] + (b.empty() ? T(0) : b.ptr[j]);
+      const T rad = hi.ptr[s * m + j];
+      lo.ptr[s * m + j] = mid - rad;
+      hi.ptr[s * m + j] = mid + rad;
+    }
+}
+
+template <typename T>
+void ibp_affine_bwd(const View<T>& l, const View<T>& u, const View<T>& W, const View<T>& glo, const View<T>& ghi,
+                    View<T> gl, View<T> gu, View<T> gW, View<T> gb) {
+  // gs = glo + ghi, gd = ghi - glo [B,m]; g_c = gs W, g_r = gd |W| [B,n]; gl = (g_c - g_r)/2, gu = (g_c + g_r)/2;
+  // gW = gs^T c + sign(W) (gd^T r) [m,n]; gb = sum_B gs. Outputs with zero elements are skipped.
+  const I B = l.dim(0), n = l.dim(1), m = W.dim(0);
+  expect_shape(glo, {B, m}, "grad_lo");
+  expect_shape(ghi, {B, m}, "grad_hi");
+  std::vector<T> gs(static_cast<std::size_t>(B * m)), gd(gs.size());
+  for (I i = 0; i < B * m; ++i) {
+    gs[i] = glo.ptr[i] + ghi.ptr[i];
+    gd[i] = ghi.ptr[i] - glo.ptr[i];
+  }
+  std::vector<T> c(static_cast<std::size_t>(B * n)), r(c.size());
+  for (I i = 0; i < B * n; ++i) {
+    c[i] = (l.ptr[i] + u.ptr[i]) / 2;
+    r[i] = (u.ptr[i] - l.ptr[i]) / 2;
+  }
+  if (!gl.empty() || !gu.empty()) {
+    expect_shape(gl, {B, n}, "grad_l");
+    expect_shape(gu, {B, n}, "grad_u");
+    std::vector<T> a(static_cast<std::size_t>(m * n));
+    for (I i = 0; i < m * n; ++i) a[i] = std::abs(W.ptr[i]);
+    gemm(false, false, int(B), int(n), int(m), T(1), gs.data(), int(m), W.ptr, int(n), T(0), gl.ptr, int(n));
+    gemm(false, false, int(B), int(n), int(m), T(1), gd.data(), int(m), a.data(), int(n), T(0), gu.ptr, int(n));
+    for (I i = 0; i < B * n; ++i) {
+      const T gc = gl.ptr[i], gr = gu.ptr[i];
+      gl.ptr[i] = (gc - gr) / 2;
+      gu.ptr[i] = (gc + gr) / 2;
+    }
+  }
+  if (!gW.empty()) {
+    expect_shape(gW, {m, n}, "grad_W");
+    std::vector<T> t(static_cast<std::size_t>(m * n));
+    gemm(true, false, int(m), int(n), int(B), T(1), gs.data(), int(m), c.data(), int(n), T(0), gW.ptr, int(n));
+    gemm(true, false, int(m), int(n), int(B), T(1), gd.data(), int(m), r.data(), int(n), T(0), t.data(), int(n));
+    for (I i = 0; i < m * n; ++i) {
+      const T w = W.ptr[i];
+      gW.ptr[i] += (w > 0 ? t[i] : (w < 0 ? -t[i] : T(0)));
+    }
+  }
+  if (!gb.empty()) {
+    expect_shape(gb, {m}, "grad_b");
+    for (I j = 0; j < m; ++j) gb.ptr[j] = 0;
+    for (I s = 0; s < B; ++s)
+      for (I j = 0; j < m; ++j) gb.ptr[j] += gs[static_cast<std::size_t>(s * m + j)];
+  }
+}
+
+// ReLU relaxation. mode: 0 adaptive (lower slope 1 if u >= -l else 0), 1 parallel (= upper slope), 2 zero,
+// 3 one, 4 given (alpha [B,n], in [0,1]). Stable neurons: slopes 0 (u <= 0) or 1 (l >= 0), intercept 0.
+template <typename T>
+void relu_relax_fwd(const View<T>& l, const View<T>& u, const View<T>& alpha, int mode, View<T> lo_s, View<T> up_s,
+                    View<T> up_b) {
+  const I N = l.size();
+  if (u.size() != N || lo_s.size() != N || up_s.size() != N || up_b.size() != N || (mode == 4 && alpha.size() != N))
+    throw std::invalid_argument("relu_relax: l, u, alpha and the outputs must have the same number of entries");
+  for (I i = 0; i < N; ++i) {
+    const T lv = l.ptr[i], uv = u.ptr[i];
+    T ls, us, ub;
+    if (uv <= 0) {
+      ls = us = ub = 0;
+    } else if (lv >= 0) {
+      ls = us = 1;
+      ub = 0;
+    } else {
+      us = uv / (uv - lv);
+      ub = -lv * us;
+      ls = mode == 0 ? (uv >= -lv ? T(1) : T(0)) : mode == 1 ? us : mode == 2 ? T(0) : mode == 3 ? T(1) : alpha.ptr[i];
+    }
+    lo_s.ptr[i] = ls;
+    up_s.ptr[i] = us;
+    up_b.ptr[i] = ub;
+  }
+}
+
+template <typename T>
+void relu_relax_bwd(const View<T>& l, const View<T>& u, int mode, const View<T>& g_lo_s, const View<T>& g_up_s,
+                    const View<T>& g_up_b, View<T> gl, View<T> gu, View<T> galpha) {
+  // unstable neurons only: d us/dl = u/(u-l)^2, d us/du = -l/(u-l)^2, d ub/dl = -u^2/(u-l)^2, d ub/du = l^2/(u-l)^2;
+  // the parallel lower slope is us; a given one passes its gradient to alpha
+  const I N = l.size();
+  for (I i = 0; i < N; ++i) {
+    const T lv = l.ptr[i], uv = u.ptr[i];
+    T dl = 0, du = 0, da = 0;
+    if (uv > 0 && lv < 0) {
+      const T d = uv - lv, d2 = d * d;
+      T gus = g_up_s.ptr[i];
+      if (mode == 1) gus += g_lo_s.ptr[i];
+      if (mode == 4) da = g_lo_s.ptr[i];
+      const T gub = g_up_b.ptr[i];
+      dl = gus * uv / d2 - gub * uv * uv / d2;
+      du = -gus * lv / d2 + gub * lv * lv / d2;
+    }
+    gl.ptr[i] = dl;
+    gu.ptr[i] = du;
+    if (!galpha.empty()) galpha.ptr[i] = da;
+  }
+}
+
+// One back-substitution step through an elementwise relaxation, for the lower bound of lam . f(z):
+// out = lam+ lo_s + lam- up_s [B,S,n]; bias = sum_j lam+ lo_b + lam- up_b [B,S]. Slopes and intercepts are
+// [B,n] (shared by the S rows) or [B,S,n] (per row: alpha-CROWN); lo_b may be empty (all zero).
+struct RelaxDims {
+  I B, S, n;
+  bool per_row_lo, per_row_up;
+};
+
+template <typename T>
+RelaxDims relax_dims(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b,
+                     const View<T>& up_b) {
+  if (lam.ndim() != 3) throw std::invalid_argument("relax_back: lam must be [B, S, n]");
+  RelaxDims d{lam.dim(0), lam.dim(1), lam.dim(2), lo_s.ndim() == 3, up_s.ndim() == 3};
+  expect_shape(lo_s, d.per_row_lo ? std::initializer_list<I>{d.B, d.S, d.n} : std::initializer_list<I>{d.B, d.n},
+               "lo_s");
+  expect_shape(up_s, d.per_row_up ? std::initializer_list<I>{d.B, d.S, d.n} : std::initializer_list<I>{d.B, d.n},
+               "up_s");
+  if (!lo_b.empty()) expect_shape(lo_b, {d.B, d.n}, "lo_b");
+  expect_shape(up_b, {d.B, d.n}, "up_b");
+  return d;
+}
+
+template <typename T>
+void relax_back_fwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b,
+                    const View<T>& up_b, View<T> out, View<T> bias) {
+  const RelaxDims d = relax_dims(lam, lo_s, up_s, lo_b, up_b);
+  expect_shape(out, {d.B, d.S, d.n}, "out");
+  expect_shape(bias, {d.B, d.S}, "bias");
+  for (I b = 0; b < d.B; ++b)
+    for (I s = 0; s < d.S; ++s) {
+      const T* L = lam.ptr + (b * d.S + s) * d.n;
+      const T* ls = lo_s.ptr + (d.per_row_lo ? (b * d.S + s) : b) * d.n;
+      const T* us = up_s.ptr + (d.per_row_up ? (b * d.S + s) : b) * d.n;
+      const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
+      const T* ub = up_b.ptr + b * d.n;
+      T* O = out.ptr + (b * d.S + s) * d.n;
+      T acc = 0;
+      for (I j = 0; j < d.n; ++j) {
+        const T x = L[j];
+        if (x >= 0) {
+          O[j] = x * ls[j];
+          if (lb) acc += x * lb[j];
+        } else {
+          O[j] = x * us[j];
+          acc += x * ub[j];
+        }
+      }
+      bias.ptr[b * d.S + s] = acc;
+    }
+}
+
+template <typename T>
+void relax_back_bwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b,
+                    const View<T>& up_b, const View<T>& g_out, const View<T>& g_bias, View<T> g_lam, View<T> g_lo_s,
+                    View<T> g_up_s, View<T> g_lo_b, View<T> g_up_b) {
+  const RelaxDims d = relax_dims(lam, lo_s, up_s, lo_b, up_b);
+  for (View<T>* g : {&g_lo_s, &g_up_s, &g_lo_b, &g_up_b})
+    for (I i = 0; i < g->size(); ++i) g->ptr[i] = 0;
+  for (I b = 0; b < d.B; ++b)
+    for (I s = 0; s < d.S; ++s) {
+      const I row = b * d.S + s;
+      const T* L = lam.ptr + row * d.n;
+      const T* G = g_out.ptr + row * d.n;
+      const T gb = g_bias.ptr[row];
+      const I olo = (d.per_row_lo ? row : b) * d.n, oup = (d.per_row_up ? row : b) * d.n;
+      const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
+      const T* ub = up_b.ptr + b * d.n;
+      T* GL = g_lam.ptr + row * d.n;
+      for (I j = 0; j < d.n; ++j) {
+        const T x = L[j];
+        if (x >= 0) {
+          GL[j] = lo_s.ptr[olo + j] * G[j] + (lb ? lb[j] * gb : T(0));
+          g_lo_s.ptr[olo + j] += x * G[j];
+          if (!g_lo_b.empty()) g_lo_b.ptr[b * d.n + j] += x * gb;
+        } else {
+          GL[j] = up_s.ptr[oup + j] * G[j] + ub[j] * gb;
+          g_up_s.ptr[oup + j] += x * G[j];
+          g_up_b.ptr[b * d.n + j] += x * gb;
+        }
+      }
+    }
+}
+
+// Concretization over a box (center c, radius r >= 0, both [B,n]): out [B,S] = lam . c - |lam| . r (+ bias).
+template <typename T>
+void concretize_box_fwd(const View<T>& lam, const View<T>& c, const View<T>& r, View<T> out) {
+  const I B = lam.dim(0), S = lam.dim(1), n = lam.dim(2);
+  expect_shape(c, {B, n}, "center");
+  expect_shape(r, {B, n}, "radius");
+  expect_shape(out, {B, S}, "out");
+  for (I b = 0; b < B; ++b)
+    for (I s = 0; s < S; ++s) {
+      const T* L = lam.ptr + (b * S + s) * n;
+      const T* C = c.ptr + b * n;
+      const T* R = r.ptr + b * n;
+      T acc = 0;
+      for (I j = 0; j < n; ++j) acc += L[j] * C[j] - std::abs(L[j]) * R[j];
+      out.ptr[b * S + s] = acc;
+    }
+}
+
+template <typename T>
+void concretize_box_bwd(const View<T>& lam, const View<T>& c, const View<T>& r, const View<T>& g, View<T> g_lam,
+                        View<T> g_c, View<T> g_r) {
+  // g_lam = g (c - sign(lam) r); g_c = sum_s g lam; g_r = -sum_s g |lam|
+  const I B = lam.dim(0), S = lam.dim(1), n = lam.dim(2);
+  for (I i = 0; i < g_c.size(); ++i) g_c.ptr[i] = 0;
+  for (I i = 0; i < g_r.size(); ++i) g_r.ptr[i] = 0;
+  for (I b = 0; b < B; ++b)
+    for (I s = 0; s < S; ++s) {
+      const T* L = lam.ptr + (b * S + s) * n;
+      const T* C = c.ptr + b * n;
+      const T* R = r.ptr + b * n;
+      const T gv = g.ptr[b * S + s];
+      T* GL = g_lam.ptr + (b * S + s) * n;
+      for (I j = 0; j < n; ++j) {
+        const T x = L[j];
+        const T sg = x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
+        GL[j] = gv * (C[j] - sg * R[j]);
+        if (!g_c.empty()) g_c.ptr[b * n + j] += gv * x;
+        if (!g_r.empty()) g_r.ptr[b * n + j] -= gv * std::abs(x);
+      }
+    }
+}
+
+// Back-substitution through a dense layer: out [R,n] = lam [R,m] W [m,n]; its backward: g_lam = g W^T,
+// g_W = lam^T g (R = B*S rows).
+template <typename T>
+void linear_back_fwd(const View<T>& lam, const View<T>& W, View<T> out) {
+  const I m = W.dim(0), n = W.dim(1), R = lam.size() / (m ? m : 1);
+  if (lam.size() != R * m || out.size() != R * n)
+    throw std::invalid_argument("linear_back: lam [.., m] and out [.., n] do not match W [m, n]");
+  gemm(false, false, int(R), int(n), int(m), T(1), lam.ptr, int(m), W.ptr, int(n), T(0), out.ptr, int(n));
+}
+
+template <typename T>
+void linear_back_bwd(const View<T>& lam, const View<T>& W, const View<T>& g, View<T> g_lam, View<T> g_W) {
+  const I m = W.dim(0), n = W.dim(1), R = lam.size() / (m ? m : 1);
+  if (!g_lam.empty())
+    gemm(false, true, int(R), int(m), int(n), T(1), g.ptr, int(n), W.ptr, int(n), T(0), g_lam.ptr, int(m));
+  if (!g_W.empty())
+    gemm(true, false, int(m), int(n), int(R), T(1), lam.ptr, int(m), g.ptr, int(n), T(0), g_W.ptr, int(n));
+}
+
+template <typename T>
+void def_typed(py::module_& m) {
+  m.def("d_ibp_affine_fwd", &ibp_affine_fwd<T>);
+  m.def("d_ibp_affine_bwd", &ibp_affine_bwd<T>);
+  m.def("d_relu_relax_fwd", &relu_relax_fwd<T>);
+  m.def("d_relu_relax_bwd", &relu_relax_bwd<T>);
+  m.def("d_relax_back_fwd", &relax_back_fwd<T>);
+  m.def("d_relax_back_bwd", &relax_back_bwd<T>);
+  m.def("d_concretize_box_fwd", &concretize_box_fwd<T>);
+  m.def("d_concretize_box_bwd", &concretize_box_bwd<T>);
+  m.def("d_linear_back_fwd", &linear_back_fwd<T>);
+  m.def("d_linear_back_bwd", &linear_back_bwd<T>);
+}
+
+}  // namespace
+
+void def_diff_ops(py::module_& m) {
+  def_typed<float>(m);
+  def_typed<double>(m);
+}
+
+}  // namespace fastcert
