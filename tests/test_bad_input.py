@@ -257,10 +257,10 @@ def test_labels_strings() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["deeppoly", "CROWN-IBP-x", "", "alpha-crown"])
+@pytest.mark.parametrize("method", ["deeppoly", "CROWN-IBP-x", "", "alpha-crown-x", "alpha"])
 def test_unknown_method(method: str) -> None:
     msg = _raises(ValueError, "method", fn=fastcert.bounds, model=_mlp(), x=X, eps=0.1, method=method)
-    for m in ("ibp", "crown", "fastlin", "kw", "crown-ibp"):
+    for m in ("ibp", "crown", "fastlin", "kw", "crown-ibp", "alpha-crown"):
         assert m in msg
     _raises(ValueError, "method", fn=fastcert.certify, model=_mlp(), x=X, eps=0.1, method=method)
 

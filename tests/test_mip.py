@@ -506,7 +506,7 @@ def test_solve_property_agrees_with_brute_force(seed, hard):
         else:
             assert x is None and all(c["closed"] for c in info["conjunctions"])
         if want == "unsat" and kwargs.get("attack") is False:
-            assert info["stage"] in ("bounds:crown", "lp", "mip")
+            assert info["stage"] in ("bounds:alpha-crown", "lp", "mip")
 
 
 def test_solve_property_time_limit_and_refusals():

@@ -406,7 +406,14 @@ def _blind_bounds(monkeypatch: pytest.MonkeyPatch, close_lp: bool) -> None:
         lb, ub = real(*a, **k)
         return torch.full_like(lb, -1e9), torch.full_like(ub, 1e9)
 
+    real_inc = prop.incomplete_bounds
+
+    def blind_inc(*a, **k):  # alpha-CROWN's output bounds too (its pre-activation bounds stay)
+        lb, ub, pre = real_inc(*a, **k)
+        return torch.full_like(lb, -1e9), torch.full_like(ub, 1e9), pre
+
     monkeypatch.setattr(prop, "network_bounds", blind)
+    monkeypatch.setattr(prop, "incomplete_bounds", blind_inc)
     if not close_lp:
         monkeypatch.setattr(stages, "certified_lower", lambda *a, **k: -math.inf)
 

@@ -91,7 +91,7 @@ def test_sat_result_file_round_trips_through_the_reader(inst_dir: Path) -> None:
 @pytest.mark.parametrize("name", ["unsat", "unsat_or"])
 def test_unsat_by_bounds(inst_dir: Path, name: str) -> None:
     res = solve_instance(load_instance(inst_dir / "net.onnx", inst_dir / f"{name}.vnnlib"), 10.0)
-    assert res.verdict == "unsat" and res.stage == "bounds:crown", res
+    assert res.verdict == "unsat" and res.stage == "bounds:alpha-crown", res
     assert format_result(res) == "unsat\n" and res.counterexample is None
 
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "fastcert/common.h"
+#include "fastcert/pool.h"
 #include "fastcert/view.h"
 
 namespace fastcert {
@@ -161,20 +162,27 @@ RelaxDims relax_dims(const View<T>& lam, const View<T>& lo_s, const View<T>& up_
   return d;
 }
 
+// Parallel loops of the elementwise kernels: rows (b, s) when each writes only its own outputs, column
+// chunks when rows accumulate into shared [B, n] gradients (no two threads write the same element).
+inline bool par_elems(I elems) { return elems > (I(1) << 15); }
+constexpr I kCols = 512;  // columns per chunk of the column-parallel loops
+
 template <typename T>
 void relax_back_fwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b,
                     const View<T>& up_b, View<T> out, View<T> bias) {
   const RelaxDims d = relax_dims(lam, lo_s, up_s, lo_b, up_b);
   expect_shape(out, {d.B, d.S, d.n}, "out");
   expect_shape(bias, {d.B, d.S}, "bias");
-  for (I b = 0; b < d.B; ++b)
-    for (I s = 0; s < d.S; ++s) {
-      const T* L = lam.ptr + (b * d.S + s) * d.n;
-      const T* ls = lo_s.ptr + (d.per_row_lo ? (b * d.S + s) : b) * d.n;
-      const T* us = up_s.ptr + (d.per_row_up ? (b * d.S + s) : b) * d.n;
+  const I rows = d.B * d.S;
+  parallel_for(rows, grain_for(rows), par_elems(rows * d.n), [&](std::int64_t q0, std::int64_t q1, int) {
+    for (I row = q0; row < q1; ++row) {
+      const I b = row / d.S;
+      const T* L = lam.ptr + row * d.n;
+      const T* ls = lo_s.ptr + (d.per_row_lo ? row : b) * d.n;
+      const T* us = up_s.ptr + (d.per_row_up ? row : b) * d.n;
       const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
       const T* ub = up_b.ptr + b * d.n;
-      T* O = out.ptr + (b * d.S + s) * d.n;
+      T* O = out.ptr + row * d.n;
       T acc = 0;
       for (I j = 0; j < d.n; ++j) {
         const T x = L[j];
@@ -186,8 +194,9 @@ void relax_back_fwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s
           acc += x * ub[j];
         }
       }
-      bias.ptr[b * d.S + s] = acc;
+      bias.ptr[row] = acc;
     }
+  });
 }
 
 template <typename T>
@@ -197,29 +206,34 @@ void relax_back_bwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s
   const RelaxDims d = relax_dims(lam, lo_s, up_s, lo_b, up_b);
   for (View<T>* g : {&g_lo_s, &g_up_s, &g_lo_b, &g_up_b})
     for (I i = 0; i < g->size(); ++i) g->ptr[i] = 0;
-  for (I b = 0; b < d.B; ++b)
-    for (I s = 0; s < d.S; ++s) {
-      const I row = b * d.S + s;
-      const T* L = lam.ptr + row * d.n;
-      const T* G = g_out.ptr + row * d.n;
-      const T gb = g_bias.ptr[row];
-      const I olo = (d.per_row_lo ? row : b) * d.n, oup = (d.per_row_up ? row : b) * d.n;
+  const I chunks = (d.n + kCols - 1) / kCols;
+  parallel_for(d.B * chunks, 1, par_elems(d.B * d.S * d.n), [&](std::int64_t c0, std::int64_t c1, int) {
+    for (I cb = c0; cb < c1; ++cb) {
+      const I b = cb / chunks, j0 = (cb % chunks) * kCols, j1 = std::min(d.n, j0 + kCols);
       const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
       const T* ub = up_b.ptr + b * d.n;
-      T* GL = g_lam.ptr + row * d.n;
-      for (I j = 0; j < d.n; ++j) {
-        const T x = L[j];
-        if (x >= 0) {
-          GL[j] = lo_s.ptr[olo + j] * G[j] + (lb ? lb[j] * gb : T(0));
-          g_lo_s.ptr[olo + j] += x * G[j];
-          if (!g_lo_b.empty()) g_lo_b.ptr[b * d.n + j] += x * gb;
-        } else {
-          GL[j] = up_s.ptr[oup + j] * G[j] + ub[j] * gb;
-          g_up_s.ptr[oup + j] += x * G[j];
-          g_up_b.ptr[b * d.n + j] += x * gb;
+      for (I s = 0; s < d.S; ++s) {
+        const I row = b * d.S + s;
+        const T* L = lam.ptr + row * d.n;
+        const T* G = g_out.ptr + row * d.n;
+        const T gb = g_bias.ptr[row];
+        const I olo = (d.per_row_lo ? row : b) * d.n, oup = (d.per_row_up ? row : b) * d.n;
+        T* GL = g_lam.ptr + row * d.n;
+        for (I j = j0; j < j1; ++j) {
+          const T x = L[j];
+          if (x >= 0) {
+            GL[j] = lo_s.ptr[olo + j] * G[j] + (lb ? lb[j] * gb : T(0));
+            if (!g_lo_s.empty()) g_lo_s.ptr[olo + j] += x * G[j];
+            if (!g_lo_b.empty()) g_lo_b.ptr[b * d.n + j] += x * gb;
+          } else {
+            GL[j] = up_s.ptr[oup + j] * G[j] + ub[j] * gb;
+            if (!g_up_s.empty()) g_up_s.ptr[oup + j] += x * G[j];
+            if (!g_up_b.empty()) g_up_b.ptr[b * d.n + j] += x * gb;
+          }
         }
       }
     }
+  });
 }
 
 // Concretization over a box (center c, radius r >= 0, both [B,n]): out [B,S] = lam . c - |lam| . r (+ bias).
@@ -229,58 +243,79 @@ void concretize_box_fwd(const View<T>& lam, const View<T>& c, const View<T>& r, 
   expect_shape(c, {B, n}, "center");
   expect_shape(r, {B, n}, "radius");
   expect_shape(out, {B, S}, "out");
-  for (I b = 0; b < B; ++b)
-    for (I s = 0; s < S; ++s) {
-      const T* L = lam.ptr + (b * S + s) * n;
+  parallel_for(B * S, grain_for(B * S), par_elems(B * S * n), [&](std::int64_t q0, std::int64_t q1, int) {
+    for (I row = q0; row < q1; ++row) {
+      const I b = row / S;
+      const T* L = lam.ptr + row * n;
       const T* C = c.ptr + b * n;
       const T* R = r.ptr + b * n;
       T acc = 0;
       for (I j = 0; j < n; ++j) acc += L[j] * C[j] - std::abs(L[j]) * R[j];
-      out.ptr[b * S + s] = acc;
+      out.ptr[row] = acc;
     }
+  });
 }
 
 template <typename T>
 void concretize_box_bwd(const View<T>& lam, const View<T>& c, const View<T>& r, const View<T>& g, View<T> g_lam,
                         View<T> g_c, View<T> g_r) {
-  // g_lam = g (c - sign(lam) r); g_c = sum_s g lam; g_r = -sum_s g |lam|
+  // g_lam = g (c - sign(lam) r); g_c = sum_s g lam; g_r = -sum_s g |lam| (empty outputs: not asked)
   const I B = lam.dim(0), S = lam.dim(1), n = lam.dim(2);
   for (I i = 0; i < g_c.size(); ++i) g_c.ptr[i] = 0;
   for (I i = 0; i < g_r.size(); ++i) g_r.ptr[i] = 0;
-  for (I b = 0; b < B; ++b)
-    for (I s = 0; s < S; ++s) {
-      const T* L = lam.ptr + (b * S + s) * n;
+  const I chunks = (n + kCols - 1) / kCols;
+  parallel_for(B * chunks, 1, par_elems(B * S * n), [&](std::int64_t c0, std::int64_t c1, int) {
+    for (I cb = c0; cb < c1; ++cb) {
+      const I b = cb / chunks, j0 = (cb % chunks) * kCols, j1 = std::min(n, j0 + kCols);
       const T* C = c.ptr + b * n;
       const T* R = r.ptr + b * n;
-      const T gv = g.ptr[b * S + s];
-      T* GL = g_lam.ptr + (b * S + s) * n;
-      for (I j = 0; j < n; ++j) {
-        const T x = L[j];
-        const T sg = x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
-        GL[j] = gv * (C[j] - sg * R[j]);
-        if (!g_c.empty()) g_c.ptr[b * n + j] += gv * x;
-        if (!g_r.empty()) g_r.ptr[b * n + j] -= gv * std::abs(x);
+      for (I s = 0; s < S; ++s) {
+        const T* L = lam.ptr + (b * S + s) * n;
+        const T gv = g.ptr[b * S + s];
+        T* GL = g_lam.empty() ? nullptr : g_lam.ptr + (b * S + s) * n;
+        for (I j = j0; j < j1; ++j) {
+          const T x = L[j];
+          const T sg = x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
+          if (GL) GL[j] = gv * (C[j] - sg * R[j]);
+          if (!g_c.empty()) g_c.ptr[b * n + j] += gv * x;
+          if (!g_r.empty()) g_r.ptr[b * n + j] -= gv * std::abs(x);
+        }
       }
     }
+  });
 }
 
 // Back-substitution through a dense layer: out [R,n] = lam [R,m] W [m,n]; its backward: g_lam = g W^T,
 // g_W = lam^T g (R = B*S rows).
+// C[M,N] = op(A) op(B) (beta 0) with the M rows of C split over fastcert's pool when the product is large
+// (OpenBLAS runs single-threaded inside fastcert; each block is one single-threaded GEMM).
+template <typename T>
+void gemm_rows(bool ta, bool tb, I M, I N, I K, const T* A, I lda, const T* B, I ldb, T* C, I ldc) {
+  const I blocks = std::max<I>(1, std::min<I>(M / 64, 2 * I(pool_threads())));
+  const bool par = blocks > 1 && M * N * K > kParallelMacs;
+  parallel_for(par ? blocks : 1, 1, par, [&](std::int64_t b0, std::int64_t b1, int) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const I r0 = M * b / (par ? blocks : 1), r1 = M * (b + 1) / (par ? blocks : 1);
+      if (r1 <= r0) continue;
+      const T* Ab = ta ? A + r0 : A + r0 * lda;
+      gemm(ta, tb, int(r1 - r0), int(N), int(K), T(1), Ab, int(lda), B, int(ldb), T(0), C + r0 * ldc, int(ldc));
+    }
+  });
+}
+
 template <typename T>
 void linear_back_fwd(const View<T>& lam, const View<T>& W, View<T> out) {
   const I m = W.dim(0), n = W.dim(1), R = lam.size() / (m ? m : 1);
   if (lam.size() != R * m || out.size() != R * n)
     throw std::invalid_argument("linear_back: lam [.., m] and out [.., n] do not match W [m, n]");
-  gemm(false, false, int(R), int(n), int(m), T(1), lam.ptr, int(m), W.ptr, int(n), T(0), out.ptr, int(n));
+  gemm_rows<T>(false, false, R, n, m, lam.ptr, m, W.ptr, n, out.ptr, n);
 }
 
 template <typename T>
 void linear_back_bwd(const View<T>& lam, const View<T>& W, const View<T>& g, View<T> g_lam, View<T> g_W) {
   const I m = W.dim(0), n = W.dim(1), R = lam.size() / (m ? m : 1);
-  if (!g_lam.empty())
-    gemm(false, true, int(R), int(m), int(n), T(1), g.ptr, int(n), W.ptr, int(n), T(0), g_lam.ptr, int(m));
-  if (!g_W.empty())
-    gemm(true, false, int(m), int(n), int(R), T(1), lam.ptr, int(m), g.ptr, int(n), T(0), g_W.ptr, int(n));
+  if (!g_lam.empty()) gemm_rows<T>(false, true, R, m, n, g.ptr, n, W.ptr, n, g_lam.ptr, m);
+  if (!g_W.empty()) gemm_rows<T>(true, false, m, n, R, lam.ptr, m, g.ptr, n, g_W.ptr, n);
 }
 
 template <typename T>

@@ -64,24 +64,30 @@ inline void centre_fix(double t, T* bias, T* bias_hi, T* mag) {
 //   bias_hi[b,s] += sum_j max(Lam,0)*up_b[b,j] + min(Lam,0)*lo_b[b,j]
 // collects the constants of the upper bound of Lam . h (one pass serves both directions).
 // lo_b may be empty (ReLU: zero lower intercept). Lam: [B,S,n] or [1,S,n] (rows shared by the batch);
-// out: [B,S,n]; per-neuron arrays: [B,n].
+// out: [B,S,n]; zmag: [B,n]; lo_s, up_s, lo_b, up_b: [B,n] or, each on its own, [B,S,n] (one relaxation
+// per row, as alpha-CROWN's slopes per start node and row; any valid lines keep the bound sound).
 template <typename T>
 void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
                   const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum,
                   Arr<T>& bias_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
-  if (n == 0 || lo_s.size() % n != 0) throw std::invalid_argument("backward_act: slopes must be [B,n]");
-  const py::ssize_t B = lo_s.size() / n;
+  if (n == 0 || zmag.size() % n != 0) throw std::invalid_argument("backward_act: zmag must be [B,n]");
+  const py::ssize_t B = zmag.size() / n;
   if (lam.shape(0) != B && lam.shape(0) != 1)
     throw std::invalid_argument("backward_act: Lam batch must equal the slopes' batch or be 1 (shared rows)");
   const py::ssize_t lam_bstride = lam.shape(0) == 1 ? 0 : S * n;
-  expect_size(lo_s.size(), B * n, "lo_slope");
-  expect_size(up_s.size(), B * n, "up_slope");
-  expect_size(up_b.size(), B * n, "up_bias");
-  expect_size(zmag.size(), B * n, "zmag");
+  // per array: does it hold one relaxation per row ([B,S,n]) or per neuron ([B,n])?
+  auto per_row = [&](py::ssize_t size, const char* what) {
+    if (size == B * n) return false;
+    if (size == B * S * n && S > 1) return true;
+    expect_size(size, B * n, what);
+    return false;
+  };
+  const bool r_ls = per_row(lo_s.size(), "lo_slope"), r_us = per_row(up_s.size(), "up_slope");
+  const bool r_ub = per_row(up_b.size(), "up_bias");
   const bool has_lb = lo_b.size() != 0;
-  if (has_lb) expect_size(lo_b.size(), B * n, "lo_bias");
+  const bool r_lb = has_lb && per_row(lo_b.size(), "lo_bias");
   expect_size(out.size(), B * S * n, "out");
   expect_size(bias.size(), B * S, "bias");
   expect_size(mag.size(), B * S, "mag");
@@ -103,11 +109,12 @@ parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t
     const py::ssize_t b = q / S, s = q % S;
       const T* lr = Lm + b * lam_bstride + s * n;
       T* orow = O + (b * S + s) * n;
-      const T* ls = LS + b * n;
-      const T* us = US + b * n;
-      const T* ub = UB + b * n;
-      const T* zm = ZM + b * n;
-      const T* lb = has_lb ? LB + b * n : nullptr;
+      const py::ssize_t row = (b * S + s) * n, neuron = b * n;
+      const T* ls = LS + (r_ls ? row : neuron);
+      const T* us = US + (r_us ? row : neuron);
+      const T* ub = UB + (r_ub ? row : neuron);
+      const T* zm = ZM + neuron;
+      const T* lb = has_lb ? LB + (r_lb ? row : neuron) : nullptr;
       T acc_b = 0, acc_m = 0, acc_i = 0, acc_h = 0;
       if (!lb) {  // zero lower intercepts (ReLU): a branch-free SIMD loop
 #pragma omp simd reduction(+ : acc_b, acc_m, acc_i, acc_h)

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BoundOptions": "fastcert.options",
+    "AlphaOptions": "fastcert.options",
     "BoundsResult": "fastcert.api",
     "CertifyResult": "fastcert.api",
     "Network": "fastcert.network",

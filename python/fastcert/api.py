@@ -154,8 +154,8 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
 
 
 def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, int]:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if method not in METHODS and method != "alpha-crown":
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted([*METHODS, 'alpha-crown'])}")
     if isinstance(model, nn.Module) and model.training:
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         if has_bn:
@@ -221,7 +221,11 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
             raise ValueError(f"lower_slope must be one of {sorted(LOWER_SLOPE_MODES)}, got {lower_slope!r}")
     if options is not None and not isinstance(options, BoundOptions):
         raise TypeError(f"options must be a fastcert.BoundOptions, got {type(options).__name__}")
-    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64, opts=options)
+    rows = None
+    if method == "alpha-crown":
+        lo, up, rows = alpha_crown_bounds(net, x, eps, prob, Ct, C64, nk, x_min, x_max, options)
+    else:
+        lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, method, lower_slope, C_exact=C64, opts=options)
     if wants_grad(model, x_in, eps):
         # the certified value; its gradient, computed only if autograd asks, is that of the same bound in
         # nominal arithmetic (the rounding slack is a constant): docs/architecture.md, "Two modes"
@@ -230,10 +234,27 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
         def recompute() -> tuple[torch.Tensor, torch.Tensor]:
             check_diff_request(method, nk, options)
             return diff_bounds_of(net, x_live, eps, Ct, method, x_min, x_max, nk, lower_slope,
-                                  tangent=(options or BoundOptions()).tangent)
+                                  tangent=(options or BoundOptions()).tangent, rows=rows)
 
         lo, up = attach_nominal_grad(lo, up, model, x_live, eps, recompute)
     return BoundsResult(lo, up, method, nk, time.perf_counter() - t0)
+
+
+def alpha_crown_bounds(net: Network, x: torch.Tensor, eps: Any, prob: Problem, Ct: torch.Tensor,
+                       C64: torch.Tensor | None, norm: str, x_min: Any, x_max: Any,
+                       options: BoundOptions | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """alpha-CROWN (:mod:`fastcert.algorithms.alpha`): slopes optimized in the optimize mode, then the
+    certified bound with them (graph engine, on the op graph) and the certified CROWN bound, the tighter
+    per entry. x: [B, *shape]; Ct: [B, S, K]. Returns (lower, upper, the slopes)."""
+    from fastcert.algorithms.alpha import alpha_crown
+
+    p64 = prob
+    if x.dtype != torch.float64:  # the certified passes run in float64 (see alpha_crown)
+        p64 = make_region(x.detach().double(), eps.detach() if isinstance(eps, torch.Tensor) else eps, norm,
+                          x_min, x_max)
+    lo_a, up_a, cands, _ = alpha_crown(net.op_graph_for(tuple(x.shape[1:])), prob, Ct, C64, options, prob64=p64)
+    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, "crown", C_exact=C64, opts=options)
+    return torch.maximum(lo, lo_a), torch.minimum(up, up_a), cands[0]
 
 
 def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", labels: Any = None,

@@ -75,20 +75,28 @@ def _limit(v: Any, n: int, dt: torch.dtype) -> Tensor | None:
     return torch.broadcast_to(t, (n,)).contiguous() if t.dim() == 0 else t.reshape(-1)
 
 
-def diff_bounds_of(net: Network, x: Tensor, eps: Any, C: Tensor, method: str, x_min: Any = None, x_max: Any = None,
-                   norm: str = "inf",
-                   lower_slope: str | None = None, alphas: dict[int, Any] | None = None,
-                   tangent: str = "bisect") -> tuple[Tensor, Tensor]:
-    """The optimize-mode bounds of an already checked problem: x [B, *shape] (live), C [B, S, K] ->
-    (lower, upper) [B, S] in x's dtype, differentiable."""
+def diff_region(net: Network, x: Tensor, eps: Any, x_min: Any = None, x_max: Any = None,
+                norm: str = "inf") -> tuple[Any, Any]:
+    """The op graph of ``net`` at x's shape and the optimize-mode region around x [B, *shape] (live)."""
     B = x.shape[0]
     dt = x.dtype
     shape = tuple(x.shape[1:])
     g = net.op_graph_for(shape)
     n = math.prod(shape)
     e = _eps_live(eps, B, dt)
-    reg = region(x.reshape(B, -1), e, _limit(x_min, n, dt), _limit(x_max, n, dt), _P[norm_key(norm)])
-    return graph_bounds_diff(g, reg, C.detach().to(dt), method, dt, lower_slope, alphas, tangent)
+    return g, region(x.reshape(B, -1), e, _limit(x_min, n, dt), _limit(x_max, n, dt), _P[norm_key(norm)])
+
+
+def diff_bounds_of(net: Network, x: Tensor, eps: Any, C: Tensor, method: str, x_min: Any = None, x_max: Any = None,
+                   norm: str = "inf", lower_slope: str | None = None, alphas: dict[int, Any] | None = None,
+                   tangent: str = "bisect", rows: Any = None) -> tuple[Tensor, Tensor]:
+    """The optimize-mode bounds of an already checked problem: x [B, *shape] (live), C [B, S, K] ->
+    (lower, upper) [B, S] in x's dtype, differentiable. ``method="alpha-crown"`` with ``rows``: CROWN with
+    those (optimized) slopes."""
+    g, reg = diff_region(net, x, eps, x_min, x_max, norm)
+    if method == "alpha-crown":
+        method = "crown"
+    return graph_bounds_diff(g, reg, C.detach().to(x.dtype), method, x.dtype, lower_slope, alphas, tangent, rows)
 
 
 class _NominalGrad(torch.autograd.Function):
@@ -128,7 +136,7 @@ def attach_nominal_grad(lo: Tensor, up: Tensor, model: Any, x: Any, eps: Any, re
 
 def check_diff_request(method: str, norm: str, options: BoundOptions | None) -> None:
     """Refuse, with the reason and the fix, what the optimize mode does not compute."""
-    if method not in DIFF_METHODS:
+    if method not in DIFF_METHODS and method != "alpha-crown":
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(DIFF_METHODS)}")
     norm_key(norm)
     if options is not None and options.intermediate != "intersect":
@@ -161,4 +169,4 @@ def differentiable_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: st
     return diff_bounds_of(net, xt, eps, Ct, method, x_min, x_max, norm, lower_slope)
 
 
-__all__ = ["attach_nominal_grad", "cached_network", "check_diff_request", "diff_bounds_of", "differentiable_bounds", "wants_grad"]
+__all__ = ["attach_nominal_grad", "cached_network", "check_diff_request", "diff_bounds_of", "diff_region", "differentiable_bounds", "wants_grad"]

@@ -310,7 +310,7 @@ def _run_bench_suite(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------- evaluate
-_EVAL_METHODS = ("crown", "crown-ibp", "fastlin", "kw", "ibp")
+_EVAL_METHODS = ("crown", "alpha-crown", "crown-ibp", "fastlin", "kw", "ibp")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:

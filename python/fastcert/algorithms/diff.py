@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fastcert import ops
 from fastcert.algorithms import diff_relax as dr
-from fastcert.algorithms.graph_bounds import _exact_depth, _feeds_pool, check_kw
+from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, _exact_depth, _feeds_pool, check_kw
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.nn import Normalize
@@ -40,14 +40,9 @@ from fastcert.primitives.linear import Dense
 from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.primitives.relu import ReLU
 
-# method -> (ReLU lower slope, intermediate bounds, intersect them with the interval bounds)
-DIFF_METHODS: dict[str, tuple[str, str, bool] | None] = {
-    "ibp": None,
-    "fastlin": ("parallel", "backsub", False),
-    "kw": ("parallel", "backsub", False),
-    "crown": ("adaptive", "backsub", True),
-    "crown-ibp": ("adaptive", "ibp", True),
-}
+# method -> (ReLU lower slope, intermediate bounds, intersect them with the interval bounds): the certify
+# graph engine's table, so that both modes compute the same bound
+DIFF_METHODS = GRAPH_METHODS
 DIFF_PRIMITIVES = ("Linear, Conv2d, BatchNorm / Normalize, AvgPool2d, MaxPool2d, flatten / reshape, add / sub, "
                    "concat, ReLU, LeakyReLU, Hardtanh, ELU, Softplus, Sigmoid, Tanh, Arctan")
 
@@ -202,11 +197,15 @@ class DiffPass:
     reg: DiffRegion
     box: list[IBox | None]
     relax: list[tuple[Tensor, ...] | None]
+    rows: RowSlopes | None = None
+    sel: dict[int, Tensor] | None = None  # filled: the neurons each refined node bounded (alpha-CROWN's rows)
+    cfg: tuple[str, str, bool] | None = None
 
 
-def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> Tensor:
+def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor | None = None) -> Tensor:
     """Lower bound of ``lam . z_start`` over the region: lam [B, S, n_start] -> [B, S]. Rows are carried back
-    to ``stop`` (its box concretizes them; 0: the input region), one coefficient matrix per live node."""
+    to ``stop`` (its box concretizes them; 0: the input region), one coefficient matrix per live node.
+    ``ridx``: the rows' indices in ``st.rows`` (alpha-CROWN's ReLU slopes; -1: the method's own)."""
     g = st.g
     A: dict[int, Tensor] = {start: lam}
     bias = lam.new_zeros(lam.shape[:2])
@@ -234,7 +233,12 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> Tensor:
             rel = st.relax[v]
             assert rel is not None
             if isinstance(p, ReLU):
-                a_in, b_in = ops.relax_back(a.contiguous(), rel[0], rel[1], None, rel[2])
+                lo_s = rel[0]
+                if ridx is not None and st.rows is not None:
+                    bx = st.box[nd.inputs[0]]
+                    assert bx is not None
+                    lo_s = st.rows.lower_slopes(start, v, ridx, lo_s, bx[0].detach(), bx[1].detach())
+                a_in, b_in = ops.relax_back(a.contiguous(), lo_s, rel[1], None, rel[2])
             elif isinstance(p, MaxPool2d):
                 a_in, b_in = dr.maxpool_back(p, rel, a)  # type: ignore[arg-type]
             else:
@@ -254,10 +258,14 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> Tensor:
     return bias
 
 
-def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> IBox:
-    """Lower and upper bounds of ``lam . z_start``: lam [B, S, n] -> ([B, S], [B, S]) in one pass."""
+def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor | None = None) -> IBox:
+    """Lower and upper bounds of ``lam . z_start``: lam [B, S, n] -> ([B, S], [B, S]) in one pass (``sel``: the
+    neurons or specification rows the rows are, for ``st.rows``)."""
     S = lam.shape[1]
-    both = backsub(st, start, torch.cat([lam, -lam], 1), stop)
+    ridx = None
+    if st.rows is not None:
+        ridx = st.rows.row_index(start, torch.arange(S) if sel is None else sel)
+    both = backsub(st, start, torch.cat([lam, -lam], 1), stop, ridx)
     return both[:, :S], -both[:, S:]
 
 
@@ -286,13 +294,18 @@ def _refine(st: DiffPass, v: int, box: IBox, intersect: bool) -> IBox:
         need = _unstable(st.g, v, box)
     else:
         need = torch.ones_like(lo, dtype=torch.bool)
-    sel = need.any(0).nonzero().flatten()
+    if st.rows is not None and v in st.rows.sel:  # alpha-CROWN: the rows its slopes were made for
+        sel = st.rows.sel[v]
+    else:
+        sel = need.any(0).nonzero().flatten()
+    if st.sel is not None:
+        st.sel[v] = sel
     S = sel.numel()
     if S == 0:
         return box
     lam = lo.new_zeros(1, S, n)
     lam[0, torch.arange(S), sel] = 1
-    l_new, u_new = two_sided(st, v, lam.expand(B, S, n))
+    l_new, u_new = two_sided(st, v, lam.expand(B, S, n), sel=sel)
     l_old, u_old = lo[:, sel], hi[:, sel]
     if intersect:
         l_new, u_new = torch.maximum(l_old, l_new), torch.minimum(u_old, u_new)
@@ -316,12 +329,14 @@ def relax_node(p: Any, l: Tensor, u: Tensor, mode: str, tangent: str, alpha: Any
 
 
 def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str, bool] | None,
-                 alphas: dict[int, Any] | None = None, tangent: str = "bisect") -> DiffPass:
+                 alphas: dict[int, Any] | None = None, tangent: str = "bisect", rows: RowSlopes | None = None,
+                 record_sel: bool = False) -> DiffPass:
     """Boxes of every node (refined by back-substitution where the method asks) and the relaxations.
     ``alphas`` (node id -> ReLU lower slopes or S-shaped tangent points, see :func:`relax_node`) replaces
-    the method's choice there."""
+    the method's choice there; ``rows``: alpha-CROWN's per-row ReLU slopes; ``record_sel``: keep the
+    neurons each refinement bounded in ``.sel``."""
     n = len(g.nodes)
-    st = DiffPass(g, prm, reg, [None] * n, [None] * n)
+    st = DiffPass(g, prm, reg, [None] * n, [None] * n, rows, {} if record_sel else None)
     st.box[0] = (reg.center - reg.radius, reg.center + reg.radius)
     depth = _exact_depth(g, reg.p)
     for nd in g.nodes[1:]:
@@ -336,14 +351,27 @@ def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str
                 not isinstance(p, (ReLU, Elementwise, Concat)) \
                 and any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
             box = _refine(st, nd.id, box, cfg[2])
+            ref = None if rows is None or rows.ref is None else rows.ref[nd.id]
+            if ref is not None:
+                box = torch.maximum(box[0], ref[0]), torch.minimum(box[1], ref[1])
         st.box[nd.id] = box
     return st
 
 
 def graph_bounds_diff(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dtype,
                       lower_slope: str | None = None, alphas: dict[int, Any] | None = None,
-                      tangent: str = "bisect") -> IBox:
-    """Differentiable lower / upper bounds of ``C f(x')`` over the region: C [B, S, K] -> ([B, S], [B, S])."""
+                      tangent: str = "bisect", rows: RowSlopes | None = None) -> IBox:
+    """Differentiable lower / upper bounds of ``C f(x')`` over the region: C [B, S, K] -> ([B, S], [B, S]).
+    ``rows``: alpha-CROWN's per-row ReLU lower slopes (method "crown")."""
+    st = diff_pass(g, reg, C, method, dtype, lower_slope, alphas, tangent, rows)
+    return output_bounds(st, C)
+
+
+def diff_pass(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dtype,
+              lower_slope: str | None = None, alphas: dict[int, Any] | None = None, tangent: str = "bisect",
+              rows: RowSlopes | None = None, record_sel: bool = False, live: bool = True) -> DiffPass:
+    """The checked forward pass of :func:`graph_bounds_diff` (boxes and relaxations of every node); ``live``
+    False: the parameters as constants (no gradient reaches them: alpha-CROWN's slopes only)."""
     if method not in DIFF_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(DIFF_METHODS)}")
     check_graph(g)
@@ -352,7 +380,15 @@ def graph_bounds_diff(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: 
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
     prm = node_params(g, dtype)
-    st = forward_pass(g, prm, reg, cfg, alphas, tangent)
-    out = g.output
-    stop = g.nodes[out].inputs[0] if cfg is None else 0
+    if not live:
+        prm = [{k: (None if t is None else t.detach()) for k, t in d.items()} for d in prm]
+    st = forward_pass(g, prm, reg, cfg, alphas, tangent, rows, record_sel)
+    st.cfg = cfg
+    return st
+
+
+def output_bounds(st: DiffPass, C: Tensor) -> IBox:
+    """Bounds of ``C f`` ([B, S, K] -> ([B, S], [B, S])) from a forward pass."""
+    out = st.g.output
+    stop = st.g.nodes[out].inputs[0] if st.cfg is None else 0
     return two_sided(st, out, C, stop)

@@ -42,6 +42,54 @@ GRAPH_METHODS: dict[str, tuple[str, str, bool] | None] = {
 
 
 @dataclass
+class RowSlopes:
+    """alpha-CROWN's ReLU lower slopes, one per (start node, row, neuron), as auto_LiRPA keys them per start
+    node. ``sel[start]``: [R] the neurons of the start node whose bounds the rows are (the output node: its
+    specification rows, ``arange(S)``); ``alpha[start][v]``: [B, 2R, n_v] slopes of ReLU node v for the
+    start's lower-bound rows then its upper-bound rows (clamped to [0, 1] where used). Rows or nodes without
+    an entry use the method's own slopes. Any slope in [0, 1] gives a valid lower line of a ReLU whose box
+    crosses 0, so the bounds stay sound whatever the values."""
+
+    sel: dict[int, torch.Tensor]
+    alpha: dict[int, dict[int, torch.Tensor]]
+    #: per node, a box its refined bounds are intersected with (CROWN's own: the slopes then never
+    #: loosen an intermediate bound, as auto_LiRPA's reference bounds); a certified Box here, (l, u) in
+    #: the optimize mode
+    ref: list[Any] | None = None
+
+    def row_index(self, start: int, sel: torch.Tensor) -> torch.Tensor | None:
+        """For two-sided rows (lower rows of ``sel``'s neurons, then their upper rows): the index of each row
+        in ``alpha[start][.]`` or -1 where it has none; None when the start node has no slopes."""
+        mine = self.sel.get(start)
+        if mine is None or not self.alpha.get(start):
+            return None
+        n = int(max(int(mine.max()) if mine.numel() else 0, int(sel.max()) if sel.numel() else 0)) + 1
+        pos = torch.full((n,), -1, dtype=torch.int64)
+        pos[mine] = torch.arange(mine.numel())
+        p = pos[sel]
+        R = mine.numel()
+        return torch.cat([p, torch.where(p >= 0, p + R, p)])
+
+    def lower_slopes(self, start: int, v: int, ridx: torch.Tensor, base: torch.Tensor, l: torch.Tensor,
+                     u: torch.Tensor, b0: int = 0) -> torch.Tensor:
+        """The lower slopes of ReLU node v for rows ``ridx`` of ``start`` ([Bc, rows, n]), or ``base`` ([Bc, n])
+        where there are none; l, u: [Bc, n] the ReLU's input box, b0 the chunk's first sample."""
+        a = self.alpha.get(start, {}).get(v)
+        ok = ridx >= 0
+        if a is None or not bool(ok.any()):
+            return base
+        return _rows_from(a[b0:b0 + base.shape[0]], ridx, ok, base, l, u)
+
+
+def _rows_from(a: torch.Tensor, ridx: torch.Tensor, ok: torch.Tensor, base: torch.Tensor, l: torch.Tensor,
+               u: torch.Tensor) -> torch.Tensor:
+    Bc, n = base.shape
+    rows = a.index_select(1, ridx.clamp(min=0)).clamp(0, 1).to(base.dtype)
+    use = ((l < 0) & (u > 0))[:, None, :] & ok[None, :, None]
+    return torch.where(use, rows, base[:, None, :].expand(Bc, ridx.numel(), n)).contiguous()
+
+
+@dataclass
 class GraphPass:
     """State of one bound computation over a graph (explicit, never stored on the primitives)."""
 
@@ -52,6 +100,7 @@ class GraphPass:
     relax: list[Any]
     uf: dict[int, torch.Tensor] = field(default_factory=dict)
     opts: BoundOptions = DEFAULT_OPTIONS
+    rows: RowSlopes | None = None
 
 
 def _feeds_pool(g: Graph, v: int) -> bool:
@@ -111,7 +160,7 @@ def _initial_mag(st: GraphPass, start: int, b0: int, b1: int, S: int, dt: torch.
 
 
 def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor, b0: int,
-          b1: int) -> list[tuple[int, torch.Tensor]]:
+          b1: int, cur: tuple[int, torch.Tensor] | None = None) -> list[tuple[int, torch.Tensor]]:
     """Back-substitute rows lam [Bc, S, n_v] through node v: the rows on its inputs (bias, mag updated)."""
     nd = st.g.nodes[v]
     prim = nd.prim
@@ -128,6 +177,10 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
         return [(nd.inputs[0], out)]
     if isinstance(prim, (ReLU, Elementwise)):
         lo_s, up_s, up_b, zmag, lo_b = (None if t is None else t[b0:b1] for t in st.relax[v])
+        if cur is not None and st.rows is not None and isinstance(prim, ReLU):
+            b_in = st.box[nd.inputs[0]]
+            assert b_in is not None and lo_s is not None
+            lo_s = st.rows.lower_slopes(cur[0], v, cur[1], lo_s, b_in.l[b0:b1], b_in.u[b0:b1], b0)
         out = torch.empty(Bc, S, prim.n_in, dtype=dt)
         _C.backward_act(np_view(lam.contiguous()), np_view(lo_s), np_view(up_s),
                         e if lo_b is None else np_view(lo_b), np_view(up_b), np_view(zmag), np_view(out),
@@ -169,12 +222,14 @@ def _maxpool_step(st: GraphPass, v: int, prim: MaxPool2d, lam: torch.Tensor, bia
 
 
 def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0: int, b1: int,
-            stop: int = 0) -> torch.Tensor:
+            stop: int = 0, ridx: torch.Tensor | None = None) -> torch.Tensor:
     """Lower bound of ``lam . z_start + bias`` over the region for samples [b0, b1): [Bc, S].
 
     lam: [Bc or 1, S, n_start]; bias: [Bc, S]. Back-substitutes through the graph down to node ``stop``
-    and concretizes against the input region (stop 0) or node stop's interval box."""
+    and concretizes against the input region (stop 0) or node stop's interval box. ``ridx``: the rows' indices
+    in ``st.rows`` (alpha-CROWN's slopes; -1: the method's own)."""
     dt = lam.dtype
+    cur = None if ridx is None else (start, ridx)
     Bc, S = bias.shape
     bias = bias.clone()
     mag = _initial_mag(st, start, b0, b1, S, dt)
@@ -183,7 +238,7 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
         lam_v = pending.pop(v, None)
         if lam_v is None:
             continue
-        for w, t in _step(st, v, lam_v, bias, mag, b0, b1):
+        for w, t in _step(st, v, lam_v, bias, mag, b0, b1, cur):
             old = pending.get(w)
             if old is None:
                 pending[w] = t
@@ -211,9 +266,14 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
 
 
 def _two_sided(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0: int, b1: int,
-               stop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               stop: int = 0, sel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``lam . z_start + bias``; ``sel``: the neurons (or specification rows) the
+    rows are, for alpha-CROWN's per-row slopes (``st.rows``)."""
     S = lam.shape[1]
-    res = backsub(st, start, torch.cat([lam, -lam], 1), torch.cat([bias, -bias], 1), b0, b1, stop)
+    ridx = None
+    if st.rows is not None:
+        ridx = st.rows.row_index(start, torch.arange(S) if sel is None else sel)
+    res = backsub(st, start, torch.cat([lam, -lam], 1), torch.cat([bias, -bias], 1), b0, b1, stop, ridx)
     return res[:, :S], -res[:, S:]
 
 
@@ -255,7 +315,7 @@ def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int, spars
         if S:
             lam = torch.zeros(1, S, n, dtype=dt)
             lam[0, torch.arange(S), sel] = 1
-            l_new, u_new = _two_sided(st, v, lam, torch.zeros(b1 - b0, S, dtype=dt), b0, b1)
+            l_new, u_new = _two_sided(st, v, lam, torch.zeros(b1 - b0, S, dtype=dt), b0, b1, sel=sel)
             own = need[b0:b1][:, sel]
             if intersect:
                 l_new, u_new = torch.maximum(lo[b0:b1, sel], l_new), torch.minimum(hi[b0:b1, sel], u_new)
@@ -284,11 +344,12 @@ def _relax(prim: Layer, box: Box, slope: str, tangent: str) -> Any:
     return relax_tuple(prim, box, slope, tangent)
 
 
-def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: BoundOptions) -> GraphPass:
+def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: BoundOptions,
+                 rows: RowSlopes | None = None) -> GraphPass:
     """Interval bounds of every node, refined by back-substitution where the method asks, and the
-    relaxations of the nonlinear nodes."""
+    relaxations of the nonlinear nodes (``rows``: alpha-CROWN's per-row ReLU slopes)."""
     n = len(g.nodes)
-    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts)
+    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts, rows=rows)
     st.box[0] = Box(prob.l0, prob.u0)
     depth = _exact_depth(g, prob.p)
     for nd in g.nodes[1:]:
@@ -311,15 +372,24 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
                 any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
             st.box[nd.id] = _refine(st, nd.id, box, cfg[2], opts.lambda_bytes,
                                     sparse=cfg[2] and opts.intermediate == "sparse")
+            ref = None if rows is None or rows.ref is None else rows.ref[nd.id]
+            if ref is not None:  # both sound: their intersection is
+                b = st.box[nd.id]
+                assert b is not None
+                lo, hi = torch.maximum(b.l, ref.l), torch.minimum(b.u, ref.u)
+                bad = lo > hi
+                st.box[nd.id] = Box(torch.where(bad, hi, lo).contiguous(), torch.where(bad, lo, hi).contiguous())
     return st
 
 
-def node_boxes(g: Graph, prob: Any, method: str, opts: BoundOptions | None = None) -> list[Box | None]:
+def node_boxes(g: Graph, prob: Any, method: str, opts: BoundOptions | None = None,
+               rows: RowSlopes | None = None) -> list[Box | None]:
     """The box of every node's output (index = node id; 0 the input region's box) as ``method`` computes
-    them: interval bounds, refined by back-substitution where the method does. For the MIP encoder."""
+    them: interval bounds, refined by back-substitution where the method does (``rows``: alpha-CROWN's
+    slopes, with ``method="crown"``). For the MIP encoder."""
     if method not in GRAPH_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(GRAPH_METHODS)}")
-    return forward_pass(g, prob, GRAPH_METHODS[method], BoundOptions() if opts is None else opts).box
+    return forward_pass(g, prob, GRAPH_METHODS[method], BoundOptions() if opts is None else opts, rows).box
 
 
 def check_kw(g: Graph, method: str) -> None:
@@ -334,17 +404,21 @@ def check_kw(g: Graph, method: str) -> None:
 
 @torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
-                 C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None,
+                 rows: RowSlopes | None = None, boxes_out: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
-    ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`."""
+    ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`; ``rows``:
+    alpha-CROWN's per-row ReLU lower slopes (the output node's rows are C's); ``boxes_out``: a list that
+    receives every node's box (index = node id)."""
     check_fp_env()
     opts = BoundOptions() if opts is None else opts
     cfg = GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
     check_kw(g, method)
-    st = forward_pass(g, prob, cfg, opts)
+    st = forward_pass(g, prob, cfg, opts, rows)
+    if boxes_out is not None:
+        boxes_out.extend(st.box)
     out = g.output
     out_box = st.box[out]
     assert out_box is not None

@@ -21,9 +21,11 @@ from fastcert.algorithms.dispatch import network_bounds, nonlinear_kinds
 from fastcert.api import make_region
 from fastcert.attacks import TorchTwin, minimize_spec
 from fastcert.confirm import confirm_point
+from fastcert.mip.common import incomplete_bounds
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.stages import lp_stage, mip_stage
 from fastcert.network import Network
+from fastcert.options import AlphaOptions, BoundOptions
 
 __all__ = ["AttackPhase", "PropertyOptions", "PropertyRun", "as_properties", "conj_value", "decide"]
 
@@ -46,7 +48,8 @@ class AttackPhase:
 class PropertyOptions:
     """Options of :func:`decide` (frozen; the defaults are :func:`solve_property`'s).
 
-    bounds_method: the incomplete bounds; None: CROWN for ReLU networks, IBP otherwise.
+    bounds_method: the incomplete bounds (None: alpha-CROWN): of the output rows, and the pre-activation
+    bounds the LP / MIP start from.
     early_attack: a phase before the bounds (VNN-COMP: a quick one); attack: the phase after them;
     polish: PGD from the LP-relaxation points. None disables a phase.
     lp_refine / refine_fraction: per-neuron LP refinement of the pre-activation bounds, at most that
@@ -54,7 +57,7 @@ class PropertyOptions:
     default in the second). use_mip: run the LP / MIP stages. min_mip_s: they do not start with less
     time left (building the model is not covered by HiGHS's time limit). seed: of the attacks."""
 
-    bounds_method: str | None = "crown"
+    bounds_method: str | None = "alpha-crown"
     early_attack: AttackPhase | None = None
     attack: AttackPhase | None = AttackPhase(8, 100, 0.1, 10.0)
     polish: AttackPhase | None = AttackPhase(1, 50, 0.05, 5.0)
@@ -98,9 +101,10 @@ class PropertyRun:
         # the MIP / LP stages encode graphs of affine / ReLU / Add / Concat / MaxPool nodes
         self.graph = ir.graph_for(shape)
         self.encodable = set(self.acts) <= {"relu", "maxpool"}
-        self.method = opts.bounds_method or "crown"  # every registered primitive has a linear relaxation
+        self.method = opts.bounds_method or "alpha-crown"  # every registered primitive has a linear relaxation
         self.jobs: list[dict[str, Any]] = []
         self.probs: dict[int, Any] = {}
+        self.pre: dict[int, Any] = {}  # per disjunct: the pre-activation bounds of the bounds stage
         self.info: dict[str, Any] = {"stage": "", "reason": "", "conjunctions": self.jobs, "refine": [],
                                      "best_lower": -math.inf, "best_upper": math.inf, "activations": self.acts,
                                      "bounds_method": self.method, "attack_best": math.inf}
@@ -179,8 +183,7 @@ class PropertyRun:
                 raise RuntimeError("internal error: the bounded region differs from the disjunct's box")  # pragma: no cover
             self.probs[d] = prob
             rows = np.concatenate([j["A"] for j in dj], axis=0)
-            lb, ub = network_bounds(self.ir, self.shape, prob, torch.from_numpy(rows).unsqueeze(0), self.method)
-            lb, ub = lb[0].numpy(), ub[0].numpy()
+            lb, ub = self.disjunct_bounds(d, prob, rows, dj)
             r = 0
             for j in dj:
                 m, b = j["rows"], j["b"]
@@ -202,6 +205,34 @@ class PropertyRun:
                     return self.finish("sat", f"the conjunction holds on the whole box ({self.method} upper "
                                        "bound <= 0)", f"bounds:{self.method}", x)
         return None
+
+    def disjunct_bounds(self, d: int, prob: Any, rows: np.ndarray, dj: list) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of the disjunct's rows ([R] lower, upper). With alpha-CROWN: CROWN first; when it leaves a
+        job open, alpha-CROWN with the steps that fit a quarter of the time left (ten CROWN passes' time
+        each; none when not even one fits: the info's ``alpha_skipped`` counts those), one certified slope set
+        and intermediate slopes only while they are small. Its pre-activation bounds go to ``self.pre[d]``."""
+        C = torch.from_numpy(rows).unsqueeze(0)
+        if self.method != "alpha-crown":
+            lb, ub = network_bounds(self.ir, self.shape, prob, C, self.method)
+            return lb[0].numpy(), ub[0].numpy()
+        t = time.perf_counter()
+        lb, ub = network_bounds(self.ir, self.shape, prob, C, "crown")
+        t_crown = time.perf_counter() - t
+        lbn, r, open_ = lb[0].numpy(), 0, False
+        for j in dj:
+            open_ |= not np.any(lbn[r:r + j["rows"]] > j["b"])
+            r += j["rows"]
+        budget = 0.25 * self.left()
+        # a step (a differentiable CROWN pass and its backward) costs up to ~10 certify CROWN passes; the
+        # first pass and the certification ~4 steps
+        steps = min(20, int(budget / (10 * max(t_crown, 1e-4))) - 4)
+        if not open_ or steps < 1:
+            self.info["alpha_skipped"] = self.info.get("alpha_skipped", 0) + int(open_)
+            return lbn, ub[0].numpy()
+        aopts = BoundOptions(alpha=AlphaOptions(iterations=steps, time_limit=budget, candidates=1, max_bytes=16 << 20))
+        lb, ub, self.pre[d] = incomplete_bounds(self.ir, self.shape, prob, C, "alpha-crown", aopts)
+        self.info["alpha_steps"] = self.info.get("alpha_steps", 0) + steps
+        return lb[0].numpy(), ub[0].numpy()
 
     def attack_stage(self, phase: AttackPhase, seed: int, key: str, jobs: list | None = None,
                      starts: list | None = None, what: str = "attack_value") -> tuple[np.ndarray, dict] | None:

@@ -20,7 +20,7 @@ __all__ = ["solve_property", "verify_box"]
 
 
 def solve_property(net: Network | nn.Module, prop: Any, time_limit: float, *, input_shape: tuple | None = None,
-                   bounds_method: str = "crown", attack: bool = True, attack_restarts: int = 8, attack_steps: int = 100,
+                   bounds_method: str = "alpha-crown", attack: bool = True, attack_restarts: int = 8, attack_steps: int = 100,
                    lp_refine: bool = True, refine_fraction: float = 0.25, seed: int = 0,
                    heuristic_effort: float | None = None,
                    log: Callable[[str], None] | None = None,

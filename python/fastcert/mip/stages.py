@@ -75,8 +75,10 @@ def lp_stage(run: Any) -> tuple | None:
         dj = [j for j in run.open_jobs() if j["disjunct"] == d]
         if run.left() <= 0:
             return run.finish("timeout", "time limit reached during the LP stage", "lp")
-        pre = {i: (v[0][0].copy(), v[1][0].copy())
-               for i, v in node_bounds(run.ir, run.shape, run.probs[d], run.method).items()}
+        nb = run.pre.get(d)
+        if nb is None:  # alpha-CROWN skipped (CROWN closed the disjunct's jobs, or no time): CROWN's
+            nb = node_bounds(run.ir, run.shape, run.probs[d], "crown" if run.method == "alpha-crown" else run.method)
+        pre = {i: (v[0][0].copy(), v[1][0].copy()) for i, v in nb.items()}
         lo, hi = dj[0]["lo"], dj[0]["hi"]
         hit = _lp_round(run, dj, pre, run.method)
         if hit is None and run.opts.lp_refine and not all(j["closed"] for j in dj) and run.left() > 0:

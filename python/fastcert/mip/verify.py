@@ -14,13 +14,12 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.linear_bounds import METHODS
 from fastcert.api import make_region
 from fastcert.checks import as_tensor, norm_key
 from fastcert.confirm import into_region, output_upper
 from fastcert.graph.ir import Graph
-from fastcert.mip.common import augment, node_bounds
+from fastcert.mip.common import augment, incomplete_bounds
 from fastcert.mip.encoding import check_graph, encode_graph, sensitivity
 from fastcert.mip.highs import HighsOptions, margin_of, run_mip
 from fastcert.mip.lp_refine import Encoding, refine_bounds
@@ -97,8 +96,8 @@ def _check_args(model: Any, nk: str, bounds_method: str, time_limit: Any, lp_ref
         raise ValueError("norm='2': an L2 ball is not linear-representable; exact verification over it needs a "
                          "second-order-cone (MISOCP) solver, which fastcert.mip (HiGHS, MILP) does not have. "
                          "Use norm='inf' or '1', or fastcert.bounds for sound L2 bounds.")
-    if bounds_method not in METHODS:
-        raise ValueError(f"unknown bounds_method {bounds_method!r}; choose one of {sorted(METHODS)}")
+    if bounds_method not in METHODS and bounds_method != "alpha-crown":
+        raise ValueError(f"unknown bounds_method {bounds_method!r}; choose one of {sorted([*METHODS, 'alpha-crown'])}")
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     if isinstance(lp_refine, bool) or not isinstance(lp_refine, (int, float)) or not lp_refine >= 0:
@@ -204,7 +203,7 @@ def _solve_row(P: _Problem, b: int, s: int, target: int | None, enc: Encoding, p
 
 def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labels: Any = None, C: Any = None,
            x_min: Any = None, x_max: Any = None, time_limit: float = 60.0,
-           bounds_method: str = "crown", *, early_stop: bool = True, lp_refine: float = 0.0,
+           bounds_method: str = "alpha-crown", *, early_stop: bool = True, lp_refine: float = 0.0,
            options: HighsOptions | None = None) -> list[list[MIPResult]]:
     """Exact (MIP) verification of ``C f(x') > 0`` over the ball ∩ box, per sample and per row.
 
@@ -216,7 +215,10 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     verdicts are the same, often many times sooner); ``early_stop=False`` solves to optimality and
     reports the optimum in ``min_value`` (None with early stopping).
     lp_refine: seconds per sample for tightening the pre-activation bounds by per-neuron LPs
-    (:func:`fastcert.lp_refine.refine_bounds`; 0 = off, CROWN bounds only).
+    (:func:`fastcert.lp_refine.refine_bounds`; 0 = off, the incomplete bounds only).
+    bounds_method: the incomplete bounds (output and pre-activation) the MIP starts from: "alpha-crown"
+    (default: CROWN with optimized slopes, :class:`fastcert.AlphaOptions` defaults), or any method of
+    :func:`fastcert.bounds`.
     options: HiGHS tolerances and the margin (:class:`fastcert.mip.HighsOptions`; default values).
     """
     nk = norm_key(norm)
@@ -237,8 +239,7 @@ def verify(model: nn.Module | Network, x: Any, eps: Any, norm: Any = "inf", labe
     Ct, targets = _spec_rows(_reexec(ref_model, net, xd) if C is None else None, labels, C, B, K)
 
     # sound pre-activation boxes (prefix bounds) and rigorous output bounds
-    crown_lo, crown_up = network_bounds(net, shape, prob, Ct, bounds_method)
-    pre_all = node_bounds(net, shape, prob, bounds_method)
+    crown_lo, crown_up, pre_all = incomplete_bounds(net, shape, prob, Ct, bounds_method)
     P = _Problem(net, ref_model, g, shape, nk, Ct, crown_lo, crown_up, _domain(x_min, shape, -np.inf),
                  _domain(x_max, shape, np.inf), early_stop, options or HighsOptions())
     results: list[list[MIPResult]] = []

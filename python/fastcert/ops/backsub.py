@@ -80,17 +80,22 @@ def _(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("fastcert::concretize_box_backward", mutates_args=(), device_types="cpu")
-def concretize_box_backward(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`concretize_box` w.r.t. (lam, center, radius)."""
+def concretize_box_backward(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool, need_center: bool,
+                            need_radius: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`concretize_box` w.r.t. (lam, center, radius); empty where not asked."""
     dt = check("concretize_box_backward", ("lam", lam), ("center", center), ("radius", radius), ("g", g))
-    out = (torch.empty(lam.shape, dtype=dt), torch.empty(center.shape, dtype=dt), torch.empty(radius.shape, dtype=dt))
+    out = (torch.empty(lam.shape if need_lam else (0,), dtype=dt),
+           torch.empty(center.shape if need_center else (0,), dtype=dt),
+           torch.empty(radius.shape if need_radius else (0,), dtype=dt))
     _C.d_concretize_box_bwd(c(lam), c(center), c(radius), c(g), *out)
     return out
 
 
 @concretize_box_backward.register_fake
-def _(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(lam), torch.empty_like(center), torch.empty_like(radius)
+def _(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool, need_center: bool,
+      need_radius: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return (lam.new_empty(lam.shape if need_lam else (0,)), center.new_empty(center.shape if need_center else (0,)),
+            radius.new_empty(radius.shape if need_radius else (0,)))
 
 
 def _cb_setup(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -98,7 +103,9 @@ def _cb_setup(ctx: Any, inputs: tuple, output: Any) -> None:
 
 
 def _cb_backward(ctx: Any, g: Tensor) -> tuple:
-    return concretize_box_backward(*ctx.saved_tensors, g.contiguous())
+    nl, nc, nr = ctx.needs_input_grad
+    gl, gc, gr = concretize_box_backward(*ctx.saved_tensors, g.contiguous(), nl, nc, nr)
+    return (gl if nl else None), (gc if nc else None), (gr if nr else None)
 
 
 torch.library.register_autograd("fastcert::concretize_box", _cb_backward, setup_context=_cb_setup)

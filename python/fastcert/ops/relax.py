@@ -102,20 +102,27 @@ def _(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Ten
 
 @torch.library.custom_op("fastcert::relax_back_backward", mutates_args=(), device_types="cpu")
 def relax_back_backward(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor, g_out: Tensor,
-                        g_bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of :func:`relax_back` w.r.t. (lam, lo_s, up_s, lo_b, up_b); g_lo_b is empty when lo_b is None."""
+                        g_bias: Tensor, need_lo_s: bool = True, need_up_s: bool = True, need_lo_b: bool = True,
+                        need_up_b: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`relax_back` w.r.t. (lam, lo_s, up_s, lo_b, up_b); empty where not asked (g_lo_b also
+    when lo_b is None)."""
     dt = _check_back("relax_back_backward", lam, lo_s, up_s, lo_b, up_b)
-    g = [torch.empty(lam.shape, dtype=dt), torch.empty(lo_s.shape, dtype=dt), torch.empty(up_s.shape, dtype=dt),
-         torch.empty(up_b.shape if lo_b is not None else (0,), dtype=dt), torch.empty(up_b.shape, dtype=dt)]
+    g = [torch.empty(lam.shape, dtype=dt), torch.empty(lo_s.shape if need_lo_s else (0,), dtype=dt),
+         torch.empty(up_s.shape if need_up_s else (0,), dtype=dt),
+         torch.empty(up_b.shape if lo_b is not None and need_lo_b else (0,), dtype=dt),
+         torch.empty(up_b.shape if need_up_b else (0,), dtype=dt)]
     _C.d_relax_back_bwd(c(lam), c(lo_s), c(up_s), c(lo_b).to(dt), c(up_b), c(g_out), c(g_bias), *g)
     return g[0], g[1], g[2], g[3], g[4]
 
 
 @relax_back_backward.register_fake
 def _(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor, g_out: Tensor,
-      g_bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return (torch.empty_like(lam), torch.empty_like(lo_s), torch.empty_like(up_s),
-            up_b.new_empty(up_b.shape if lo_b is not None else (0,)), torch.empty_like(up_b))
+      g_bias: Tensor, need_lo_s: bool = True, need_up_s: bool = True, need_lo_b: bool = True,
+      need_up_b: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return (torch.empty_like(lam), lo_s.new_empty(lo_s.shape if need_lo_s else (0,)),
+            up_s.new_empty(up_s.shape if need_up_s else (0,)),
+            up_b.new_empty(up_b.shape if lo_b is not None and need_lo_b else (0,)),
+            up_b.new_empty(up_b.shape if need_up_b else (0,)))
 
 
 def _back_setup(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -126,9 +133,11 @@ def _back_setup(ctx: Any, inputs: tuple, output: Any) -> None:
 
 def _back_backward(ctx: Any, g_out: Tensor, g_bias: Tensor) -> tuple:
     lam, lo_s, up_s, lo_b, up_b = ctx.saved_tensors
+    _, n_ls, n_us, n_lb, n_ub = ctx.needs_input_grad
     g = relax_back_backward(lam, lo_s, up_s, lo_b if ctx.has_lo_b else None, up_b, g_out.contiguous(),
-                            g_bias.contiguous())
-    return g[0], g[1], g[2], (g[3] if ctx.has_lo_b else None), g[4]
+                            g_bias.contiguous(), n_ls, n_us, n_lb, n_ub)
+    return g[0], (g[1] if n_ls else None), (g[2] if n_us else None), (g[3] if ctx.has_lo_b and n_lb else None), \
+        (g[4] if n_ub else None)
 
 
 torch.library.register_autograd("fastcert::relax_back", _back_backward, setup_context=_back_setup)
