@@ -203,6 +203,8 @@ def test_alpha_options_are_checked() -> None:
         fastcert.AlphaOptions(optimize="upper")
     with pytest.raises(TypeError, match="BoundOptions.alpha"):
         fastcert.BoundOptions(alpha=20)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method='alpha-crown'"):
+        fastcert.differentiable_bounds(_mlp(), torch.rand(1, 1, 6, 6, dtype=D), 0.1, method="alpha-crown")
     with pytest.raises(ValueError, match="lower_slope applies"):
         fastcert.bounds(_mlp(), torch.rand(1, 1, 6, 6, dtype=D), 0.1, method="alpha-crown", lower_slope="zero")
 

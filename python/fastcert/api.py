@@ -153,7 +153,8 @@ def make_region(x: torch.Tensor, eps: Any, norm: str, x_min: Any, x_max: Any) ->
     return Problem(flat, e, NORMS[norm], lo, hi)
 
 
-def _prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, int]:
+def prepare(model: nn.Module | Network, x: Any, method: str) -> tuple[Network, torch.Tensor, int]:
+    """Check the method, the model's mode and x; returns (the converted network, x as a tensor, outputs K)."""
     if method not in METHODS and method != "alpha-crown":
         raise ValueError(f"unknown method {method!r}; choose one of {sorted([*METHODS, 'alpha-crown'])}")
     if isinstance(model, nn.Module) and model.training:
@@ -209,7 +210,7 @@ def bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", meth
     """
     t0 = time.perf_counter()
     x_in = x
-    net, x, K = _prepare(model, x, method)
+    net, x, K = prepare(model, x, method)
     nk = norm_key(norm)
     prob = make_region(x, eps, nk, x_min, x_max)
     Ct, C64 = spec_matrix(C, x, K)
@@ -246,15 +247,16 @@ def alpha_crown_bounds(net: Network, x: torch.Tensor, eps: Any, prob: Problem, C
     """alpha-CROWN (:mod:`fastcert.algorithms.alpha`): slopes optimized in the optimize mode, then the
     certified bound with them (graph engine, on the op graph) and the certified CROWN bound, the tighter
     per entry. x: [B, *shape]; Ct: [B, S, K]. Returns (lower, upper, the slopes)."""
-    from fastcert.algorithms.alpha import alpha_crown
+    from fastcert.algorithms.alpha import network_alpha_crown
 
     p64 = prob
     if x.dtype != torch.float64:  # the certified passes run in float64 (see alpha_crown)
         p64 = make_region(x.detach().double(), eps.detach() if isinstance(eps, torch.Tensor) else eps, norm,
                           x_min, x_max)
-    lo_a, up_a, cands, _ = alpha_crown(net.op_graph_for(tuple(x.shape[1:])), prob, Ct, C64, options, prob64=p64)
-    lo, up = network_bounds(net, tuple(x.shape[1:]), prob, Ct, "crown", C_exact=C64, opts=options)
-    return torch.maximum(lo, lo_a), torch.minimum(up, up_a), cands[0]
+    shape = tuple(x.shape[1:])
+    lo, up, cands, _ = network_alpha_crown(net, shape, prob, Ct, C64, options, graph=net.op_graph_for(shape),
+                                           prob64=p64)
+    return lo, up, cands[0]
 
 
 def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", labels: Any = None,
@@ -267,7 +269,7 @@ def certify(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", lab
     ``f_y - f_j`` (j != y) over the ball is > 0. See :class:`CertifyResult` for the fields.
     """
     t0 = time.perf_counter()
-    net, x, K = _prepare(model, x, method)
+    net, x, K = prepare(model, x, method)
     B = x.shape[0]
     with torch.no_grad():
         logits = net.forward(x)

@@ -159,10 +159,14 @@ def differentiable_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: st
         lb, _ = fastcert.differentiable_bounds(model, x, eps, method="crown-ibp", C=margin_spec)
         loss = torch.nn.functional.cross_entropy(-lb_padded, y); loss.backward()
     """
-    from fastcert.api import _prepare, make_region, spec_matrix
+    from fastcert.api import make_region, prepare, spec_matrix
 
+    if method == "alpha-crown":
+        raise ValueError("differentiable_bounds computes a bound for fixed relaxations; for alpha-CROWN (slopes "
+                         "optimized, then certified) call fastcert.bounds(..., method='alpha-crown'), whose bounds "
+                         "carry the gradient of the bound with the optimized slopes")
     check_diff_request(method, norm, None)
-    net, xd, K = _prepare(cached_network(model), x, method)
+    net, xd, K = prepare(cached_network(model), x, method)
     xt = x if isinstance(x, Tensor) else xd
     make_region(xd, eps.detach() if isinstance(eps, Tensor) else eps, norm_key(norm), x_min, x_max)  # checks only
     Ct = spec_matrix(C, xd, K)[0]

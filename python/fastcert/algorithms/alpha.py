@@ -16,16 +16,20 @@ keeps CROWN's intermediate bounds fixed and optimizes the output's slopes only; 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from fastcert.algorithms.diff import DiffPass, DiffRegion, diff_pass, output_bounds
-from fastcert.algorithms.graph_bounds import RowSlopes
+from fastcert.algorithms.dispatch import network_bounds
+from fastcert.algorithms.graph_bounds import RowSlopes, graph_bounds
 from fastcert.graph.ir import Graph
-from fastcert.options import AlphaOptions
+from fastcert.layers.base import Box
+from fastcert.options import AlphaOptions, BoundOptions
 from fastcert.primitives.relu import ReLU
+from fastcert.rounding import round_down, round_up
 
 
 def initial_rows(st: DiffPass, S: int, intermediate: bool, max_bytes: int = 1 << 62) -> RowSlopes:
@@ -92,7 +96,7 @@ class _Best:
             del self.snaps[k]
         return True
 
-    def candidates(self, sel: dict[int, Tensor], ref: Any, limit: int) -> list[RowSlopes]:
+    def candidates(self, sel: dict[int, Tensor], limit: int) -> list[RowSlopes]:
         """At most ``limit`` slope sets, each sample taking its own steps: the k-th set gives sample b the
         step that is best on the k-th most entries of b (its most frequent step where it has fewer)."""
         B = self.lo.shape[0]
@@ -115,7 +119,7 @@ class _Best:
                         if pick[b] != pick[0]:
                             t[b] = self.snaps[pick[b]][start][v][b]
                     alpha[start][v] = t
-            out.append(RowSlopes(sel, alpha, ref))
+            out.append(RowSlopes(sel, alpha))
         return out
 
 
@@ -145,7 +149,7 @@ def optimize_slopes(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, op
         _adam(g, reg, C, dtype, opts, tangent, st0 if not intermediate else None, rows, params, best, log,
               progress)
     log["nominal_lower"] = best.lo
-    return best.candidates(rows.sel, None, opts.candidates), log
+    return best.candidates(rows.sel, opts.candidates), log
 
 
 def _adam(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, opts: AlphaOptions, tangent: str,
@@ -153,8 +157,6 @@ def _adam(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, opts: AlphaO
           progress: Any) -> None:
     """Projected Adam steps; ``fixed``: the CROWN pass whose intermediate bounds are kept (only the output's
     slopes move), None: every step recomputes them with their slopes."""
-    import time
-
     stop = None if opts.time_limit is None else time.perf_counter() + opts.time_limit
     optim = torch.optim.Adam(params, lr=opts.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, opts.decay)
@@ -208,9 +210,6 @@ def alpha_crown(g: Graph, prob: Any, C: Tensor, C_exact: Tensor | None = None, o
     negligible, and are rounded outward to the dtype: a float32 network's weights and C are exact in float64,
     so these are bounds of the same network (the graph engine's float32 rounding analysis is much coarser
     than its float64 one, see docs/architecture.md)."""
-    from fastcert.options import BoundOptions
-    from fastcert.rounding import round_down, round_up
-
     opts = opts or BoundOptions()
     dt = prob.x0.dtype
     p64 = prob if prob64 is None else prob64
@@ -228,9 +227,6 @@ def _certify(g: Graph, prob: Any, C: Tensor, opts: Any, cands: list[RowSlopes],
              boxes: bool) -> tuple[Tensor, Tensor, list[Any] | None]:
     """The certified float64 bounds: CROWN's and those with each slope set, entrywise best (and, when asked,
     every node's box, intersected over the passes)."""
-    from fastcert.algorithms.graph_bounds import graph_bounds
-    from fastcert.layers.base import Box
-
     ref: list[Any] = []
     lo, up = graph_bounds(g, prob, C, "crown", opts=opts, boxes_out=ref)
     out_boxes = list(ref) if boxes else None
@@ -247,4 +243,16 @@ def _certify(g: Graph, prob: Any, C: Tensor, opts: Any, cands: list[RowSlopes],
     return lo, up, out_boxes
 
 
-__all__ = ["alpha_crown", "initial_rows", "optimize_slopes", "region_of"]
+def network_alpha_crown(net: Any, shape: tuple[int, ...], prob: Any, C: Tensor, C_exact: Tensor | None = None,
+                        opts: Any = None, *, graph: Graph | None = None, prob64: Any = None, boxes: bool = False,
+                        crown: tuple[Tensor, Tensor] | None = None
+                        ) -> tuple[Tensor, Tensor, list[RowSlopes], list[Any] | None]:
+    """:func:`alpha_crown` for a :class:`fastcert.Network` on ``graph`` (default ``net.graph_for(shape)``),
+    entrywise never looser than the engines' own CROWN bound of C f (``crown``: already computed)."""
+    g = net.graph_for(shape) if graph is None else graph
+    lo_a, up_a, cands, box = alpha_crown(g, prob, C, C_exact, opts, boxes=boxes, prob64=prob64)
+    lo, up = crown if crown is not None else network_bounds(net, shape, prob, C, "crown", C_exact=C_exact, opts=opts)
+    return torch.maximum(lo, lo_a), torch.minimum(up, up_a), cands, box
+
+
+__all__ = ["alpha_crown", "initial_rows", "network_alpha_crown", "optimize_slopes", "region_of"]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fastcert import ops
 from fastcert.algorithms import diff_relax as dr
-from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, _exact_depth, _feeds_pool, check_kw
+from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, exact_depth, feeds_pool, check_kw
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.nn import Normalize
@@ -273,7 +273,7 @@ def _unstable(g: Graph, v: int, box: IBox) -> Tensor:
     """[B, n] the neurons of node v whose bounds its nonlinear consumers' relaxations depend on (as the
     certify mode's rule)."""
     lo, hi = box[0].detach(), box[1].detach()
-    if _feeds_pool(g, v):
+    if feeds_pool(g, v):
         return lo < hi
     mask = torch.zeros_like(lo, dtype=torch.bool)
     for w in g.consumers[v]:
@@ -338,7 +338,7 @@ def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str
     n = len(g.nodes)
     st = DiffPass(g, prm, reg, [None] * n, [None] * n, rows, {} if record_sel else None)
     st.box[0] = (reg.center - reg.radius, reg.center + reg.radius)
-    depth = _exact_depth(g, reg.p)
+    depth = exact_depth(g, reg.p)
     for nd in g.nodes[1:]:
         p = nd.prim
         ins = [st.box[i] for i in nd.inputs]
@@ -351,9 +351,6 @@ def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str
                 not isinstance(p, (ReLU, Elementwise, Concat)) \
                 and any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
             box = _refine(st, nd.id, box, cfg[2])
-            ref = None if rows is None or rows.ref is None else rows.ref[nd.id]
-            if ref is not None:
-                box = torch.maximum(box[0], ref[0]), torch.minimum(box[1], ref[1])
         st.box[nd.id] = box
     return st
 

@@ -18,12 +18,10 @@ def network_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor,
     """Bounds of ``C f(x)`` over ``prob``'s region for a :class:`fastcert.Network` at per-sample input
     ``shape``: C [B, S, K] -> (lower, upper) [B, S] (see ``linear_bounds`` for the arguments). The graph
     engine alone implements ``BoundOptions(intermediate="sparse")``: such chains run there."""
-    if method == "alpha-crown":  # on the graph the MIP encodes, never looser than the engine's CROWN
-        from fastcert.algorithms.alpha import alpha_crown
+    if method == "alpha-crown":  # on the graph the MIP encodes (a float64 problem), never looser than CROWN
+        from fastcert.algorithms.alpha import network_alpha_crown
 
-        lo_a, up_a, _, _ = alpha_crown(net.graph_for(shape), prob, C, C_exact, opts)
-        lo, up = network_bounds(net, shape, prob, C, "crown", None, C_exact, opts)
-        return torch.maximum(lo, lo_a), torch.minimum(up, up_a)
+        return network_alpha_crown(net, shape, prob, C, C_exact, opts)[:2]
     if net.chain and (opts is None or opts.intermediate == "intersect"):
         return linear_bounds(net.layers_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)
     return graph_bounds(net.graph_for(shape), prob, C, method, lower_slope, C_exact=C_exact, opts=opts)

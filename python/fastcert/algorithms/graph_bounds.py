@@ -52,9 +52,8 @@ class RowSlopes:
 
     sel: dict[int, torch.Tensor]
     alpha: dict[int, dict[int, torch.Tensor]]
-    #: per node, a box its refined bounds are intersected with (CROWN's own: the slopes then never
-    #: loosen an intermediate bound, as auto_LiRPA's reference bounds); a certified Box here, (l, u) in
-    #: the optimize mode
+    #: certify mode: per node, a certified Box its refined bounds are intersected with (CROWN's own: the
+    #: slopes then never loosen an intermediate bound); the optimize mode does not intersect (as auto_LiRPA)
     ref: list[Any] | None = None
 
     def row_index(self, start: int, sel: torch.Tensor) -> torch.Tensor | None:
@@ -103,12 +102,12 @@ class GraphPass:
     rows: RowSlopes | None = None
 
 
-def _feeds_pool(g: Graph, v: int) -> bool:
+def feeds_pool(g: Graph, v: int) -> bool:
     """Whether node v's box reaches a max pool's relaxation through elementwise nodes / concatenations
     (then the bounds of all its neurons matter, not only of those where an activation has a kink)."""
     for w in g.consumers[v]:
         p = g.nodes[w].prim
-        if isinstance(p, MaxPool2d) or (isinstance(p, (ReLU, Elementwise, Concat)) and _feeds_pool(g, w)):
+        if isinstance(p, MaxPool2d) or (isinstance(p, (ReLU, Elementwise, Concat)) and feeds_pool(g, w)):
             return True
     return False
 
@@ -116,7 +115,7 @@ def _feeds_pool(g: Graph, v: int) -> bool:
 def _unstable(st: GraphPass, v: int, box: Box) -> torch.Tensor:
     """[B, n] the neurons of node v whose bounds the relaxations of v's nonlinear consumers depend on."""
     mask = torch.zeros_like(box.l, dtype=torch.bool)
-    if _feeds_pool(st.g, v):
+    if feeds_pool(st.g, v):
         return box.l < box.u
     for w in st.g.consumers[v]:
         p = st.g.nodes[w].prim
@@ -322,11 +321,16 @@ def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int, spars
             lo[b0:b1, sel] = torch.where(own, l_new, lo[b0:b1, sel])
             hi[b0:b1, sel] = torch.where(own, u_new, hi[b0:b1, sel])
         b0 = b1
-    bad = lo > hi  # only rounding on a degenerate box can cross them: swapping keeps it sound
+    return _ordered(lo, hi)
+
+
+def _ordered(lo: torch.Tensor, hi: torch.Tensor) -> Box:
+    """The box of two sound bounds; only rounding on a degenerate box can cross them: swapping keeps it sound."""
+    bad = lo > hi
     return Box(torch.where(bad, hi, lo).contiguous(), torch.where(bad, lo, hi).contiguous())
 
 
-def _exact_depth(g: Graph, p: int) -> list[float]:
+def exact_depth(g: Graph, p: int) -> list[float]:
     """Per node: how many non-elementwise affine maps separate it from the input along a path of
     single-input affine nodes (inf otherwise); interval bounds are exact on a box for depth <= 1."""
     depth = [0.0] + [float("inf")] * (len(g.nodes) - 1)
@@ -351,7 +355,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
     n = len(g.nodes)
     st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts, rows=rows)
     st.box[0] = Box(prob.l0, prob.u0)
-    depth = _exact_depth(g, prob.p)
+    depth = exact_depth(g, prob.p)
     for nd in g.nodes[1:]:
         prim = nd.prim
         assert prim is not None
@@ -376,9 +380,7 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
             if ref is not None:  # both sound: their intersection is
                 b = st.box[nd.id]
                 assert b is not None
-                lo, hi = torch.maximum(b.l, ref.l), torch.minimum(b.u, ref.u)
-                bad = lo > hi
-                st.box[nd.id] = Box(torch.where(bad, hi, lo).contiguous(), torch.where(bad, lo, hi).contiguous())
+                st.box[nd.id] = _ordered(torch.maximum(b.l, ref.l), torch.minimum(b.u, ref.u))
     return st
 
 

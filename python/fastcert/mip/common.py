@@ -35,19 +35,12 @@ def prefix_bounds(layers: list, prob: Any, method: str) -> dict[int, tuple[np.nd
     return pre
 
 
-def node_bounds(net: Any, shape: tuple[int, ...], prob: Any, method: str,
-                C: torch.Tensor | None = None, opts: Any = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def node_bounds(net: Any, shape: tuple[int, ...], prob: Any, method: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Sound bounds ``(l, u)``, each [B, n_v], of the output of every node v read by a ReLU or max pool of
     ``net.graph_for(shape)``. A chain: :func:`prefix_bounds` (``method`` on each prefix; activation layer i
     reads node i, so the keys agree); a graph: the graph engine's boxes (interval bounds refined by
     back-substitution where ``method`` does, :func:`fastcert.algorithms.graph_bounds.node_boxes`).
-    ``method="alpha-crown"``: see :func:`incomplete_bounds` (C: the specification it optimizes for)."""
-    if method == "alpha-crown":
-        g = net.graph_for(shape)
-        K = g.n(g.output)
-        if C is None:
-            C = torch.eye(K, dtype=prob.x0.dtype).expand(prob.x0.shape[0], K, K)
-        return incomplete_bounds(net, shape, prob, C, method, opts)[2]
+    alpha-CROWN's: :func:`incomplete_bounds`."""
     if net.chain:
         return prefix_bounds(net.layers_for(shape), prob, method)
     g = net.graph_for(shape)
@@ -59,27 +52,26 @@ def _keyed(g: Any, box: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return {v: (box[v].l.numpy().copy(), box[v].u.numpy().copy()) for v in keys}
 
 
-def incomplete_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor, method: str,
-                      opts: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple[np.ndarray, np.ndarray]]]:
+def incomplete_bounds(net: Any, shape: tuple[int, ...], prob: Any, C: torch.Tensor, method: str, opts: Any = None,
+                      crown: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """The bounds a MIP starts from: of ``C f`` ([B, S, K] -> lower, upper [B, S]) and of every node a ReLU
     or max pool reads (:func:`node_bounds`' keys). ``method="alpha-crown"``: one alpha-CROWN run for C
-    (:func:`fastcert.algorithms.alpha.alpha_crown`) gives both, each never looser than CROWN's; ``opts``:
-    its :class:`fastcert.BoundOptions`."""
+    (:func:`fastcert.algorithms.alpha.network_alpha_crown`; ``crown``: CROWN's bounds of C f when already
+    computed) gives both, each never looser than CROWN's; ``opts``: its :class:`fastcert.BoundOptions`."""
     C = C.to(prob.x0.dtype).contiguous()
     if method != "alpha-crown":
         lo, up = network_bounds(net, shape, prob, C, method)
         return lo, up, node_bounds(net, shape, prob, method)
-    from fastcert.algorithms.alpha import alpha_crown
+    from fastcert.algorithms.alpha import network_alpha_crown
 
-    g = net.graph_for(shape)
-    lo_a, up_a, _, box = alpha_crown(g, prob, C, opts=opts, boxes=True)
+    lo, up, _, box = network_alpha_crown(net, shape, prob, C, opts=opts, boxes=True, crown=crown)
     assert box is not None
-    lo, up = network_bounds(net, shape, prob, C, "crown")
-    pre = _keyed(g, box)
+    pre = _keyed(net.graph_for(shape), box)
     if net.chain:  # never looser than the chain engine's prefix bounds
         ref = prefix_bounds(net.layers_for(shape), prob, "crown")
         pre = {v: (np.maximum(lo_c, pre[v][0]), np.minimum(hi_c, pre[v][1])) for v, (lo_c, hi_c) in ref.items()}
-    return torch.maximum(lo, lo_a), torch.minimum(up, up_a), pre
+    return lo, up, pre
 
 
 def augment(enc: Encoding, lo: np.ndarray, hi: np.ndarray, rows: sp.spmatrix, rlo: np.ndarray,

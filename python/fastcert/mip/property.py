@@ -230,7 +230,7 @@ class PropertyRun:
             self.info["alpha_skipped"] = self.info.get("alpha_skipped", 0) + int(open_)
             return lbn, ub[0].numpy()
         aopts = BoundOptions(alpha=AlphaOptions(iterations=steps, time_limit=budget, candidates=1, max_bytes=16 << 20))
-        lb, ub, self.pre[d] = incomplete_bounds(self.ir, self.shape, prob, C, "alpha-crown", aopts)
+        lb, ub, self.pre[d] = incomplete_bounds(self.ir, self.shape, prob, C, "alpha-crown", aopts, crown=(lb, ub))
         self.info["alpha_steps"] = self.info.get("alpha_steps", 0) + steps
         return lb[0].numpy(), ub[0].numpy()
 
