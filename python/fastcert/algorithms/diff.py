@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fastcert import ops
 from fastcert.algorithms import diff_relax as dr
-from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, exact_depth, feeds_pool, check_kw
+from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, check_kw, exact_depth, unstable
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.nn import Normalize
@@ -269,29 +269,13 @@ def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor 
     return both[:, :S], -both[:, S:]
 
 
-def _unstable(g: Graph, v: int, box: IBox) -> Tensor:
-    """[B, n] the neurons of node v whose bounds its nonlinear consumers' relaxations depend on (as the
-    certify mode's rule)."""
-    lo, hi = box[0].detach(), box[1].detach()
-    if feeds_pool(g, v):
-        return lo < hi
-    mask = torch.zeros_like(lo, dtype=torch.bool)
-    for w in g.consumers[v]:
-        p = g.nodes[w].prim
-        if isinstance(p, (ReLU, Elementwise)):
-            mask |= p.unstable(Box(lo, hi))
-        elif isinstance(p, MaxPool2d):
-            mask |= lo < hi
-    return mask
-
-
 def _refine(st: DiffPass, v: int, box: IBox, intersect: bool) -> IBox:
     """Back-substitution bounds of node v's neurons that its nonlinear consumers need (CROWN: the unstable
     ones, intersected with the interval bound) or of all of them (Fast-Lin)."""
     lo, hi = box
     B, n = lo.shape
     if intersect:
-        need = _unstable(st.g, v, box)
+        need = unstable(st.g, v, Box(box[0].detach(), box[1].detach()))
     else:
         need = torch.ones_like(lo, dtype=torch.bool)
     if st.rows is not None and v in st.rows.sel:  # alpha-CROWN: the rows its slopes were made for

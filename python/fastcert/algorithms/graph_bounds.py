@@ -112,13 +112,13 @@ def feeds_pool(g: Graph, v: int) -> bool:
     return False
 
 
-def _unstable(st: GraphPass, v: int, box: Box) -> torch.Tensor:
+def unstable(g: Graph, v: int, box: Box) -> torch.Tensor:
     """[B, n] the neurons of node v whose bounds the relaxations of v's nonlinear consumers depend on."""
     mask = torch.zeros_like(box.l, dtype=torch.bool)
-    if feeds_pool(st.g, v):
+    if feeds_pool(g, v):
         return box.l < box.u
-    for w in st.g.consumers[v]:
-        p = st.g.nodes[w].prim
+    for w in g.consumers[v]:
+        p = g.nodes[w].prim
         if isinstance(p, (ReLU, Elementwise)):
             mask |= p.unstable(box)
         elif isinstance(p, MaxPool2d):
@@ -303,7 +303,7 @@ def _refine(st: GraphPass, v: int, box: Box, intersect: bool, budget: int, spars
     if sparse:
         need, intersect = _sparse_need(st, v, box), False
     else:
-        need = _unstable(st, v, box) if intersect else torch.ones_like(box.l, dtype=torch.bool)
+        need = unstable(st.g, v, box) if intersect else torch.ones_like(box.l, dtype=torch.bool)
     lo, hi = box.l.clone(), box.u.clone()
     b0 = 0
     while b0 < B:
