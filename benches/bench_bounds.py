@@ -36,7 +36,6 @@ import fastcert
 import pytest
 import torch
 from fastcert._ext import _C
-from fastcert.layers.base import np_view
 from fastcert.reference import crown as ref
 
 from benches import peers, roofline
@@ -170,7 +169,7 @@ def _sgemm(M: int, K: int, N: int) -> Any:
     w = torch.rand(N, K, generator=torch.Generator().manual_seed(1))
     b = torch.zeros(N)
     out = torch.empty(M, N)
-    av, wv, bv, ov = np_view(a), np_view(w), np_view(b), np_view(out)
+    av, wv, bv, ov = a, w, b, out
     return lambda: _C.dense_forward(av, wv, bv, ov)
 
 

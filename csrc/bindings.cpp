@@ -1,6 +1,6 @@
 // The one PYBIND11_MODULE of fastcert: every exported kernel is listed here.
 // Each kernel exists for float32 and float64; pybind11 picks the overload by dtype, and since the
-// array casters do not convert, a dtype mismatch is a TypeError rather than a silent copy.
+// View<T> caster (fastcert/view.h) does not convert, a dtype mismatch is a TypeError rather than a silent copy.
 #include <dirent.h>
 #include <omp.h>
 
@@ -22,7 +22,7 @@ void def_diff_ops(py::module_& m);  // csrc/diff/ops.cpp: kernels of the differe
 }
 
 template <typename T>
-static void step_outward(const Arr<T>& x, Arr<T>& out_up, Arr<T>& out_down) {
+static void step_outward(const View<T>& x, View<T>& out_up, View<T>& out_down) {
   expect_size(out_up.size(), x.size(), "out_up");
   expect_size(out_down.size(), x.size(), "out_down");
   const T* X = ro(x, "x");
@@ -35,7 +35,7 @@ static void step_outward(const Arr<T>& x, Arr<T>& out_up, Arr<T>& out_down) {
 }
 
 template <typename T>
-static void step_up_pos(const Arr<T>& x, Arr<T>& out) {
+static void step_up_pos(const View<T>& x, View<T>& out) {
   expect_size(out.size(), x.size(), "out");
   const T* X = ro(x, "x");
   T* O = mut(out, "out");
@@ -62,11 +62,19 @@ static void def_all(py::module_& m) {
   m.def("bias_mag", &bias_mag<T>, py::arg("lam").noconvert(), py::arg("bvec").noconvert(), py::arg("g").noconvert(), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma_g"), py::arg("gamma_b"), py::arg("bias_hi").noconvert());
   m.def("concretize", &concretize<T>, py::arg("lam").noconvert(), py::arg("x0").noconvert(), py::arg("l0").noconvert(), py::arg("u0").noconvert(), py::arg("eps").noconvert(), py::arg("p"), py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("gamma"), py::arg("out").noconvert(), py::arg("bias_hi").noconvert(), py::arg("out_hi").noconvert());
   m.def("conv_forward", &conv_forward<T>, py::arg("x").noconvert(), py::arg("W").noconvert(), py::arg("b").noconvert(), py::arg("out").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("work").noconvert());
-  m.def("interval_conv", &interval_conv<T>, py::arg("l").noconvert(), py::arg("u").noconvert(),
-        py::arg("W").noconvert(), py::arg("absW").noconvert(), py::arg("b").noconvert(), py::arg("gamma"),
-        py::arg("tiny"), py::arg("out_l").noconvert(), py::arg("out_u").noconvert(), py::arg("out_g").noconvert(),
-        py::arg("H"), py::arg("W_in"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
-        py::arg("chunk") = 0, py::arg("wsum").noconvert() = Arr<T>());
+  m.def(
+      "interval_conv",
+      [](const View<T>& l, const View<T>& u, const View<T>& W, const View<T>& absW, const View<T>& b, double gamma,
+         double tiny, View<T>& out_l, View<T>& out_u, View<T>& out_g, int H, int W_in, int sh, int sw, int ph, int pw,
+         int chunk, const py::object& wsum) {
+        View<T> ws;  // empty: no kernel sums given
+        if (!wsum.is_none()) ws = wsum.cast<View<T>>();
+        interval_conv<T>(l, u, W, absW, b, gamma, tiny, out_l, out_u, out_g, H, W_in, sh, sw, ph, pw, chunk, ws);
+      },
+      py::arg("l").noconvert(), py::arg("u").noconvert(), py::arg("W").noconvert(), py::arg("absW").noconvert(),
+      py::arg("b").noconvert(), py::arg("gamma"), py::arg("tiny"), py::arg("out_l").noconvert(),
+      py::arg("out_u").noconvert(), py::arg("out_g").noconvert(), py::arg("H"), py::arg("W_in"), py::arg("sh"),
+      py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("chunk") = 0, py::arg("wsum") = py::none());
   m.def("all_finite", &all_finite<T>, py::arg("x").noconvert(), "Whether every entry of x is finite.");
   m.def("region_box", &region_box<T>, py::arg("x").noconvert(), py::arg("e").noconvert(), py::arg("xmin").noconvert(),
         py::arg("xmax").noconvert(), py::arg("lo").noconvert(), py::arg("hi").noconvert(),
@@ -90,8 +98,10 @@ static void def_all(py::module_& m) {
         py::arg("bias").noconvert(), py::arg("mag").noconvert(), py::arg("bias_hi").noconvert(),
         py::arg("block_rows"), py::arg("work").noconvert(), py::arg("v").noconvert(), py::arg("cin").noconvert());
   m.def("ibp_chain", &ibp_chain<T>, py::arg("steps"), py::arg("l0").noconvert(), py::arg("u0").noconvert(),
-        py::arg("C").noconvert(), py::arg("eps").noconvert(), py::arg("gamma64"),
-        "IBP of a chain of dense / conv2d / ReLU layers in one call (see csrc/ibp/chain.cpp): (lower, upper, code).");
+        py::arg("C").noconvert(), py::arg("eps").noconvert(), py::arg("gamma64"), py::arg("out_lower").noconvert(),
+        py::arg("out_upper").noconvert(),
+        "IBP of a chain of dense / conv2d / ReLU layers in one call (see csrc/ibp/chain.cpp): fills out_lower, "
+        "out_upper [B, S]; returns -1 on success, else the overflow code.");
   m.def("affine_center", &affine_center<T>, py::arg("lam").noconvert(), py::arg("lam_out").noconvert(),
         py::arg("v").noconvert(), py::arg("cin").noconvert(), py::arg("w").noconvert(), py::arg("bias").noconvert(),
         py::arg("mag").noconvert(), py::arg("bias_hi").noconvert());
@@ -158,7 +168,7 @@ bool fp_env_ok_all() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastcert compiled core (torch-agnostic; float32/float64 C-contiguous buffers)";
+  m.doc() = "fastcert compiled core (no libtorch, no numpy: kernels take pointer + shape views of C-contiguous float32/float64 tensors or buffers)";
   py::enum_<LowerSlope>(m, "LowerSlope", "The lower slope of an unstable ReLU neuron (relu_relax).")
       .value("adaptive", LowerSlope::adaptive)
       .value("parallel", LowerSlope::parallel)
@@ -182,9 +192,11 @@ PYBIND11_MODULE(_C, m) {
         py::ssize_t i = 0;
         for (const py::handle h : xs) {
           bool ok;
-          if (py::isinstance<Arr<float>>(h)) ok = all_finite<float>(h.cast<Arr<float>>());
-          else if (py::isinstance<Arr<double>>(h)) ok = all_finite<double>(h.cast<Arr<double>>());
-          else throw std::invalid_argument("first_nonfinite: every item must be a C-contiguous float32 or float64 array");
+          py::detail::make_caster<View<float>> f32;
+          py::detail::make_caster<View<double>> f64;
+          if (f32.load(h, false)) ok = all_finite<float>(py::detail::cast_op<View<float>&>(f32));
+          else if (f64.load(h, false)) ok = all_finite<double>(py::detail::cast_op<View<double>&>(f64));
+          else throw std::invalid_argument("first_nonfinite: every item must be a C-contiguous float32 or float64 tensor");
           if (!ok) return i;
           ++i;
         }

@@ -107,7 +107,7 @@ def test_any_row_slopes_are_sound(net, reg) -> None:
 def test_per_row_kernel_equals_per_neuron_when_rows_agree() -> None:
     """_C.backward_act with [B, S, n] slopes and intercepts that repeat the [B, n] ones: the same outputs."""
     from fastcert._ext import _C
-    from fastcert.layers.base import empty_like_dtype, np_view
+    from fastcert.layers.base import empty_like_dtype
 
     g = torch.Generator().manual_seed(0)
     B, S, n = 3, 5, 7
@@ -118,8 +118,8 @@ def test_per_row_kernel_equals_per_neuron_when_rows_agree() -> None:
 
     def run(ls_, us_, lb_, ub_):
         out, bias, mag = torch.empty(B, S, n, dtype=D), torch.zeros(B, S, dtype=D), torch.zeros(B, S, dtype=D)
-        _C.backward_act(np_view(lam), np_view(ls_), np_view(us_), np_view(lb_), np_view(ub_), np_view(zm),
-                        np_view(out), np_view(bias), np_view(mag), 1e-15, 1e-14, e)
+        _C.backward_act(lam, ls_, us_, lb_, ub_, zm,
+                        out, bias, mag, 1e-15, 1e-14, e)
         return out, bias, mag
 
     ref = run(ls, us, lb, ub)

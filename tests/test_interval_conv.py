@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastcert._ext import _C
-from fastcert.layers.base import Box, interval_affine, np_view
+from fastcert.layers.base import Box, interval_affine
 from fastcert.primitives.conv2d import Conv2d
 from fastcert.rounding import gamma_n, underflow_slack
 
@@ -72,8 +72,8 @@ def test_interval_conv_contains_the_exact_box_image(dtype: torch.dtype, cfg: dic
     bc = torch.empty(0, dtype=dtype) if b is None else b.to(dtype)
     gamma = 2.0 * (L.fan_in + 2) * torch.finfo(dtype).eps
     tiny = float(torch.finfo(dtype).tiny)
-    _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(bc), gamma, tiny, np_view(lo), np_view(hi),
-                     np_view(g), cfg["H"], cfg["W"], cfg["s"], cfg["s"], cfg["p"], cfg["p"], chunk)
+    _C.interval_conv(l, u, p.W, p.absW, bc, gamma, tiny, lo, hi,
+                     g, cfg["H"], cfg["W"], cfg["s"], cfg["s"], cfg["p"], cfg["p"], chunk)
     el, eu, eg = _exact(L, W, b, l, u)
     # the float64 reference is itself within ~1e-13 (relative) of exact: inside the kernel's gamma slack
     assert (lo.double() <= el).all() and (hi.double() >= eu).all()
@@ -94,13 +94,13 @@ def test_interval_affine_uses_the_fused_conv_step_and_it_equals_the_unfused_one(
     l, u = _box(L.n_in, 9, dtype, seed=4)
     got, g = interval_affine(L, Box(l, u))
     c, r, h = (torch.empty_like(l) for _ in range(3))
-    _C.interval_prep(np_view(l), np_view(u), np_view(c), np_view(r), np_view(h))
+    _C.interval_prep(l, u, c, r, h)
     mc, mr, mg = L.forward(c), L.forward_abs(r), L.forward_abs(h)
     lo, hi = torch.empty_like(mc), torch.empty_like(mc)
     gamma = gamma_n(L.fan_in, dtype)
     tiny = max(underflow_slack(L.fan_in, dtype), torch.finfo(dtype).tiny)
-    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(L.params(dtype).absbias), gamma, tiny,
-                       np_view(lo), np_view(hi))
+    _C.interval_finish(mc, mr, mg, L.params(dtype).absbias, gamma, tiny,
+                       lo, hi)
     eps = torch.finfo(dtype).eps
     scale = 1.0 + float(mg.abs().max())
     for a, bb in ((got.l, lo), (got.u, hi), (g, mg)):
@@ -166,14 +166,14 @@ def test_eval_err_max_equals_the_torch_steps(dt: torch.dtype) -> None:
     pu = (pl.double() + torch.rand(B, n, generator=g, dtype=torch.float64)).to(dt)
     gamma64, uf, lip, rel, ab = 3.1e-14, 2.2e-308, 1.5, 4.4e-16, 4.1e-308
     out = torch.empty(B, dtype=torch.float64)
-    _C.eval_err_max(np_view(G), np_view(rowabs), np_view(emax), gamma64, uf, lip, np_view(pl), np_view(pu), rel, ab,
-                    np_view(out))
+    _C.eval_err_max(G, rowabs, emax, gamma64, uf, lip, pl, pu, rel, ab,
+                    out)
     E = gamma64 * G.double() + rowabs * emax[:, None] + uf
     E = lip * E + rel * torch.maximum(pl.abs(), pu.abs()).double() + ab
     assert torch.equal(out, E.amax(1))
     G[3, 17] = float("nan")
-    _C.eval_err_max(np_view(G), np_view(rowabs), np_view(emax), gamma64, uf, lip, np_view(pl), np_view(pu), rel, ab,
-                    np_view(out))
+    _C.eval_err_max(G, rowabs, emax, gamma64, uf, lip, pl, pu, rel, ab,
+                    out)
     assert torch.isnan(out[3]) and torch.isfinite(out[[0, 1, 2, 4]]).all()
 
 
@@ -222,9 +222,9 @@ def _window_step(L: Conv2d, l: torch.Tensor, u: torch.Tensor, wsum: torch.Tensor
     gamma = gamma_n(L.fan_in, dt)
     tiny = max(underflow_slack(L.fan_in, dt), torch.finfo(dt).tiny)
     _, H, W = L.in_shape
-    _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(L.params(dt).bias[:0] if L.b64 is None
-                     else L.b64.to(dt)), gamma, tiny, np_view(lo), np_view(hi), np_view(g), H, W, L.stride[0],
-                     L.stride[1], L.padding[0], L.padding[1], chunk, np_view(wsum))
+    _C.interval_conv(l, u, p.W, p.absW, L.params(dt).bias[:0] if L.b64 is None
+                     else L.b64.to(dt), gamma, tiny, lo, hi, g, H, W, L.stride[0],
+                     L.stride[1], L.padding[0], L.padding[1], chunk, wsum)
     return lo, hi, g
 
 
@@ -292,7 +292,7 @@ def test_window_magnitude_only_in_float32_ibp(monkeypatch: pytest.MonkeyPatch) -
     fc = fastcert.Network.from_torch(net, input_shape=(2, 8, 8))
     for dt, want in ((torch.float32, False), (torch.float64, True)):
         convs = [L for L in fc.layers_for((2, 8, 8)) if isinstance(L, Conv2d)]
-        assert len(convs) == 2 and all((chain_step(L, dt)[12].size == 0) == want for L in convs)
+        assert len(convs) == 2 and all((chain_step(L, dt)[12].numel() == 0) == want for L in convs)
     with monkeypatch.context() as m:  # the Python-driven path
         m.setattr(lb, "ibp_chain", lambda *a: None)
         for dt, method, want in ((torch.float32, "ibp", False), (torch.float64, "ibp", True),

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastcert._ext import _C
-from fastcert.layers.base import Box, interval_affine, np_view
+from fastcert.layers.base import Box, interval_affine
 from fastcert.primitives.conv2d import Conv2d
 from fastcert.primitives.linear import Dense
 from fastcert.primitives.relu import ReLU
@@ -234,16 +234,16 @@ def test_backward_act_bias_mag_concretize_against_torch() -> None:
     up_b, zmag = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
     out = torch.empty_like(lam)
     bias, mag = torch.zeros(B, S, dtype=torch.float64), torch.zeros(B, S, dtype=torch.float64)
-    e = np_view(torch.empty(0, dtype=torch.float64))
-    _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), e, np_view(up_b), np_view(zmag), np_view(out),
-                    np_view(bias), np_view(mag), 1.0, 0.0, e)
+    e = torch.empty(0, dtype=torch.float64)
+    _C.backward_act(lam, lo_s, up_s, e, up_b, zmag, out,
+                    bias, mag, 1.0, 0.0, e)
     pos, neg = lam.clamp_min(0), lam.clamp_max(0)
     assert torch.allclose(out, pos * lo_s[:, None] + neg * up_s[:, None], rtol=1e-15)
     assert torch.allclose(bias, (neg * up_b[:, None]).sum(-1), rtol=1e-13)
     assert torch.allclose(mag, (lam.abs() * zmag[:, None]).sum(-1), rtol=1e-13)
     bvec, G = torch.randn(n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
     bias2, mag2 = bias.clone(), mag.clone()
-    _C.bias_mag(np_view(lam), np_view(bvec), np_view(G), np_view(bias2), np_view(mag2), 1.0, 0.0, e)
+    _C.bias_mag(lam, bvec, G, bias2, mag2, 1.0, 0.0, e)
     assert torch.allclose(bias2 - bias, lam @ bvec, rtol=1e-12, atol=1e-13)
     assert torch.allclose(mag2 - mag, (lam.abs() * G[:, None]).sum(-1), rtol=1e-12)
     x0 = torch.rand(B, n, generator=g, dtype=torch.float64)
@@ -252,8 +252,8 @@ def test_backward_act_bias_mag_concretize_against_torch() -> None:
     for p in (0, 1, 2):
         res = torch.empty(B, S, dtype=torch.float64)
         z = torch.zeros(B, S, dtype=torch.float64)
-        _C.concretize(np_view(lam), np_view(x0), np_view(l0), np_view(u0), np_view(eps), p, np_view(z), np_view(z),
-                      1e-14, np_view(res), e, e)
+        _C.concretize(lam, x0, l0, u0, eps, p, z, z,
+                      1e-14, res, e, e)
         exact = ref._concretize(lam, x0, eps, p, l0, u0)
         assert (res <= exact).all() and torch.allclose(res, exact, rtol=1e-10, atol=1e-10)
 
@@ -278,19 +278,19 @@ def test_two_sided_kernels_equal_the_negated_pass() -> None:
     lam = torch.randn(B, S, n, generator=g, dtype=torch.float64)
     s = torch.rand(B, n, generator=g, dtype=torch.float64)
     ub, zmag = torch.rand(B, n, generator=g, dtype=torch.float64), torch.rand(B, n, generator=g, dtype=torch.float64)
-    e = np_view(torch.empty(0, dtype=torch.float64))
+    e = torch.empty(0, dtype=torch.float64)
 
     def run(lm: torch.Tensor, two: bool):
         out = torch.empty_like(lm)
         bias, mag, bh = (torch.zeros(B, S, dtype=torch.float64) for _ in range(3))
-        _C.backward_act(np_view(lm), np_view(s), np_view(s), e, np_view(ub), np_view(zmag), np_view(out),
-                        np_view(bias), np_view(mag), 1e-15, 1e-15, np_view(bh) if two else e)
+        _C.backward_act(lm, s, s, e, ub, zmag, out,
+                        bias, mag, 1e-15, 1e-15, bh if two else e)
         x0 = torch.rand(B, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         l0, u0 = x0 - 0.1, x0 + 0.1
         lo, hi = torch.empty(B, S, dtype=torch.float64), torch.empty(B, S, dtype=torch.float64)
-        _C.concretize(np_view(out), np_view(x0), np_view(l0), np_view(u0), np_view(torch.full((B,), 0.1,
-                      dtype=torch.float64)), 2, np_view(bias), np_view(mag), 1e-15, np_view(lo),
-                      np_view(bh) if two else e, np_view(hi) if two else e)
+        _C.concretize(out, x0, l0, u0, torch.full((B,), 0.1,
+                      dtype=torch.float64), 2, bias, mag, 1e-15, lo,
+                      bh if two else e, hi if two else e)
         return lo, hi
 
     lo, hi = run(lam, True)
@@ -333,26 +333,26 @@ def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared:
 
     bias1, mag1, bh1 = state()
     mid = torch.empty(B, S, n, dtype=torch.float64)
-    _C.backward_act(np_view(lam), np_view(ls), np_view(us), e, np_view(ub), np_view(zm), np_view(mid), np_view(bias1),
-                    np_view(mag1), 1e-7, 1e-6, np_view(bh1) if two else e)
-    _C.bias_mag(np_view(mid), np_view(bvec), np_view(G), np_view(bias1), np_view(mag1), 1e-5, 1e-4,
-                np_view(bh1) if two else e)
+    _C.backward_act(lam, ls, us, e, ub, zm, mid, bias1,
+                    mag1, 1e-7, 1e-6, bh1 if two else e)
+    _C.bias_mag(mid, bvec, G, bias1, mag1, 1e-5, 1e-4,
+                bh1 if two else e)
     bias2, mag2, bh2 = state()
     out2 = torch.empty(B, S, n_in, dtype=torch.float64)
     nthr = max(1, _C.omp_max_threads())
     if kind == "dense":
         out1 = (mid.reshape(B * S, n) @ W).reshape(B, S, n_in)
         work = np.empty(block_rows * n * nthr)
-        _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W),
-                              np_view(bvec), np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2),
-                              np_view(bh2) if two else e, block_rows, work, e, e)
+        _C.act_dense_backward(lam, ls, us, ub, zm, 1e-7, 1e-6, W,
+                              bvec, G, 1e-5, 1e-4, out2, bias2, mag2,
+                              bh2 if two else e, block_rows, work, e, e)
     else:
         out1 = L.backward(mid.reshape(B * S, n)).reshape(B, S, n_in)
         per = n + 2 * 9 * L.out_shape[1] * L.out_shape[2]
         work = np.empty(block_rows * per * nthr)
-        _C.act_conv_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
-                             np_view(L.params(torch.float64).W), np_view(bvec), np_view(G), 1e-5, 1e-4, np_view(out2),
-                             np_view(bias2), np_view(mag2), np_view(bh2) if two else e, 6, 5, 2, 1, 1, 0, block_rows,
+        _C.act_conv_backward(lam, ls, us, ub, zm, 1e-7, 1e-6,
+                             L.params(torch.float64).W, bvec, G, 1e-5, 1e-4, out2,
+                             bias2, mag2, bh2 if two else e, 6, 5, 2, 1, 1, 0, block_rows,
                              work)
     assert torch.allclose(out2, out1, rtol=1e-12, atol=1e-12)
     assert torch.allclose(bias2, bias1, rtol=1e-13, atol=1e-13)
@@ -362,13 +362,13 @@ def test_fused_act_affine_backward_equals_the_unfused_kernels(kind: str, shared:
     with pytest.raises(ValueError, match="workspace too small"):
         fn = _C.act_dense_backward if kind == "dense" else None
         if fn is None:
-            _C.act_conv_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
-                                 np_view(L.params(torch.float64).W), np_view(bvec), np_view(G), 1e-5, 1e-4,
-                                 np_view(out2), np_view(bias2), np_view(mag2), e, 6, 5, 2, 1, 1, 0, block_rows,
+            _C.act_conv_backward(lam, ls, us, ub, zm, 1e-7, 1e-6,
+                                 L.params(torch.float64).W, bvec, G, 1e-5, 1e-4,
+                                 out2, bias2, mag2, e, 6, 5, 2, 1, 1, 0, block_rows,
                                  np.empty(1))
         else:
-            fn(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6, np_view(W), np_view(bvec),
-               np_view(G), 1e-5, 1e-4, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows, np.empty(1), e, e)
+            fn(lam, ls, us, ub, zm, 1e-7, 1e-6, W, bvec,
+               G, 1e-5, 1e-4, out2, bias2, mag2, e, block_rows, np.empty(1), e, e)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -482,8 +482,8 @@ def test_affine_center_bound_holds_exactly(dtype: torch.dtype, two: bool) -> Non
     bias0 = torch.randn(B, S, generator=g, dtype=torch.float64).to(dtype)
     bias, bh, mag = bias0.clone(), bias0.clone(), torch.zeros(B, S, dtype=dtype)
     e = np.empty(0, dtype=np.float32 if dtype == torch.float32 else np.float64)
-    _C.affine_center(np_view(lam), np_view(new), np_view(ce.v), np_view(ce.c), np_view(ce.w), np_view(bias),
-                     np_view(mag), np_view(bh) if two else e)
+    _C.affine_center(lam, new, ce.v, ce.c, ce.w, bias,
+                     mag, bh if two else e)
     if not two:
         bh = bias
     for s_ in range(B):
@@ -527,18 +527,18 @@ def test_fused_centre_mode_equals_the_unfused_kernels(two: bool, block_rows: int
                   torch.randn(B, S, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
     bias1, mag1, bh1 = st()
     mid = torch.empty(B, S, n, dtype=torch.float64)
-    _C.backward_act(np_view(lam), np_view(ls), np_view(us), e, np_view(ub), np_view(zm), np_view(mid), np_view(bias1),
-                    np_view(mag1), 1e-7, 1e-6, np_view(bh1) if two else e)
+    _C.backward_act(lam, ls, us, e, ub, zm, mid, bias1,
+                    mag1, 1e-7, 1e-6, bh1 if two else e)
     out1 = L.backward(mid.reshape(B * S, n)).reshape(B, S, n_in)
-    _C.affine_center(np_view(mid), np_view(out1), np_view(ce.v), np_view(ce.c), np_view(ce.w), np_view(bias1),
-                     np_view(mag1), np_view(bh1) if two else e)
+    _C.affine_center(mid, out1, ce.v, ce.c, ce.w, bias1,
+                     mag1, bh1 if two else e)
     bias2, mag2, bh2 = st()
     out2 = torch.empty(B, S, n_in, dtype=torch.float64)
     work = np.empty(block_rows * n * max(1, _C.omp_max_threads()))
-    _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
-                          np_view(L.params(torch.float64).W), e, np_view(ce.w), 1.0, 0.0, np_view(out2),
-                          np_view(bias2), np_view(mag2), np_view(bh2) if two else e, block_rows, work,
-                          np_view(ce.v), np_view(ce.c))
+    _C.act_dense_backward(lam, ls, us, ub, zm, 1e-7, 1e-6,
+                          L.params(torch.float64).W, e, ce.w, 1.0, 0.0, out2,
+                          bias2, mag2, bh2 if two else e, block_rows, work,
+                          ce.v, ce.c)
     assert torch.allclose(out2, out1, rtol=1e-12, atol=1e-12)
     assert torch.allclose(bias2, bias1, rtol=1e-12, atol=1e-12)
     assert torch.allclose(mag2, mag1, rtol=1e-6, atol=1e-15)  # the same terms, summed in another order
@@ -546,10 +546,10 @@ def test_fused_centre_mode_equals_the_unfused_kernels(two: bool, block_rows: int
     if two:
         assert torch.allclose(bh2, bh1, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="centre mode"):
-        _C.act_dense_backward(np_view(lam), np_view(ls), np_view(us), np_view(ub), np_view(zm), 1e-7, 1e-6,
-                              np_view(L.params(torch.float64).W), np_view(L.params(torch.float64).bias),
-                              np_view(ce.w), 1.0, 0.0, np_view(out2), np_view(bias2), np_view(mag2), e, block_rows,
-                              work, np_view(ce.v), np_view(ce.c))
+        _C.act_dense_backward(lam, ls, us, ub, zm, 1e-7, 1e-6,
+                              L.params(torch.float64).W, L.params(torch.float64).bias,
+                              ce.w, 1.0, 0.0, out2, bias2, mag2, e, block_rows,
+                              work, ce.v, ce.c)
 
 
 def test_conv_backward_error_within_its_nested_depth() -> None:
@@ -568,3 +568,28 @@ def test_conv_backward_error_within_its_nested_depth() -> None:
     err = (got - exact).abs()
     assert L.back_depth == 64 + 25 + 1
     assert (err <= gamma_n(L.back_depth, torch.float32) * mag).all()
+
+
+def test_kernels_take_tensor_and_buffer_views_never_converting() -> None:
+    """Every certify kernel takes pointer + shape views (View<T>): a CPU tensor or a C-contiguous buffer of
+    exactly its dtype, written in place; a wrong dtype, a non-contiguous tensor or one on another device is
+    refused (TypeError), never copied or converted."""
+    l = torch.tensor([[-1.0, 0.5, -2.0]])
+    u = torch.tensor([[1.0, 2.0, -1.0]])
+    lo, hi = torch.empty_like(l), torch.empty_like(u)
+    _C.relu_interval(l, u, lo, hi)
+    assert lo.tolist() == [[0.0, 0.5, 0.0]] and hi.tolist() == [[1.0, 2.0, 0.0]]
+    ln, un, lon, hin = (t.numpy().copy() for t in (l, u, lo, hi))
+    lon[:] = 7
+    _C.relu_interval(ln, un, lon, hin)  # the buffer protocol (a numpy array): same kernel, same result
+    assert lon.tolist() == [[0.0, 0.5, 0.0]]
+    with pytest.raises(TypeError):
+        _C.relu_interval(l, u.double(), lo, hi)  # mixed dtypes: no overload, no conversion
+    with pytest.raises(TypeError, match="non-contiguous"):
+        _C.relu_interval(l, u, lo, torch.empty(1, 6)[:, ::2])
+    with pytest.raises(TypeError, match="device 'meta'"):
+        _C.relu_interval(l, u, lo, torch.empty(1, 3, device="meta"))
+    ro = np.zeros((1, 3), dtype=np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _C.relu_interval(ln, un, lon, ro)

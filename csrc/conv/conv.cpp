@@ -24,7 +24,7 @@ struct Geo {
 };
 
 template <typename T>
-Geo make_geo(const Arr<T>& Wt, int H, int W, int sh, int sw, int ph, int pw) {
+Geo make_geo(const View<T>& Wt, int H, int W, int sh, int sw, int ph, int pw) {
   if (Wt.ndim() != 4) throw std::invalid_argument("conv: weight must be [OC, C, KH, KW]");
   Geo g{};
   g.OC = static_cast<int>(Wt.shape(0));
@@ -108,8 +108,8 @@ inline void col2im_add_table(const Geo& g, const int* idx, bool all_in, const T*
 // out[N,OC,OH,OW] = conv(x[N,C,H,W], W) + b.  work: at least C*KH*KW*OH*OW elements.
 // Per sample: im2col, then one GEMM Wmat[OC,CKK] @ cols[CKK,OHW] written straight into out.
 template <typename T>
-void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& out, int H, int W, int sh, int sw,
-                  int ph, int pw, Arr<T>& work) {
+void conv_forward(const View<T>& x, const View<T>& Wt, const View<T>& b, View<T>& out, int H, int W, int sh, int sw,
+                  int ph, int pw, View<T>& work) {
   const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
   if (x.size() % g.chw() != 0) throw std::invalid_argument("conv_forward: x size is not a multiple of C*H*W");
   const py::ssize_t N = x.size() / g.chw();
@@ -143,8 +143,8 @@ void conv_forward(const Arr<T>& x, const Arr<T>& Wt, const Arr<T>& b, Arr<T>& ou
 // Per row: one GEMM Wmat^T[CKK,OC] @ lam_r[OC,OHW] -> cols, then col2im; rows in parallel (OpenMP),
 // each GEMM single-threaded in its OpenMP thread (fastcert keeps OpenBLAS at 1 thread).
 template <typename T>
-void conv_backward(const Arr<T>& lam, const Arr<T>& Wt, Arr<T>& out, int H, int W, int sh, int sw, int ph, int pw,
-                   Arr<T>& work) {
+void conv_backward(const View<T>& lam, const View<T>& Wt, View<T>& out, int H, int W, int sh, int sw, int ph, int pw,
+                   View<T>& work) {
   const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
   const py::ssize_t in_per = static_cast<py::ssize_t>(g.OC) * g.ohw();
   if (lam.size() % in_per != 0) throw std::invalid_argument("conv_backward: lam size is not a multiple of OC*OH*OW");
@@ -402,9 +402,9 @@ FASTCERT_SIMD_CLONES void conv_chunk(const ConvChunk<double>& a, py::ssize_t n0,
 }  // namespace
 
 template <typename T>
-void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr<T>& absW, const Arr<T>& b,
-                   double gamma, double tiny, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, int H, int W, int sh,
-                   int sw, int ph, int pw, int chunk, const Arr<T>& wsum) {
+void interval_conv(const View<T>& l, const View<T>& u, const View<T>& Wt, const View<T>& absW, const View<T>& b,
+                   double gamma, double tiny, View<T>& out_l, View<T>& out_u, View<T>& out_g, int H, int W, int sh,
+                   int sw, int ph, int pw, int chunk, const View<T>& wsum) {
   const Geo g = make_geo(Wt, H, W, sh, sw, ph, pw);
   expect_size(absW.size(), Wt.size(), "absW");
   if (wsum.size() != 0 && wsum.size() != static_cast<py::ssize_t>(g.OC) * g.C)
@@ -450,17 +450,17 @@ void interval_conv(const Arr<T>& l, const Arr<T>& u, const Arr<T>& Wt, const Arr
 }
 
 #define FASTCERT_INST(T)                                                                                    \
-  template void interval_conv<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                 double, double, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int, \
-                                 const Arr<T>&);
+  template void interval_conv<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&,  \
+                                 double, double, View<T>&, View<T>&, View<T>&, int, int, int, int, int, int, int, \
+                                 const View<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST
 
 #define FASTCERT_INST(T)                                                                                       \
-  template void conv_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, int, int, int, int, int, \
-                                int, Arr<T>&);                                                                 \
-  template void conv_backward<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, int, int, int, int, int, int, Arr<T>&);
+  template void conv_forward<T>(const View<T>&, const View<T>&, const View<T>&, View<T>&, int, int, int, int, int, \
+                                int, View<T>&);                                                                 \
+  template void conv_backward<T>(const View<T>&, const View<T>&, View<T>&, int, int, int, int, int, int, View<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST
@@ -478,10 +478,10 @@ namespace fastcert {
 // whole block, then col2im per row. lam may be [1,S,n] (rows shared by the batch).
 // work: at least block_rows*(n + C*KH*KW*OH*OW) elements per OpenMP thread.
 template <typename T>
-void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
-                       const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& Wt, const Arr<T>& cbias,
-                       const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                       Arr<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, int block_rows, Arr<T>& work) {
+void act_conv_backward(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& up_b,
+                       const View<T>& zmag, double gamma_prod, double gamma_sum, const View<T>& Wt, const View<T>& cbias,
+                       const View<T>& g, double gamma_g, double gamma_b, View<T>& out, View<T>& bias, View<T>& mag,
+                       View<T>& bias_hi, int H, int W, int sh, int sw, int ph, int pw, int block_rows, View<T>& work) {
   const Geo geo = make_geo(Wt, H, W, sh, sw, ph, pw);
   if (lam.ndim() != 3) throw std::invalid_argument("act_conv_backward: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
@@ -554,9 +554,9 @@ void act_conv_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s
 }
 
 #define FASTCERT_INST(T)                                                                                         \
-  template void act_conv_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                     double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
-                                     Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, int, int, int, int, int, int, Arr<T>&);
+  template void act_conv_backward<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&,  \
+                                     double, double, const View<T>&, const View<T>&, const View<T>&, double, double, \
+                                     View<T>&, View<T>&, View<T>&, View<T>&, int, int, int, int, int, int, int, View<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

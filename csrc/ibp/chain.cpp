@@ -25,47 +25,42 @@
 namespace fastcert {
 namespace {
 
-template <typename T>
-Arr<T> new_arr(std::vector<py::ssize_t> shape) {
-  return Arr<T>(std::move(shape));
-}
-
 // The intermediate arrays of a call, carved from one block the calling thread keeps between calls: fresh
 // blocks of these sizes (megabytes on the CNN bench cases) came back from the allocator unmapped on many
 // calls, and faulting them in (~1000 page faults a call, ~3.5 us each measured on a virtual machine) cost
-// more than the arithmetic. Views into it are numpy arrays whose base is a capsule (no copy, writeable); they
-// live only inside the call (the kernels run no Python code, so the block is not reused meanwhile).
+// more than the arithmetic. They live only inside the call (the kernels run no Python code, so the block
+// is not reused meanwhile).
 template <typename T>
 class Arena {
  public:
-  explicit Arena(size_t elems) : base_(py::capsule(this, "fastcert.ibp_chain.arena")) {
+  explicit Arena(size_t elems) {
     thread_local std::vector<T> block;
     if (block.size() < elems) block.resize(elems);
     p_ = block.data();
     left_ = elems;
   }
-  Arr<T> take(std::vector<py::ssize_t> shape) {
+  View<T> take(std::vector<std::int64_t> shape) {
     size_t k = 1;
-    for (py::ssize_t d : shape) k *= static_cast<size_t>(d);
+    for (auto d : shape) k *= static_cast<size_t>(d);
     if (k > left_) throw std::logic_error("ibp_chain: arena too small (internal)");
-    Arr<T> a(std::move(shape), p_, base_);
+    View<T> a = View<T>::of(p_, std::move(shape));
     p_ += k;
     left_ -= k;
     return a;
   }
 
  private:
-  py::capsule base_;
   T* p_ = nullptr;
   size_t left_ = 0;
 };
 
+// Item i of a step tuple as a view of the compute dtype (a tensor or a buffer, C-contiguous).
 template <typename T>
-Arr<T> arr_at(const py::tuple& t, size_t i, const char* what) {
-  py::handle h = t[i];
-  if (!Arr<T>::check_(h))
+View<T> arr_at(const py::tuple& t, size_t i, const char* what) {
+  py::detail::make_caster<View<T>> conv;
+  if (!conv.load(t[i], false))
     throw std::invalid_argument(std::string("ibp_chain: ") + what + " must be a C-contiguous array of the compute dtype");
-  return py::reinterpret_borrow<Arr<T>>(h);
+  return py::detail::cast_op<View<T>>(std::move(conv));
 }
 
 // max(|l|, |u|) of entry i, in T (exact)
@@ -87,7 +82,7 @@ template <typename T>
 struct Chain {
   std::vector<Step> steps;
   py::ssize_t B = 0, S = 0, K = 0;
-  std::vector<Arr<T>> bl, bu, G;
+  std::vector<View<T>> bl, bu, G;
   std::vector<py::ssize_t> gi;
   py::ssize_t width(size_t j) const { return bl[j].size() / (B ? B : 1); }
 };
@@ -135,22 +130,22 @@ void interval_pass(Chain<T>& c, Arena<T>& arena) {
   for (size_t j = 0; j < c.steps.size(); ++j) {
     Step& st = c.steps[j];
     const py::tuple& t = st.t;
-    const Arr<T>& l = c.bl[j];
-    const Arr<T>& u = c.bu[j];
+    const View<T>& l = c.bl[j];
+    const View<T>& u = c.bu[j];
     const py::ssize_t n_in = c.width(j);
     if (st.kind == Step::relu) {
-      Arr<T> lo = arena.take({B, n_in}), hi = arena.take({B, n_in});
+      View<T> lo = arena.take({B, n_in}), hi = arena.take({B, n_in});
       relu_interval<T>(l, u, lo, hi);
       st.n_out = n_in;
       c.bl.push_back(std::move(lo));
       c.bu.push_back(std::move(hi));
       continue;
     }
-    const Arr<T> W = arr_at<T>(t, 1, "W"), absW = arr_at<T>(t, 2, "absW"), b = arr_at<T>(t, 3, "bias");
+    const View<T> W = arr_at<T>(t, 1, "W"), absW = arr_at<T>(t, 2, "absW"), b = arr_at<T>(t, 3, "bias");
     const py::ssize_t m = st.kind == Step::dense ? W.shape(0) : t[15].cast<py::ssize_t>();
-    Arr<T> lo = arena.take({B, m}), hi = arena.take({B, m}), g = arena.take({B, m});
+    View<T> lo = arena.take({B, m}), hi = arena.take({B, m}), g = arena.take({B, m});
     if (st.kind == Step::dense) {
-      Arr<T> work = arena.take({2 * l.size() + 2 * B});
+      View<T> work = arena.take({2 * l.size() + 2 * B});
       interval_dense<T>(l, u, W, absW, b, arr_at<T>(t, 4, "rowabs"), arr_at<T>(t, 5, "rownorm"),
                         arr_at<T>(t, 6, "absb"), t[7].cast<double>(), t[8].cast<double>(), lo, hi, g, work);
     } else {
@@ -170,7 +165,7 @@ void interval_pass(Chain<T>& c, Arena<T>& arena) {
 template <typename T>
 py::ssize_t first_overflow(const Chain<T>& c) {
   py::ssize_t k = 0;
-  for (const Arr<T>& g : c.G) {
+  for (const View<T>& g : c.G) {
     if (!all_finite<T>(g)) return k;
     ++k;
   }
@@ -182,15 +177,15 @@ py::ssize_t first_overflow(const Chain<T>& c) {
 // The last (dense) layer's backward step fused with C, then concretization against its input box: fills
 // lower, upper (linear_bounds._two_sided, symmetric, with slack.initial_mag for one affine step).
 template <typename T>
-void last_step(const Chain<T>& c, const Arr<T>& C, const Arr<T>& eps, Arena<T>& arena, Arr<T>& lower,
-               Arr<T>& upper) {
+void last_step(const Chain<T>& c, const View<T>& C, const View<T>& eps, Arena<T>& arena, View<T>& lower,
+               View<T>& upper) {
   const py::ssize_t B = c.B, S = c.S;
   const size_t last = c.steps.size() - 1;
   const py::tuple& tl = c.steps[last].t;
-  const Arr<T>& Ll = c.bl[last];
-  const Arr<T>& Lu = c.bu[last];
+  const View<T>& Ll = c.bl[last];
+  const View<T>& Lu = c.bu[last];
   const py::ssize_t n_in = c.width(last);
-  Arr<T> mag = arena.take({B, S}), bias = arena.take({B, S}), bias_hi = arena.take({B, S});
+  View<T> mag = arena.take({B, S}), bias = arena.take({B, S}), bias_hi = arena.take({B, S});
   // slack.underflow_units for an affine step (no relaxation: m = max(|l|, |u|)), as initial_mag rounds it
   const double back_len = static_cast<double>(tl[13].cast<py::ssize_t>());
   const double m_out = static_cast<double>(c.steps[last].n_out);
@@ -212,7 +207,7 @@ void last_step(const Chain<T>& c, const Arr<T>& C, const Arr<T>& eps, Arena<T>& 
   std::fill(bias_hi.mutable_data(), bias_hi.mutable_data() + B * S, T(0));
   bias_mag<T>(C, arr_at<T>(tl, 3, "bias"), c.G[c.gi[last]], bias, mag, tl[11].cast<double>(), tl[12].cast<double>(),
               bias_hi);
-  Arr<T> lam = arena.take({B, S, n_in});
+  View<T> lam = arena.take({B, S, n_in});
   dense_backward<T>(C, arr_at<T>(tl, 1, "W"), lam);
   concretize<T>(lam, Ll, Ll, Lu, eps, 0, bias, mag, tl[14].cast<double>(), lower, bias_hi, upper);
 }
@@ -242,20 +237,19 @@ std::vector<double> eval_error(const Chain<T>& c, double gamma64) {
       continue;
     }
     const size_t ia = st.kind == Step::dense ? 9 : 13;  // rowabs64, then uf64
-    py::handle h = st.t[ia];
-    if (!Arr<double>::check_(h)) throw std::invalid_argument("ibp_chain: rowabs64 must be a float64 array");
-    const auto rowabs64 = py::reinterpret_borrow<Arr<double>>(h);
+    const View<double> rowabs64 = arr_at<double>(st.t, ia, "rowabs64 (float64)");
     const double uf = st.t[ia + 1].cast<double>();
-    const Arr<T>& g = c.G[c.gi[j]];
+    const View<T>& g = c.G[c.gi[j]];
     std::vector<double> e_in = emax;  // the largest incoming error per sample
     for (py::ssize_t b = 0; !E.empty() && b < B; ++b)
       e_in[b] = *std::max_element(E.begin() + b * En, E.begin() + (b + 1) * En);
     if (j + 2 < n && c.steps[j + 1].kind == Step::relu && c.steps[j + 2].kind != Step::relu) {
       // this layer and its activation in one kernel, as eval_slack fuses them
-      Arr<double> ein(std::vector<py::ssize_t>{B}), eout(std::vector<py::ssize_t>{B});
-      std::copy(e_in.begin(), e_in.end(), ein.mutable_data());
+      std::vector<double> eo(static_cast<size_t>(B));
+      const View<double> ein = View<double>::of(e_in.data(), {B});
+      View<double> eout = View<double>::of(eo.data(), {B});
       eval_err_max<T>(g, rowabs64, ein, gamma64, uf, 1.0, c.bl[j + 2], c.bu[j + 2], 4 * u64, relu_abs, eout);
-      std::copy(eout.data(), eout.data() + B, emax.begin());
+      std::copy(eo.begin(), eo.end(), emax.begin());
       E.clear();
       ++j;  // the activation is part of this step
       continue;
@@ -276,8 +270,8 @@ std::vector<double> eval_error(const Chain<T>& c, double gamma64) {
 // slack.output_slack (|C| (E + gamma64 max|f|) * (1 + 1e-6) + uf, rounded up to T), then state.finish (widen,
 // refuse NaN, round outward). Returns false on a NaN.
 template <typename T>
-bool widen(const Chain<T>& c, const std::vector<double>& E, const Arr<T>& C, double gamma64, Arr<T>& lower,
-           Arr<T>& upper) {
+bool widen(const Chain<T>& c, const std::vector<double>& E, const View<T>& C, double gamma64, View<T>& lower,
+           View<T>& upper) {
   const py::ssize_t B = c.B, S = c.S, K = c.K;
   const double ufK = 2.0 * static_cast<double>(K + 2) * eta<double>();
   const T* Ol = c.bl.back().data();
@@ -316,12 +310,13 @@ bool widen(const Chain<T>& c, const std::vector<double>& E, const Arr<T>& C, dou
 //   ("conv2d", W, absW, bias_c, gamma, tiny, H, W_in, sh, sw, ph, pw, wsum, rowabs64, uf64, n_out)
 // l0, u0: [B, n0] the input box; C: [B, S, K]; eps: [B] (the region's, read by concretize's size check only);
 // gamma64: the evaluation slack's factor (rounding.gamma_for(layers, float64)).
-// Returns (lower, upper, code): code -1 on success; k >= 0 the index of the first non-finite array among
-// (the g of every affine layer in order, the output box's l, u) -- the interval pass overflowed; -2 a NaN
-// after widening by the slack (overflow in the backward step). lower, upper are None unless code == -1.
+// lower, upper: [B, S] outputs (the caller allocates). Returns a code: -1 on success (lower, upper filled);
+// k >= 0 the index of the first non-finite array among (the g of every affine layer in order, the output
+// box's l, u) -- the interval pass overflowed; -2 a NaN after widening by the slack (overflow in the
+// backward step). lower, upper hold nothing meaningful unless the code is -1.
 template <typename T>
-py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& C,
-                    const Arr<T>& eps, double gamma64) {
+py::ssize_t ibp_chain(const py::list& steps_in, const View<T>& l0, const View<T>& u0, const View<T>& C,
+                      const View<T>& eps, double gamma64, View<T>& lower, View<T>& upper) {
   if (l0.ndim() != 2 || u0.ndim() != 2) throw std::invalid_argument("ibp_chain: l0, u0 must be [B, n]");
   if (C.ndim() != 3) throw std::invalid_argument("ibp_chain: C must be [B, S, K]");
   expect_size(u0.size(), l0.size(), "u0");
@@ -342,15 +337,20 @@ py::tuple ibp_chain(const py::list& steps_in, const Arr<T>& l0, const Arr<T>& u0
   if (c.bl.back().size() != c.B * c.K)
     throw std::invalid_argument("ibp_chain: C's last dimension differs from the outputs");
   const py::ssize_t bad = first_overflow(c);
-  if (bad >= 0) return py::make_tuple(py::none(), py::none(), bad);
-  Arr<T> lower = new_arr<T>({c.B, c.S}), upper = new_arr<T>({c.B, c.S});
+  if (bad >= 0) return bad;
+  expect_size(lower.size(), c.B * c.S, "out_lower");
+  expect_size(upper.size(), c.B * c.S, "out_upper");
+  mut(lower, "out_lower");
+  mut(upper, "out_upper");
   last_step(c, C, eps, arena, lower, upper);
-  if (!widen(c, eval_error(c, gamma64), C, gamma64, lower, upper)) return py::make_tuple(py::none(), py::none(), -2);
-  return py::make_tuple(lower, upper, -1);
+  if (!widen(c, eval_error(c, gamma64), C, gamma64, lower, upper)) return -2;
+  return -1;
 }
 
-template py::tuple ibp_chain<float>(const py::list&, const Arr<float>&, const Arr<float>&, const Arr<float>&,
-                                    const Arr<float>&, double);
-template py::tuple ibp_chain<double>(const py::list&, const Arr<double>&, const Arr<double>&, const Arr<double>&,
-                                     const Arr<double>&, double);
+template py::ssize_t ibp_chain<float>(const py::list&, const View<float>&, const View<float>&,
+                                        const View<float>&, const View<float>&, double, View<float>&,
+                                        View<float>&);
+template py::ssize_t ibp_chain<double>(const py::list&, const View<double>&, const View<double>&,
+                                        const View<double>&, const View<double>&, double, View<double>&,
+                                        View<double>&);
 }  // namespace fastcert

@@ -10,11 +10,11 @@
 namespace fastcert {
 
 template <typename T>
-void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out);
+void dense_forward(const View<T>& x, const View<T>& W, const View<T>& b, View<T>& out);
 
 // c = (l+u)/2; r >= max(u-c, c-l) (rounded up); h = |c| + r (rounded up).  All [n].
 template <typename T>
-void interval_prep(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& h) {
+void interval_prep(const View<T>& l, const View<T>& u, View<T>& c, View<T>& r, View<T>& h) {
   const py::ssize_t n = l.size();
   expect_size(u.size(), n, "u");
   expect_size(c.size(), n, "c");
@@ -41,8 +41,8 @@ for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>
 // bias may be empty (size 0). Arrays are [B, m] with the bias broadcast over rows.
 // tiny: the absolute (underflow) error bound of one of the products' sums (underflow_slack of its length).
 template <typename T>
-void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T>& absb, double gamma, double tiny,
-                     Arr<T>& l, Arr<T>& u) {
+void interval_finish(const View<T>& mc, const View<T>& mr, View<T>& mg, const View<T>& absb, double gamma, double tiny,
+                     View<T>& l, View<T>& u) {
   const py::ssize_t n = mc.size();
   const py::ssize_t m = absb.size();
   expect_size(mr.size(), n, "mr");
@@ -99,7 +99,7 @@ void interval_finish(const Arr<T>& mc, const Arr<T>& mr, Arr<T>& mg, const Arr<T
 // Whether every entry of x is finite (x - x is 0 for a finite x and NaN for an infinity or a NaN; the
 // sum is a vectorizable reduction): the overflow check of the interval pass without torch temporaries.
 template <typename T>
-bool all_finite(const Arr<T>& x) {
+bool all_finite(const View<T>& x) {
   const T* X = ro(x, "x");
   const py::ssize_t n = x.size();
   T acc = 0;
@@ -107,8 +107,8 @@ bool all_finite(const Arr<T>& x) {
   for (py::ssize_t i = 0; i < n; ++i) acc += X[i] - X[i];
   return acc == T(0);
 }
-template bool all_finite<float>(const Arr<float>&);
-template bool all_finite<double>(const Arr<double>&);
+template bool all_finite<float>(const View<float>&);
+template bool all_finite<double>(const View<double>&);
 
 // One step of the float64-evaluation error bound (algorithms/slack.py, eval_slack) through an affine
 // layer followed by an activation, when the next layer needs only each sample's largest entry:
@@ -151,9 +151,9 @@ FASTCERT_SIMD_CLONES double err_row_max_f(const double* gb, const double* lb, co
 }  // namespace
 
 template <typename T>
-void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>& emax_in, double gamma64, double uf,
-                  double lip, const Arr<T>& post_l, const Arr<T>& post_u, double rel, double abs_term,
-                  Arr<double>& emax_out) {
+void eval_err_max(const View<T>& g, const View<double>& rowabs, const View<double>& emax_in, double gamma64, double uf,
+                  double lip, const View<T>& post_l, const View<T>& post_u, double rel, double abs_term,
+                  View<double>& emax_out) {
   const py::ssize_t B = emax_in.size(), n = rowabs.size();
   expect_size(g.size(), B * n, "g");
   expect_size(post_l.size(), B * n, "post_l");
@@ -170,10 +170,10 @@ void eval_err_max(const Arr<T>& g, const Arr<double>& rowabs, const Arr<double>&
       EO[b] = err_row_max_f(G + b * n, PL + b * n, PU + b * n, RA, n, EI[b], gamma64, uf, lip, rel, abs_term);
   });
 }
-template void eval_err_max<float>(const Arr<float>&, const Arr<double>&, const Arr<double>&, double, double, double,
-                                  const Arr<float>&, const Arr<float>&, double, double, Arr<double>&);
-template void eval_err_max<double>(const Arr<double>&, const Arr<double>&, const Arr<double>&, double, double,
-                                   double, const Arr<double>&, const Arr<double>&, double, double, Arr<double>&);
+template void eval_err_max<float>(const View<float>&, const View<double>&, const View<double>&, double, double, double,
+                                  const View<float>&, const View<float>&, double, double, View<double>&);
+template void eval_err_max<double>(const View<double>&, const View<double>&, const View<double>&, double, double,
+                                   double, const View<double>&, const View<double>&, double, double, View<double>&);
 
 // One row of interval_prep_rows: c, r of m entries, max |c| and the float64 sum of the squares of c.
 // The sum runs in kLanes fixed partial sums (entry k goes to lane k % kLanes), added up in a fixed tree at the
@@ -226,7 +226,7 @@ FASTCERT_SIMD_CLONES void prep_row_f(const double* L, const double* U, double* C
 // l,u,c,r: [B, n]; cmax, c2: [B]. Used with interval_finish_rows, which needs no |W| h product:
 // |W| h <= |W| r + |W| |c|  and  (|W| |c|)_i <= min(cmax * rowsum_i |W|, ||c||_2 ||W_i||_2).
 template <typename T>
-void interval_prep_rows(const Arr<T>& l, const Arr<T>& u, Arr<T>& c, Arr<T>& r, Arr<T>& cmax, Arr<T>& c2) {
+void interval_prep_rows(const View<T>& l, const View<T>& u, View<T>& c, View<T>& r, View<T>& cmax, View<T>& c2) {
   const py::ssize_t n = l.size();
   const py::ssize_t B = cmax.size();
   expect_size(u.size(), n, "u");
@@ -267,8 +267,8 @@ for (py::ssize_t b = static_cast<py::ssize_t>(i0_); b < static_cast<py::ssize_t>
 // rownorm >= ||W_i||_2 are given; the second is Cauchy-Schwarz, usually the tighter one).
 // g is returned in out_g: the magnitude that bounds this layer's floating-point error downstream.
 template <typename T>
-void interval_finish_rows(Arr<T>& mc, Arr<T>& mr, const Arr<T>& cmax, const Arr<T>& c2, const Arr<T>& rowabs,
-                          const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny, Arr<T>& out_g) {
+void interval_finish_rows(View<T>& mc, View<T>& mr, const View<T>& cmax, const View<T>& c2, const View<T>& rowabs,
+                          const View<T>& rownorm, const View<T>& absb, double gamma, double tiny, View<T>& out_g) {
   const py::ssize_t n = mc.size();
   const py::ssize_t m = rowabs.size();
   const py::ssize_t nb = absb.size();
@@ -323,9 +323,9 @@ for (py::ssize_t row = static_cast<py::ssize_t>(i0_); row < static_cast<py::ssiz
 // x in [l, u] (rows [B, n_in] -> [B, n_out]), out_g = g as in interval_finish_rows.
 // work: >= 2*B*n_in + 2*B elements.
 template <typename T>
-void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr<T>& absW, const Arr<T>& b,
-                    const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb, double gamma, double tiny,
-                    Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g, Arr<T>& work) {
+void interval_dense(const View<T>& l, const View<T>& u, const View<T>& W, const View<T>& absW, const View<T>& b,
+                    const View<T>& rowabs, const View<T>& rownorm, const View<T>& absb, double gamma, double tiny,
+                    View<T>& out_l, View<T>& out_u, View<T>& out_g, View<T>& work) {
   if (W.ndim() != 2) throw std::invalid_argument("interval_dense: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
   if (m == 0 || n == 0) throw std::invalid_argument("interval_dense: W has a zero dimension");
@@ -344,11 +344,11 @@ void interval_dense(const Arr<T>& l, const Arr<T>& u, const Arr<T>& W, const Arr
   if (B == 0) return;
   T* wk = mut(work, "work");
   // views of the workspace as arrays for the shared helpers (no copies)
-  auto view = [&](T* p, py::ssize_t k) { return Arr<T>({k}, {static_cast<py::ssize_t>(sizeof(T))}, p, work); };
-  Arr<T> c = view(wk, static_cast<py::ssize_t>(B) * n);
-  Arr<T> r = view(wk + static_cast<py::ssize_t>(B) * n, static_cast<py::ssize_t>(B) * n);
-  Arr<T> cm = view(wk + 2 * static_cast<py::ssize_t>(B) * n, B);
-  Arr<T> cn = view(wk + 2 * static_cast<py::ssize_t>(B) * n + B, B);
+  auto view = [](T* p, py::ssize_t k) { return View<T>::of(p, {k}); };
+  View<T> c = view(wk, static_cast<py::ssize_t>(B) * n);
+  View<T> r = view(wk + static_cast<py::ssize_t>(B) * n, static_cast<py::ssize_t>(B) * n);
+  View<T> cm = view(wk + 2 * static_cast<py::ssize_t>(B) * n, B);
+  View<T> cn = view(wk + 2 * static_cast<py::ssize_t>(B) * n + B, B);
   interval_prep_rows<T>(l, u, c, r, cm, cn);
   const T* Wp = ro(W, "W");
   const T* bp = nb ? ro(b, "b") : nullptr;
@@ -409,7 +409,7 @@ for (int i = static_cast<int>(i0_); i < static_cast<int>(i1_); ++i) {
 // ReLU on intervals: exact in floating point (a max), and a vectorizable loop. (The other
 // activations are primitives of their own, python/fastcert/primitives/, with their own rounding.)
 template <typename T>
-void relu_interval(const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou) {
+void relu_interval(const View<T>& l, const View<T>& u, View<T>& ol, View<T>& ou) {
   const py::ssize_t n = l.size();
   expect_size(u.size(), n, "u");
   expect_size(ol.size(), n, "out_l");
@@ -429,7 +429,7 @@ void relu_interval(const Arr<T>& l, const Arr<T>& u, Arr<T>& ol, Arr<T>& ou) {
 
 // out[B,m] = x[B,n] @ W[m,n]^T + b  (b may be empty).
 template <typename T>
-void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& out) {
+void dense_forward(const View<T>& x, const View<T>& W, const View<T>& b, View<T>& out) {
   if (W.ndim() != 2) throw std::invalid_argument("dense_forward: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
   if (m == 0 || n == 0) throw std::invalid_argument("dense_forward: W has a zero dimension");
@@ -460,10 +460,10 @@ void dense_forward(const Arr<T>& x, const Arr<T>& W, const Arr<T>& b, Arr<T>& ou
 //   centre correction; see docs/architecture.md) + tiny_w (v's underflow, at least T's smallest normal).
 // work: >= B*n + 2*B elements of T; work64: >= B*n doubles.
 template <typename T>
-void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& W64, const Arr<T>& absW,
-                           const Arr<double>& b64, const Arr<T>& rowabs, const Arr<T>& rownorm, const Arr<T>& absb,
-                           double gamma, double tiny, double gamma_back, Arr<T>& out_l, Arr<T>& out_u, Arr<T>& out_g,
-                           Arr<T>& out_w, Arr<T>& out_c, Arr<double>& out_v, Arr<T>& work, Arr<double>& work64) {
+void interval_dense_center(const View<T>& l, const View<T>& u, const View<double>& W64, const View<T>& absW,
+                           const View<double>& b64, const View<T>& rowabs, const View<T>& rownorm, const View<T>& absb,
+                           double gamma, double tiny, double gamma_back, View<T>& out_l, View<T>& out_u, View<T>& out_g,
+                           View<T>& out_w, View<T>& out_c, View<double>& out_v, View<T>& work, View<double>& work64) {
   if (W64.ndim() != 2) throw std::invalid_argument("interval_dense_center: W must be 2-D [out, in]");
   const int m = static_cast<int>(W64.shape(0)), n = static_cast<int>(W64.shape(1));
   if (m == 0 || n == 0) throw std::invalid_argument("interval_dense_center: W has a zero dimension");
@@ -486,8 +486,8 @@ void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& 
   if (!(tn > 0)) throw std::invalid_argument("interval_dense_center: tiny must be > 0");
   if (B == 0) return;
   T* wk = mut(work, "work");
-  auto view = [&](T* p, py::ssize_t k) { return Arr<T>({k}, {static_cast<py::ssize_t>(sizeof(T))}, p, work); };
-  Arr<T> r = view(wk, Bn), cm = view(wk + Bn, B), cn = view(wk + Bn + B, B);
+  auto view = [](T* p, py::ssize_t k) { return View<T>::of(p, {k}); };
+  View<T> r = view(wk, Bn), cm = view(wk + Bn, B), cn = view(wk + Bn + B, B);
   interval_prep_rows<T>(l, u, out_c, r, cm, cn);
   const T* C = ro(out_c, "out_c");
   double* c64 = mut(work64, "work64");
@@ -545,21 +545,21 @@ void interval_dense_center(const Arr<T>& l, const Arr<T>& u, const Arr<double>& 
 }
 
 #define FASTCERT_INST(T)                                                                                    \
-  template void interval_prep<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);                  \
-  template void interval_finish<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, const Arr<T>&, double, double,    \
-                                   Arr<T>&, Arr<T>&);                                                      \
-  template void relu_interval<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&);                          \
-  template void dense_forward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&);                       \
-  template void interval_prep_rows<T>(const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&);    \
-  template void interval_finish_rows<T>(Arr<T>&, Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,        \
-                                        const Arr<T>&, const Arr<T>&, double, double, Arr<T>&);             \
-  template void interval_dense_center<T>(const Arr<T>&, const Arr<T>&, const Arr<double>&, const Arr<T>&,         \
-                                         const Arr<double>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, double,   \
-                                         double, double, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, Arr<double>&, \
-                                         Arr<T>&, Arr<double>&);                                                      \
-  template void interval_dense<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,  \
-                                  const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, Arr<T>&, Arr<T>&, \
-                                  Arr<T>&, Arr<T>&);
+  template void interval_prep<T>(const View<T>&, const View<T>&, View<T>&, View<T>&, View<T>&);                  \
+  template void interval_finish<T>(const View<T>&, const View<T>&, View<T>&, const View<T>&, double, double,    \
+                                   View<T>&, View<T>&);                                                      \
+  template void relu_interval<T>(const View<T>&, const View<T>&, View<T>&, View<T>&);                          \
+  template void dense_forward<T>(const View<T>&, const View<T>&, const View<T>&, View<T>&);                       \
+  template void interval_prep_rows<T>(const View<T>&, const View<T>&, View<T>&, View<T>&, View<T>&, View<T>&);    \
+  template void interval_finish_rows<T>(View<T>&, View<T>&, const View<T>&, const View<T>&, const View<T>&,        \
+                                        const View<T>&, const View<T>&, double, double, View<T>&);             \
+  template void interval_dense_center<T>(const View<T>&, const View<T>&, const View<double>&, const View<T>&,         \
+                                         const View<double>&, const View<T>&, const View<T>&, const View<T>&, double,   \
+                                         double, double, View<T>&, View<T>&, View<T>&, View<T>&, View<T>&, View<double>&, \
+                                         View<T>&, View<double>&);                                                      \
+  template void interval_dense<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&,  \
+                                  const View<T>&, const View<T>&, const View<T>&, double, double, View<T>&, View<T>&, \
+                                  View<T>&, View<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST
@@ -568,7 +568,7 @@ FASTCERT_INST(double)
 namespace fastcert {
 // out[R,n] = lam[R,m] @ W[m,n]   (the transpose of a dense layer, applied to coefficient rows)
 template <typename T>
-void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out) {
+void dense_backward(const View<T>& lam, const View<T>& W, View<T>& out) {
   if (W.ndim() != 2) throw std::invalid_argument("dense_backward: W must be 2-D [out, in]");
   const int m = static_cast<int>(W.shape(0)), n = static_cast<int>(W.shape(1));
   if (m == 0 || n == 0) throw std::invalid_argument("dense_backward: W has a zero dimension");
@@ -578,6 +578,6 @@ void dense_backward(const Arr<T>& lam, const Arr<T>& W, Arr<T>& out) {
   if (R == 0) return;
   gemm(false, false, R, n, m, T(1), ro(lam, "lam"), m, ro(W, "W"), n, T(0), mut(out, "out"), n);
 }
-template void dense_backward<float>(const Arr<float>&, const Arr<float>&, Arr<float>&);
-template void dense_backward<double>(const Arr<double>&, const Arr<double>&, Arr<double>&);
+template void dense_backward<float>(const View<float>&, const View<float>&, View<float>&);
+template void dense_backward<double>(const View<double>&, const View<double>&, View<double>&);
 }  // namespace fastcert

@@ -64,7 +64,7 @@ FASTCERT_SIMD_CLONES int region_row_f(const double* x, double e, const double* x
 // (0: the region is valid). The caller raises the errors (fastcert.api.make_region); with flag 1 the
 // other flags and the outputs mean nothing.
 template <typename T>
-int region_box(const Arr<T>& x, const Arr<T>& e, const Arr<T>& xmin, const Arr<T>& xmax, Arr<T>& lo, Arr<T>& hi) {
+int region_box(const View<T>& x, const View<T>& e, const View<T>& xmin, const View<T>& xmax, View<T>& lo, View<T>& hi) {
   const py::ssize_t B = e.size(), N = x.size();
   if (B == 0 || N % B != 0) throw std::invalid_argument("region_box: x size is not a multiple of the batch");
   const py::ssize_t n = N / B;
@@ -82,9 +82,9 @@ int region_box(const Arr<T>& x, const Arr<T>& e, const Arr<T>& xmin, const Arr<T
   for (py::ssize_t b = 0; b < B; ++b) flags |= region_row_f(X + b * n, E[b], XN, XX, L + b * n, H + b * n, n);
   return flags;
 }
-template int region_box<float>(const Arr<float>&, const Arr<float>&, const Arr<float>&, const Arr<float>&,
-                               Arr<float>&, Arr<float>&);
-template int region_box<double>(const Arr<double>&, const Arr<double>&, const Arr<double>&, const Arr<double>&,
-                                Arr<double>&, Arr<double>&);
+template int region_box<float>(const View<float>&, const View<float>&, const View<float>&, const View<float>&,
+                               View<float>&, View<float>&);
+template int region_box<double>(const View<double>&, const View<double>&, const View<double>&, const View<double>&,
+                                View<double>&, View<double>&);
 
 }  // namespace fastcert

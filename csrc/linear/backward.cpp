@@ -67,9 +67,9 @@ inline void centre_fix(double t, T* bias, T* bias_hi, T* mag) {
 // out: [B,S,n]; zmag: [B,n]; lo_s, up_s, lo_b, up_b: [B,n] or, each on its own, [B,S,n] (one relaxation
 // per row, as alpha-CROWN's slopes per start node and row; any valid lines keep the bound sound).
 template <typename T>
-void backward_act(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& lo_b, const Arr<T>& up_b,
-                  const Arr<T>& zmag, Arr<T>& out, Arr<T>& bias, Arr<T>& mag, double gamma_prod, double gamma_sum,
-                  Arr<T>& bias_hi) {
+void backward_act(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b, const View<T>& up_b,
+                  const View<T>& zmag, View<T>& out, View<T>& bias, View<T>& mag, double gamma_prod, double gamma_sum,
+                  View<T>& bias_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("backward_act: Lam must be [B,S,n] or [1,S,n]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2);
   if (n == 0 || zmag.size() % n != 0) throw std::invalid_argument("backward_act: zmag must be [B,n]");
@@ -170,8 +170,8 @@ parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t
 // mag[b,s] += gamma_g * |Lam[b,s,:]| . g[b,:]   (g >= |W| max|h_in| + |b|: the product Lam W and its sums)
 //           + gamma_b * |Lam[b,s,:]| . |bvec|  (the bias dot product over m terms) + 2u |bias[b,s]|.
 template <typename T>
-void bias_mag(const Arr<T>& lam, const Arr<T>& bvec, const Arr<T>& g, Arr<T>& bias, Arr<T>& mag, double gamma_g,
-              double gamma_b, Arr<T>& bias_hi) {
+void bias_mag(const View<T>& lam, const View<T>& bvec, const View<T>& g, View<T>& bias, View<T>& mag, double gamma_g,
+              double gamma_b, View<T>& bias_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("bias_mag: Lam must be [B,S,m]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2);
   const bool has_b = bvec.size() != 0;
@@ -275,9 +275,9 @@ FASTCERT_SIMD_CLONES void box_row_f(const double* lr, const double* lo, const do
 // p: 0 = box only (L-inf: the box already is the ball ∩ domain), 1, 2 = L1 / L2 ball
 // (the box term is then also computed and the larger, still sound, lower bound kept).
 template <typename T>
-void concretize(const Arr<T>& lam, const Arr<T>& x0, const Arr<T>& l0, const Arr<T>& u0, const Arr<T>& eps, int p,
-                const Arr<T>& bias, const Arr<T>& mag, double gamma, Arr<T>& out, const Arr<T>& bias_hi,
-                Arr<T>& out_hi) {
+void concretize(const View<T>& lam, const View<T>& x0, const View<T>& l0, const View<T>& u0, const View<T>& eps, int p,
+                const View<T>& bias, const View<T>& mag, double gamma, View<T>& out, const View<T>& bias_hi,
+                View<T>& out_hi) {
   if (lam.ndim() != 3) throw std::invalid_argument("concretize: Lam must be [B,S,n]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), n = lam.shape(2);
   if (p != 0 && p != 1 && p != 2) throw std::invalid_argument("concretize: p must be 0 (box), 1 or 2");
@@ -368,10 +368,10 @@ parallel_for(B * S, grain_for(B * S), B * S * n > kParallelMin, [&](std::int64_t
 // of block_rows rows: out[rows] = relaxed[rows, n] @ W[n, n_in]. Saves three passes over the rows in
 // memory. lam may be [1,S,n] (rows shared by the batch). work: >= block_rows*n per OpenMP thread.
 template <typename T>
-void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_s, const Arr<T>& up_b,
-                        const Arr<T>& zmag, double gamma_prod, double gamma_sum, const Arr<T>& W, const Arr<T>& bvec,
-                        const Arr<T>& g, double gamma_g, double gamma_b, Arr<T>& out, Arr<T>& bias, Arr<T>& mag,
-                        Arr<T>& bias_hi, int block_rows, Arr<T>& work, const Arr<double>& cv, const Arr<T>& cin) {
+void act_dense_backward(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& up_b,
+                        const View<T>& zmag, double gamma_prod, double gamma_sum, const View<T>& W, const View<T>& bvec,
+                        const View<T>& g, double gamma_g, double gamma_b, View<T>& out, View<T>& bias, View<T>& mag,
+                        View<T>& bias_hi, int block_rows, View<T>& work, const View<double>& cv, const View<T>& cin) {
   if (lam.ndim() != 3) throw std::invalid_argument("act_dense_backward: Lam must be [B,S,n] or [1,S,n]");
   if (W.ndim() != 2) throw std::invalid_argument("act_dense_backward: W must be [n, n_in]");
   const py::ssize_t S = lam.shape(1), n = lam.shape(2), n_in = W.shape(1);
@@ -453,8 +453,8 @@ void act_dense_backward(const Arr<T>& lam, const Arr<T>& lo_s, const Arr<T>& up_
 // lam: [B,S,m] rows on the layer's output; lam_out: [B,S,n] = fl(lam W) (already computed);
 // v: [B,m] float64; cin: [B,n] the centres; w: [B,m]; bias, mag (and bias_hi): [B,S].
 template <typename T>
-void affine_center(const Arr<T>& lam, const Arr<T>& lam_out, const Arr<double>& cv, const Arr<T>& cin,
-                   const Arr<T>& w, Arr<T>& bias, Arr<T>& mag, Arr<T>& bias_hi) {
+void affine_center(const View<T>& lam, const View<T>& lam_out, const View<double>& cv, const View<T>& cin,
+                   const View<T>& w, View<T>& bias, View<T>& mag, View<T>& bias_hi) {
   if (lam.ndim() != 3 || lam_out.ndim() != 3) throw std::invalid_argument("affine_center: Lam must be [B,S,m]");
   const py::ssize_t B = lam.shape(0), S = lam.shape(1), m = lam.shape(2), n = lam_out.shape(2);
   if (lam_out.shape(0) != B || lam_out.shape(1) != S) throw std::invalid_argument("affine_center: Lam' shape");
@@ -488,18 +488,18 @@ void affine_center(const Arr<T>& lam, const Arr<T>& lam_out, const Arr<double>& 
 }
 
 #define FASTCERT_INST(T)                                                                                       \
-  template void backward_act<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&,     \
-                                const Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, double, double, Arr<T>&);          \
-  template void bias_mag<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, Arr<T>&, Arr<T>&, double, double,    \
-                            Arr<T>&);                                                                        \
-  template void concretize<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, int,  \
-                              const Arr<T>&, const Arr<T>&, double, Arr<T>&, const Arr<T>&, Arr<T>&);        \
-  template void act_dense_backward<T>(const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, const Arr<T>&, \
-                                      double, double, const Arr<T>&, const Arr<T>&, const Arr<T>&, double, double, \
-                                      Arr<T>&, Arr<T>&, Arr<T>&, Arr<T>&, int, Arr<T>&, const Arr<double>&,       \
-                                      const Arr<T>&);                                                             \
-  template void affine_center<T>(const Arr<T>&, const Arr<T>&, const Arr<double>&, const Arr<T>&, const Arr<T>&,  \
-                                 Arr<T>&, Arr<T>&, Arr<T>&);
+  template void backward_act<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&,     \
+                                const View<T>&, View<T>&, View<T>&, View<T>&, double, double, View<T>&);          \
+  template void bias_mag<T>(const View<T>&, const View<T>&, const View<T>&, View<T>&, View<T>&, double, double,    \
+                            View<T>&);                                                                        \
+  template void concretize<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&, int,  \
+                              const View<T>&, const View<T>&, double, View<T>&, const View<T>&, View<T>&);        \
+  template void act_dense_backward<T>(const View<T>&, const View<T>&, const View<T>&, const View<T>&, const View<T>&, \
+                                      double, double, const View<T>&, const View<T>&, const View<T>&, double, double, \
+                                      View<T>&, View<T>&, View<T>&, View<T>&, int, View<T>&, const View<double>&,       \
+                                      const View<T>&);                                                             \
+  template void affine_center<T>(const View<T>&, const View<T>&, const View<double>&, const View<T>&, const View<T>&,  \
+                                 View<T>&, View<T>&, View<T>&);
 FASTCERT_INST(float)
 FASTCERT_INST(double)
 #undef FASTCERT_INST

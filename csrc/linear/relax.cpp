@@ -11,7 +11,7 @@ namespace fastcert {
 // mode (the lower slope of an unstable neuron): adaptive (CROWN: 1 if u >= -l else 0), parallel (Fast-Lin / KW:
 // u/(u-l)), zero, one.
 template <typename T>
-void relu_relax(const Arr<T>& l, const Arr<T>& u, LowerSlope mode, Arr<T>& lo_slope, Arr<T>& up_slope, Arr<T>& up_bias) {
+void relu_relax(const View<T>& l, const View<T>& u, LowerSlope mode, View<T>& lo_slope, View<T>& up_slope, View<T>& up_bias) {
   const py::ssize_t n = l.size();
   expect_size(u.size(), n, "u");
   expect_size(lo_slope.size(), n, "lo_slope");
@@ -49,7 +49,7 @@ for (py::ssize_t i = static_cast<py::ssize_t>(i0_); i < static_cast<py::ssize_t>
 });
 }
 
-template void relu_relax<float>(const Arr<float>&, const Arr<float>&, LowerSlope, Arr<float>&, Arr<float>&, Arr<float>&);
-template void relu_relax<double>(const Arr<double>&, const Arr<double>&, LowerSlope, Arr<double>&, Arr<double>&,
-                                 Arr<double>&);
+template void relu_relax<float>(const View<float>&, const View<float>&, LowerSlope, View<float>&, View<float>&, View<float>&);
+template void relu_relax<double>(const View<double>&, const View<double>&, LowerSlope, View<double>&, View<double>&,
+                                 View<double>&);
 }  // namespace fastcert

@@ -118,8 +118,7 @@ def _region_box(flat: torch.Tensor, e: torch.Tensor | None, tmin: torch.Tensor |
     lo, hi = torch.empty_like(flat), torch.empty_like(flat)
     none = empty_like_dtype(dt)
     ev = torch.zeros(flat.shape[0], dtype=dt) if e is None else e
-    flags = _C.region_box(flat.numpy(), ev.numpy(), none if tmin is None else tmin.numpy(),
-                          none if tmax is None else tmax.numpy(), lo.numpy(), hi.numpy())
+    flags = _C.region_box(flat, ev, none if tmin is None else tmin, none if tmax is None else tmax, lo, hi)
     if flags & 1:
         raise ValueError("x contains NaN or inf; fastcert bounds finite inputs only")
     if e is not None:
@@ -185,7 +184,7 @@ def spec_matrix(C: Any, x: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"C must be [S, {K}] or [{B}, S, {K}] for a network with {K} outputs and batch {B}, "
                          f"got shape {tuple(Ct.shape)}")
     Ct = Ct.contiguous()
-    if not _C.all_finite(Ct.numpy()):
+    if not _C.all_finite(Ct):
         raise ValueError("C contains NaN or inf")
     # a float64 C used by a float32 computation is rounded: the bounds then add |C - C_rounded| max|f|
     C64 = None

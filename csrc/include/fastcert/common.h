@@ -1,7 +1,6 @@
 // Shared helpers for the fastcert core: array views, checks, BLAS wrappers, rounding helpers.
 // The core never allocates memory that a caller sees: Python validates and allocates, kernels fill.
 #pragma once
-#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -15,23 +14,21 @@
 #include <string>
 
 #include "cblas.h"
+#include "fastcert/view.h"
 
 namespace fastcert {
 namespace py = pybind11;
 
+// Every kernel takes View<T>s (fastcert/view.h): pointer + shape of a C-contiguous buffer of exactly T (a
+// wrong dtype is a TypeError at the binding, never a copy).
 template <typename T>
-using Arr = py::array_t<T, py::array::c_style>;  // no forcecast: a wrong dtype is an error, never a copy
-
-template <typename T>
-inline T* mut(Arr<T>& a, const char* name) {
-  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
-  if (!a.writeable()) throw std::invalid_argument(std::string(name) + " must be writeable");
-  return a.mutable_data();
+inline T* mut(const View<T>& a, const char* name) {
+  if (!a.writeable) throw std::invalid_argument(std::string(name) + " must be writeable");
+  return a.ptr;
 }
 template <typename T>
-inline const T* ro(const Arr<T>& a, const char* name) {
-  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
-  return a.data();
+inline const T* ro(const View<T>& a, const char*) {
+  return a.ptr;
 }
 inline void expect_size(py::ssize_t got, py::ssize_t want, const char* name) {
   if (got != want)

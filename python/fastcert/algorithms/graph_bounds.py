@@ -21,7 +21,7 @@ from fastcert.algorithms.graph_slack import graph_eval_slack
 from fastcert.algorithms.linear_bounds import check_fp_env, finish, relax_tuple
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
-from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine, np_view
+from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine
 from fastcert.options import DEFAULT_OPTIONS, BoundOptions
 from fastcert.primitives.add import Add
 from fastcert.primitives.base import Elementwise
@@ -170,8 +170,8 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
         G = st.G[v]
         assert G is not None
         lam = lam.expand(Bc, S, lam.shape[2]).contiguous()
-        _C.bias_mag(np_view(lam), np_view(prim.params(dt).bias), np_view(G[b0:b1]), np_view(bias),  # type: ignore
-                    np_view(mag), gamma_n(prim.back_depth, dt), gamma_n(prim.n_out, dt), e)  # type: ignore
+        _C.bias_mag(lam, prim.params(dt).bias, G[b0:b1], bias,  # type: ignore
+                    mag, gamma_n(prim.back_depth, dt), gamma_n(prim.n_out, dt), e)  # type: ignore
         out = prim.backward(lam.reshape(Bc * S, prim.n_out), st.opts).reshape(Bc, S, prim.n_in)  # type: ignore
         return [(nd.inputs[0], out)]
     if isinstance(prim, (ReLU, Elementwise)):
@@ -181,9 +181,9 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
             assert b_in is not None and lo_s is not None
             lo_s = st.rows.lower_slopes(cur[0], v, cur[1], lo_s, b_in.l[b0:b1], b_in.u[b0:b1], b0)
         out = torch.empty(Bc, S, prim.n_in, dtype=dt)
-        _C.backward_act(np_view(lam.contiguous()), np_view(lo_s), np_view(up_s),
-                        e if lo_b is None else np_view(lo_b), np_view(up_b), np_view(zmag), np_view(out),
-                        np_view(bias), np_view(mag), gamma_n(0, dt), gamma_n(prim.n_in, dt), e)
+        _C.backward_act(lam.contiguous(), lo_s, up_s,
+                        e if lo_b is None else lo_b, up_b, zmag, out,
+                        bias, mag, gamma_n(0, dt), gamma_n(prim.n_in, dt), e)
         return [(nd.inputs[0], out)]
     if isinstance(prim, Add):
         a, b = prim.transpose(lam)
@@ -252,15 +252,15 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
     e = empty_like_dtype(dt)
     pr = st.prob
     if stop == 0:
-        _C.concretize(np_view(lam), np_view(pr.x0[b0:b1]), np_view(pr.l0[b0:b1]), np_view(pr.u0[b0:b1]),
-                      np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt),
-                      np_view(res), e, e)
+        _C.concretize(lam, pr.x0[b0:b1], pr.l0[b0:b1], pr.u0[b0:b1],
+                      pr.eps[b0:b1], pr.p, bias, mag, gamma_n(lam.shape[2], dt),
+                      res, e, e)
     else:
         box = st.box[stop]
         assert box is not None
         lb = box.l[b0:b1]
-        _C.concretize(np_view(lam), np_view(lb), np_view(lb), np_view(box.u[b0:b1]), np_view(pr.eps[b0:b1]), 0,
-                      np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt), np_view(res), e, e)
+        _C.concretize(lam, lb, lb, box.u[b0:b1], pr.eps[b0:b1], 0,
+                      bias, mag, gamma_n(lam.shape[2], dt), res, e, e)
     return res
 
 

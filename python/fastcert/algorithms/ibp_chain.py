@@ -55,10 +55,10 @@ def chain_step(L: Layer, dt: torch.dtype) -> tuple:
         return t
     p = L.params(dt)  # type: ignore[attr-defined]
     gamma, tiny = gamma_n(L.fan_in, dt), underflow_slack_tiny(L.fan_in, dt)  # type: ignore[attr-defined]
-    rowabs64 = L.params(torch.float64).rowabs.numpy()  # type: ignore[attr-defined]
+    rowabs64 = L.params(torch.float64).rowabs  # type: ignore[attr-defined]
     uf64 = eval_underflow(L)
     if isinstance(L, Dense):
-        W, absW, bias, absb, rowabs, rownorm = p.np
+        W, absW, bias, absb, rowabs, rownorm = p.W, p.absW, p.bias, p.absbias, p.rowabs, p.rownorm
         t = ("dense", W, absW, bias, rowabs, rownorm, absb, gamma, tiny, rowabs64, uf64,
              gamma_n(L.back_depth, dt), gamma_n(L.n_out, dt), L.back_len, gamma_n(L.n_in, dt))
     else:
@@ -68,8 +68,8 @@ def chain_step(L: Layer, dt: torch.dtype) -> tuple:
         S = L.finite_kernel_sums(dt) if dt == torch.float32 else None
         wsum = torch.empty(0, dtype=dt) if S is None else S
         _, H, Wd = L.in_shape
-        t = ("conv2d", p.np[0], p.np[1], L.channel_bias(dt).numpy(), gamma, tiny, H, Wd, L.stride[0], L.stride[1],
-             L.padding[0], L.padding[1], wsum.numpy(), rowabs64, uf64, L.n_out)
+        t = ("conv2d", p.W, p.absW, L.channel_bias(dt), gamma, tiny, H, Wd, L.stride[0], L.stride[1],
+             L.padding[0], L.padding[1], wsum, rowabs64, uf64, L.n_out)
     cache[dt] = t
     return t
 
@@ -86,8 +86,8 @@ def ibp_chain(layers: list[Layer], prob: Any, C: torch.Tensor, opts: BoundOption
     if B * S * max(layers[-1].n_in, layers[-1].n_out) * prob.x0.element_size() > opts.lambda_bytes:
         return None
     steps = [chain_step(L, dt) for L in layers]
-    lo, hi, code = _C.ibp_chain(steps, prob.l0.numpy(), prob.u0.numpy(), C.numpy(), prob.eps.numpy(),
-                                gamma_for(layers, torch.float64))
+    lo, hi = torch.empty(B, S, dtype=dt), torch.empty(B, S, dtype=dt)
+    code = _C.ibp_chain(steps, prob.l0, prob.u0, C, prob.eps, gamma_for(layers, torch.float64), lo, hi)
     if code != -1:
         raise_overflow([L for L in layers if L.is_affine], code, dt)
-    return torch.from_numpy(lo), torch.from_numpy(hi)
+    return lo, hi

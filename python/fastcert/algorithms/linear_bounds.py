@@ -45,7 +45,7 @@ from fastcert.algorithms.state import (
     uncrossed,
 )
 from fastcert.errors import UnsupportedError
-from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine, interval_dense_center, np_view
+from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine, interval_dense_center
 from fastcert.options import BoundOptions
 from fastcert.primitives.base import Elementwise
 from fastcert.primitives.conv2d import Conv2d
@@ -60,7 +60,7 @@ __all__ = ["METHODS", "Problem", "check_fp_env", "empty_cache", "finish", "linea
 def _rows(L: Layer, sel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Rows ``sel`` of the layer's matrix, [S, n_in], without forming the whole matrix."""
     if isinstance(L, Dense):  # numpy's take: single-threaded, no OpenMP team to wake for a small copy
-        return torch.from_numpy(np.take(L.params(dtype).np[0], sel.numpy(), axis=0))
+        return L.params(dtype).W.index_select(0, sel)
     if isinstance(L, Diag):
         out = torch.zeros(sel.numel(), L.n_in, dtype=dtype)
         out[torch.arange(sel.numel()), sel] = L.params(dtype).W[sel]
@@ -100,25 +100,25 @@ def _fused_step(st: Pass, j: int, L: Layer, prev: Layer, lam: torch.Tensor, out:
         per_row = L.n_in + prev.W64[0].numel() * prev.out_shape[1] * prev.out_shape[2]
         R = max(1, min(Bc * S, st.opts.block_elems // per_row))
         work = WS.get("work", (R * per_row * nthr,), dt)  # a block per thread
-        _C.act_conv_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                             gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], np_view(prev.params(dt).bias),
-                             np_view(G[b0:b1]), gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt),
-                             np_view(out), np_view(bias), np_view(mag), bh, H_, W_, prev.stride[0],
-                             prev.stride[1], prev.padding[0], prev.padding[1], R, np_view(work))
+        _C.act_conv_backward(lam, lo_s, up_s, up_b, zmag,
+                             gamma_n(0, dt), gamma_n(L.n_in, dt), p.W, prev.params(dt).bias,
+                             G[b0:b1], gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt),
+                             out, bias, mag, bh, H_, W_, prev.stride[0],
+                             prev.stride[1], prev.padding[0], prev.padding[1], R, work)
     else:
         R = max(1, min(Bc * S, st.opts.block_elems // L.n_in))
         work = WS.get("work", (R * L.n_in * nthr,), dt)
         ce = st.centre.get(j - 1)
         if ce is not None:  # centre form: the bias inside v, the weight w replaces gamma * G
-            _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], empty_like_dtype(dt),
-                                  np_view(ce.w[b0:b1]), 1.0, 0.0, np_view(out), np_view(bias), np_view(mag), bh, R,
-                                  np_view(work), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]))
+            _C.act_dense_backward(lam, lo_s, up_s, up_b, zmag,
+                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.W, empty_like_dtype(dt),
+                                  ce.w[b0:b1], 1.0, 0.0, out, bias, mag, bh, R,
+                                  work, ce.v[b0:b1], ce.c[b0:b1])
         else:
-            _C.act_dense_backward(np_view(lam), np_view(lo_s), np_view(up_s), np_view(up_b), np_view(zmag),
-                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.np[0], p.np[2], np_view(G[b0:b1]),
-                                  gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt), np_view(out),
-                                  np_view(bias), np_view(mag), bh, R, np_view(work), E64, empty_like_dtype(dt))
+            _C.act_dense_backward(lam, lo_s, up_s, up_b, zmag,
+                                  gamma_n(0, dt), gamma_n(L.n_in, dt), p.W, p.bias, G[b0:b1],
+                                  gamma_n(prev.back_depth, dt), gamma_n(prev.n_out, dt), out,
+                                  bias, mag, bh, R, work, E64, empty_like_dtype(dt))
     return out
 
 
@@ -135,7 +135,7 @@ def _backsub(st: Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor,
     dt = lam.dtype
     Bc, S = bias.shape
     e = empty_like_dtype(dt)
-    bh = e if bias_hi is None else np_view(bias_hi)
+    bh = e if bias_hi is None else bias_hi
     flip = [0]
 
     def out_buf(n_in: int) -> torch.Tensor:  # alternate two scratch buffers: a step reads one, writes the other
@@ -156,38 +156,38 @@ def _backsub(st: Pass, lam: torch.Tensor, bias: torch.Tensor, mag: torch.Tensor,
         if L.is_affine and st.centre.get(idx) is not None:
             ce = st.centre[idx]
             new = L.backward(lam.reshape(Bc * S, L.n_out), st.opts).reshape(Bc, S, L.n_in)
-            _C.affine_center(np_view(lam), np_view(new), np_view(ce.v[b0:b1]), np_view(ce.c[b0:b1]),
-                             np_view(ce.w[b0:b1]), np_view(bias), np_view(mag), bh)
+            _C.affine_center(lam, new, ce.v[b0:b1], ce.c[b0:b1],
+                             ce.w[b0:b1], bias, mag, bh)
             lam = new
         elif L.is_affine:
             G = st.G[idx]
             assert G is not None
-            _C.bias_mag(np_view(lam), np_view(L.params(dt).bias), np_view(G[b0:b1]), np_view(bias), np_view(mag),
+            _C.bias_mag(lam, L.params(dt).bias, G[b0:b1], bias, mag,
                         gamma_n(L.back_depth, dt), gamma_n(L.n_out, dt), bh)
             lam = L.backward(lam.reshape(Bc * S, L.n_out), st.opts).reshape(Bc, S, L.n_in)
         else:
             r = st.relax[idx]
             assert r is not None
             lo_s, up_s, up_b, zmag = (t[b0:b1] for t in r[:4])
-            lo_b = e if r[4] is None else np_view(r[4][b0:b1])
+            lo_b = e if r[4] is None else r[4][b0:b1]
             out = out_buf(L.n_in)
-            _C.backward_act(np_view(lam), np_view(lo_s), np_view(up_s), lo_b, np_view(up_b), np_view(zmag),
-                            np_view(out), np_view(bias), np_view(mag), gamma_n(0, dt), gamma_n(L.n_in, dt), bh)
+            _C.backward_act(lam, lo_s, up_s, lo_b, up_b, zmag,
+                            out, bias, mag, gamma_n(0, dt), gamma_n(L.n_in, dt), bh)
             lam = out
     res = torch.empty(Bc, S, dtype=dt)
     res_hi = None if bias_hi is None else torch.empty(Bc, S, dtype=dt)
-    rh = e if res_hi is None else np_view(res_hi)
+    rh = e if res_hi is None else res_hi
     if stop == 0:
         pr = st.prob
-        _C.concretize(np_view(lam), np_view(pr.x0[b0:b1]), np_view(pr.l0[b0:b1]), np_view(pr.u0[b0:b1]),
-                      np_view(pr.eps[b0:b1]), pr.p, np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt),
-                      np_view(res), bh, rh)
+        _C.concretize(lam, pr.x0[b0:b1], pr.l0[b0:b1], pr.u0[b0:b1],
+                      pr.eps[b0:b1], pr.p, bias, mag, gamma_n(lam.shape[2], dt),
+                      res, bh, rh)
     else:
         box = st.boxes_in[stop]
         assert box is not None
         lb = box.l[b0:b1]
-        _C.concretize(np_view(lam), np_view(lb), np_view(lb), np_view(box.u[b0:b1]), np_view(st.prob.eps[b0:b1]), 0,
-                      np_view(bias), np_view(mag), gamma_n(lam.shape[2], dt), np_view(res), bh, rh)
+        _C.concretize(lam, lb, lb, box.u[b0:b1], st.prob.eps[b0:b1], 0,
+                      bias, mag, gamma_n(lam.shape[2], dt), res, bh, rh)
     return res, res_hi
 
 

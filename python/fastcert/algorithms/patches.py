@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastcert._ext import _C
 from fastcert.algorithms.slack import initial_mag
 from fastcert.algorithms.state import WS, Pass, uncrossed
-from fastcert.layers.base import Box, Layer, empty_like_dtype, np_view
+from fastcert.layers.base import Box, Layer, empty_like_dtype
 from fastcert.primitives.conv2d import Conv2d
 from fastcert.primitives.relu import ReLU
 from fastcert.rounding import gamma_n
@@ -128,10 +128,10 @@ def _window_steps(st: Pass, steps: list[int], geo: list, lam: torch.Tensor, bias
         per_row = n_w + conv.W64[0].numel() * h * w
         R = max(1, min(Bc * P * S, st.opts.block_elems // per_row))
         work = WS.get("work", (R * per_row * nthr,), dt)
-        _C.act_conv_backward(np_view(lam), *(np_view(t) for t in gat), gamma_n(0, dt), gamma_n(act.n_in, dt),
-                             pc.np[0], np_view(cb), np_view(g_w), gamma_n(conv.back_depth, dt),
-                             gamma_n(conv.n_out, dt), np_view(out), np_view(bias), np_view(mag), bh, hn, wn,
-                             conv.stride[0], conv.stride[1], 0, 0, R, np_view(work))
+        _C.act_conv_backward(lam, *gat, gamma_n(0, dt), gamma_n(act.n_in, dt),
+                             pc.W, cb, g_w, gamma_n(conv.back_depth, dt),
+                             gamma_n(conv.n_out, dt), out, bias, mag, bh, hn, wn,
+                             conv.stride[0], conv.stride[1], 0, 0, R, work)
         lam = out
     return lam
 
@@ -147,7 +147,7 @@ def _concretize_windows(st: Pass, geo_last: tuple, lam: torch.Tensor, bias: torc
     P = OH * OW
     S = lam.shape[1]
     e = empty_like_dtype(dt)
-    bh = e if bias_hi is None else np_view(bias_hi)
+    bh = e if bias_hi is None else bias_hi
     # concretize against the input region, window by window (zeros outside the image: padding)
     Cn, hn, wn, sy, sx, oy, ox = geo_last
     shape0 = st.layers[0].in_shape
@@ -160,9 +160,9 @@ def _concretize_windows(st: Pass, geo_last: tuple, lam: torch.Tensor, bias: torc
     eps_w = pr.eps[b0:b1].repeat_interleave(P).contiguous()
     res = torch.empty(Bc * P, S, dtype=dt)
     res_hi = None if bias_hi is None else torch.empty(Bc * P, S, dtype=dt)
-    _C.concretize(np_view(lam), np_view(x0w), np_view(l0w), np_view(u0w), np_view(eps_w), pr.p, np_view(bias),
-                  np_view(mag), gamma_n(lam.shape[2], dt), np_view(res), bh,
-                  e if res_hi is None else np_view(res_hi))
+    _C.concretize(lam, x0w, l0w, u0w, eps_w, pr.p, bias,
+                  mag, gamma_n(lam.shape[2], dt), res, bh,
+                  e if res_hi is None else res_hi)
     return res, res_hi
 
 
@@ -214,7 +214,7 @@ def intermediate_patches(st: Pass, i: int, ibp: Box, intersect: bool, symmetric:
         mag = initial_mag(st, i - 1, 0, b0, b1, S, dt, repeat=P)
         bias_hi = bias.clone() if symmetric else None
         e = empty_like_dtype(dt)
-        bh = e if bias_hi is None else np_view(bias_hi)
+        bh = e if bias_hi is None else bias_hi
         lam = _window_steps(st, steps, geo, lam, bias, mag, bh, b0, b1, (OH, OW))
         res, res_hi = _concretize_windows(st, geo[-1], lam, bias, mag, bias_hi, b0, b1, (OH, OW))
         if symmetric:

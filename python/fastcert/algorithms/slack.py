@@ -81,8 +81,7 @@ def check_overflow(st: Any, out_box: Box) -> None:
     iff the boxes are; a non-finite box propagates to the output box or to a later g)."""
     # every g, not only the last: a ReLU maps an inf / NaN box entry to a finite one and would hide it
     gs = [(L, g) for L, g in zip(st.layers, st.G) if g is not None]
-    bad = _C.first_nonfinite([g.contiguous().numpy() for _, g in gs] +
-                             [out_box.l.contiguous().numpy(), out_box.u.contiguous().numpy()])
+    bad = _C.first_nonfinite([g.contiguous() for _, g in gs] + [out_box.l.contiguous(), out_box.u.contiguous()])
     if bad >= 0:
         raise_overflow([L for L, _ in gs], bad, out_box.l.dtype)
 
@@ -166,9 +165,9 @@ def eval_slack(st: Any, out_box: Box, C: torch.Tensor, C_exact: torch.Tensor | N
                 out = torch.empty(B, dtype=torch.float64)
                 assert nxt is not None
                 e_in = emax if E is None else E.amax(1).contiguous()
-                _C.eval_err_max(G.contiguous().numpy(), L.params(torch.float64).rowabs.numpy(), e_in.numpy(), gamma64,
-                                uf, float(A.lipschitz), nxt.l.contiguous().numpy(), nxt.u.contiguous().numpy(), 4 * u,
-                                max(8 * eta(torch.float64), normal64), out.numpy())
+                _C.eval_err_max(G.contiguous(), L.params(torch.float64).rowabs, e_in, gamma64,
+                                uf, float(A.lipschitz), nxt.l.contiguous(), nxt.u.contiguous(), 4 * u,
+                                max(8 * eta(torch.float64), normal64), out)
                 E, emax, skip = None, out, True
                 continue
             if isinstance(L, Diag):

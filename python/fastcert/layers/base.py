@@ -22,15 +22,6 @@ from fastcert._ext import _C
 from fastcert.rounding import gamma_n, underflow_slack
 
 
-def np_view(t: torch.Tensor) -> np.ndarray:
-    """Zero-copy numpy view of a contiguous CPU tensor (the kernels write through it).
-
-    Internal tensors only (never ones that require grad): the public API detaches its inputs."""
-    if not t.is_contiguous():
-        raise ValueError("internal: tensor passed to a kernel must be contiguous")
-    return t.numpy()
-
-
 _TINY = {dt: torch.finfo(dt).tiny for dt in (torch.float32, torch.float64)}  # smallest normal numbers
 EMPTY = {torch.float32: torch.empty(0, dtype=torch.float32), torch.float64: torch.empty(0, dtype=torch.float64)}
 
@@ -42,8 +33,9 @@ def underflow_slack_tiny(fan_in: int, dt: torch.dtype) -> float:
     return max(underflow_slack(fan_in, dt), _TINY[dt])
 
 
-def empty_like_dtype(dtype: torch.dtype) -> np.ndarray:
-    return np_view(EMPTY[dtype])
+def empty_like_dtype(dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor of ``dtype`` (a kernel's "none" argument)."""
+    return EMPTY[dtype]
 
 
 @dataclass
@@ -106,9 +98,8 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_
         hi = torch.empty(B, n_out, dtype=dt)
         g = torch.empty(B, n_out, dtype=dt)
         work = torch.empty(2 * box.l.numel() + 2 * B, dtype=dt)
-        W, absW, bias, absb, rowabs, rownorm = p.np
-        _C.interval_dense(box.l.numpy(), box.u.numpy(), W, absW, bias, rowabs, rownorm, absb, gamma, tiny, lo.numpy(),
-                          hi.numpy(), g.numpy(), work.numpy())
+        W, absW, bias, absb, rowabs, rownorm = p.W, p.absW, p.bias, p.absbias, p.rowabs, p.rownorm
+        _C.interval_dense(box.l, box.u, W, absW, bias, rowabs, rownorm, absb, gamma, tiny, lo, hi, g, work)
         return Box(lo, hi), g
     if layer.kind == "conv2d":  # one fused kernel: c, r, h, the three products, the finishing step
         lo, hi, g = layer.interval_step(box.l, box.u, gamma, tiny, exact_g)  # type: ignore[attr-defined]
@@ -116,7 +107,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_
     c = torch.empty_like(box.l)
     r = torch.empty_like(box.l)
     h = torch.empty_like(box.l)
-    _C.interval_prep(np_view(box.l), np_view(box.u), np_view(c), np_view(r), np_view(h))
+    _C.interval_prep(box.l, box.u, c, r, h)
     mc = layer.forward(c)
     stacked = torch.cat([r, h], dim=0)
     mrg = layer.forward_abs(stacked)
@@ -124,7 +115,7 @@ def interval_affine(layer: "Layer", box: Box, gamma: float | None = None, exact_
     mg = mrg[B:].contiguous()
     lo = torch.empty(B, n_out, dtype=dt)
     hi = torch.empty(B, n_out, dtype=dt)
-    _C.interval_finish(np_view(mc), np_view(mr), np_view(mg), np_view(p.absbias), gamma, tiny, np_view(lo), np_view(hi))
+    _C.interval_finish(mc, mr, mg, p.absbias, gamma, tiny, lo, hi)
     return Box(lo, hi), mg
 
 
@@ -158,8 +149,7 @@ def interval_dense_center(layer: "Layer", box: Box, gamma_back: float) -> tuple[
     work = torch.empty(B * n_in + 2 * B, dtype=dt)
     work64 = torch.empty(B * n_in, dtype=torch.float64)
     b64 = layer.b64 if layer.b64 is not None else torch.empty(0, dtype=torch.float64)  # type: ignore[attr-defined]
-    _C.interval_dense_center(np_view(box.l), np_view(box.u), np_view(layer.W64), np_view(p.absW),  # type: ignore
-                             np_view(b64), np_view(p.rowabs), np_view(p.rownorm), np_view(p.absbias), gamma, tiny,
-                             gamma_back, lo.numpy(), hi.numpy(), g.numpy(), w.numpy(), c.numpy(), v.numpy(),
-                             work.numpy(), work64.numpy())
+    _C.interval_dense_center(box.l, box.u, layer.W64, p.absW,  # type: ignore
+                             b64, p.rowabs, p.rownorm, p.absbias, gamma, tiny,
+                             gamma_back, lo, hi, g, w, c, v, work, work64)
     return Box(lo, hi), g, Centre(c, v, w)

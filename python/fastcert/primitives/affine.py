@@ -27,7 +27,6 @@ class AffineParams:
     absbias: torch.Tensor
     rowabs: torch.Tensor  # flat [n_out]: >= the sum of |W| over each output's inputs (rounded up)
     rownorm: torch.Tensor  # flat [n_out]: >= the 2-norm of each output's weights (rounded up)
-    np: tuple[np.ndarray, ...]  # zero-copy numpy views of (W, absW, bias, absbias, rowabs, rownorm)
 
 
 class AffineBase(Layer):
@@ -71,8 +70,7 @@ class AffineBase(Layer):
             rownorm = round_up(torch.sqrt(self._row_sums(a64 * a64) * infl + n_row * eta(torch.float64)) * infl,
                                 dtype)
             absb = bias.abs().contiguous()
-            p = AffineParams(W, absW, bias, absb, rowabs, rownorm,
-                        tuple(t.numpy() for t in (W, absW, bias, absb, rowabs, rownorm)))
+            p = AffineParams(W, absW, bias, absb, rowabs, rownorm)
             self._cache[dtype] = p
         return p
 

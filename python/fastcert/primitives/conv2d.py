@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastcert._ext import _C
-from fastcert.layers.base import np_view
 from fastcert.options import DEFAULT_OPTIONS, BoundOptions
 from fastcert.primitives.affine import AffineBase
 
@@ -62,8 +61,8 @@ class Conv2d(AffineBase):
         out = torch.empty(x.shape[0], self.n_out, dtype=x.dtype)
         _, H, Wd = self.in_shape
         work = self._work(x.dtype, x.shape[0], opts)
-        _C.conv_forward(np_view(x), np_view(W), np_view(bias_c), np_view(out), H, Wd, self.stride[0], self.stride[1],
-                        self.padding[0], self.padding[1], np_view(work))
+        _C.conv_forward(x, W, bias_c, out, H, Wd, self.stride[0], self.stride[1],
+                        self.padding[0], self.padding[1], work)
         return out
 
     def channel_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -112,9 +111,9 @@ class Conv2d(AffineBase):
         hi = torch.empty(B, self.n_out, dtype=dt)
         g = torch.empty(B, self.n_out, dtype=dt)
         _, H, Wd = self.in_shape
-        _C.interval_conv(np_view(l), np_view(u), p.np[0], p.np[1], np_view(self.channel_bias(dt)), gamma, tiny,
-                         lo.numpy(), hi.numpy(), g.numpy(), H, Wd, self.stride[0], self.stride[1], self.padding[0],
-                         self.padding[1], 0, np_view(torch.empty(0, dtype=dt) if exact else S))
+        _C.interval_conv(l, u, p.W, p.absW, self.channel_bias(dt), gamma, tiny,
+                         lo, hi, g, H, Wd, self.stride[0], self.stride[1], self.padding[0],
+                         self.padding[1], 0, torch.empty(0, dtype=dt) if exact else S)
         return lo, hi, g
 
     def forward(self, x: torch.Tensor, opts: BoundOptions | None = None) -> torch.Tensor:
@@ -138,8 +137,8 @@ class Conv2d(AffineBase):
         out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
         _, H, Wd = self.in_shape
         work = self._work(lam.dtype, lam.shape[0], opts)
-        _C.conv_backward(np_view(lam), np_view(p.W), np_view(out), H, Wd, self.stride[0], self.stride[1],
-                         self.padding[0], self.padding[1], np_view(work))
+        _C.conv_backward(lam, p.W, out, H, Wd, self.stride[0], self.stride[1],
+                         self.padding[0], self.padding[1], work)
         return out
 
     @property

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastcert._ext import _C
-from fastcert.layers.base import np_view
 from fastcert.options import BoundOptions
 from fastcert.primitives.affine import AffineBase
 
@@ -27,7 +26,7 @@ class Dense(AffineBase):
 
     def _fwd(self, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         out = torch.empty(x.shape[0], W.shape[0], dtype=x.dtype)
-        _C.dense_forward(np_view(x), np_view(W), np_view(bias), np_view(out))
+        _C.dense_forward(x, W, bias, out)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +47,7 @@ class Dense(AffineBase):
         """lam: [R, n_out] -> lam W: [R, n_in] (``opts``: unused, as every affine primitive takes it)."""
         p = self.params(lam.dtype)
         out = torch.empty(lam.shape[0], self.n_in, dtype=lam.dtype)
-        _C.dense_backward(np_view(lam), np_view(p.W), np_view(out))
+        _C.dense_backward(lam, p.W, out)
         return out
 
     def sparse_weight(self) -> sp.csr_matrix:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fastcert._ext import _C
-from fastcert.layers.base import Box, Layer, np_view
+from fastcert.layers.base import Box, Layer
 from fastcert.primitives.base import LOWER_SLOPE_MODES
 from fastcert.primitives.mip_rows import ABSENT, CONST0, INF, RowBuilder, triangle_offset
 
@@ -38,7 +38,7 @@ class ReLU(Layer):
         """``[max(l, 0), max(u, 0)]`` (exact)."""
         lo = torch.empty_like(box.l)
         hi = torch.empty_like(box.u)
-        _C.relu_interval(np_view(box.l), np_view(box.u), np_view(lo), np_view(hi))
+        _C.relu_interval(box.l, box.u, lo, hi)
         return Box(lo, hi)
 
     def unstable(self, box: Box) -> torch.Tensor:
@@ -54,8 +54,8 @@ class ReLU(Layer):
         lo_s = torch.empty_like(box.l)
         up_s = torch.empty_like(box.l)
         up_b = torch.empty_like(box.l)
-        _C.relu_relax(np_view(box.l), np_view(box.u), getattr(_C.LowerSlope, lower_slope), np_view(lo_s),
-                      np_view(up_s), np_view(up_b))
+        _C.relu_relax(box.l, box.u, getattr(_C.LowerSlope, lower_slope), lo_s,
+                      up_s, up_b)
         return lo_s, up_s, up_b
 
     # ---------------------------------------------------------------- MIP encoding (see mip_rows.py)
