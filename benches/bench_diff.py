@@ -72,7 +72,7 @@ def _fastcert_step(model: torch.nn.Module, x: torch.Tensor, C: torch.Tensor, met
     params = list(model.parameters())
 
     def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        lb, _ = fastcert.differentiable_bounds(model, x, EPS, method=method, C=C)
+        lb, _ = fastcert.differentiable_bounds(model, x, EPS, method=method, C=C, bound_upper=False)
         return lb.detach(), list(torch.autograd.grad(lb.sum(), params))
 
     return step

@@ -14,6 +14,35 @@ namespace {
 
 using I = std::int64_t;
 
+// C[M,N] = op(A) op(B) (beta 0), split over fastcert's pool when the product is large: by blocks of C's
+// rows, or of its columns when there are few rows (OpenBLAS runs single-threaded inside fastcert; each
+// block is one single-threaded GEMM).
+template <typename T>
+void gemm_rows(bool ta, bool tb, I M, I N, I K, const T* A, I lda, const T* B, I ldb, T* C, I ldc) {
+  const I most = 2 * I(pool_threads());
+  const bool big = M * N * K > kParallelMacs;
+  const I rblocks = std::min<I>(M / 64, most), cblocks = std::min<I>(N / 64, most);
+  const bool by_rows = rblocks > 1 || cblocks <= 1;
+  const I blocks = std::max<I>(1, by_rows ? rblocks : cblocks);
+  const bool par = big && blocks > 1;
+  const I nb = par ? blocks : 1;
+  parallel_for(nb, 1, par, [&](std::int64_t b0, std::int64_t b1, int) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      if (by_rows) {
+        const I r0 = M * b / nb, r1 = M * (b + 1) / nb;
+        if (r1 <= r0) continue;
+        const T* Ab = ta ? A + r0 : A + r0 * lda;
+        gemm(ta, tb, int(r1 - r0), int(N), int(K), T(1), Ab, int(lda), B, int(ldb), T(0), C + r0 * ldc, int(ldc));
+      } else {
+        const I c0 = N * b / nb, c1 = N * (b + 1) / nb;
+        if (c1 <= c0) continue;
+        const T* Bb = tb ? B + c0 * ldb : B + c0;
+        gemm(ta, tb, int(M), int(c1 - c0), int(K), T(1), A, int(lda), Bb, int(ldb), T(0), C + c0, int(ldc));
+      }
+    }
+  });
+}
+
 template <typename T>
 void ibp_affine_fwd(const View<T>& l, const View<T>& u, const View<T>& W, const View<T>& b, View<T> lo, View<T> hi) {
   // lo/hi [B,m] = W c + b -/+ |W| r with c = (l+u)/2, r = (u-l)/2, l/u [B,n], W [m,n], b [m] or empty
@@ -29,8 +58,8 @@ void ibp_affine_fwd(const View<T>& l, const View<T>& u, const View<T>& W, const 
     r[i] = (u.ptr[i] - l.ptr[i]) / 2;
   }
   for (I i = 0; i < m * n; ++i) a[i] = std::abs(W.ptr[i]);
-  gemm(false, true, int(B), int(m), int(n), T(1), c.data(), int(n), W.ptr, int(n), T(0), lo.ptr, int(m));
-  gemm(false, true, int(B), int(m), int(n), T(1), r.data(), int(n), a.data(), int(n), T(0), hi.ptr, int(m));
+  gemm_rows<T>(false, true, B, m, n, c.data(), n, W.ptr, n, lo.ptr, m);
+  gemm_rows<T>(false, true, B, m, n, r.data(), n, a.data(), n, hi.ptr, m);
   for (I s = 0; s < B; ++s)
     for (I j = 0; j < m; ++j) {
       const T mid = lo.ptr[s * m + j] + (b.empty() ? T(0) : b.ptr[j]);
@@ -63,8 +92,8 @@ void ibp_affine_bwd(const View<T>& l, const View<T>& u, const View<T>& W, const 
     expect_shape(gu, {B, n}, "grad_u");
     std::vector<T> a(static_cast<std::size_t>(m * n));
     for (I i = 0; i < m * n; ++i) a[i] = std::abs(W.ptr[i]);
-    gemm(false, false, int(B), int(n), int(m), T(1), gs.data(), int(m), W.ptr, int(n), T(0), gl.ptr, int(n));
-    gemm(false, false, int(B), int(n), int(m), T(1), gd.data(), int(m), a.data(), int(n), T(0), gu.ptr, int(n));
+    gemm_rows<T>(false, false, B, n, m, gs.data(), m, W.ptr, n, gl.ptr, n);
+    gemm_rows<T>(false, false, B, n, m, gd.data(), m, a.data(), n, gu.ptr, n);
     for (I i = 0; i < B * n; ++i) {
       const T gc = gl.ptr[i], gr = gu.ptr[i];
       gl.ptr[i] = (gc - gr) / 2;
@@ -74,8 +103,8 @@ void ibp_affine_bwd(const View<T>& l, const View<T>& u, const View<T>& W, const 
   if (!gW.empty()) {
     expect_shape(gW, {m, n}, "grad_W");
     std::vector<T> t(static_cast<std::size_t>(m * n));
-    gemm(true, false, int(m), int(n), int(B), T(1), gs.data(), int(m), c.data(), int(n), T(0), gW.ptr, int(n));
-    gemm(true, false, int(m), int(n), int(B), T(1), gd.data(), int(m), r.data(), int(n), T(0), t.data(), int(n));
+    gemm_rows<T>(true, false, m, n, B, gs.data(), m, c.data(), n, gW.ptr, n);
+    gemm_rows<T>(true, false, m, n, B, gd.data(), m, r.data(), n, t.data(), n);
     for (I i = 0; i < m * n; ++i) {
       const T w = W.ptr[i];
       gW.ptr[i] += (w > 0 ? t[i] : (w < 0 ? -t[i] : T(0)));
@@ -167,6 +196,96 @@ RelaxDims relax_dims(const View<T>& lam, const View<T>& lo_s, const View<T>& up_
 inline bool par_elems(I elems) { return elems > (I(1) << 15); }
 constexpr I kCols = 512;  // columns per chunk of the column-parallel loops
 
+// Row bodies of the elementwise loops, branch-free (selects) so that they vectorize, compiled per vector
+// width (FASTCERT_SIMD_CLONES; nominal arithmetic: no bit-exactness is promised between clones). Pointers
+// are already offset to the row (and column chunk); lb / lo-side outputs may be null.
+template <typename T>
+inline __attribute__((always_inline)) T rb_fwd_body(const T* __restrict L, const T* __restrict ls,
+                                                    const T* __restrict us, const T* __restrict lb,
+                                                    const T* __restrict ub, T* __restrict O, I n) {
+  T acc = 0;
+  if (lb) {
+#pragma omp simd reduction(+ : acc)
+    for (I j = 0; j < n; ++j) {
+      const T x = L[j];
+      const bool p = x >= 0;
+      O[j] = x * (p ? ls[j] : us[j]);
+      acc += x * (p ? lb[j] : ub[j]);
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (I j = 0; j < n; ++j) {
+      const T x = L[j];
+      const bool p = x >= 0;
+      O[j] = x * (p ? ls[j] : us[j]);
+      acc += p ? T(0) : x * ub[j];
+    }
+  }
+  return acc;
+}
+FASTCERT_SIMD_CLONES float rb_fwd_row(const float* L, const float* ls, const float* us, const float* lb,
+                                      const float* ub, float* O, I n) {
+  return rb_fwd_body(L, ls, us, lb, ub, O, n);
+}
+FASTCERT_SIMD_CLONES double rb_fwd_row(const double* L, const double* ls, const double* us, const double* lb,
+                                       const double* ub, double* O, I n) {
+  return rb_fwd_body(L, ls, us, lb, ub, O, n);
+}
+
+template <typename T>
+struct RbGrad {  // the outputs of one row chunk of relax_back_bwd (null: not asked)
+  T* GL;
+  T* gls;
+  T* gus;
+  T* glb;
+  T* gub;
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void rb_bwd_body(const T* __restrict L, const T* __restrict G, T gb,
+                                                       const T* __restrict ls, const T* __restrict us,
+                                                       const T* __restrict lb, const T* __restrict ub,
+                                                       const RbGrad<T>& o, I n) {
+  T* __restrict GL = o.GL;
+  if (lb) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) {
+      const bool p = L[j] >= 0;
+      GL[j] = p ? ls[j] * G[j] + lb[j] * gb : us[j] * G[j] + ub[j] * gb;
+    }
+  } else {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) {
+      const bool p = L[j] >= 0;
+      GL[j] = p ? ls[j] * G[j] : us[j] * G[j] + ub[j] * gb;
+    }
+  }
+  if (T* __restrict g = o.gls) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) g[j] += L[j] >= 0 ? L[j] * G[j] : T(0);
+  }
+  if (T* __restrict g = o.gus) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) g[j] += L[j] >= 0 ? T(0) : L[j] * G[j];
+  }
+  if (T* __restrict g = o.glb) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) g[j] += L[j] >= 0 ? L[j] * gb : T(0);
+  }
+  if (T* __restrict g = o.gub) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) g[j] += L[j] >= 0 ? T(0) : L[j] * gb;
+  }
+}
+FASTCERT_SIMD_CLONES void rb_bwd_row(const float* L, const float* G, float gb, const float* ls, const float* us,
+                                     const float* lb, const float* ub, const RbGrad<float>& o, I n) {
+  rb_bwd_body(L, G, gb, ls, us, lb, ub, o, n);
+}
+FASTCERT_SIMD_CLONES void rb_bwd_row(const double* L, const double* G, double gb, const double* ls, const double* us,
+                                     const double* lb, const double* ub, const RbGrad<double>& o, I n) {
+  rb_bwd_body(L, G, gb, ls, us, lb, ub, o, n);
+}
+
 template <typename T>
 void relax_back_fwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s, const View<T>& lo_b,
                     const View<T>& up_b, View<T> out, View<T> bias) {
@@ -177,24 +296,10 @@ void relax_back_fwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s
   parallel_for(rows, grain_for(rows), par_elems(rows * d.n), [&](std::int64_t q0, std::int64_t q1, int) {
     for (I row = q0; row < q1; ++row) {
       const I b = row / d.S;
-      const T* L = lam.ptr + row * d.n;
-      const T* ls = lo_s.ptr + (d.per_row_lo ? row : b) * d.n;
-      const T* us = up_s.ptr + (d.per_row_up ? row : b) * d.n;
-      const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
-      const T* ub = up_b.ptr + b * d.n;
-      T* O = out.ptr + row * d.n;
-      T acc = 0;
-      for (I j = 0; j < d.n; ++j) {
-        const T x = L[j];
-        if (x >= 0) {
-          O[j] = x * ls[j];
-          if (lb) acc += x * lb[j];
-        } else {
-          O[j] = x * us[j];
-          acc += x * ub[j];
-        }
-      }
-      bias.ptr[row] = acc;
+      bias.ptr[row] = rb_fwd_row(lam.ptr + row * d.n, lo_s.ptr + (d.per_row_lo ? row : b) * d.n,
+                                 up_s.ptr + (d.per_row_up ? row : b) * d.n,
+                                 lo_b.empty() ? nullptr : lo_b.ptr + b * d.n, up_b.ptr + b * d.n,
+                                 out.ptr + row * d.n, d.n);
     }
   });
 }
@@ -205,32 +310,22 @@ void relax_back_bwd(const View<T>& lam, const View<T>& lo_s, const View<T>& up_s
                     View<T> g_up_s, View<T> g_lo_b, View<T> g_up_b) {
   const RelaxDims d = relax_dims(lam, lo_s, up_s, lo_b, up_b);
   for (View<T>* g : {&g_lo_s, &g_up_s, &g_lo_b, &g_up_b})
-    for (I i = 0; i < g->size(); ++i) g->ptr[i] = 0;
+    if (!g->empty()) std::fill(g->ptr, g->ptr + g->size(), T(0));
   const I chunks = (d.n + kCols - 1) / kCols;
   parallel_for(d.B * chunks, 1, par_elems(d.B * d.S * d.n), [&](std::int64_t c0, std::int64_t c1, int) {
     for (I cb = c0; cb < c1; ++cb) {
       const I b = cb / chunks, j0 = (cb % chunks) * kCols, j1 = std::min(d.n, j0 + kCols);
-      const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n;
-      const T* ub = up_b.ptr + b * d.n;
+      const T* lb = lo_b.empty() ? nullptr : lo_b.ptr + b * d.n + j0;
+      const T* ub = up_b.ptr + b * d.n + j0;
       for (I s = 0; s < d.S; ++s) {
         const I row = b * d.S + s;
-        const T* L = lam.ptr + row * d.n;
-        const T* G = g_out.ptr + row * d.n;
-        const T gb = g_bias.ptr[row];
-        const I olo = (d.per_row_lo ? row : b) * d.n, oup = (d.per_row_up ? row : b) * d.n;
-        T* GL = g_lam.ptr + row * d.n;
-        for (I j = j0; j < j1; ++j) {
-          const T x = L[j];
-          if (x >= 0) {
-            GL[j] = lo_s.ptr[olo + j] * G[j] + (lb ? lb[j] * gb : T(0));
-            if (!g_lo_s.empty()) g_lo_s.ptr[olo + j] += x * G[j];
-            if (!g_lo_b.empty()) g_lo_b.ptr[b * d.n + j] += x * gb;
-          } else {
-            GL[j] = up_s.ptr[oup + j] * G[j] + ub[j] * gb;
-            if (!g_up_s.empty()) g_up_s.ptr[oup + j] += x * G[j];
-            if (!g_up_b.empty()) g_up_b.ptr[b * d.n + j] += x * gb;
-          }
-        }
+        const I olo = (d.per_row_lo ? row : b) * d.n + j0, oup = (d.per_row_up ? row : b) * d.n + j0;
+        const RbGrad<T> o{g_lam.ptr + row * d.n + j0, g_lo_s.empty() ? nullptr : g_lo_s.ptr + olo,
+                          g_up_s.empty() ? nullptr : g_up_s.ptr + oup,
+                          g_lo_b.empty() ? nullptr : g_lo_b.ptr + b * d.n + j0,
+                          g_up_b.empty() ? nullptr : g_up_b.ptr + b * d.n + j0};
+        rb_bwd_row(lam.ptr + row * d.n + j0, g_out.ptr + row * d.n + j0, g_bias.ptr[row], lo_s.ptr + olo,
+                   up_s.ptr + oup, lb, ub, o, j1 - j0);
       }
     }
   });
@@ -250,6 +345,7 @@ void concretize_box_fwd(const View<T>& lam, const View<T>& c, const View<T>& r, 
       const T* C = c.ptr + b * n;
       const T* R = r.ptr + b * n;
       T acc = 0;
+#pragma omp simd reduction(+ : acc)
       for (I j = 0; j < n; ++j) acc += L[j] * C[j] - std::abs(L[j]) * R[j];
       out.ptr[row] = acc;
     }
@@ -257,29 +353,51 @@ void concretize_box_fwd(const View<T>& lam, const View<T>& c, const View<T>& r, 
 }
 
 template <typename T>
+inline __attribute__((always_inline)) void cb_bwd_body(const T* __restrict L, const T* __restrict C,
+                                                       const T* __restrict R, T gv, T* __restrict GL,
+                                                       T* __restrict gc, T* __restrict gr, I n) {
+  if (GL) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) {
+      const T x = L[j];
+      GL[j] = gv * (x > 0 ? C[j] - R[j] : (x < 0 ? C[j] + R[j] : C[j]));
+    }
+  }
+  if (gc) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) gc[j] += gv * L[j];
+  }
+  if (gr) {
+#pragma omp simd
+    for (I j = 0; j < n; ++j) gr[j] -= gv * std::abs(L[j]);
+  }
+}
+FASTCERT_SIMD_CLONES void cb_bwd_row(const float* L, const float* C, const float* R, float gv, float* GL, float* gc,
+                                     float* gr, I n) {
+  cb_bwd_body(L, C, R, gv, GL, gc, gr, n);
+}
+FASTCERT_SIMD_CLONES void cb_bwd_row(const double* L, const double* C, const double* R, double gv, double* GL,
+                                     double* gc, double* gr, I n) {
+  cb_bwd_body(L, C, R, gv, GL, gc, gr, n);
+}
+
+template <typename T>
 void concretize_box_bwd(const View<T>& lam, const View<T>& c, const View<T>& r, const View<T>& g, View<T> g_lam,
                         View<T> g_c, View<T> g_r) {
   // g_lam = g (c - sign(lam) r); g_c = sum_s g lam; g_r = -sum_s g |lam| (empty outputs: not asked)
   const I B = lam.dim(0), S = lam.dim(1), n = lam.dim(2);
-  for (I i = 0; i < g_c.size(); ++i) g_c.ptr[i] = 0;
-  for (I i = 0; i < g_r.size(); ++i) g_r.ptr[i] = 0;
+  if (!g_c.empty()) std::fill(g_c.ptr, g_c.ptr + g_c.size(), T(0));
+  if (!g_r.empty()) std::fill(g_r.ptr, g_r.ptr + g_r.size(), T(0));
   const I chunks = (n + kCols - 1) / kCols;
   parallel_for(B * chunks, 1, par_elems(B * S * n), [&](std::int64_t c0, std::int64_t c1, int) {
     for (I cb = c0; cb < c1; ++cb) {
       const I b = cb / chunks, j0 = (cb % chunks) * kCols, j1 = std::min(n, j0 + kCols);
-      const T* C = c.ptr + b * n;
-      const T* R = r.ptr + b * n;
+      T* gc = g_c.empty() ? nullptr : g_c.ptr + b * n + j0;
+      T* gr = g_r.empty() ? nullptr : g_r.ptr + b * n + j0;
       for (I s = 0; s < S; ++s) {
-        const T* L = lam.ptr + (b * S + s) * n;
-        const T gv = g.ptr[b * S + s];
-        T* GL = g_lam.empty() ? nullptr : g_lam.ptr + (b * S + s) * n;
-        for (I j = j0; j < j1; ++j) {
-          const T x = L[j];
-          const T sg = x > 0 ? T(1) : (x < 0 ? T(-1) : T(0));
-          if (GL) GL[j] = gv * (C[j] - sg * R[j]);
-          if (!g_c.empty()) g_c.ptr[b * n + j] += gv * x;
-          if (!g_r.empty()) g_r.ptr[b * n + j] -= gv * std::abs(x);
-        }
+        const I row = b * S + s;
+        cb_bwd_row(lam.ptr + row * n + j0, c.ptr + b * n + j0, r.ptr + b * n + j0, g.ptr[row],
+                   g_lam.empty() ? nullptr : g_lam.ptr + row * n + j0, gc, gr, j1 - j0);
       }
     }
   });
@@ -287,22 +405,6 @@ void concretize_box_bwd(const View<T>& lam, const View<T>& c, const View<T>& r, 
 
 // Back-substitution through a dense layer: out [R,n] = lam [R,m] W [m,n]; its backward: g_lam = g W^T,
 // g_W = lam^T g (R = B*S rows).
-// C[M,N] = op(A) op(B) (beta 0) with the M rows of C split over fastcert's pool when the product is large
-// (OpenBLAS runs single-threaded inside fastcert; each block is one single-threaded GEMM).
-template <typename T>
-void gemm_rows(bool ta, bool tb, I M, I N, I K, const T* A, I lda, const T* B, I ldb, T* C, I ldc) {
-  const I blocks = std::max<I>(1, std::min<I>(M / 64, 2 * I(pool_threads())));
-  const bool par = blocks > 1 && M * N * K > kParallelMacs;
-  parallel_for(par ? blocks : 1, 1, par, [&](std::int64_t b0, std::int64_t b1, int) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const I r0 = M * b / (par ? blocks : 1), r1 = M * (b + 1) / (par ? blocks : 1);
-      if (r1 <= r0) continue;
-      const T* Ab = ta ? A + r0 : A + r0 * lda;
-      gemm(ta, tb, int(r1 - r0), int(N), int(K), T(1), Ab, int(lda), B, int(ldb), T(0), C + r0 * ldc, int(ldc));
-    }
-  });
-}
-
 template <typename T>
 void linear_back_fwd(const View<T>& lam, const View<T>& W, View<T> out) {
   const I m = W.dim(0), n = W.dim(1), R = lam.size() / (m ? m : 1);

@@ -89,14 +89,15 @@ def diff_region(net: Network, x: Tensor, eps: Any, x_min: Any = None, x_max: Any
 
 def diff_bounds_of(net: Network, x: Tensor, eps: Any, C: Tensor, method: str, x_min: Any = None, x_max: Any = None,
                    norm: str = "inf", lower_slope: str | None = None, alphas: dict[int, Any] | None = None,
-                   tangent: str = "bisect", rows: Any = None) -> tuple[Tensor, Tensor]:
+                   tangent: str = "bisect", rows: Any = None, upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """The optimize-mode bounds of an already checked problem: x [B, *shape] (live), C [B, S, K] ->
-    (lower, upper) [B, S] in x's dtype, differentiable. ``method="alpha-crown"`` with ``rows``: CROWN with
-    those (optimized) slopes."""
+    (lower, upper) [B, S] in x's dtype, differentiable (upper None when not asked). ``method="alpha-crown"``
+    with ``rows``: CROWN with those (optimized) slopes."""
     g, reg = diff_region(net, x, eps, x_min, x_max, norm)
     if method == "alpha-crown":
         method = "crown"
-    return graph_bounds_diff(g, reg, C.detach().to(x.dtype), method, x.dtype, lower_slope, alphas, tangent, rows)
+    return graph_bounds_diff(g, reg, C.detach().to(x.dtype), method, x.dtype, lower_slope, alphas, tangent, rows,
+                             upper)
 
 
 class _NominalGrad(torch.autograd.Function):
@@ -147,16 +148,18 @@ def check_diff_request(method: str, norm: str, options: BoundOptions | None) -> 
 
 def differentiable_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf",
                           method: str = "crown-ibp", C: Any = None, x_min: Any = None, x_max: Any = None,
-                          lower_slope: str | None = None) -> tuple[Tensor, Tensor]:
+                          lower_slope: str | None = None, bound_upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """Bounds of ``C f(x')`` over ``||x' - x||_norm <= eps`` (within ``[x_min, x_max]``) as a differentiable
     function of the model's parameters, ``x`` and ``eps``: for training losses inside ``forward``.
 
     norm: "inf", "2" or "1". x: [B, *input_shape] (float32/float64); eps: a number, or a scalar / [B] tensor (may require grad);
     C: [S, K] or [B, S, K] (default identity). method: ibp | crown-ibp | crown | fastlin | kw.
     Returns (lower, upper): [B, S], computed in nominal arithmetic by fastcert's kernels (no rounding
-    slack: use :func:`fastcert.bounds` for a certificate). Example::
+    slack: use :func:`fastcert.bounds` for a certificate). ``bound_upper=False`` (as auto_LiRPA's
+    ``compute_bounds(bound_upper=False)``): the lower bound alone, upper None -- the back-substitution then
+    carries half the rows, what a training loss on margins needs. Example::
 
-        lb, _ = fastcert.differentiable_bounds(model, x, eps, method="crown-ibp", C=margin_spec)
+        lb, _ = fastcert.differentiable_bounds(model, x, eps, method="crown-ibp", C=margin_spec, bound_upper=False)
         loss = torch.nn.functional.cross_entropy(-lb_padded, y); loss.backward()
     """
     from fastcert.api import make_region, prepare, spec_matrix
@@ -170,7 +173,7 @@ def differentiable_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: st
     xt = x if isinstance(x, Tensor) else xd
     make_region(xd, eps.detach() if isinstance(eps, Tensor) else eps, norm_key(norm), x_min, x_max)  # checks only
     Ct = spec_matrix(C, xd, K)[0]
-    return diff_bounds_of(net, xt, eps, Ct, method, x_min, x_max, norm, lower_slope)
+    return diff_bounds_of(net, xt, eps, Ct, method, x_min, x_max, norm, lower_slope, upper=bound_upper)
 
 
 __all__ = ["attach_nominal_grad", "cached_network", "check_diff_request", "diff_bounds_of", "diff_region", "differentiable_bounds", "wants_grad"]

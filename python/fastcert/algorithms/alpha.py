@@ -166,16 +166,17 @@ def _adam(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, opts: AlphaO
             for a in params:
                 a.clamp_(0, 1)
         with torch.enable_grad():
+            both = opts.optimize == "both"  # "lower": the output's upper rows are not computed
             if fixed is not None:  # CROWN's intermediate bounds fixed: only the output rows move
                 fixed.rows = rows
-                lo, up = output_bounds(fixed, C)
+                lo, up = output_bounds(fixed, C, both)
             else:
                 st = diff_pass(g, reg, C, "crown", dtype, tangent=tangent, rows=rows, live=False)
-                lo, up = output_bounds(st, C)
+                lo, up = output_bounds(st, C, both)
             loss = _objective(lo, up, opts.optimize)
             last = it == opts.iterations
             grads = None if last else torch.autograd.grad(loss, params, allow_unused=True)
-        improved = best.update(it, lo, up if opts.optimize == "both" else best.up, rows)
+        improved = best.update(it, lo, up if up is not None else best.up, rows)
         log["loss"].append(float(loss.detach()))
         log["steps"] = it
         if progress is not None:

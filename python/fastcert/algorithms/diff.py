@@ -258,13 +258,17 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor |
     return bias
 
 
-def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor | None = None) -> IBox:
+def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor | None = None,
+              upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """Lower and upper bounds of ``lam . z_start``: lam [B, S, n] -> ([B, S], [B, S]) in one pass (``sel``: the
-    neurons or specification rows the rows are, for ``st.rows``)."""
+    neurons or specification rows the rows are, for ``st.rows``). ``upper`` False: the lower bound alone
+    (half the rows), upper None."""
     S = lam.shape[1]
     ridx = None
     if st.rows is not None:
         ridx = st.rows.row_index(start, torch.arange(S) if sel is None else sel)
+    if not upper:
+        return backsub(st, start, lam, stop, None if ridx is None else ridx[:S]), None
     both = backsub(st, start, torch.cat([lam, -lam], 1), stop, ridx)
     return both[:, :S], -both[:, S:]
 
@@ -341,11 +345,12 @@ def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str
 
 def graph_bounds_diff(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dtype,
                       lower_slope: str | None = None, alphas: dict[int, Any] | None = None,
-                      tangent: str = "bisect", rows: RowSlopes | None = None) -> IBox:
+                      tangent: str = "bisect", rows: RowSlopes | None = None,
+                      upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """Differentiable lower / upper bounds of ``C f(x')`` over the region: C [B, S, K] -> ([B, S], [B, S]).
-    ``rows``: alpha-CROWN's per-row ReLU lower slopes (method "crown")."""
+    ``rows``: alpha-CROWN's per-row ReLU lower slopes (method "crown"); ``upper`` False: upper is None."""
     st = diff_pass(g, reg, C, method, dtype, lower_slope, alphas, tangent, rows)
-    return output_bounds(st, C)
+    return output_bounds(st, C, upper)
 
 
 def diff_pass(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dtype,
@@ -368,8 +373,9 @@ def diff_pass(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dt
     return st
 
 
-def output_bounds(st: DiffPass, C: Tensor) -> IBox:
-    """Bounds of ``C f`` ([B, S, K] -> ([B, S], [B, S])) from a forward pass."""
+def output_bounds(st: DiffPass, C: Tensor, upper: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Bounds of ``C f`` ([B, S, K] -> ([B, S], [B, S])) from a forward pass; ``upper`` False: the lower
+    bound alone (upper None; half the back-substitution rows)."""
     out = st.g.output
     stop = st.g.nodes[out].inputs[0] if st.cfg is None else 0
-    return two_sided(st, out, C, stop)
+    return two_sided(st, out, C, stop, upper=upper)

@@ -35,10 +35,13 @@ def _(lam: Tensor, W: Tensor) -> Tensor:
 def linear_back_backward(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need_W: bool) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`linear_back`: (g W^T, lam^T g summed over the leading dimensions); empty if not asked."""
     dt = check("linear_back_backward", ("lam", lam), ("W", W), ("g", g))
-    gl = torch.zeros(lam.shape if need_lam else (0,), dtype=dt)
-    gW = torch.zeros(W.shape if need_W else (0,), dtype=dt)
+    gl = torch.empty(lam.shape if need_lam else (0,), dtype=dt)
+    gW = torch.empty(W.shape if need_W else (0,), dtype=dt)
     if lam.numel() and W.numel():
-        _C.d_linear_back_bwd(c(lam), c(W), c(g), gl, gW)
+        _C.d_linear_back_bwd(c(lam), c(W), c(g), gl, gW)  # writes every entry (GEMMs with beta 0)
+    else:
+        gl.zero_()
+        gW.zero_()
     return gl, gW
 
 
