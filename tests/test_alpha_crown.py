@@ -1,7 +1,8 @@
 """alpha-CROWN (``method="alpha-crown"``) and the per-row slopes it hands to the certify engine.
 
-- any per-row ReLU lower slopes (random, even outside [0, 1]: they are clamped) give sound certified bounds:
-  sampling and PGD on hypothesis networks, degenerate boxes included;
+- any per-row ReLU lower slopes (random, even outside [0, 1]: they are clamped) and any per-row S-shaped
+  tangent points give sound certified bounds: sampling and PGD on hypothesis networks, degenerate boxes
+  included;
 - alpha-CROWN is sound the same way and never looser than CROWN, entry by entry;
 - it is as tight as auto_LiRPA 0.3's alpha-CROWN with the same iterations (float64, within the rounding
   slack of the certified bound), and tighter than CROWN where CROWN is loose;
@@ -22,6 +23,7 @@ from fastcert.algorithms.graph_bounds import RowSlopes, graph_bounds
 from fastcert.api import make_region, spec_matrix
 from fastcert.api_diff import diff_region
 from hypothesis import given
+from hypothesis import strategies as st
 from strategies import (
     build_network,
     build_region,
@@ -102,6 +104,49 @@ def test_any_row_slopes_are_sound(net, reg) -> None:
     prob = make_region(x, region.eps_arg, region.norm, region.x_min, region.x_max)
     lo, up = graph_bounds(gr, prob, Ct, "crown", rows=RowSlopes(rows.sel, rnd))
     _contains(lo, up, _points(model, net, region, B, n, g, C), "random row slopes")
+
+
+@fc_settings(30)
+@given(net=st.one_of(*(net_specs(a) for a in ("sigmoid", "tanh", "arctan", "mixed"))), reg=region_specs())
+def test_any_row_tangent_points_are_sound(net, reg) -> None:
+    """The certify engine with random per-row tangent points of every S-shaped node (inside the box, at d*,
+    and far outside it: projected, and the intercepts are rigorous for any slope), for every start node."""
+    model, region, B, n, g, C = _setup(net, reg, 2)
+    net_ = fastcert.Network.from_torch(model, net.input_shape)
+    x = region.x
+    Ct = spec_matrix(C, x, net.n_out)[0]
+    gr, dreg = diff_region(net_, x, region.eps_arg, region.x_min, region.x_max, region.norm)
+    (rows,), _ = optimize_slopes(gr, dreg, Ct, D, fastcert.AlphaOptions(iterations=0, candidates=1))
+
+    def rand(a: torch.Tensor) -> torch.Tensor:
+        t = a + torch.randn(a.shape, generator=g, dtype=D) * 3
+        if a.dim() == 3:  # ReLU slopes
+            return torch.rand(a.shape, generator=g, dtype=D)
+        return torch.where(torch.rand(a.shape, generator=g, dtype=D) < 0.2, a, t)
+
+    rnd = {k: {v: rand(a.detach()) for v, a in d.items()} for k, d in rows.alpha.items()}
+    prob = make_region(x, region.eps_arg, region.norm, region.x_min, region.x_max)
+    lo, up = graph_bounds(gr, prob, Ct, "crown", rows=RowSlopes(rows.sel, rnd))
+    _contains(lo, up, _points(model, net, region, B, n, g, C), "random row tangent points")
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
+def test_tangent_points_tighten_s_shaped_networks(act) -> None:
+    """On a network with no ReLU, alpha-CROWN's only parameters are the S-shaped tangent points: it must be
+    strictly tighter than CROWN somewhere (and never looser), and sound by sampling."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, 5)).double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(3, 8, dtype=D)
+    eps = 0.3
+    cr = fastcert.bounds(model, x, eps, method="crown")
+    al = fastcert.bounds(model, x, eps, method="alpha-crown")
+    assert bool((al.lower >= cr.lower).all()) and bool((al.upper <= cr.upper).all())
+    assert float((al.lower - cr.lower).sum() + (cr.upper - al.upper).sum()) > 1e-6
+    z = x[:, None] + eps * (2 * torch.rand(3, 20000, 8, dtype=D) - 1)
+    y = model(z)
+    assert bool((y.min(1).values >= al.lower).all()) and bool((y.max(1).values <= al.upper).all())
 
 
 def test_per_row_kernel_equals_per_neuron_when_rows_agree() -> None:

@@ -1,4 +1,5 @@
-"""alpha-CROWN (Xu et al., "Fast and Complete", ICLR 2021): CROWN with optimized ReLU lower slopes.
+"""alpha-CROWN (Xu et al., "Fast and Complete", ICLR 2021): CROWN with optimized ReLU lower slopes and
+S-shaped (sigmoid, tanh, arctan) tangent points.
 
 Every unstable ReLU neuron's lower line ``alpha z`` is valid for any ``alpha`` in [0, 1]; CROWN picks 0 or
 1, alpha-CROWN picks, per *start node and row* (as auto_LiRPA keys them), the slopes that maximize the
@@ -23,28 +24,39 @@ import torch
 from torch import Tensor
 
 from fastcert.algorithms.diff import DiffPass, DiffRegion, diff_pass, output_bounds
+from fastcert.algorithms.diff_relax import sshape_tangent_points
 from fastcert.algorithms.dispatch import network_bounds
 from fastcert.algorithms.graph_bounds import RowSlopes, graph_bounds
 from fastcert.graph.ir import Graph
 from fastcert.layers.base import Box
 from fastcert.options import AlphaOptions, BoundOptions
 from fastcert.primitives.relu import ReLU
+from fastcert.primitives.sshape import SShaped
 from fastcert.rounding import round_down, round_up
 
 
 def initial_rows(st: DiffPass, S: int, intermediate: bool, max_bytes: int = 1 << 62) -> RowSlopes:
-    """CROWN's own lower slopes as alpha-CROWN's starting point: for the output node (its S specification
-    rows) and, with ``intermediate``, for every refined node (the neurons each bounded) when all their slopes
-    fit ``max_bytes`` (else none: the intermediate bounds stay CROWN's); one [B, 2R, n_v] tensor per upstream
-    ReLU node v."""
+    """CROWN's own lines as alpha-CROWN's starting point: for the output node (its S specification rows) and,
+    with ``intermediate``, for every refined node (the neurons each bounded) when all their parameters fit
+    ``max_bytes`` (else none: the intermediate bounds stay CROWN's); per upstream ReLU node v one [B, 2R, n_v]
+    tensor of lower slopes, per upstream S-shaped node one [B, 2R, 2, n_v] of tangent points (the largest
+    valid ones, d*, where the box crosses 0: CROWN's own)."""
     g = st.g
     out = g.output
     relus = [nd.id for nd in g.nodes[1:] if isinstance(nd.prim, ReLU)]
+    sshaped = [nd.id for nd in g.nodes[1:] if isinstance(nd.prim, SShaped)]
     B = st.reg.center.shape[0]
     item = st.reg.center.element_size()
+    stars: dict[int, Tensor] = {}
+    for v in sshaped:
+        bx = st.box[g.nodes[v].inputs[0]]
+        if st.relax[v] is not None and bx is not None:
+            lo, up = sshape_tangent_points(g.nodes[v].prim, bx[0], bx[1], "bisect")  # type: ignore[arg-type]
+            stars[v] = torch.stack([lo, up], 1)  # [B, 2, n]
 
     def size(start: int, R: int) -> int:
-        return sum(B * 2 * R * g.n(v) * item for v in relus if v < start and st.relax[v] is not None)
+        return sum(B * 2 * R * g.n(v) * item * (2 if v in stars else 1)
+                   for v in relus + list(stars) if v < start and st.relax[v] is not None)
 
     sel: dict[int, Tensor] = {out: torch.arange(S)}
     if intermediate and st.sel:
@@ -61,6 +73,9 @@ def initial_rows(st: DiffPass, S: int, intermediate: bool, max_bytes: int = 1 <<
                 continue
             lo_s = rel[0].detach()
             d[v] = lo_s[:, None, :].expand(lo_s.shape[0], 2 * R, lo_s.shape[1]).clone().requires_grad_()
+        for v, t in stars.items():
+            if v < start:
+                d[v] = t[:, None].expand(t.shape[0], 2 * R, *t.shape[1:]).clone().requires_grad_()
         if d:
             alpha[start] = d
     return RowSlopes(sel, alpha)
@@ -141,29 +156,31 @@ def optimize_slopes(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, op
         lo, up = output_bounds(st0, C)
     rows = initial_rows(st0, S, opts.intermediate, opts.max_bytes)
     params = [a for d in rows.alpha.values() for a in d.values()]
+    slopes = [a for d in rows.alpha.values() for v, a in d.items() if isinstance(g.nodes[v].prim, ReLU)]
     intermediate = opts.intermediate and len(rows.sel) > 1
     best = _Best(lo, up, rows, opts.optimize == "both")
     log: dict[str, Any] = {"loss": [float(_objective(lo, up, opts.optimize))], "steps": 0,
                            "intermediate": intermediate}
     if params and opts.iterations > 0:
-        _adam(g, reg, C, dtype, opts, tangent, st0 if not intermediate else None, rows, params, best, log,
-              progress)
+        _adam(g, reg, C, dtype, opts, tangent, st0 if not intermediate else None, rows, params, slopes, best,
+              log, progress)
     log["nominal_lower"] = best.lo
     return best.candidates(rows.sel, opts.candidates), log
 
 
 def _adam(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, opts: AlphaOptions, tangent: str,
-          fixed: DiffPass | None, rows: RowSlopes, params: list[Tensor], best: _Best, log: dict[str, Any],
-          progress: Any) -> None:
-    """Projected Adam steps; ``fixed``: the CROWN pass whose intermediate bounds are kept (only the output's
-    slopes move), None: every step recomputes them with their slopes."""
+          fixed: DiffPass | None, rows: RowSlopes, params: list[Tensor], slopes: list[Tensor], best: _Best,
+          log: dict[str, Any], progress: Any) -> None:
+    """Projected Adam steps (``slopes``: the ReLU slopes among ``params``, projected to [0, 1]; tangent points
+    are projected to their valid ranges where they are used); ``fixed``: the CROWN pass whose intermediate
+    bounds are kept (only the output's slopes move), None: every step recomputes them with their slopes."""
     stop = None if opts.time_limit is None else time.perf_counter() + opts.time_limit
     optim = torch.optim.Adam(params, lr=opts.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, opts.decay)
     stall = 0
     for it in range(1, opts.iterations + 1):
         with torch.no_grad():
-            for a in params:
+            for a in slopes:
                 a.clamp_(0, 1)
         with torch.enable_grad():
             both = opts.optimize == "both"  # "lower": the output's upper rows are not computed
@@ -174,7 +191,9 @@ def _adam(g: Graph, reg: DiffRegion, C: Tensor, dtype: torch.dtype, opts: AlphaO
                 st = diff_pass(g, reg, C, "crown", dtype, tangent=tangent, rows=rows, live=False)
                 lo, up = output_bounds(st, C, both)
             loss = _objective(lo, up, opts.optimize)
-            last = it == opts.iterations
+            # no parameter reached the loss (e.g. tangent points of S-shaped neurons whose boxes take no
+            # tangent): nothing to optimize
+            last = it == opts.iterations or not loss.requires_grad
             grads = None if last else torch.autograd.grad(loss, params, allow_unused=True)
         improved = best.update(it, lo, up if up is not None else best.up, rows)
         log["loss"].append(float(loss.detach()))

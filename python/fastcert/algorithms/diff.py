@@ -39,6 +39,7 @@ from fastcert.primitives.diag import Diag
 from fastcert.primitives.linear import Dense
 from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.primitives.relu import ReLU
+from fastcert.primitives.sshape import SShaped
 
 # method -> (ReLU lower slope, intermediate bounds, intersect them with the interval bounds): the certify
 # graph engine's table, so that both modes compute the same bound
@@ -202,6 +203,25 @@ class DiffPass:
     cfg: tuple[str, str, bool] | None = None
 
 
+def _has_rows(rows: RowSlopes, start: int, v: int, ridx: Tensor) -> bool:
+    return rows.alpha.get(start, {}).get(v) is not None and bool((ridx >= 0).any())
+
+
+def _sshape_rows_back(st: DiffPass, start: int, v: int, p: SShaped, ridx: Tensor, rel: Any,
+                      a: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows a [B, S, n] through S-shaped node v with alpha-CROWN's per-row tangent points (rows without an
+    entry: the method's lines ``rel``) -> (a', bias)."""
+    assert st.rows is not None
+    d = st.rows.alpha[start][v].index_select(1, ridx.clamp(min=0))  # [B, S, 2, n]
+    bx = st.box[st.g.nodes[v].inputs[0]]
+    assert bx is not None
+    lines = dr.sshape_row_lines(p, bx[0], bx[1], d[:, :, 0], d[:, :, 1])
+    ok = (ridx >= 0)[None, :, None]
+    lo_s, lo_b, up_s, up_b = (torch.where(ok, x, b[:, None, :]) for x, b in zip(lines, rel))
+    pos, neg = a.clamp_min(0), a.clamp_max(0)
+    return pos * lo_s + neg * up_s, (pos * lo_b + neg * up_b).sum(-1)
+
+
 def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor | None = None) -> Tensor:
     """Lower bound of ``lam . z_start`` over the region: lam [B, S, n_start] -> [B, S]. Rows are carried back
     to ``stop`` (its box concretizes them; 0: the input region), one coefficient matrix per live node.
@@ -241,6 +261,9 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor |
                 a_in, b_in = ops.relax_back(a.contiguous(), lo_s, rel[1], None, rel[2])
             elif isinstance(p, MaxPool2d):
                 a_in, b_in = dr.maxpool_back(p, rel, a)  # type: ignore[arg-type]
+            elif isinstance(p, SShaped) and ridx is not None and st.rows is not None and \
+                    _has_rows(st.rows, start, v, ridx):
+                a_in, b_in = _sshape_rows_back(st, start, v, p, ridx, rel, a)
             else:
                 a_in, b_in = ops.relax_back(a.contiguous(), rel[0], rel[2], rel[1], rel[3])
             bias = bias + b_in

@@ -123,10 +123,12 @@ def _piecewise_lines(p: Elementwise, l: Tensor, u: Tensor, mode: str) -> Lines:
     return lo_s, lo_b, up_s, up_b
 
 
-def _sshape_lower(p: SShaped, l: Tensor, u: Tensor, tangent: str, d_given: Tensor | None) -> tuple[Tensor, Tensor]:
+def _sshape_lower(p: SShaped, l: Tensor, u: Tensor, tangent: str, d_given: Tensor | None,
+                  d_star: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """CROWN's lower line of an S-shaped f on float64 [N] boxes (as ``SShaped.lower_line``): (s, t).
     ``d_given``: tangent points for the crossing neurons that need one (alpha-CROWN), projected to the
-    valid ``[l, d*]``."""
+    valid ``[l, d*]``; ``d_star`` ([N], detached): d* already computed (``SShaped.star_points``), else by
+    bisection here."""
     deriv = SSHAPED_DERIVS[p.kind]
     lookup = tangent == "lookup"
     lc = l.clamp(min=-p.table_limit) if lookup else l
@@ -146,7 +148,12 @@ def _sshape_lower(p: SShaped, l: Tensor, u: Tensor, tangent: str, d_given: Tenso
     if bool(tan.any()):
         idx = tan.nonzero().squeeze(1)
         with torch.no_grad():
-            d0 = p.lookup_point(uc[idx].detach()) if lookup else p.bisect_point(l[idx].detach(), u[idx].detach())
+            if lookup:
+                d0 = p.lookup_point(uc[idx].detach())
+            elif d_star is not None:
+                d0 = d_star[idx]
+            else:
+                d0 = p.bisect_point(l[idx].detach(), u[idx].detach())
         if lookup:
             dt_ = d0
         else:
@@ -189,6 +196,24 @@ def elementwise_lines(p: Elementwise, l: Tensor, u: Tensor, mode: str, tangent: 
     else:
         lines = _piecewise_lines(p, lf, uf, mode)
     return tuple(x.reshape(shape).to(dt).contiguous() for x in lines)  # type: ignore[return-value]
+
+
+def sshape_row_lines(p: SShaped, l: Tensor, u: Tensor, d_lo: Tensor, d_up: Tensor) -> Lines:
+    """alpha-CROWN's per-row lines of an S-shaped node (the optimize-mode twin of ``SShaped.relax_rows``):
+    box l, u [B, n] (live), tangent points d_lo, d_up [B, R, n] (lower / upper line) -> four [B, R, n] in the
+    box's dtype, differentiable in the box and the tangent points. d* is found once per neuron (bisection),
+    not per row."""
+    dt = l.dtype
+    B, R, n = d_lo.shape
+    lf, uf = l.double(), u.double()
+    with torch.no_grad():
+        s_lo, s_up = p.star_points(lf.detach(), uf.detach())
+    L = lf[:, None, :].expand(B, R, n).reshape(-1)
+    U = uf[:, None, :].expand(B, R, n).reshape(-1)
+    e = (B, R, n)
+    lo_s, lo_b = _sshape_lower(p, L, U, "bisect", d_lo.double().reshape(-1), s_lo[:, None, :].expand(e).reshape(-1))
+    up_s, t = _sshape_lower(p, -U, -L, "bisect", -d_up.double().reshape(-1), s_up[:, None, :].expand(e).reshape(-1))
+    return tuple(x.reshape(e).to(dt).contiguous() for x in (lo_s, lo_b, up_s, p.center - t))  # type: ignore
 
 
 def sshape_tangent_points(p: SShaped, l: Tensor, u: Tensor, tangent: str) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ from fastcert.primitives.concat import Concat
 from fastcert.primitives.diag import Diag
 from fastcert.primitives.maxpool import MaxPool2d
 from fastcert.primitives.relu import ReLU
+from fastcert.primitives.sshape import SShaped
 from fastcert.rounding import eta, gamma_n, round_up
 
 # method -> (lower slope, intermediate bounds, intersect intermediate bounds with IBP); see linear_bounds
@@ -43,12 +44,15 @@ GRAPH_METHODS: dict[str, tuple[str, str, bool] | None] = {
 
 @dataclass
 class RowSlopes:
-    """alpha-CROWN's ReLU lower slopes, one per (start node, row, neuron), as auto_LiRPA keys them per start
-    node. ``sel[start]``: [R] the neurons of the start node whose bounds the rows are (the output node: its
-    specification rows, ``arange(S)``); ``alpha[start][v]``: [B, 2R, n_v] slopes of ReLU node v for the
-    start's lower-bound rows then its upper-bound rows (clamped to [0, 1] where used). Rows or nodes without
-    an entry use the method's own slopes. Any slope in [0, 1] gives a valid lower line of a ReLU whose box
-    crosses 0, so the bounds stay sound whatever the values."""
+    """alpha-CROWN's ReLU lower slopes and S-shaped tangent points, one per (start node, row, neuron), as
+    auto_LiRPA keys them per start node. ``sel[start]``: [R] the neurons of the start node whose bounds the
+    rows are (the output node: its specification rows, ``arange(S)``); ``alpha[start][v]``: for a ReLU node
+    v, [B, 2R, n_v] lower slopes for the start's lower-bound rows then its upper-bound rows (clamped to
+    [0, 1] where used); for an S-shaped node (sigmoid, tanh, arctan), [B, 2R, 2, n_v] the tangent points of
+    its lower and upper lines (projected to their valid ranges where used, see ``SShaped.relax_rows``).
+    Rows or nodes without an entry use the method's own lines. Any slope in [0, 1], and any tangent point
+    (the certify mode's intercepts are rigorous for any slope), gives valid lines, so the bounds stay sound
+    whatever the values."""
 
     sel: dict[int, torch.Tensor]
     alpha: dict[int, dict[int, torch.Tensor]]
@@ -78,6 +82,25 @@ class RowSlopes:
         if a is None or not bool(ok.any()):
             return base
         return _rows_from(a[b0:b0 + base.shape[0]], ridx, ok, base, l, u)
+
+
+    def sshape_lines(self, start: int, v: int, ridx: torch.Tensor, prim: SShaped, box: Box,
+                     base: tuple[torch.Tensor | None, ...], b0: int = 0) -> tuple[torch.Tensor, ...] | None:
+        """Certified lines (lo_s, lo_b, up_s, up_b: [Bc, rows, n]) of S-shaped node v for rows ``ridx`` of
+        ``start`` with their tangent points, or None when there are none; ``base``: the method's own
+        (lo_s, lo_b or None, up_s, up_b) [Bc, n] for rows without an entry; box: v's input box [Bc, n]."""
+        a = self.alpha.get(start, {}).get(v)
+        ok = ridx >= 0
+        if a is None or not bool(ok.any()):
+            return None
+        d = a[b0:b0 + box.l.shape[0]].index_select(1, ridx.clamp(min=0)).detach()
+        r = prim.relax_rows(box, d[:, :, 0], d[:, :, 1])
+        out = []
+        for x, b in zip((r.lo_s, r.lo_b, r.up_s, r.up_b), base):
+            assert x is not None
+            bb = torch.zeros_like(box.l) if b is None else b
+            out.append(torch.where(ok[None, :, None], x, bb[:, None, :].expand_as(x)).contiguous())
+        return tuple(out)
 
 
 def _rows_from(a: torch.Tensor, ridx: torch.Tensor, ok: torch.Tensor, base: torch.Tensor, l: torch.Tensor,
@@ -180,6 +203,13 @@ def _step(st: GraphPass, v: int, lam: torch.Tensor, bias: torch.Tensor, mag: tor
             b_in = st.box[nd.inputs[0]]
             assert b_in is not None and lo_s is not None
             lo_s = st.rows.lower_slopes(cur[0], v, cur[1], lo_s, b_in.l[b0:b1], b_in.u[b0:b1], b0)
+        if cur is not None and st.rows is not None and isinstance(prim, SShaped):
+            b_in = st.box[nd.inputs[0]]
+            assert b_in is not None and lo_s is not None and up_s is not None and up_b is not None
+            got = st.rows.sshape_lines(cur[0], v, cur[1], prim, Box(b_in.l[b0:b1], b_in.u[b0:b1]),
+                                       (lo_s, lo_b, up_s, up_b), b0)
+            if got is not None:
+                lo_s, lo_b, up_s, up_b = got
         out = torch.empty(Bc, S, prim.n_in, dtype=dt)
         _C.backward_act(lam.contiguous(), lo_s, up_s,
                         e if lo_b is None else lo_b, up_b, zmag, out,

@@ -123,9 +123,11 @@ class SShaped(Elementwise):
         return ow.finish(*(x.reshape(shape) for x in (lo_s, lo_b, up_s, up_b)), dtype=dt)
 
     def lower_line(self, l: torch.Tensor, u: torch.Tensor, tangent: str,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype, d_tan: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat float64 ``l, u`` ([N], finite) -> ``(s, t)``: ``s z + t <= f(z)`` on ``[l, u]``, ``s``
-        representable in ``dtype``, ``t`` a rigorous float64 intercept."""
+        representable in ``dtype``, ``t`` a rigorous float64 intercept. ``d_tan`` ([N]): the tangent points
+        of the crossing neurons that take a tangent (alpha-CROWN's, projected by the caller to ``[l, d*]``;
+        any value keeps the line sound: the intercept is rigorous for whatever slope)."""
         lookup = tangent == "lookup"
         lc = l.clamp(min=-self.table_limit) if lookup else l
         uc = u.clamp(max=self.table_limit) if lookup else u
@@ -139,7 +141,9 @@ class SShaped(Elementwise):
         direct = cross & (k < self.deriv(lc))
         tan = cross & ~direct
         d = torch.where(neg, m, torch.where(direct, l, torch.zeros_like(l)))
-        if bool(tan.any()):
+        if d_tan is not None:
+            d = torch.where(tan, d_tan, d)
+        elif bool(tan.any()):
             idx = tan.nonzero().squeeze(1)
             if lookup:
                 dt_ = self.lookup_point(uc[idx])
@@ -151,6 +155,53 @@ class SShaped(Elementwise):
         s = torch.where(neg | tan, self.deriv(d), k)
         s = ow.slope_to(s, dtype)
         return s, self.lower_intercept(l, u, s, d)
+
+    def star_points(self, l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 ``l, u`` (any shape, finite) -> the largest valid tangent points (d*) of the lower line
+        (in ``[l, 0]``) and of the mirrored upper line (in ``[-u, 0]``, the lower line of ``[-u, -l]``) where
+        the box crosses 0; 0 elsewhere."""
+        out = []
+        for a, b in ((l, u), (-u, -l)):
+            af, bf = a.reshape(-1), b.reshape(-1)
+            d = torch.zeros_like(af)
+            cross = (af < 0) & (bf > 0)
+            if bool(cross.any()):
+                idx = cross.nonzero().squeeze(1)
+                d[idx] = self.bisect_point(af[idx], bf[idx])
+            out.append(d.reshape(l.shape))
+        return out[0], out[1]
+
+    def relax_rows(self, box: Box, d_lo: torch.Tensor, d_up: torch.Tensor) -> Relaxation:
+        """alpha-CROWN's per-row lines: box [Bc, n]; ``d_lo``, ``d_up`` [Bc, R, n] the tangent points of the
+        lower and upper lines for each row (as auto_LiRPA keys them per start node). Where a neuron's box
+        crosses 0 and its line is a tangent, the tangent is taken at ``d_lo`` projected to ``[l, d*]`` (the
+        upper line: at ``d_up`` projected to ``[d*', u]``); every other neuron gets CROWN's line. Sound for
+        any ``d`` (the intercepts are rigorous, as in :meth:`relax`). -> lines [Bc, R, n] in the box's
+        dtype."""
+        check_box(self, box)
+        dt = box.l.dtype
+        Bc, R, n = d_lo.shape
+        l = box.l.double()
+        u = box.u.double()
+        bad = ow.unbounded(l, u)
+        l0 = torch.where(bad, torch.zeros_like(l), l)
+        u0 = torch.where(bad, torch.zeros_like(u), u)
+        s_lo, s_up = self.star_points(l0, u0)
+        L = l0[:, None, :].expand(Bc, R, n)
+        U = u0[:, None, :].expand(Bc, R, n)
+        dl = torch.minimum(torch.maximum(d_lo.double(), L), s_lo[:, None, :])
+        du = torch.minimum(torch.maximum(-d_up.double(), -U), s_up[:, None, :])  # mirrored: in [-u, d*']
+        Lf, Uf = L.reshape(-1), U.reshape(-1)
+        lo_s, lo_b = self.lower_line(Lf, Uf, "bisect", dt, d_tan=dl.reshape(-1))
+        up_s, t = self.lower_line(-Uf, -Lf, "bisect", dt, d_tan=du.reshape(-1))
+        up_b = ow.sub_up(torch.full_like(t, self.center), t)
+        badf = bad[:, None, :].expand(Bc, R, n).reshape(-1)
+        if bool(badf.any()):
+            lv = self.value_bounds(l[:, None, :].expand(Bc, R, n).reshape(-1))[0]
+            uv = self.value_bounds(u[:, None, :].expand(Bc, R, n).reshape(-1))[1]
+            c = ow.constant_lines(lv, uv)
+            lo_s, lo_b, up_s, up_b = (torch.where(badf, ci, x) for ci, x in zip(c, (lo_s, lo_b, up_s, up_b)))
+        return ow.finish(*(x.reshape(Bc, R, n) for x in (lo_s, lo_b, up_s, up_b)), dtype=dt)
 
     def lower_intercept(self, l: torch.Tensor, u: torch.Tensor, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """A float ``t <= min over [l, u] of (f(x) - s x)`` (exact), using the tangent at ``d`` on the
