@@ -42,11 +42,13 @@ def ibp_affine_backward(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Ten
     empty."""
     dt = check("ibp_affine_backward", ("l", l), ("u", u), ("W", W), ("g_lo", g_lo), ("g_hi", g_hi))
     (B, n), m = l.shape, W.shape[0]
-    gl = torch.zeros(B, n, dtype=dt) if need_x else torch.empty(0, dtype=dt)
-    gu = torch.zeros(B, n, dtype=dt) if need_x else torch.empty(0, dtype=dt)
-    gW = torch.zeros(m, n, dtype=dt) if need_W else torch.empty(0, dtype=dt)
-    gb = torch.zeros(m, dtype=dt) if need_b else torch.empty(0, dtype=dt)
-    if B and m and n:
+    full = bool(B and m and n)  # then the kernel writes every entry (no zero-fill needed)
+    new = torch.empty if full else torch.zeros
+    gl = new(B, n, dtype=dt) if need_x else torch.empty(0, dtype=dt)
+    gu = new(B, n, dtype=dt) if need_x else torch.empty(0, dtype=dt)
+    gW = new(m, n, dtype=dt) if need_W else torch.empty(0, dtype=dt)
+    gb = new(m, dtype=dt) if need_b else torch.empty(0, dtype=dt)
+    if full:
         _C.d_ibp_affine_bwd(c(l), c(u), c(W), c(g_lo), c(g_hi), gl, gu, gW, gb)
     elif need_b and B and m:
         gb.copy_((g_lo + g_hi).sum(0))
