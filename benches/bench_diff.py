@@ -2,8 +2,9 @@
 
 - *forward + backward* of the IBP and CROWN-IBP bounds, as a training step computes them: the margin
   lower bounds ``lb [B, 9]`` of the case's network at batch 32 and 128, ``loss = lb.sum()``, and the
-  gradients of the loss w.r.t. every parameter. fastcert: ``fastcert.differentiable_bounds``; auto_LiRPA:
-  ``BoundedModule.compute_bounds`` then ``torch.autograd.grad``. Checked before timing: the two bounds
+  gradients of the loss w.r.t. every parameter. fastcert: ``fastcert.differentiable_bounds(...,
+  bound_upper=False)``; auto_LiRPA: ``BoundedModule.compute_bounds(..., bound_upper=False)`` then
+  ``torch.autograd.grad`` (the lower bound alone on both sides). Checked before timing: the two bounds
   and the two gradients agree within 1e-4 of their largest magnitude (float32; the same bound).
 - *alpha-CROWN*, 20 iterations: ``fastcert.bounds(method="alpha-crown")`` (optimization, then the
   certified bound with the optimized slopes) against auto_LiRPA's ``compute_bounds(method="alpha-CROWN",
