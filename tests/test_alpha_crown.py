@@ -85,25 +85,41 @@ def test_alpha_crown_sound_and_never_looser_than_crown(net, reg) -> None:
     _contains(alpha.lower, alpha.upper, _points(model, net, region, B, n, g, C), "alpha-crown")
 
 
-@fc_settings(40)
-@given(net=net_specs("relu"), reg=region_specs())
-def test_any_row_slopes_are_sound(net, reg) -> None:
-    """The certify engine with random per-row slopes for every start node (output and intermediate)."""
-    model, region, B, n, g, C = _setup(net, reg, 1)
+def _random_rows_are_sound(net, reg, seed: int, draw, what: str) -> None:
+    """The certify engine with per-row parameters ``draw(a)`` (a: alpha-CROWN's initial ones, for every start
+    node and upstream node) bounds every sampled / attacked point."""
+    model, region, B, n, g, C = _setup(net, reg, seed)
     net_ = fastcert.Network.from_torch(model, net.input_shape)
     x = region.x
     Ct = spec_matrix(C, x, net.n_out)[0]
     gr, dreg = diff_region(net_, x, region.eps_arg, region.x_min, region.x_max, region.norm)
     (rows,), _ = optimize_slopes(gr, dreg, Ct, D, fastcert.AlphaOptions(iterations=0, candidates=1))
-    def slopes(shape: torch.Size) -> torch.Tensor:  # in [0, 1], and some far outside (clamped when used)
-        t = torch.rand(shape, generator=g, dtype=D)
-        wild = torch.rand(shape, generator=g, dtype=D) < 0.3
-        return torch.where(wild, torch.rand(shape, generator=g, dtype=D) * 7 - 3, t)
-
-    rnd = {k: {v: slopes(a.shape) for v, a in d.items()} for k, d in rows.alpha.items()}
+    rnd = {k: {v: draw(a.detach(), g) for v, a in d.items()} for k, d in rows.alpha.items()}
     prob = make_region(x, region.eps_arg, region.norm, region.x_min, region.x_max)
     lo, up = graph_bounds(gr, prob, Ct, "crown", rows=RowSlopes(rows.sel, rnd))
-    _contains(lo, up, _points(model, net, region, B, n, g, C), "random row slopes")
+    _contains(lo, up, _points(model, net, region, B, n, g, C), what)
+
+
+def _slopes(a: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """ReLU slopes in [0, 1], and some far outside (clamped when used)."""
+    t = torch.rand(a.shape, generator=g, dtype=D)
+    wild = torch.rand(a.shape, generator=g, dtype=D) < 0.3
+    return torch.where(wild, torch.rand(a.shape, generator=g, dtype=D) * 7 - 3, t)
+
+
+def _tangents(a: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Tangent points near d* and far from it (projected where used); ReLU slopes as _slopes."""
+    if a.dim() == 3:
+        return _slopes(a, g)
+    t = a + torch.randn(a.shape, generator=g, dtype=D) * 3
+    return torch.where(torch.rand(a.shape, generator=g, dtype=D) < 0.2, a, t)
+
+
+@fc_settings(40)
+@given(net=net_specs("relu"), reg=region_specs())
+def test_any_row_slopes_are_sound(net, reg) -> None:
+    """The certify engine with random per-row slopes for every start node (output and intermediate)."""
+    _random_rows_are_sound(net, reg, 1, _slopes, "random row slopes")
 
 
 @fc_settings(30)
@@ -111,23 +127,7 @@ def test_any_row_slopes_are_sound(net, reg) -> None:
 def test_any_row_tangent_points_are_sound(net, reg) -> None:
     """The certify engine with random per-row tangent points of every S-shaped node (inside the box, at d*,
     and far outside it: projected, and the intercepts are rigorous for any slope), for every start node."""
-    model, region, B, n, g, C = _setup(net, reg, 2)
-    net_ = fastcert.Network.from_torch(model, net.input_shape)
-    x = region.x
-    Ct = spec_matrix(C, x, net.n_out)[0]
-    gr, dreg = diff_region(net_, x, region.eps_arg, region.x_min, region.x_max, region.norm)
-    (rows,), _ = optimize_slopes(gr, dreg, Ct, D, fastcert.AlphaOptions(iterations=0, candidates=1))
-
-    def rand(a: torch.Tensor) -> torch.Tensor:
-        t = a + torch.randn(a.shape, generator=g, dtype=D) * 3
-        if a.dim() == 3:  # ReLU slopes
-            return torch.rand(a.shape, generator=g, dtype=D)
-        return torch.where(torch.rand(a.shape, generator=g, dtype=D) < 0.2, a, t)
-
-    rnd = {k: {v: rand(a.detach()) for v, a in d.items()} for k, d in rows.alpha.items()}
-    prob = make_region(x, region.eps_arg, region.norm, region.x_min, region.x_max)
-    lo, up = graph_bounds(gr, prob, Ct, "crown", rows=RowSlopes(rows.sel, rnd))
-    _contains(lo, up, _points(model, net, region, B, n, g, C), "random row tangent points")
+    _random_rows_are_sound(net, reg, 2, _tangents, "random row tangent points")
 
 
 @pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
