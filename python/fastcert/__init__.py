@@ -34,12 +34,12 @@ _LAZY = {
     "certify": "fastcert.api",
     "differentiable_bounds": "fastcert.api_diff",
 }
-_SUBMODULES = ("attacks", "ops")
+_SUBMODULES = ("attacks", "ops", "training")
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
-    from fastcert import attacks, ops
+    from fastcert import attacks, ops, training
     from fastcert._ext import build_info, set_blas_threads
     from fastcert.algorithms.linear_bounds import empty_cache
     from fastcert.api import BoundsResult, CertifyResult, bounds, certify
