@@ -1,4 +1,5 @@
-"""Input/output: datasets bundled with dependencies (no downloads), ONNX networks, VNN-LIB specs.
+"""Input/output: datasets (bundled digits; MNIST / Fashion-MNIST IDX and CIFAR-10 binary readers for local
+folders; no downloads), ONNX networks, VNN-LIB specs.
 
 The names below are loaded on first use, so that importing one reader (e.g. the ONNX converter, which
 :class:`fastcert.Network` uses) does not import the others."""
@@ -8,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"load_digits_tensors": "fastcert.io.datasets", "load_onnx": "fastcert.io.onnx_import",
+_LAZY = {"load_digits_tensors": "fastcert.io.datasets", "load_idx_dataset": "fastcert.io.datasets",
+         "load_cifar10": "fastcert.io.datasets", "read_idx": "fastcert.io.datasets", "load_onnx": "fastcert.io.onnx_import",
          "check_counterexample": "fastcert.io.vnnlib", "load_vnnlib": "fastcert.io.vnnlib",
          "read_counterexample": "fastcert.io.vnnlib"}
 

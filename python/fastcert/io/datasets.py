@@ -1,14 +1,18 @@
-"""Small, download-free datasets used by the demo and the tests.
-
-Everything here is bundled with scikit-learn, so it works offline and in CI.
-"""
+"""Download-free datasets: scikit-learn's bundled digits (the demo's and the tests' default), and readers
+for MNIST / Fashion-MNIST IDX files and CIFAR-10 binary batches that the user already has in a folder
+(nothing is ever downloaded)."""
 
 from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION", "load_digits_tensors"]
+__all__ = ["DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION", "load_cifar10", "load_digits_tensors", "load_idx_dataset",
+           "read_idx"]
 
 #: Seed of the fixed train/test split of :func:`load_digits_tensors`.
 DIGITS_SPLIT_SEED = 0
@@ -63,3 +67,96 @@ def load_digits_tensors(
         return torch.from_numpy(np.ascontiguousarray(a)).to(torch.int64)  # [N]
 
     return to_x(x_tr), to_y(y_tr), to_x(x_te), to_y(y_te)
+
+
+# ------------------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST) and CIFAR-10 binary batches
+# ------------------------------------------------------------------------------------------------
+
+#: IDX type codes (LeCun's format: magic 0x0000, type byte, number of dimensions, big-endian int32 sizes).
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """One IDX file (``.gz`` or raw) -> a numpy array of its type and shape (e.g. [60000, 28, 28] uint8).
+    A wrong magic number, an unknown type code or a size that does not match the header is a ValueError
+    naming the file."""
+    p = Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as fh:  # type: ignore[operator]
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{p}: cannot read the IDX file ({exc})") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{p}: not an IDX file (the magic number must start with two zero bytes)")
+    code, nd = data[2], data[3]
+    if code not in _IDX_TYPES:
+        raise ValueError(f"{p}: unknown IDX type code 0x{code:02x}")
+    if len(data) < 4 + 4 * nd:
+        raise ValueError(f"{p}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+    dt = np.dtype(_IDX_TYPES[code])
+    want = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+    body = data[4 + 4 * nd:]
+    if len(body) != want:
+        raise ValueError(f"{p}: the header says {dims} ({want} bytes of data) but the file holds {len(body)}")
+    return np.frombuffer(body, dtype=dt).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no {stem} or {stem}.gz (MNIST / Fashion-MNIST IDX files; fastcert never "
+                            f"downloads data)")
+
+
+def load_idx_dataset(folder: str | os.PathLike[str], split: str = "train",
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST or Fashion-MNIST from a folder holding the four IDX files (``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-...``; each raw or ``.gz``). split: "train" or "test".
+    Returns ``(X [N, 1, 28, 28] dtype in [0, 1] (pixels / 255), y [N] int64)``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    d = Path(folder)
+    pre = "train" if split == "train" else "t10k"
+    images = read_idx(_find(d, f"{pre}-images-idx3-ubyte"))
+    labels = read_idx(_find(d, f"{pre}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{d}: images {images.shape} and labels {labels.shape} do not pair up ([N, H, W] and [N])")
+    X = torch.from_numpy(images.astype(np.float64) / 255.0).to(dtype).unsqueeze(1)
+    return X, torch.from_numpy(labels.astype(np.int64))
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then 1024 red, 1024 green, 1024 blue pixels (row-major)
+
+
+def load_cifar10(folder: str | os.PathLike[str], split: str = "train",
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from its binary version in a folder (``data_batch_1.bin`` .. ``data_batch_5.bin`` for
+    "train", ``test_batch.bin`` for "test"; in the folder, else in its ``cifar-10-batches-bin`` subfolder). Every
+    train batch present is read, in order. Returns ``(X [N, 3, 32, 32] dtype in [0, 1], y [N] int64)``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    d = Path(folder)
+    names = ["test_batch.bin"] if split == "test" else [f"data_batch_{i}.bin" for i in range(1, 6)]
+    files = [d / n for n in names if (d / n).is_file()]
+    if not files and (d / "cifar-10-batches-bin").is_dir():
+        d = d / "cifar-10-batches-bin"
+        files = [d / n for n in names if (d / n).is_file()]
+    if not files:
+        raise FileNotFoundError(f"{d}: no {' / '.join(names)} (CIFAR-10 binary version; fastcert never downloads "
+                                f"data)")
+    xs, ys = [], []
+    for f in files:
+        raw = np.fromfile(f, dtype=np.uint8)
+        if raw.size == 0 or raw.size % CIFAR_RECORD:
+            raise ValueError(f"{f}: {raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records")
+        rec = raw.reshape(-1, CIFAR_RECORD)
+        if int(rec[:, 0].max()) > 9:
+            raise ValueError(f"{f}: a label byte is above 9 (not a CIFAR-10 binary batch)")
+        ys.append(rec[:, 0].astype(np.int64))
+        xs.append(rec[:, 1:].reshape(-1, 3, 32, 32))
+    X = torch.from_numpy(np.concatenate(xs).astype(np.float64) / 255.0).to(dtype)
+    return X, torch.from_numpy(np.concatenate(ys))
