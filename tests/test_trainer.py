@@ -81,3 +81,16 @@ def test_every_model_builds_and_is_certifiable(name: str, shape) -> None:
     x = torch.rand(2, *shape)
     r = fastcert.certify(model, x, 0.001, method="crown-ibp", x_min=0.0, x_max=1.0)
     assert r.margins.shape == (2, 10)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_two_processes_give_the_parameters_of_one(tmp_path, method: str) -> None:
+    """--nproc 2 (torch.distributed, gloo): the same global batches, shard losses weighted by their share and
+    gradients summed, so the parameters equal one process's up to the order of the float sums."""
+    kw = dict(method=method, epochs=1, batch_size=100, eval_n=10)
+    one = train(_cfg(tmp_path, "one", **kw), quiet=True)
+    two = train(_cfg(tmp_path, "two", **kw), quiet=True, nproc=2)
+    a, b = _params(one["model"]), _params(two["model"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert not all(torch.equal(a[k], build_model("mlp", (1, 8, 8), 10).state_dict()[k]) for k in a)

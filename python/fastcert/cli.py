@@ -388,6 +388,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out, metavar="DIR",
                    help="folder for checkpoint.pt, log.csv, curves.png, model.pt, final.json")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (torch.distributed, gloo); under torchrun the "
+                        "launcher's group is used instead")
     p.add_argument("--json", action="store_true", help="print the final evaluation as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -404,7 +407,9 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg.check()
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
-    res = train(cfg, resume=args.resume, quiet=args.quiet)
+    res = train(cfg, resume=args.resume, quiet=args.quiet, nproc=args.nproc)
+    if not res:  # a torchrun rank other than 0
+        return 0
     if args.json:
         print(json.dumps(res))
     else:

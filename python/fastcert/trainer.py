@@ -8,8 +8,14 @@ seeds are functions of the epoch and the step), a CSV log, PNG learning curves, 
 test set: clean accuracy, PGD accuracy and certified accuracy by the bound matching the method, certified by
 :func:`fastcert.certify` (sound, rigorous arithmetic).
 
-Not yet (issue #12): MMR and Local-Lipschitz training, the KW loss's random projections, ``--nproc``
-data-parallel training.
+Data-parallel training (``nproc`` > 1, or a process started by ``torchrun``: ``RANK`` / ``WORLD_SIZE`` /
+``MASTER_ADDR`` / ``MASTER_PORT`` in the environment) runs one process per rank with ``torch.distributed``
+(gloo on CPU, NCCL where the tensors are on GPUs): each global batch is split over the ranks, each rank's
+loss is weighted by its share of the batch and the gradients are summed by ``all_reduce`` before the step,
+so N processes take the steps one process takes on the same global batch (up to the order of the float
+sums). Rank 0 writes the checkpoints, the log and the evaluation.
+
+Not yet (issue #12): MMR and Local-Lipschitz training, the KW loss's random projections.
 """
 
 from __future__ import annotations
@@ -248,13 +254,84 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, log: Any = sys.stderr) -> dict[str, Any]:
-    """Run (or, with ``resume``, continue) a training run; returns the final evaluation and paths."""
-    from tqdm import tqdm
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_RANK_ENV = "FASTCERT_TRAIN_RANK_JOB"
+
+
+def _run_rank() -> None:
+    """A rank started by :func:`_launch` (torchrun's environment plus the job in ``$FASTCERT_TRAIN_RANK_JOB``)."""
+    job = json.loads(os.environ[_RANK_ENV])
+    world = int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    train(TrainConfig(**job["config"]), resume=job["resume"], quiet=job["quiet"])
+
+
+def _launch(cfg: TrainConfig, nproc: int, resume: bool, quiet: bool) -> None:
+    """Start ``nproc`` local ranks as torchrun does (fresh interpreters with ``RANK``, ``LOCAL_RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), wait for them; a failing rank's error is raised."""
+    import subprocess
+
+    port = _free_port()
+    job = json.dumps({"config": asdict(cfg), "resume": resume, "quiet": quiet})
+    procs = []
+    for rank in range(nproc):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), **{_RANK_ENV: job})
+        procs.append(subprocess.Popen([sys.executable, "-c", "from fastcert.trainer import _run_rank; _run_rank()"],
+                                      env=env, stderr=None if rank == 0 else subprocess.PIPE))
+    errs = []
+    for rank, p in enumerate(procs):
+        _, err = p.communicate()
+        if p.returncode != 0:
+            tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
+            errs.append(f"rank {rank} exited with status {p.returncode}" + (": " + " | ".join(tail) if tail else ""))
+    if errs:
+        raise RuntimeError("data-parallel training failed: " + "; ".join(errs))
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, log: Any = sys.stderr,
+          nproc: int = 1) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) a training run; returns the final evaluation and paths.
+    ``nproc`` > 1: that many local data-parallel processes, started as ``torchrun`` starts them (gloo); inside
+    a ``torchrun`` launch (``WORLD_SIZE`` set) the process joins that group instead."""
+    import torch.distributed as dist
 
     cfg.check()
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # torchrun: the group from the environment
+        try:
+            res = _train_loop(cfg, resume, quiet or dist.get_rank() != 0, log)
+        finally:
+            dist.destroy_process_group()
+        return res if res is not None else {}
+    if nproc > 1:
+        _launch(cfg, nproc, resume, quiet)
+        return json.loads((Path(cfg.out) / "final.json").read_text())
+    res = _train_loop(cfg, resume, quiet, log)
+    assert res is not None
+    return res
+
+
+def _train_loop(cfg: TrainConfig, resume: bool, quiet: bool, log: Any) -> dict[str, Any] | None:
+    """The loop of :func:`train` on this process (one rank of a group when torch.distributed is up); the
+    result on rank 0, None elsewhere."""
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     Xtr, ytr, Xte, yte = load_data(cfg.data, cfg.data_dir)
     K = int(max(int(ytr.max()), int(yte.max())) + 1)
@@ -289,24 +366,41 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, log: Any 
         for b in bar:
             step = epoch * per_epoch + b
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = Xtr[idx], ytr[idx]
-            loss, e = _loss(cfg, model, x, y, step, sched)
+            shard = idx[rank::world]  # this rank's part of the global batch
             opt.zero_grad()
-            loss.backward()
+            if len(shard):
+                x, y = Xtr[shard], ytr[shard]
+                loss, e = _loss(cfg, model, x, y, step, sched)
+                # weighted by the shard's share: the ranks' summed gradients are the global batch's mean's
+                (loss * (len(shard) / len(idx)) if world > 1 else loss).backward()
+                tot += float(loss.detach()) * len(shard)
+                with torch.no_grad():
+                    correct += float((model(x).argmax(1) == y).sum())
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", eps=f"{e:.3g}")
+            else:
+                e = sched[0](step) if cfg.method != "pgd" else cfg.eps
+            if world > 1:
+                for p in model.parameters():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
             opt.step()
-            tot += float(loss.detach()) * len(idx)
-            with torch.no_grad():
-                correct += float((model(x).argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", eps=f"{e:.3g}")
         bar.close()
+        if world > 1:
+            agg = torch.tensor([tot, correct], dtype=torch.float64)
+            dist.all_reduce(agg)
+            tot, correct = float(agg[0]), float(agg[1])
         rows.append({"epoch": epoch + 1, "step": (epoch + 1) * per_epoch, "eps": e, "loss": tot / N,
                      "train_acc": correct / N, "seconds": time.perf_counter() - t0})
         if not quiet:
             r = rows[-1]
             print(f"epoch {r['epoch']}: loss {r['loss']:.4f}  train acc {r['train_acc']:.4f}  eps {r['eps']:.4g}  "
                   f"{r['seconds']:.1f} s", file=log)
-        _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "log": rows,
-                     "config": asdict(cfg)})
+        if rank == 0:
+            _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                         "log": rows, "config": asdict(cfg)})
+    if rank != 0:
+        return None
     with open(out / "log.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["epoch", "step", "eps", "loss", "train_acc", "seconds"])
         w.writeheader()
