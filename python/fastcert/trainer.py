@@ -321,6 +321,41 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, log: Any 
     return res
 
 
+def _resume(cfg: TrainConfig, ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list]:
+    """Load the checkpoint into model and optimizer (refused when it was made with other settings than
+    the epochs, output folder and evaluation size); returns (the epoch to start at, the log so far)."""
+    if not ckpt.is_file():
+        raise ValueError(f"--resume: no checkpoint at {ckpt}")
+    state = torch.load(ckpt, weights_only=False)
+    saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "out", "eval_n")}
+    now = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "out", "eval_n")}
+    if saved != now:
+        diff = sorted(k for k in now if saved.get(k) != now[k])
+        raise ValueError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)})")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return state["epoch"], state["log"]
+
+
+def _finish(cfg: TrainConfig, out: Path, ckpt: Path, model: nn.Module, rows: list, Xte: Tensor, yte: Tensor,
+            t_run: float) -> dict[str, Any]:
+    """log.csv, curves.png, the evaluation on the test set, model.pt and final.json (rank 0)."""
+    with open(out / "log.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["epoch", "step", "eps", "loss", "train_acc", "seconds"])
+        w.writeheader()
+        w.writerows(rows)
+    if rows:
+        _plot(rows, out / "curves.png")
+    n = Xte.shape[0] if cfg.eval_n is None else min(cfg.eval_n, Xte.shape[0])
+    res = evaluate_model(model, Xte[:n], yte[:n], cfg.eps, CERT_METHOD[cfg.method])
+    res.update(train_seconds=time.perf_counter() - t_run, config=asdict(cfg), checkpoint=str(ckpt),
+               log=str(out / "log.csv"), curves=str(out / "curves.png"))
+    torch.save(model.state_dict(), out / "model.pt")
+    res["model"] = str(out / "model.pt")
+    (out / "final.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
 def _train_loop(cfg: TrainConfig, resume: bool, quiet: bool, log: Any) -> dict[str, Any] | None:
     """The loop of :func:`train` on this process (one rank of a group when torch.distributed is up); the
     result on rank 0, None elsewhere."""
@@ -337,19 +372,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, quiet: bool, log: Any) -> dict[s
     K = int(max(int(ytr.max()), int(yte.max())) + 1)
     model = build_model(cfg.model, tuple(Xtr.shape[1:]), K, cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, rows = 0, []
-    if resume:
-        if not ckpt.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt}")
-        state = torch.load(ckpt, weights_only=False)
-        saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "out", "eval_n")}
-        now = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "out", "eval_n")}
-        if saved != now:
-            diff = sorted(k for k in now if saved.get(k) != now[k])
-            raise ValueError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)})")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, rows = state["epoch"], state["log"]
+    start, rows = _resume(cfg, ckpt, model, opt) if resume else (0, [])
     N = Xtr.shape[0]
     per_epoch = math.ceil(N / cfg.batch_size)
     sched = _schedules(cfg, per_epoch)
@@ -401,20 +424,7 @@ def _train_loop(cfg: TrainConfig, resume: bool, quiet: bool, log: Any) -> dict[s
                          "log": rows, "config": asdict(cfg)})
     if rank != 0:
         return None
-    with open(out / "log.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["epoch", "step", "eps", "loss", "train_acc", "seconds"])
-        w.writeheader()
-        w.writerows(rows)
-    if rows:
-        _plot(rows, out / "curves.png")
-    n = Xte.shape[0] if cfg.eval_n is None else min(cfg.eval_n, Xte.shape[0])
-    res = evaluate_model(model, Xte[:n], yte[:n], cfg.eps, CERT_METHOD[cfg.method])
-    res.update(train_seconds=time.perf_counter() - t_run, config=asdict(cfg), checkpoint=str(ckpt),
-               log=str(out / "log.csv"), curves=str(out / "curves.png"))
-    torch.save(model.state_dict(), out / "model.pt")
-    res["model"] = str(out / "model.pt")
-    (out / "final.json").write_text(json.dumps(res, indent=2))
-    return res
+    return _finish(cfg, out, ckpt, model, rows, Xte, yte, t_run)
 
 
 __all__ = ["CERT_METHOD", "METHODS", "MODELS", "TrainConfig", "build_model", "evaluate_model", "load_data", "train"]
