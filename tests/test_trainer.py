@@ -1,6 +1,7 @@
 """``fastcert train`` (issue #12 points 2 and 6): resume gives the parameters of an uninterrupted run; IBP
 training certifies more test digits than plain training on the same data and budget; the CLI writes its
-files, prints JSON, refuses what is not built yet; every model builds and its certified bound runs."""
+files, prints JSON, refuses what is not built yet; every model builds and its certified bound runs; MMR and
+Local-Lip runs (L-inf / L2) end with their evaluations."""
 
 from __future__ import annotations
 
@@ -65,8 +66,10 @@ def test_cli_train_writes_its_files_and_json(tmp_path, capsys) -> None:
 
 
 def test_cli_train_refuses_what_is_not_built(tmp_path, capsys) -> None:
-    assert main(["train", "--method", "mmr", "--out", str(tmp_path / "x")]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert main(["train", "--method", "local-lip", "--out", str(tmp_path / "x")]) == 2
+    assert "--norm 2" in capsys.readouterr().err
+    assert main(["train", "--method", "kw", "--model", "c6f2", "--out", str(tmp_path / "x")]) == 2
+    assert "clipped ReLUs" in capsys.readouterr().err
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "x"), "--quiet"]) == 1
     assert "--data-dir" in capsys.readouterr().err
     assert main(["train", "--eps", "-1", "--out", str(tmp_path / "x")]) == 2
@@ -94,3 +97,28 @@ def test_two_processes_give_the_parameters_of_one(tmp_path, method: str) -> None
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     assert not all(torch.equal(a[k], build_model("mlp", (1, 8, 8), 10).state_dict()[k]) for k in a)
+
+
+def test_a_failing_rank_names_its_error(tmp_path) -> None:
+    """--nproc 2 with --resume and no checkpoint: every rank fails; the error carries each rank's own message."""
+    with pytest.raises(RuntimeError, match=r"rank 0 exited.*no checkpoint.*rank 1 exited.*no checkpoint"):
+        train(_cfg(tmp_path, "none", method="ibp", epochs=1, batch_size=100, eval_n=10), resume=True, quiet=True,
+              nproc=2)
+
+
+@pytest.mark.parametrize("args,keys", [
+    (["--method", "mmr", "--model", "lenet-small", "--adv-frac", "0.5", "--pgd-steps", "2"], ()),
+    (["--method", "local-lip", "--model", "c6f2", "--norm", "2", "--kappa-end", "0", "--lipschitz-cert"],
+     ("lipschitz_certified_acc",)),
+], ids=["mmr", "local-lip"])
+def test_cli_trains_mmr_and_local_lip(tmp_path, capsys, args, keys) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", *args, "--epochs", "2", "--warmup-epochs", "0.5", "--eps", "0.05", "--batch-size", "256",
+               "--eval-n", "8", "--out", str(out), "--json", "--quiet"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 8 and res["cert_method"] == "crown"
+    assert res["norm"] == ("2" if keys else "inf")
+    for k in ("clean_acc", "pgd_acc", "certified_acc", *keys):
+        assert 0.0 <= res[k] <= 1.0, k
+        assert res["certified_acc"] <= res["pgd_acc"] and res["certified_acc"] <= res["clean_acc"]

@@ -31,7 +31,9 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, Network]]" = weakref.We
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    return tuple((name, id(m), type(m), m.training) for name, m in model.named_modules())
+    # conversion_key: values the converted network copies at conversion (a ClippedReLU's threshold)
+    return tuple((name, id(m), type(m), m.training, m.conversion_key() if hasattr(m, "conversion_key") else None)
+                 for name, m in model.named_modules())
 
 
 def cached_network(model: nn.Module | Network) -> Network:

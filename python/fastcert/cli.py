@@ -364,13 +364,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     p.add_argument("--method", default=d.method, choices=(*METHODS, *NOT_YET),
-                   help=f"training method (default {d.method}; mmr and local-lip are not built yet)")
+                   help=f"training method (default {d.method})")
     p.add_argument("--model", default=d.model, choices=MODELS, help=f"architecture (default {d.model})")
     p.add_argument("--data", default=d.data, metavar="{" + ",".join(DATASETS) + ",PATH}",
                    help="data set: digits (bundled, default), mnist / fashion-mnist / cifar10 (files in --data-dir), "
                         "or a folder with IDX files or CIFAR-10 binary batches")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the mnist / fashion-mnist / cifar10 files")
-    p.add_argument("--eps", type=float, default=d.eps, help=f"L-inf radius in [0, 1] pixel units (default {d.eps})")
+    p.add_argument("--eps", type=float, default=d.eps, help=f"radius in [0, 1] pixel units (default {d.eps})")
+    p.add_argument("--norm", default=d.norm, choices=("inf", "2"),
+                   help="the ball's norm (default inf; local-lip needs 2)")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, metavar="B")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
@@ -383,6 +385,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta-end", type=float, default=d.beta_end, help="CROWN-IBP's final beta (default 0)")
     p.add_argument("--alpha", type=float, default=d.alpha, help=f"MTL-IBP's alpha (default {d.alpha})")
     p.add_argument("--pgd-steps", type=_positive_int, default=d.pgd_steps, help="PGD steps (pgd, mtl-ibp)")
+    p.add_argument("--mmr-lambda", type=float, default=d.mmr_lambda, help="MMR's lambda (ramped from 0 as eps is)")
+    p.add_argument("--mmr-gamma-b", type=float, default=None, help="MMR's gamma_B (default: eps)")
+    p.add_argument("--mmr-gamma-d", type=float, default=None, help="MMR's gamma_D (default: eps)")
+    p.add_argument("--adv-frac", type=float, default=d.adv_frac,
+                   help="MMR: the share of each batch replaced by PGD points (default 0)")
+    p.add_argument("--power-steps", type=_positive_int, default=d.power_steps,
+                   help="Local-Lip: power-iteration steps per training step (default 1)")
+    p.add_argument("--lipschitz-cert", action="store_true",
+                   help="also report accuracy certified by the L2 local-Lipschitz margin (sound; exact per-sample "
+                        "norms are costly on MNIST-sized layers)")
     p.add_argument("--eval-n", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N test images (default: all)")
     p.add_argument("--out", default=d.out, metavar="DIR",
@@ -402,7 +414,9 @@ def _run_train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup_epochs=args.warmup_epochs, ramp_epochs=args.ramp_epochs, kappa_end=args.kappa_end,
                       beta_end=args.beta_end, alpha=args.alpha, pgd_steps=args.pgd_steps, eval_n=args.eval_n,
-                      out=args.out)
+                      out=args.out, norm=args.norm, mmr_lambda=args.mmr_lambda, mmr_gamma_b=args.mmr_gamma_b,
+                      mmr_gamma_d=args.mmr_gamma_d, adv_frac=args.adv_frac, power_steps=args.power_steps,
+                      lipschitz_cert=args.lipschitz_cert)
     try:
         cfg.check()
     except ValueError as exc:
@@ -415,6 +429,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         print(f"{cfg.method} {cfg.model} on {cfg.data}, eps {cfg.eps}: clean {res['clean_acc']:.4f}  "
               f"PGD {res['pgd_acc']:.4f}  certified ({res['cert_method']}) {res['certified_acc']:.4f}  "
+              + (f"certified (Lipschitz margin) {res['lipschitz_certified_acc']:.4f}  "
+                 if "lipschitz_certified_acc" in res else "") +
               f"on {res['n']} test images; {res['train_seconds']:.1f} s; files in {cfg.out}")
     return 0
 
@@ -429,7 +445,7 @@ SUBCOMMANDS: list[Subcommand] = [
      _add_bench_suite, _run_bench_suite),
     ("evaluate", "clean / PGD / MIP-lower / certified-upper robust error table (MMR-style)", _add_evaluate,
      _run_evaluate),
-    ("train", "certified / adversarial training (IBP, CROWN-IBP, KW, PGD, MTL-IBP) with checkpoints and curves",
+    ("train", "certified / adversarial training (IBP, CROWN-IBP, KW, MMR, Local-Lip, PGD, MTL-IBP) with curves",
      _add_train, _run_train),
 ]
 

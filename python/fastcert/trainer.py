@@ -15,7 +15,7 @@ loss is weighted by its share of the batch and the gradients are summed by ``all
 so N processes take the steps one process takes on the same global batch (up to the order of the float
 sums). Rank 0 writes the checkpoints, the log and the evaluation.
 
-Not yet (issue #12): MMR and Local-Lipschitz training, the KW loss's random projections.
+Not yet (issue #12): the KW loss's random projections.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ from torch import Tensor, nn
 
 from fastcert import training as tr
 
-METHODS = ("plain", "pgd", "ibp", "crown-ibp", "kw", "mtl-ibp")
-NOT_YET = ("mmr", "local-lip")
-MODELS = ("mlp", "cnn-small", "cnn-medium", "cnn-large", "kw", "resnet")
+METHODS = ("plain", "pgd", "ibp", "crown-ibp", "kw", "mmr", "local-lip", "mtl-ibp")
+NOT_YET: tuple[str, ...] = ()
+MODELS = ("mlp", "cnn-small", "cnn-medium", "cnn-large", "kw", "lenet-small", "c6f2", "resnet")
+NORMS = ("inf", "2")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 #: the bound that certifies a model trained by each method (fastcert.certify's method)
 CERT_METHOD = {"plain": "crown", "pgd": "crown", "ibp": "ibp", "crown-ibp": "crown-ibp", "kw": "kw",
-               "mtl-ibp": "ibp"}
+               "mmr": "crown", "local-lip": "crown", "mtl-ibp": "ibp"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,7 +75,11 @@ def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, seed: int 
     - ``cnn-small`` / ``cnn-medium`` / ``cnn-large``: the IBP paper's small / medium / large (Gowal et al.
       2018, Table 2);
     - ``kw``: convex_adversarial's MNIST / CIFAR model (Wong & Kolter 2018: conv 16 4x4/2, conv 32 4x4/2,
-      FC 100);
+      FC 100); ``lenet-small`` is the same architecture, MMR's LeNet-small (Croce et al. 2019: their TF "SAME"
+      padding is padding 1 here);
+    - ``c6f2``: Local-Lip's c6f2 (Huang et al. 2021: convs 32 3x3, 32 3x3, 32 4x4/2, 64 3x3, 64 3x3, 64 4x4/2,
+      FC 512, each followed by a clipped ReLU (:class:`fastcert.nn.ClippedReLU`, threshold 1, learnable; one per
+      layer where the paper has one per neuron), FC to the classes);
     - ``resnet``: a small residual network (conv 16, two residual blocks, conv 32 4x4/2, FC 100).
     """
     torch.manual_seed(seed)
@@ -95,7 +100,15 @@ def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, seed: int 
                           nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), nn.Conv2d(128, 128, 3, 1, 1), nn.ReLU(),
                           nn.Conv2d(128, 128, 3, 1, 1), nn.ReLU(), nn.Flatten())
         return nn.Sequential(*f, nn.Linear(_flat(f, in_shape), 512), nn.ReLU(), nn.Linear(512, n_classes))
-    if name == "kw":
+    if name == "c6f2":
+        from fastcert.nn import ClippedReLU
+
+        f = nn.Sequential(nn.Conv2d(C, 32, 3, 1, 1), ClippedReLU(), nn.Conv2d(32, 32, 3, 1, 1), ClippedReLU(),
+                          nn.Conv2d(32, 32, 4, 2, 1), ClippedReLU(), nn.Conv2d(32, 64, 3, 1, 1), ClippedReLU(),
+                          nn.Conv2d(64, 64, 3, 1, 1), ClippedReLU(), nn.Conv2d(64, 64, 4, 2, 1), ClippedReLU(),
+                          nn.Flatten())
+        return nn.Sequential(*f, nn.Linear(_flat(f, in_shape), 512), ClippedReLU(), nn.Linear(512, n_classes))
+    if name in ("kw", "lenet-small"):
         f = nn.Sequential(nn.Conv2d(C, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten())
         return nn.Sequential(*f, nn.Linear(_flat(f, in_shape), 100), nn.ReLU(), nn.Linear(100, n_classes))
     if name == "resnet":
@@ -148,6 +161,7 @@ class TrainConfig:
     data: str = "digits"
     data_dir: str | None = None
     eps: float = 0.1
+    norm: str = "inf"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -159,6 +173,12 @@ class TrainConfig:
     alpha: float = 0.5
     pgd_steps: int = 10
     eval_n: int | None = None
+    mmr_lambda: float = 1.0
+    mmr_gamma_b: float | None = None  # default: eps
+    mmr_gamma_d: float | None = None  # default: eps
+    adv_frac: float = 0.0  # MMR: the share of each batch replaced by PGD points
+    power_steps: int = 1  # Local-Lip: power-iteration steps per training step
+    lipschitz_cert: bool = False  # also certify by the (sound) L2 Lipschitz margin: slow on MNIST-sized layers
     out: str = "fastcert-train-out"
     extra: dict = field(default_factory=dict)
 
@@ -170,6 +190,22 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.method == "local-lip" and self.norm != "2":
+            raise ValueError("--method local-lip bounds L2 balls (a Lipschitz bound in the 2-norm): pass --norm 2")
+        if self.method in ("kw",) and self.norm != "inf":
+            raise ValueError("--method kw trains against L-inf balls here (convex_adversarial's robust_loss): drop "
+                             "--norm 2")
+        if self.model == "c6f2" and self.method not in ("local-lip", "plain", "pgd", "ibp", "crown-ibp", "mtl-ibp"):
+            raise ValueError(f"--model c6f2 has clipped ReLUs, which --method {self.method} does not handle; use "
+                             f"local-lip, plain, pgd, ibp, crown-ibp or mtl-ibp")
+        if not 0.0 <= self.adv_frac <= 1.0:
+            raise ValueError(f"--adv-frac must lie in [0, 1], got {self.adv_frac}")
+        if self.lipschitz_cert and self.norm != "2":
+            raise ValueError("--lipschitz-cert certifies L2 balls: pass --norm 2")
+        if self.power_steps < 1:
+            raise ValueError("--power-steps must be >= 1")
         if not (self.eps >= 0 and math.isfinite(self.eps)):
             raise ValueError(f"--eps must be a finite number >= 0, got {self.eps}")
         for name in ("epochs", "batch_size", "pgd_steps"):
@@ -179,32 +215,48 @@ class TrainConfig:
             raise ValueError("--warmup-epochs and --ramp-epochs must be >= 0")
 
 
-def _schedules(cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any, Any]:
+def _schedules(cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, ...]:
+    """(eps(step), kappa(step), beta(step) or None, steps per epoch, MMR's lambda ramp, Local-Lip's state)."""
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     ramp_e = cfg.ramp_epochs if cfg.ramp_epochs is not None else max(cfg.epochs - cfg.warmup_epochs, 0) / 2
     ramp = int(round(ramp_e * steps_per_epoch))
+    lam = tr.LinearRamp(0.0, 1.0, warm, ramp)
     if cfg.method == "crown-ibp":
-        return tr.crown_ibp_schedule(cfg.eps, warm, ramp, cfg.kappa_end, cfg.beta_end)
+        return (*tr.crown_ibp_schedule(cfg.eps, warm, ramp, cfg.kappa_end, cfg.beta_end), steps_per_epoch, lam, None)
     eps_s, kappa_s = tr.gowal_schedule(cfg.eps, warm, ramp, cfg.kappa_end)
-    return eps_s, kappa_s, None
+    state = tr.LocalLipState(seed=cfg.seed) if cfg.method == "local-lip" else None
+    return eps_s, kappa_s, None, steps_per_epoch, lam, state
 
 
 def _loss(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor, step: int, sched: tuple) -> tuple[Tensor, float]:
-    eps_s, kappa_s, beta_s = sched
+    eps_s, kappa_s, beta_s = sched[:3]
     e = eps_s(step)
     m = cfg.method
-    if m == "plain" or (e == 0 and m != "pgd"):
+    if m == "plain" or (e == 0 and m not in ("pgd", "mmr")):
         return F.cross_entropy(model(x), y), e
     if m == "pgd":
-        return tr.pgd_loss(model, x, y, cfg.eps, steps=cfg.pgd_steps, x_min=0.0, x_max=1.0, seed=step), cfg.eps
+        return tr.pgd_loss(model, x, y, cfg.eps, cfg.norm, steps=cfg.pgd_steps, x_min=0.0, x_max=1.0,
+                           seed=step), cfg.eps
     if m == "ibp":
-        return tr.ibp_loss(model, x, y, e, kappa=kappa_s(step), x_min=0.0, x_max=1.0), e
+        return tr.ibp_loss(model, x, y, e, kappa=kappa_s(step), norm=cfg.norm, x_min=0.0, x_max=1.0), e
     if m == "crown-ibp":
-        return tr.crown_ibp_loss(model, x, y, e, kappa=kappa_s(step), beta=beta_s(step), x_min=0.0, x_max=1.0), e
+        return tr.crown_ibp_loss(model, x, y, e, kappa=kappa_s(step), beta=beta_s(step), norm=cfg.norm,
+                                 x_min=0.0, x_max=1.0), e
     if m == "kw":
         return tr.robust_loss(model, e, x, y, x_min=0.0, x_max=1.0)[0], e
+    if m == "mmr":
+        # the authors' ramps: lambda from 0 over the first 10 epochs (here: the warm-up + ramp steps), k_B from
+        # 10% to 2% of the hidden units over the run
+        total = max(1, cfg.epochs * sched[3])
+        return tr.mmr_loss(model, x, y, cfg.eps, cfg.norm, lam=cfg.mmr_lambda * sched[4](step),
+                           gamma_b=cfg.mmr_gamma_b, gamma_d=cfg.mmr_gamma_d, k_b=0.1 - 0.08 * min(step / total, 1.0),
+                           adv_frac=cfg.adv_frac, pgd_steps=cfg.pgd_steps, x_min=0.0, x_max=1.0, seed=step), cfg.eps
+    if m == "local-lip":
+        return tr.local_lip_loss(model, x, y, e, kappa=kappa_s(step), power_steps=cfg.power_steps,
+                                 state=sched[5]), e
     assert m == "mtl-ibp"
-    return tr.mtl_ibp_loss(model, x, y, e, alpha=cfg.alpha, steps=cfg.pgd_steps, x_min=0.0, x_max=1.0, seed=step), e
+    return tr.mtl_ibp_loss(model, x, y, e, alpha=cfg.alpha, norm=cfg.norm, steps=cfg.pgd_steps, x_min=0.0,
+                           x_max=1.0, seed=step), e
 
 
 def _save(path: Path, obj: dict) -> None:
@@ -214,26 +266,34 @@ def _save(path: Path, obj: dict) -> None:
 
 
 def evaluate_model(model: nn.Module, X: Tensor, y: Tensor, eps: float, method: str, pgd_steps: int = 20,
-                   batch: int = 256) -> dict[str, float]:
-    """Clean, PGD and certified accuracy (``fastcert.certify`` with ``method``) at ``eps`` in [0, 1]."""
+                   batch: int = 256, norm: str = "inf", lipschitz: bool = False) -> dict[str, Any]:
+    """Clean, PGD and certified accuracy (``fastcert.certify`` with ``method``) at ``eps`` (``norm`` ball) in
+    [0, 1]; ``lipschitz``: also the accuracy certified by the Lipschitz margin
+    (:func:`fastcert.training.local_lip_certify`, L2)."""
     import fastcert
 
     model.eval()
     n = X.shape[0]
-    clean = pgd_ok = cert = 0
+    clean = pgd_ok = cert = lip = 0
     for i in range(0, n, batch):
         xb, yb = X[i:i + batch], y[i:i + batch]
         with torch.no_grad():
             clean += int((model(xb).argmax(1) == yb).sum())
         if eps > 0:
-            r = fastcert.attacks.pgd(model, xb, eps, labels=yb, steps=pgd_steps, restarts=1, x_min=0.0, x_max=1.0)
+            r = fastcert.attacks.pgd(model, xb, eps, norm, labels=yb, steps=pgd_steps, restarts=1, x_min=0.0,
+                                     x_max=1.0)
             pgd_ok += int((r.logits.argmax(1) == yb).sum())
         else:
             pgd_ok = clean
-        c = fastcert.certify(model, xb, eps, labels=yb, method=method, x_min=0.0, x_max=1.0)
+        c = fastcert.certify(model, xb, eps, norm=norm, labels=yb, method=method, x_min=0.0, x_max=1.0)
         cert += int(c.certified.sum())
-    return {"clean_acc": clean / n, "pgd_acc": pgd_ok / n, "certified_acc": cert / n, "n": n, "eps": eps,
-            "cert_method": method}
+        if lipschitz:
+            lip += int(tr.local_lip_certify(model, xb, yb, eps)[0].sum())
+    res: dict[str, Any] = {"clean_acc": clean / n, "pgd_acc": pgd_ok / n, "certified_acc": cert / n, "n": n,
+                           "eps": eps, "norm": norm, "cert_method": method}
+    if lipschitz:
+        res["lipschitz_certified_acc"] = lip / n
+    return res
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -254,14 +314,6 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 _RANK_ENV = "FASTCERT_TRAIN_RANK_JOB"
 
 
@@ -275,23 +327,58 @@ def _run_rank() -> None:
 
 def _launch(cfg: TrainConfig, nproc: int, resume: bool, quiet: bool) -> None:
     """Start ``nproc`` local ranks as torchrun does (fresh interpreters with ``RANK``, ``LOCAL_RANK``,
-    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), wait for them; a failing rank's error is raised."""
-    import subprocess
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), wait for them; a failing rank's error is raised.
 
-    port = _free_port()
+    As torchrun's agent does, this process hosts the rendezvous store (``TORCHELASTIC_USE_AGENT_STORE``) on a
+    port the OS picks while it is bound, so no other program can take the port between choosing and using it.
+    Each rank's stderr is relayed (rank 0's live, the others' when they end) and its last lines kept for the
+    error."""
+    import codecs
+    import subprocess
+    import threading
+    from collections import deque
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, timeout=timedelta(minutes=30),
+                          wait_for_workers=False)
     job = json.dumps({"config": asdict(cfg), "resume": resume, "quiet": quiet})
-    procs = []
+    procs, tails, relays = [], [], []
     for rank in range(nproc):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), **{_RANK_ENV: job})
-        procs.append(subprocess.Popen([sys.executable, "-c", "from fastcert.trainer import _run_rank; _run_rank()"],
-                                      env=env, stderr=None if rank == 0 else subprocess.PIPE))
+                   MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", **{_RANK_ENV: job})
+        p = subprocess.Popen([sys.executable, "-c", "from fastcert.trainer import _run_rank; _run_rank()"],
+                             env=env, stderr=subprocess.PIPE)
+        tail: deque[str] = deque(maxlen=2)
+
+        def relay(p: Any = p, tail: deque = tail, live: bool = rank == 0) -> None:
+            chunks, dec = [], codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for raw in iter(lambda: os.read(p.stderr.fileno(), 65536), b""):  # chunks: progress bars use \r
+                text = dec.decode(raw)
+                if live:
+                    sys.stderr.write(text)
+                    sys.stderr.flush()
+                chunks.append(text)
+                if len(chunks) > 64:
+                    chunks = ["".join(chunks)[-20000:]]
+            out = "".join(chunks)
+            lines = [ln.strip() for ln in out.replace("\r", "\n").splitlines()]
+            tail.extend(ln for ln in lines if ln.split(":", 1)[-1].strip(" ^~"))  # not the caret lines
+            if not live and p.wait() != 0:
+                sys.stderr.write(out)
+
+        t = threading.Thread(target=relay, daemon=True)
+        t.start()
+        procs.append(p), tails.append(tail), relays.append(t)
     errs = []
-    for rank, p in enumerate(procs):
-        _, err = p.communicate()
+    for rank, (p, tail, t) in enumerate(zip(procs, tails, relays)):
+        p.wait()
+        t.join()
         if p.returncode != 0:
-            tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
-            errs.append(f"rank {rank} exited with status {p.returncode}" + (": " + " | ".join(tail) if tail else ""))
+            lines = [ln for ln in tail if ln]
+            errs.append(f"rank {rank} exited with status {p.returncode}" + (": " + " | ".join(lines) if lines else ""))
+    del store
     if errs:
         raise RuntimeError("data-parallel training failed: " + "; ".join(errs))
 
@@ -347,7 +434,8 @@ def _finish(cfg: TrainConfig, out: Path, ckpt: Path, model: nn.Module, rows: lis
     if rows:
         _plot(rows, out / "curves.png")
     n = Xte.shape[0] if cfg.eval_n is None else min(cfg.eval_n, Xte.shape[0])
-    res = evaluate_model(model, Xte[:n], yte[:n], cfg.eps, CERT_METHOD[cfg.method])
+    res = evaluate_model(model, Xte[:n], yte[:n], cfg.eps, CERT_METHOD[cfg.method], norm=cfg.norm,
+                         lipschitz=cfg.lipschitz_cert)
     res.update(train_seconds=time.perf_counter() - t_run, config=asdict(cfg), checkpoint=str(ckpt),
                log=str(out / "log.csv"), curves=str(out / "curves.png"))
     torch.save(model.state_dict(), out / "model.pt")
@@ -408,6 +496,8 @@ def _train_loop(cfg: TrainConfig, resume: bool, quiet: bool, log: Any) -> dict[s
                         p.grad = torch.zeros_like(p)
                     dist.all_reduce(p.grad)
             opt.step()
+            if cfg.method == "local-lip":
+                tr.project_thresholds(model)
         bar.close()
         if world > 1:
             agg = torch.tensor([tot, correct], dtype=torch.float64)

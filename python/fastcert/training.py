@@ -13,9 +13,11 @@ bound of ``z_j - z_y`` elsewhere; ``cross_entropy(z_hat, y)`` bounds the cross-e
 the ball (softmax cross-entropy is shift-invariant and increasing in each ``z_j - z_y``).
 
 What is here: :func:`worst_case_logits`, :func:`ibp_loss`, :func:`crown_ibp_loss`, :func:`robust_loss`
-(Kolter-Wong, exact: no random projections yet), :func:`pgd_loss`, :func:`mtl_ibp_loss` and the
-schedules (:class:`LinearRamp`, :func:`gowal_schedule`, :func:`crown_ibp_schedule`). Not yet: the
-random-projection estimate and cascades of convex_adversarial, MMR, Local-Lipschitz, ``fastcert train``.
+(Kolter-Wong, exact: no random projections yet), :func:`pgd_loss`, :func:`mtl_ibp_loss`, the MMR regularizer
+(:func:`mmr_regularizer`, :func:`mmr_loss`) and the Local-Lipschitz loss (:func:`local_lip_loss`,
+:func:`local_lipschitz`, the sound L2 certificate :func:`local_lip_certify`) from :mod:`fastcert.regularizers`,
+and the schedules (:class:`LinearRamp`, :func:`gowal_schedule`, :func:`crown_ibp_schedule`). Not yet: the
+random-projection estimate and cascades of convex_adversarial.
 """
 
 from __future__ import annotations
@@ -27,10 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastcert.api_diff import differentiable_bounds
+from fastcert.api_diff import cached_network, differentiable_bounds
+from fastcert.regularizers import (LocalLipState, local_lip_certify, local_lip_loss, local_lipschitz, mmr_loss,
+                                   mmr_regularizer, project_thresholds)
 
 __all__ = [
     "LinearRamp",
+    "LocalLipState",
+    "local_lip_certify",
+    "local_lip_loss",
+    "local_lipschitz",
+    "mmr_loss",
+    "mmr_regularizer",
+    "project_thresholds",
     "crown_ibp_loss",
     "crown_ibp_schedule",
     "gowal_schedule",
@@ -110,8 +121,16 @@ def margin_spec(y: Tensor, K: int, dtype: torch.dtype = torch.float32) -> Tensor
 
 
 def _num_classes(model: Any, x: Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x[:1]).shape[-1])
+    """The model's number of outputs: from its converted graph (cached; no forward pass) when fastcert can
+    convert it, else from a one-sample forward pass (PGD training accepts any model)."""
+    from fastcert.errors import UnsupportedError
+
+    try:
+        g = cached_network(model).graph_for(tuple(x.shape[1:]))
+        return int(g.n(g.output))
+    except (UnsupportedError, ValueError, TypeError):
+        with torch.no_grad():
+            return int(model(x[:1]).shape[-1])
 
 
 def _checked(model: Any, x: Tensor, y: Tensor) -> Tensor:
@@ -154,11 +173,12 @@ def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, kappa: float = 0.
     ``kappa`` and ``eps`` follow :func:`gowal_schedule` in the paper."""
     kappa = _check_weight("kappa", kappa)
     y = _checked(model, x, y)
-    clean = F.cross_entropy(model(x), y)
     if kappa == 1.0:
-        return clean
-    return kappa * clean + (1 - kappa) * F.cross_entropy(worst_case_logits(model, x, y, eps, "ibp", norm, x_min,
-                                                                           x_max), y)
+        return F.cross_entropy(model(x), y)
+    robust = F.cross_entropy(worst_case_logits(model, x, y, eps, "ibp", norm, x_min, x_max), y)
+    if kappa == 0.0:
+        return robust
+    return kappa * F.cross_entropy(model(x), y) + (1 - kappa) * robust
 
 
 def crown_ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, kappa: float = 0.0, beta: float = 1.0,

@@ -26,7 +26,7 @@ from fastcert.primitives import registry as activations
 _U64 = 2.0**-53  # unit roundoff of float64
 
 SUPPORTED = ("Linear, Conv2d (groups=1, dilation=1, zeros padding), ReLU, LeakyReLU, Tanh, Sigmoid, "
-             "fastcert.nn.Arctan, Hardtanh, ReLU6, Flatten, "
+             "fastcert.nn.Arctan, Hardtanh, ReLU6, fastcert.nn.ClippedReLU, Flatten, "
              "BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d (dilation 1), fastcert.nn.Normalize, Identity, "
              "Dropout (eval); in a forward method also: the sum / difference of two tensors, torch.cat, "
              "flatten / view / reshape, the functional forms of the activations and torch.clamp with number bounds")

@@ -21,6 +21,7 @@ from torch import nn
 from fastcert.errors import UnsupportedError
 from fastcert.layers.base import Layer
 from fastcert.nn import Arctan as ArctanModule
+from fastcert.nn import ClippedReLU
 from fastcert.primitives.arctan import Arctan
 from fastcert.primitives.base import Registry, RegistryError
 from fastcert.primitives.elu import ELU
@@ -103,7 +104,8 @@ ENTRIES: tuple[Spec, ...] = (
          module=lambda p: ArctanModule()),
     Spec("hardtanh", lambda s, p, n: Hardtanh(s, p["min"], p["max"], name=n),
          {nn.ReLU6: lambda m, w: {"min": 0.0, "max": 6.0},
-          nn.Hardtanh: lambda m, w: _clamp(m.min_val, m.max_val, w)},
+          nn.Hardtanh: lambda m, w: _clamp(m.min_val, m.max_val, w),
+          ClippedReLU: lambda m, w: _clamp(0.0, m.conversion_key(), w)},
          {F.hardtanh: lambda a, k, w: _clamp(_arg(a, k, 1, "min_val", -1.0), _arg(a, k, 2, "max_val", 1.0), w),
           F.relu6: lambda a, k, w: {"min": 0.0, "max": 6.0},
           torch.clamp: lambda a, k, w: _clamp(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None), w),
