@@ -275,50 +275,58 @@ def local_lipschitz(model: nn.Sequential, x: Tensor, eps: Any, power_steps: int 
     if bool((e < 0).any()) or not bool(torch.isfinite(e).all()):
         raise ValueError("eps must be finite and >= 0")
     state = state if state is not None else LocalLipState()
+    L, h, c, r = _walk(layers, x, e, lambda i, m, ins, m_in, m_out: _masked_norm(i, m, ins, m_in, m_out, state,
+                                                                           power_steps, B))
+    return L, h, c - r, c + r, layers[-1]  # type: ignore[return-value]
+
+
+def _walk(layers: list[nn.Module], x: Tensor, e: Tensor, layer_norm: Any,
+          tol: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The walk of Huang et al.'s bound through ``layers`` (the last, the logits' Linear, not applied): interval
+    bounds over the L2 ball (radius ``e`` [B]), the masks of the neurons not constant in it (their interval
+    widened by ``tol`` relative, for the sound certificate), and the product of ``layer_norm(index, layer,
+    in_shape, input mask, output mask)`` over the affine layers. Returns (L [B], features at x, box center,
+    box radius), the last three [B, h]."""
+    B = x.shape[0]
     h = x
     c = r = None  # the box of h: center, radius
     mask_prev: Tensor | None = None
     L = torch.ones(B, dtype=x.dtype, device=x.device)
     pending: tuple[int, nn.Module, tuple[int, ...], Tensor | None] | None = None
-    body = layers[:-1]
-    for i, m in enumerate(body):
+    for i, m in enumerate(layers[:-1]):
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if pending is not None:  # an affine layer right after another: its output mask is all ones
-                L = L * _masked_norm(*pending, None, state, power_steps, B)
+                L = L * layer_norm(*pending, None)
             in_shape = tuple(h.shape[1:])
-            if c is None:
-                c, r = _ibp_l2_first(m, h, e)
-            else:
-                c, r = m(c), _linear_abs(m, r)
+            c, r = _ibp_l2_first(m, h, e) if c is None else (m(c), _linear_abs(m, r))
             h = m(h)
             pending = (i, m, in_shape, mask_prev)
         elif isinstance(m, nn.Flatten):
             h = h.flatten(1)
-            if c is not None:
-                c, r = c.flatten(1), r.flatten(1)  # type: ignore[union-attr]
+            if c is not None and r is not None:
+                c, r = c.flatten(1), r.flatten(1)
             if mask_prev is not None:
                 mask_prev = mask_prev.flatten(1)
         else:
-            if c is None or r is None:
-                raise UnsupportedError(f"Local-Lip: activation {type(m).__name__} before any affine layer")
-            lo, hi = c - r, c + r
+            if c is None or r is None or pending is None:
+                raise UnsupportedError(f"Local-Lip: activation {type(m).__name__} must follow a Linear or Conv2d")
+            slack = tol * (c.abs() + r + 1) if tol else 0.0
+            lo, hi = c - r - slack, c + r + slack
             t = _clip_threshold(m)
             varying = hi > 0
             if t is not None:
                 varying = varying & (lo < t)
             mask = varying.to(x.dtype).detach()
-            if pending is not None:
-                L = L * _masked_norm(*pending, mask, state, power_steps, B)
-                pending = None
+            L = L * layer_norm(*pending, mask)
+            pending = None
             mask_prev = mask
             lo, hi, h = m(lo), m(hi), m(h)
             c, r = (hi + lo) / 2, (hi - lo) / 2
     if pending is not None:
-        L = L * _masked_norm(*pending, None, state, power_steps, B)
+        L = L * layer_norm(*pending, None)
     if c is None or r is None:  # a single Linear layer: the features are the input
         c, r = x.flatten(1), e[:, None].expand(B, x[0].numel())
-        h = x.flatten(1)
-    return L, h.flatten(1), (c - r).flatten(1), (c + r).flatten(1), layers[-1]  # type: ignore[return-value]
+    return L, h.flatten(1), c.flatten(1), r.flatten(1)
 
 
 def _linear_abs(m: nn.Module, r: Tensor) -> Tensor:
@@ -465,43 +473,10 @@ def _sound_lipschitz(layers: list[nn.Module], xd: Tensor, eps: float, dense_limi
     """(upper bound [B] of the local Lipschitz constant of the penultimate features over the L2 ball, the
     features at x [B, h]) for float64 ``layers`` (the last one, the logits' Linear, not applied)."""
     B = xd.shape[0]
-    h, c, r = xd, None, None
-    mask_prev: Tensor | None = None
-    L = torch.ones(B, dtype=torch.float64)
-    pending: tuple[nn.Module, tuple[int, ...], Tensor | None] | None = None
     e = torch.full((B,), float(eps), dtype=torch.float64)
-    for m in layers[:-1]:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if pending is not None:
-                L = L * _sound_norm(*pending, None, B, dense_limit)
-            in_shape = tuple(h.shape[1:])
-            if c is None:
-                c, r = _ibp_l2_first(m, h, e)
-            else:
-                c, r = m(c), _linear_abs(m, r)
-            h = m(h)
-            pending = (m, in_shape, mask_prev)
-        elif isinstance(m, nn.Flatten):
-            h = h.flatten(1)
-            if c is not None and r is not None:
-                c, r = c.flatten(1), r.flatten(1)
-            if mask_prev is not None:
-                mask_prev = mask_prev.flatten(1)
-        else:
-            assert c is not None and r is not None and pending is not None
-            slack = tol * (c.abs() + r + 1)
-            lo, hi = c - r - slack, c + r + slack
-            t = _clip_threshold(m)
-            tt = float(t) if t is not None else math.inf
-            mask = ((hi > 0) & (lo < tt)).double()
-            L = L * _sound_norm(*pending, mask, B, dense_limit)
-            pending = None
-            mask_prev = mask
-            lo, hi, h = lo.clamp(0, tt), hi.clamp(0, tt), h.clamp(0, tt)
-            c, r = (hi + lo) / 2, (hi - lo) / 2
-    if pending is not None:
-        L = L * _sound_norm(*pending, None, B, dense_limit)
-    return L, h.flatten(1)
+    L, h, _, _ = _walk(layers, xd, e, lambda i, m, ins, m_in, m_out: _sound_norm(m, ins, m_in, m_out, B, dense_limit),
+                       tol)
+    return L, h
 
 
 def local_lip_certify(model: nn.Sequential, x: Tensor, y: Tensor, eps: float,
