@@ -392,6 +392,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="MMR: the share of each batch replaced by PGD points (default 0)")
     p.add_argument("--power-steps", type=_positive_int, default=d.power_steps,
                    help="Local-Lip: power-iteration steps per training step (default 1)")
+    p.add_argument("--kw-proj", type=_positive_int, default=None, metavar="K",
+                   help="kw: estimate the intermediate bounds from K random Cauchy projections (convex_adversarial's "
+                        "proj; default: exact)")
     p.add_argument("--lipschitz-cert", action="store_true",
                    help="also report accuracy certified by the L2 local-Lipschitz margin (sound; exact per-sample "
                         "norms are costly on MNIST-sized layers)")
@@ -416,7 +419,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       beta_end=args.beta_end, alpha=args.alpha, pgd_steps=args.pgd_steps, eval_n=args.eval_n,
                       out=args.out, norm=args.norm, mmr_lambda=args.mmr_lambda, mmr_gamma_b=args.mmr_gamma_b,
                       mmr_gamma_d=args.mmr_gamma_d, adv_frac=args.adv_frac, power_steps=args.power_steps,
-                      lipschitz_cert=args.lipschitz_cert)
+                      lipschitz_cert=args.lipschitz_cert, kw_proj=args.kw_proj)
     try:
         cfg.check()
     except ValueError as exc:

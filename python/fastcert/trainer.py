@@ -15,7 +15,7 @@ loss is weighted by its share of the batch and the gradients are summed by ``all
 so N processes take the steps one process takes on the same global batch (up to the order of the float
 sums). Rank 0 writes the checkpoints, the log and the evaluation.
 
-Not yet (issue #12): the KW loss's random projections.
+Not yet (issue #12): convex_adversarial's cascades.
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ class TrainConfig:
     mmr_gamma_d: float | None = None  # default: eps
     adv_frac: float = 0.0  # MMR: the share of each batch replaced by PGD points
     power_steps: int = 1  # Local-Lip: power-iteration steps per training step
+    kw_proj: int | None = None  # KW: random projections for the intermediate bounds (None: exact)
     lipschitz_cert: bool = False  # also certify by the (sound) L2 Lipschitz margin: slow on MNIST-sized layers
     out: str = "fastcert-train-out"
     extra: dict = field(default_factory=dict)
@@ -204,6 +205,8 @@ class TrainConfig:
             raise ValueError(f"--adv-frac must lie in [0, 1], got {self.adv_frac}")
         if self.lipschitz_cert and self.norm != "2":
             raise ValueError("--lipschitz-cert certifies L2 balls: pass --norm 2")
+        if self.kw_proj is not None and self.kw_proj < 1:
+            raise ValueError("--kw-proj must be >= 1")
         if self.power_steps < 1:
             raise ValueError("--power-steps must be >= 1")
         if not (self.eps >= 0 and math.isfinite(self.eps)):
@@ -243,7 +246,7 @@ def _loss(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor, step: int, s
         return tr.crown_ibp_loss(model, x, y, e, kappa=kappa_s(step), beta=beta_s(step), norm=cfg.norm,
                                  x_min=0.0, x_max=1.0), e
     if m == "kw":
-        return tr.robust_loss(model, e, x, y, x_min=0.0, x_max=1.0)[0], e
+        return tr.robust_loss(model, e, x, y, x_min=0.0, x_max=1.0, proj=cfg.kw_proj, seed=step)[0], e
     if m == "mmr":
         # the authors' ramps: lambda from 0 over the first 10 epochs (here: the warm-up + ramp steps), k_B from
         # 10% to 2% of the hidden units over the run

@@ -13,11 +13,12 @@ bound of ``z_j - z_y`` elsewhere; ``cross_entropy(z_hat, y)`` bounds the cross-e
 the ball (softmax cross-entropy is shift-invariant and increasing in each ``z_j - z_y``).
 
 What is here: :func:`worst_case_logits`, :func:`ibp_loss`, :func:`crown_ibp_loss`, :func:`robust_loss`
-(Kolter-Wong, exact: no random projections yet), :func:`pgd_loss`, :func:`mtl_ibp_loss`, the MMR regularizer
+(Kolter-Wong, exact or with random projections), :func:`pgd_loss`, :func:`mtl_ibp_loss`, the MMR regularizer
 (:func:`mmr_regularizer`, :func:`mmr_loss`) and the Local-Lipschitz loss (:func:`local_lip_loss`,
 :func:`local_lipschitz`, the sound L2 certificate :func:`local_lip_certify`) from :mod:`fastcert.regularizers`,
-and the schedules (:class:`LinearRamp`, :func:`gowal_schedule`, :func:`crown_ibp_schedule`). Not yet: the
-random-projection estimate and cascades of convex_adversarial.
+and the schedules (:class:`LinearRamp`, :func:`gowal_schedule`, :func:`crown_ibp_schedule`);
+``robust_loss(..., proj=k)`` estimates the KW bound with convex_adversarial's random projections. Not yet:
+convex_adversarial's cascades.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastcert.api_diff import cached_network, differentiable_bounds
+from fastcert.checks import norm_key
 from fastcert.regularizers import (LocalLipState, local_lip_certify, local_lip_loss, local_lipschitz, mmr_loss,
                                    mmr_regularizer, project_thresholds)
 
@@ -204,14 +206,30 @@ def crown_ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, kappa: floa
 
 
 def robust_loss(model: nn.Module, epsilon: float, X: Tensor, y: Tensor, size_average: bool = True,
-                norm: str = "inf", x_min: Any = None, x_max: Any = None) -> tuple[Tensor, Tensor]:
+                norm: str = "inf", x_min: Any = None, x_max: Any = None, proj: int | None = None,
+                seed: int = 0) -> tuple[Tensor, Tensor]:
     """The Kolter-Wong robust loss with convex_adversarial's meaning (Wong & Kolter, ICML 2018, Thm. 2 and
     eq. 14; ``convex_adversarial.robust_loss``): ``f = z_hat`` from the dual (KW) bound of the margins,
     returns ``(cross_entropy(f, y), err)`` with ``err`` the fraction of samples not certified
     (``f.max(1)[1] != y``); ``size_average=False``: per-sample loss [B] and error [B] (float).
-    Computed exactly (every L1 term summed; the random-projection estimate, ``proj=k``, is not built yet)."""
+
+    ``proj=None``: exact (fastcert's KW kernels; every L1 term summed). ``proj=k``: the intermediate bounds
+    estimated from ``k`` Cauchy random projections with the median estimator (Wong et al., NeurIPS 2018,
+    "Scaling provable adversarial defenses", Sec. 3.2; :mod:`fastcert.kw_proj`: L-inf, ``nn.Sequential`` of
+    Linear / Conv2d / Flatten / ReLU), the objective exact: memory and time scale with ``k``, not the widths;
+    ``err`` is then an estimate too (certify with :func:`fastcert.certify`). Projections are drawn from
+    ``seed``."""
     y = _checked(model, X, y)
-    f = worst_case_logits(model, X, y, epsilon, "kw", norm, x_min, x_max)
+    if proj is not None:
+        from fastcert.kw_proj import kw_bounds_projected
+
+        if norm_key(norm) != "inf":
+            raise ValueError("robust_loss(proj=k) estimates L-inf bounds (as convex_adversarial's); use proj=None "
+                             "for other norms")
+        K = _num_classes(model, X)
+        f = -kw_bounds_projected(model, X, epsilon, margin_spec(y, K, X.dtype), proj, x_min, x_max, seed)
+    else:
+        f = worst_case_logits(model, X, y, epsilon, "kw", norm, x_min, x_max)
     err = (f.max(1)[1] != y).to(X.dtype)
     if size_average:
         return F.cross_entropy(f, y), err.mean()
