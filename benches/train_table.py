@@ -5,7 +5,7 @@ a plain-trained model, on one data set (``fastcert train`` runs; a results table
     python -m benches.train_table --data mnist --data-dir ../shared/data/mnist --methods plain,ibp --eps 0.1
 
 L-inf methods run at ``--eps`` (two values); ``local-lip`` is an L2 method and runs at ``--eps-l2`` (two
-values), certified in L2. Every run uses ``--model`` (default ``kw``: convex_adversarial's MNIST model, =
+values), certified in L2, next to the plain model's L2 figures. Every run uses ``--model`` (default ``kw``: convex_adversarial's MNIST model, =
 MMR's LeNet-small), the trainer's default schedules (one warm-up epoch, eps ramped over half of the rest) and
 evaluates on the whole test set (``--eval-n`` to cut it). Each run's ``final.json`` stays in ``--out``.
 """
@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="train-table")
     a = p.parse_args(argv)
     rows = []
-    for method in a.methods.split(","):
-        l2 = method == "local-lip"
+    runs = [(m, m == "local-lip") for m in a.methods.split(",")]
+    if ("local-lip", True) in runs and ("plain", False) in runs:  # the plain baseline in L2 as well
+        runs.insert(runs.index(("plain", False)) + 1, ("plain", True))
+    for method, l2 in runs:
         for eps in (float(e) for e in (a.eps_l2 if l2 else a.eps).split(",")):
             cfg = TrainConfig(method=method, model=a.model, data=a.data, data_dir=a.data_dir, eps=eps,
                               norm="2" if l2 else "inf", epochs=a.epochs, batch_size=a.batch_size,
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((method, cfg.norm, eps, res, time.perf_counter() - t))
             print(f"{method} {cfg.norm} {eps:g}: {json.dumps({k: res[k] for k in ('clean_acc', 'pgd_acc', 'certified_acc')})}",
                   file=sys.stderr)
-    print(f"| method | norm | eps | clean err | PGD err | certified err (bound) | train + eval s |")
+    print("| method | norm | eps | clean err | PGD err | certified err (bound) | train + eval s |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for method, norm, eps, res, sec in rows:
         print(f"| {method} | {'L2' if norm == '2' else 'L-inf'} | {eps:g} | {1 - res['clean_acc']:.3f} | "
