@@ -21,58 +21,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastcert.errors import UnsupportedError
+from fastcert.regularizers import _adjoint, _linear_map
+from fastcert.regularizers import _layers as _seq_layers
 
 __all__ = ["kw_bounds_projected"]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
-    out: list[nn.Module] = []
-
-    def walk(m: nn.Module, name: str) -> None:
-        if type(m) is nn.Sequential:
-            for n, c in m.named_children():
-                walk(c, f"{name}.{n}" if name else n)
-            return
-        if isinstance(m, nn.Identity) or (isinstance(m, nn.Dropout) and not m.training):
-            return
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
-                                         or isinstance(m.padding, str)):
-            raise UnsupportedError(f"KW projections: layer {name!r}: Conv2d with groups / dilation / padding mode "
-                                   f"other than 1 / 1 / numeric zeros is not supported")
-        if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU)):
-            raise UnsupportedError(f"KW projections: layer {name!r} ({type(m).__name__}) is not supported; they "
-                                   f"take an nn.Sequential of Linear, Conv2d, Flatten and ReLU (use proj=None for "
-                                   f"fastcert's general KW bound)")
-        out.append(m)
-
-    if not isinstance(model, nn.Sequential):
-        raise UnsupportedError(f"KW projections take an nn.Sequential, got {type(model).__name__}")
-    walk(model, "")
-    if not out or not isinstance(out[-1], nn.Linear):
-        raise UnsupportedError("KW projections: the last layer must be the nn.Linear that computes the logits")
-    return out
+    return _seq_layers(model, (nn.ReLU,), "KW projections")
 
 
 def _lin(m: nn.Module, v: Tensor, bias: bool) -> Tensor:
     """Layer ``m`` on a stack ``v`` [N, *in_shape] (with or without its bias)."""
-    b = m.bias if bias else None
-    if isinstance(m, nn.Linear):
-        return F.linear(v, m.weight, b)
-    return F.conv2d(v, m.weight, b, m.stride, m.padding)
-
-
-def _lin_t(m: nn.Module, v: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """The transpose of layer ``m``'s linear part on a stack ``v`` [N, *out_shape] -> [N, *in_shape]."""
-    if isinstance(m, nn.Linear):
-        return v @ m.weight
-    H, W = in_shape[-2:]
-    k, s, p = m.kernel_size, m.stride, m.padding
-    op = (H + 2 * p[0] - k[0]) % s[0], (W + 2 * p[1] - k[1]) % s[1]
-    return F.conv_transpose2d(v, m.weight, None, s, p, output_padding=op)
+    return m(v) if bias else _linear_map(m, v)
 
 
 class _Track:
@@ -207,7 +170,7 @@ def _objective(layers: list[nn.Module], bounds: list[tuple[Tensor, Tensor, Tenso
         if m.bias is not None:
             bb = m.bias if isinstance(m, nn.Linear) else m.bias.reshape(-1, 1, 1)
             total = total - (nu * bb).flatten(2).sum(2)
-        nu = _lin_t(m, nu.reshape(B * S, *nu.shape[2:]), ins).reshape(B, S, *ins)
+        nu = _adjoint(m, nu.reshape(B * S, *nu.shape[2:]), ins).reshape(B, S, *ins)
     # the input term: -nu_hat_1 . c0 - ||nu_hat_1 * r0||_1
     total = total - (nu * c0.unsqueeze(1)).flatten(2).sum(2) - (nu.abs() * r0.unsqueeze(1)).flatten(2).sum(2)
     return total
