@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from fastcert import training as tr
 from fastcert.errors import UnsupportedError
+from fastcert.losscommon import sequential_layers
 from fastcert.nn import ClippedReLU
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,7 +130,7 @@ def _exact_product(model: nn.Sequential, x: torch.Tensor, eps: float) -> torch.T
     """The product of the sound per-layer norm bounds (dense path) with the masks of the training bound."""
     import fastcert.regularizers as R
 
-    layers = R._layers(model, (nn.ReLU, ClippedReLU, nn.Hardtanh), "t")
+    layers = sequential_layers(model, (nn.ReLU, ClippedReLU, nn.Hardtanh), "t")
     with torch.no_grad():
         return R._sound_lipschitz(layers, x, eps, 10**9, tol=0.0)[0]
 

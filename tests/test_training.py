@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastcert import training as tr
+from fastcert.losscommon import adversarial_points
 from torch import nn
 
 from benches import peers
@@ -88,7 +89,7 @@ def test_robust_losses_bound_the_loss_at_pgd_points(method: str, make) -> None:
     robust = F.cross_entropy(zhat, y, reduction="none")
     assert bool((zhat.gather(1, y[:, None]) == 0).all())
     for seed in range(3):
-        xa = tr._adversarial(model, x, y, eps, "inf", 20, 2, None, None, None, seed)
+        xa = adversarial_points(model, x, y, eps, "inf", 20, 2, None, None, None, seed)
         assert float((xa - x).abs().max()) <= eps
         with torch.no_grad():
             ce = F.cross_entropy(model(xa), y, reduction="none")

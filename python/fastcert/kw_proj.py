@@ -23,19 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastcert.regularizers import _adjoint, _linear_map
-from fastcert.regularizers import _layers as _seq_layers
+from fastcert.losscommon import adjoint_map, linear_map, sequential_layers
 
 __all__ = ["kw_bounds_projected"]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
-    return _seq_layers(model, (nn.ReLU,), "KW projections")
+    return sequential_layers(model, (nn.ReLU,), "KW projections")
 
 
 def _lin(m: nn.Module, v: Tensor, bias: bool) -> Tensor:
     """Layer ``m`` on a stack ``v`` [N, *in_shape] (with or without its bias)."""
-    return m(v) if bias else _linear_map(m, v)
+    return m(v) if bias else linear_map(m, v)
 
 
 class _Track:
@@ -170,7 +169,7 @@ def _objective(layers: list[nn.Module], bounds: list[tuple[Tensor, Tensor, Tenso
         if m.bias is not None:
             bb = m.bias if isinstance(m, nn.Linear) else m.bias.reshape(-1, 1, 1)
             total = total - (nu * bb).flatten(2).sum(2)
-        nu = _adjoint(m, nu.reshape(B * S, *nu.shape[2:]), ins).reshape(B, S, *ins)
+        nu = adjoint_map(m, nu.reshape(B * S, *nu.shape[2:]), ins).reshape(B, S, *ins)
     # the input term: -nu_hat_1 . c0 - ||nu_hat_1 * r0||_1
     total = total - (nu * c0.unsqueeze(1)).flatten(2).sum(2) - (nu.abs() * r0.unsqueeze(1)).flatten(2).sum(2)
     return total

@@ -19,71 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastcert.checks import norm_key
 from fastcert.errors import UnsupportedError
+from fastcert.losscommon import adjoint_map, adversarial_points, check_labels, check_weight, linear_map, sequential_layers
 from fastcert.nn import ClippedReLU
 
 __all__ = ["LocalLipState", "local_lip_certify", "local_lip_loss", "local_lipschitz", "mmr_loss", "mmr_regularizer",
            "project_thresholds"]
 
 _DUAL = {"inf": 1.0, "2": 2.0, "1": math.inf}
-
-
-def _norm_key(norm: Any) -> str:
-    k = str(norm).lower().replace("l", "")
-    if k in ("inf", "linf", "i"):
-        return "inf"
-    if k in ("2", "1"):
-        return k
-    raise ValueError(f"norm must be 'inf', '2' or '1', got {norm!r}")
-
-
-def _layers(model: nn.Module, acts: tuple[type, ...], who: str) -> list[nn.Module]:
-    """The leaf modules of a (nested) ``nn.Sequential`` in order, Identity / eval Dropout dropped; anything but
-    Linear, Conv2d, Flatten and ``acts`` refused by name."""
-    out: list[nn.Module] = []
-
-    def walk(m: nn.Module, name: str) -> None:
-        if type(m) is nn.Sequential:
-            for n, c in m.named_children():
-                walk(c, f"{name}.{n}" if name else n)
-            return
-        if isinstance(m, (nn.Identity,)) or (isinstance(m, nn.Dropout) and not m.training):
-            return
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
-                                         or isinstance(m.padding, str)):
-            raise UnsupportedError(f"{who}: layer {name!r} is a Conv2d with groups / dilation / padding mode "
-                                   f"{m.groups} / {m.dilation} / {m.padding_mode!r}: only groups=1, dilation=1 and "
-                                   f"numeric zero padding are supported")
-        if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten) + acts) or \
-                (isinstance(m, nn.Hardtanh) and not (m.min_val == 0 and m.max_val > 0)):
-            names = ", ".join(a.__name__ for a in acts)
-            raise UnsupportedError(f"{who}: layer {name!r} ({type(m).__name__}) is not supported; {who} takes an "
-                                   f"nn.Sequential of Linear, Conv2d, Flatten and {names}")
-        out.append(m)
-
-    if not isinstance(model, nn.Sequential):
-        raise UnsupportedError(f"{who} takes an nn.Sequential (its layers are read in order), got "
-                               f"{type(model).__name__}")
-    walk(model, "")
-    if not out or not isinstance(out[-1], nn.Linear):
-        raise UnsupportedError(f"{who}: the last layer must be the nn.Linear that computes the logits")
-    return out
-
-
-def _labels(y: Tensor, B: int, K: int) -> Tensor:
-    if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32) or y.shape[0] != B:
-        raise ValueError(f"y must be a [{B}] integer tensor of class indices, got "
-                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
-    if B and (int(y.min()) < 0 or int(y.max()) >= K):
-        raise ValueError(f"y holds class indices outside [0, {K}) (the model has {K} outputs)")
-    return y.long()
-
-
-def _linear_map(m: nn.Module, v: Tensor) -> Tensor:
-    """The layer's linear part (no bias) on a stack of vectors ``v`` [N, *in_shape]."""
-    if isinstance(m, nn.Linear):
-        return F.linear(v, m.weight)
-    return F.conv2d(v, m.weight, None, m.stride, m.padding)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,9 +55,8 @@ def mmr_regularizer(model: nn.Sequential, x: Tensor, y: Tensor, norm: str = "inf
     Cost: the gradients of every hidden unit are propagated as a stack of ``d`` vectors per sample
     ([B, d, units] for each layer), as the authors' implementation does; on MNIST-sized inputs keep B moderate.
     """
-    key = _norm_key(norm)
-    q = _DUAL[key]
-    layers = _layers(model, (nn.ReLU,), "MMR")
+    q = _DUAL[norm_key(norm)]
+    layers = sequential_layers(model, (nn.ReLU,), "MMR")
     B = x.shape[0]
     in_shape = tuple(x.shape[1:])
     d = math.prod(in_shape)
@@ -126,9 +69,9 @@ def mmr_regularizer(model: nn.Sequential, x: Tensor, y: Tensor, norm: str = "inf
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if V is None:  # the first layer: the same for every sample
                 eye = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, *in_shape)
-                V = _linear_map(m, eye).unsqueeze(0)
+                V = linear_map(m, eye).unsqueeze(0)
             else:
-                out = _linear_map(m, V.reshape(-1, *V.shape[2:]))
+                out = linear_map(m, V.reshape(-1, *V.shape[2:]))
                 V = out.reshape(V.shape[0], d, *out.shape[1:])
             h = m(h)
             pre, pre_V = h, V
@@ -149,7 +92,7 @@ def mmr_regularizer(model: nn.Sequential, x: Tensor, y: Tensor, norm: str = "inf
             pre = pre_V = None
     assert V is not None and h.dim() == 2
     K = h.shape[1]
-    y = _labels(y, B, K)
+    y = check_labels(y, B, K)
     if not dists:
         raise UnsupportedError("MMR: the network has no ReLU layer (no linear-region boundaries)")
     dist_b = torch.cat(dists, 1)
@@ -185,8 +128,6 @@ def mmr_loss(model: nn.Sequential, x: Tensor, y: Tensor, eps: float, norm: str =
     training; ``adv_frac=0``: plain MMR). ``gamma_b`` / ``gamma_d`` default to ``eps`` (the paper sets the gammas
     near the radius to certify). The authors ramp ``lam`` from 0 over the first 10 epochs and ``k_b`` from 10%
     to 2% of the hidden units over the run (``fastcert train --method mmr`` does)."""
-    from fastcert.training import _adversarial
-
     if not 0.0 <= adv_frac <= 1.0:
         raise ValueError(f"adv_frac must lie in [0, 1], got {adv_frac}")
     if lam < 0:
@@ -197,7 +138,7 @@ def mmr_loss(model: nn.Sequential, x: Tensor, y: Tensor, eps: float, norm: str =
         raise ValueError(f"gamma_b and gamma_d must be > 0 (they default to eps; got {gb}, {gd})")
     n_adv = int(adv_frac * x.shape[0])
     if n_adv:
-        xa = _adversarial(model, x[:n_adv], y[:n_adv], eps, _norm_key(norm), pgd_steps, 1, None, x_min, x_max, seed)
+        xa = adversarial_points(model, x[:n_adv], y[:n_adv], eps, norm_key(norm), pgd_steps, 1, None, x_min, x_max, seed)
         x = torch.cat([xa, x[n_adv:]], 0)
     ce = F.cross_entropy(model(x), y)
     if lam == 0:
@@ -226,15 +167,6 @@ def _clip_threshold(m: nn.Module) -> float | Tensor | None:
     if isinstance(m, nn.Hardtanh):
         return float(m.max_val)
     return None
-
-
-def _adjoint(m: nn.Module, v: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    if isinstance(m, nn.Linear):
-        return v @ m.weight
-    H, W = in_shape[-2:]
-    k, s, p = m.kernel_size, m.stride, m.padding
-    op = (H + 2 * p[0] - k[0]) % s[0], (W + 2 * p[1] - k[1]) % s[1]
-    return F.conv_transpose2d(v, m.weight, None, s, p, output_padding=op)
 
 
 def _ibp_l2_first(m: nn.Module, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -268,7 +200,7 @@ def local_lipschitz(model: nn.Sequential, x: Tensor, eps: Any, power_steps: int 
     """
     if power_steps < 1:
         raise ValueError(f"power_steps must be >= 1, got {power_steps}")
-    layers = _layers(model, (nn.ReLU, ClippedReLU, nn.Hardtanh), "Local-Lip")
+    layers = sequential_layers(model, (nn.ReLU, ClippedReLU, nn.Hardtanh), "Local-Lip")
     B = x.shape[0]
     e = torch.as_tensor(eps, dtype=x.dtype).reshape(-1).expand(B) if not isinstance(eps, Tensor) or eps.dim() == 0 \
         else eps.to(x.dtype).reshape(B)
@@ -346,19 +278,19 @@ def _masked_norm(idx: int, m: nn.Module, in_shape: tuple[int, ...], m_in: Tensor
             g = torch.Generator(device="cpu").manual_seed(state.seed * 1000 + idx)
             u0 = torch.randn((1, *in_shape), generator=g, dtype=w.dtype).to(w.device)
         # one step on the unmasked matrix: the kept vector tracks its top singular vector
-        u1 = _adjoint(m, _linear_map(m, u0), in_shape)
+        u1 = adjoint_map(m, linear_map(m, u0), in_shape)
         state.vectors[idx] = (u1 / u1.norm().clamp_min(1e-30)).detach()
         u = state.vectors[idx].expand(B, *in_shape)
         for _ in range(steps):
             uu = u * m_in if m_in is not None else u
-            v = _linear_map(m, uu)
+            v = linear_map(m, uu)
             if m_out is not None:
                 v = v * m_out
-            u = _adjoint(m, v, in_shape)
+            u = adjoint_map(m, v, in_shape)
             if m_in is not None:
                 u = u * m_in
             u = u / u.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(B, *([1] * len(in_shape)))
-    v = _linear_map(m, u)
+    v = linear_map(m, u)
     if m_out is not None:
         v = v * m_out
     return v.flatten(1).norm(dim=1)
@@ -391,12 +323,10 @@ def local_lip_loss(model: nn.Sequential, x: Tensor, y: Tensor, eps: Any, kappa: 
     ``box`` also no more than the interval bound of ``z_j - z_y`` on the features' box (the authors' code
     combines the two the same way, there by box-constrained propagation). ``state``: a :class:`LocalLipState`
     kept across steps so that the power iterations start warm (the paper keeps vectors per training point)."""
-    from fastcert.training import _check_weight
-
-    kappa = _check_weight("kappa", kappa)
+    kappa = check_weight("kappa", kappa)
     B = x.shape[0]
     L, feats, lo, hi, last = local_lipschitz(model, x, eps, power_steps, state)
-    y = _labels(y, B, last.out_features)
+    y = check_labels(y, B, last.out_features)
     e = torch.as_tensor(eps, dtype=x.dtype).reshape(-1).expand(B) if not isinstance(eps, Tensor) or eps.dim() == 0 \
         else eps.to(x.dtype).reshape(B)
     robust = F.cross_entropy(_worst_logits(L, feats, lo, hi, last, y, e, box), y)
@@ -444,7 +374,7 @@ def _sound_norm(m: nn.Module, in_shape: tuple[int, ...], m_in: Tensor | None, m_
     n_in = math.prod(in_shape)
     f64 = torch.float64
     ones_in = torch.ones((B, *in_shape), dtype=f64) if m_in is None else m_in.reshape(B, *in_shape).to(f64)
-    out_shape = tuple(_linear_map(m, ones_in[:1]).shape[1:])
+    out_shape = tuple(linear_map(m, ones_in[:1]).shape[1:])
     n_out = math.prod(out_shape)
     ones_out = torch.ones((B, *out_shape), dtype=f64) if m_out is None else m_out.reshape(B, *out_shape).to(f64)
     row = (_abs_map(m, ones_in) * ones_out).flatten(1).amax(1)  # max row sum of |M|
@@ -454,7 +384,7 @@ def _sound_norm(m: nn.Module, in_shape: tuple[int, ...], m_in: Tensor | None, m_
     if n_in * n_out > dense_limit or min(n_in, n_out) > 1024:
         return schur
     eye = torch.eye(n_in, dtype=f64).reshape(n_in, *in_shape)
-    A = _linear_map(m, eye).reshape(n_in, n_out).T  # [n_out, n_in]: the layer's matrix
+    A = linear_map(m, eye).reshape(n_in, n_out).T  # [n_out, n_in]: the layer's matrix
     exact = torch.empty(B, dtype=f64)
     step = max(1, dense_limit // (n_in * n_out))
     for i in range(0, B, step):
@@ -494,7 +424,7 @@ def local_lip_certify(model: nn.Sequential, x: Tensor, y: Tensor, eps: float,
 
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    layers = _layers(copy.deepcopy(model).double().eval(), (nn.ReLU, ClippedReLU, nn.Hardtanh), "Local-Lip")
+    layers = sequential_layers(copy.deepcopy(model).double().eval(), (nn.ReLU, ClippedReLU, nn.Hardtanh), "Local-Lip")
     xd = x.detach().double()
     B = xd.shape[0]
     with torch.no_grad():
@@ -502,7 +432,7 @@ def local_lip_certify(model: nn.Sequential, x: Tensor, y: Tensor, eps: float,
         last = layers[-1]
         z = F.linear(feats, last.weight, last.bias)
         K = z.shape[1]
-        y = _labels(y, B, K)
+        y = check_labels(y, B, K)
         ar = torch.arange(B)
         dW = (last.weight.unsqueeze(0) - last.weight[y].unsqueeze(1)).norm(dim=2)  # [B, K]
         margin = z[ar, y].unsqueeze(1) - z - (eps * L).unsqueeze(1) * dW * (1 + 1e-12)

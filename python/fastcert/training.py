@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from fastcert.api_diff import cached_network, differentiable_bounds
 from fastcert.checks import norm_key
+from fastcert.losscommon import adversarial_points, check_labels, check_weight
 from fastcert.regularizers import (LocalLipState, local_lip_certify, local_lip_loss, local_lipschitz, mmr_loss,
                                    mmr_regularizer, project_thresholds)
 
@@ -106,18 +107,9 @@ def crown_ibp_schedule(eps: float, warmup: int, ramp: int, kappa_end: float = 0.
 # ------------------------------------------------------------------------------------------------
 
 
-def _labels(y: Tensor, K: int) -> Tensor:
-    if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"y must be a [B] integer tensor of class indices, got "
-                        f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
-        raise ValueError(f"y holds class indices outside [0, {K}) (the model has {K} outputs)")
-    return y.long()
-
-
 def margin_spec(y: Tensor, K: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """[B, K, K] rows ``e_y - e_j`` (row y is zero): ``C z`` are the margins ``z_y - z_j``."""
-    y = _labels(y, K)
+    y = check_labels(y, None, K)
     eye = torch.eye(K, dtype=dtype)
     return eye[y][:, None, :] - eye[None, :, :]
 
@@ -139,7 +131,7 @@ def _checked(model: Any, x: Tensor, y: Tensor) -> Tensor:
     """y checked against x's batch and the model's number of outputs (before any loss is computed)."""
     if not isinstance(x, Tensor) or x.dim() < 2:
         raise TypeError(f"x must be a [B, *input_shape] tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    y = _labels(y, _num_classes(model, x))
+    y = check_labels(y, None, _num_classes(model, x))
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y has {y.shape[0]} labels for a batch of {x.shape[0]} inputs")
     return y
@@ -156,13 +148,6 @@ def worst_case_logits(model: nn.Module, x: Tensor, y: Tensor, eps: Any, method: 
     return -lb
 
 
-def _check_weight(name: str, v: float) -> float:
-    v = float(v)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {v}")
-    return v
-
-
 # ------------------------------------------------------------------------------------------------
 # losses
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +158,7 @@ def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, kappa: float = 0.
     """IBP training loss of Gowal et al. 2018 ("On the effectiveness of interval bound propagation",
     eq. 12): ``kappa * CE(z(x), y) + (1 - kappa) * CE(z_hat_IBP(x, eps), y)``, mean over the batch.
     ``kappa`` and ``eps`` follow :func:`gowal_schedule` in the paper."""
-    kappa = _check_weight("kappa", kappa)
+    kappa = check_weight("kappa", kappa)
     y = _checked(model, x, y)
     if kappa == 1.0:
         return F.cross_entropy(model(x), y)
@@ -189,7 +174,7 @@ def crown_ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, kappa: floa
     ``beta * lower_CROWN-IBP + (1 - beta) * lower_IBP`` and the loss ``kappa * CE(z, y) + (1 - kappa) *
     CE(-bound, y)``; ``beta`` goes from 1 to 0 and ``kappa`` from 1 to ``kappa_end`` with the eps ramp
     (:func:`crown_ibp_schedule`). The IBP bound is computed only when ``beta < 1``."""
-    kappa, beta = _check_weight("kappa", kappa), _check_weight("beta", beta)
+    kappa, beta = check_weight("kappa", kappa), check_weight("beta", beta)
     y = _checked(model, x, y)
     K = _num_classes(model, x)
     C = margin_spec(y, K, x.dtype)
@@ -236,22 +221,6 @@ def robust_loss(model: nn.Module, epsilon: float, X: Tensor, y: Tensor, size_ave
     return F.cross_entropy(f, y, reduction="none"), err
 
 
-def _adversarial(model: nn.Module, x: Tensor, y: Tensor, eps: Any, norm: str, steps: int, restarts: int,
-                 step_size: Any, x_min: Any, x_max: Any, seed: int) -> Tensor:
-    """PGD points (cross-entropy ascent, the model in eval mode: batch statistics are not touched),
-    detached."""
-    from fastcert.attacks import pgd
-
-    was = model.training
-    model.eval()
-    try:
-        res = pgd(model, x.detach(), eps, norm, labels=y, steps=steps, restarts=restarts, step_size=step_size,
-                  x_min=x_min, x_max=x_max, seed=seed, loss="ce")
-    finally:
-        model.train(was)
-    return res.x_adv.detach().to(x.dtype)
-
-
 def pgd_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, norm: str = "inf", steps: int = 10,
              restarts: int = 1, step_size: Any = None, x_min: Any = None, x_max: Any = None,
              seed: int = 0) -> Tensor:
@@ -259,7 +228,7 @@ def pgd_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, norm: str = "inf"
     by ``steps`` steps of projected gradient ascent on the cross-entropy (``fastcert.attacks.pgd``,
     ``restarts`` random restarts, seeded) inside the ball and [x_min, x_max]."""
     y = _checked(model, x, y)
-    xa = _adversarial(model, x, y, eps, norm, steps, restarts, step_size, x_min, x_max, seed)
+    xa = adversarial_points(model, x, y, eps, norm, steps, restarts, step_size, x_min, x_max, seed)
     return F.cross_entropy(model(xa), y)
 
 
@@ -269,9 +238,9 @@ def mtl_ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: Any, alpha: float 
     """MTL-IBP (De Palma et al., "Expressive losses for verified robustness via convex combinations",
     ICLR 2024, eq. 4): ``(1 - alpha) * CE(z(x_adv), y) + alpha * CE(z_hat_IBP(x, eps), y)``, x_adv a PGD
     point of the same ball (as :func:`pgd_loss`)."""
-    alpha = _check_weight("alpha", alpha)
+    alpha = check_weight("alpha", alpha)
     y = _checked(model, x, y)
-    xa = _adversarial(model, x, y, eps, norm, steps, 1, step_size, x_min, x_max, seed)
+    xa = adversarial_points(model, x, y, eps, norm, steps, 1, step_size, x_min, x_max, seed)
     adv = F.cross_entropy(model(xa), y)
     if alpha == 0.0:
         return adv
