@@ -184,3 +184,36 @@ def test_large_ops_match_torch_autograd(B: int, S: int, m: int, n: int) -> None:
     g2 = torch.autograd.grad(want, args2, weights)
     for i, (x, y) in enumerate(zip(g1, g2)):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9, msg=lambda s, i=i: f"argument {i}: {s}")
+
+
+def test_eager_fast_path_equals_the_registered_op() -> None:
+    """``ops.<name>`` (the eager fast path: the kernel under a plain autograd.Function) gives bitwise the
+    values and gradients of the registered ``torch.ops.fastcert.<name>`` on the same inputs, through a
+    composite of every op; and it routes fake tensors to the registered op (no data access)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    g = _gen(11)
+    l, u = _box(3, 6, 12)
+    W = torch.randn(4, 6, generator=g, dtype=D)
+    b = torch.randn(4, generator=g, dtype=D)
+    lam = torch.randn(3, 2, 4, generator=g, dtype=D)
+    alpha = torch.rand(3, 4, generator=g, dtype=D)
+
+    def run(f) -> tuple:
+        ins = _req(l, u, W, b, lam, alpha)
+        lo, hi = f("ibp_affine")(ins[0], ins[1], ins[2], ins[3])
+        lo_s, up_s, up_b = f("relu_relax")(lo, hi, ins[5], ops.RELU_MODES["alpha"])
+        a, bias = f("relax_back")(ins[4], lo_s, up_s, None, up_b)
+        a2 = f("linear_back")(a, ins[2])
+        out = f("concretize_box")(a2, (ins[0] + ins[1]) / 2, (ins[1] - ins[0]) / 2) + bias
+        grads = torch.autograd.grad(out.square().sum(), ins)
+        return (out.detach(), *grads)
+
+    fast = run(lambda name: getattr(ops, name))
+    registered = run(lambda name: getattr(torch.ops.fastcert, name).default)
+    for x, y in zip(fast, registered, strict=True):
+        assert torch.equal(x, y)
+    with FakeTensorMode():
+        fl = torch.empty(4, 5, dtype=D)
+        lo, _ = ops.ibp_affine(fl, fl, torch.empty(3, 5, dtype=D), None)
+        assert isinstance(lo, FakeTensor) and lo.shape == (4, 3)

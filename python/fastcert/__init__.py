@@ -33,6 +33,8 @@ _LAZY = {
     "verify": "fastcert.mip",
     "certify": "fastcert.api",
     "differentiable_bounds": "fastcert.api_diff",
+    "certified_radius": "fastcert.radius",
+    "RadiusResult": "fastcert.radius",
 }
 _SUBMODULES = ("attacks", "ops", "training")
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from fastcert.errors import UnsupportedError
     from fastcert.mip import verify
     from fastcert.network import Network
+    from fastcert.radius import RadiusResult, certified_radius
     from fastcert.nn import Normalize
 
 

@@ -9,11 +9,10 @@ import torch
 from torch import Tensor
 
 from fastcert._ext import _C
-from fastcert.ops._common import c, check
+from fastcert.ops._common import c, check, define
 
 
-@torch.library.custom_op("fastcert::linear_back", mutates_args=(), device_types="cpu")
-def linear_back(lam: Tensor, W: Tensor) -> Tensor:
+def _linear_back(lam: Tensor, W: Tensor) -> Tensor:
     """Coefficients through a dense layer: lam [..., m], W [m, n] -> lam W [..., n] (one GEMM)."""
     dt = check("linear_back", ("lam", lam), ("W", W))
     if W.dim() != 2 or lam.shape[-1] != W.shape[0]:
@@ -26,13 +25,11 @@ def linear_back(lam: Tensor, W: Tensor) -> Tensor:
     return out
 
 
-@linear_back.register_fake
-def _(lam: Tensor, W: Tensor) -> Tensor:
+def _linear_back_fake(lam: Tensor, W: Tensor) -> Tensor:
     return lam.new_empty(*lam.shape[:-1], W.shape[1])
 
 
-@torch.library.custom_op("fastcert::linear_back_backward", mutates_args=(), device_types="cpu")
-def linear_back_backward(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need_W: bool) -> tuple[Tensor, Tensor]:
+def _linear_back_backward(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need_W: bool) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`linear_back`: (g W^T, lam^T g summed over the leading dimensions); empty if not asked."""
     dt = check("linear_back_backward", ("lam", lam), ("W", W), ("g", g))
     gl = torch.empty(lam.shape if need_lam else (0,), dtype=dt)
@@ -45,8 +42,8 @@ def linear_back_backward(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need
     return gl, gW
 
 
-@linear_back_backward.register_fake
-def _(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need_W: bool) -> tuple[Tensor, Tensor]:
+def _linear_back_backward_fake(lam: Tensor, W: Tensor, g: Tensor, need_lam: bool, need_W: bool) -> tuple[Tensor,
+                               Tensor]:
     return lam.new_empty(lam.shape if need_lam else (0,)), W.new_empty(W.shape if need_W else (0,))
 
 
@@ -61,11 +58,10 @@ def _lb_backward(ctx: Any, g: Tensor) -> tuple:
     return (gl if nl else None), (gW if nW else None)
 
 
-torch.library.register_autograd("fastcert::linear_back", _lb_backward, setup_context=_lb_setup)
+linear_back, linear_back_op = define("linear_back", _linear_back, _linear_back_fake, _lb_setup, _lb_backward)
 
 
-@torch.library.custom_op("fastcert::concretize_box", mutates_args=(), device_types="cpu")
-def concretize_box(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
+def _concretize_box(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
     """min over the box |z - center| <= radius of lam . z: lam [B, S, n], center/radius [B, n] ->
     lam . center - |lam| . radius [B, S]."""
     dt = check("concretize_box", ("lam", lam), ("center", center), ("radius", radius))
@@ -77,13 +73,11 @@ def concretize_box(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
     return out
 
 
-@concretize_box.register_fake
-def _(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
+def _concretize_box_fake(lam: Tensor, center: Tensor, radius: Tensor) -> Tensor:
     return lam.new_empty(lam.shape[:2])
 
 
-@torch.library.custom_op("fastcert::concretize_box_backward", mutates_args=(), device_types="cpu")
-def concretize_box_backward(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool, need_center: bool,
+def _concretize_box_backward(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool, need_center: bool,
                             need_radius: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`concretize_box` w.r.t. (lam, center, radius); empty where not asked."""
     dt = check("concretize_box_backward", ("lam", lam), ("center", center), ("radius", radius), ("g", g))
@@ -94,8 +88,8 @@ def concretize_box_backward(lam: Tensor, center: Tensor, radius: Tensor, g: Tens
     return out
 
 
-@concretize_box_backward.register_fake
-def _(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool, need_center: bool,
+def _concretize_box_backward_fake(lam: Tensor, center: Tensor, radius: Tensor, g: Tensor, need_lam: bool,
+                                  need_center: bool,
       need_radius: bool) -> tuple[Tensor, Tensor, Tensor]:
     return (lam.new_empty(lam.shape if need_lam else (0,)), center.new_empty(center.shape if need_center else (0,)),
             radius.new_empty(radius.shape if need_radius else (0,)))
@@ -111,4 +105,9 @@ def _cb_backward(ctx: Any, g: Tensor) -> tuple:
     return (gl if nl else None), (gc if nc else None), (gr if nr else None)
 
 
-torch.library.register_autograd("fastcert::concretize_box", _cb_backward, setup_context=_cb_setup)
+concretize_box, concretize_box_op = define("concretize_box", _concretize_box, _concretize_box_fake, _cb_setup,
+                                           _cb_backward)
+linear_back_backward, linear_back_backward_op = define("linear_back_backward", _linear_back_backward,
+                                                       _linear_back_backward_fake)
+concretize_box_backward, concretize_box_backward_op = define("concretize_box_backward", _concretize_box_backward,
+                                                             _concretize_box_backward_fake)

@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 
 from fastcert._ext import _C
-from fastcert.ops._common import c, check
+from fastcert.ops._common import c, check, define
 
 
-@torch.library.custom_op("fastcert::ibp_affine", mutates_args=(), device_types="cpu")
-def ibp_affine(l: Tensor, u: Tensor, W: Tensor, b: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _ibp_affine(l: Tensor, u: Tensor, W: Tensor, b: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Interval bounds of ``W z + b`` for ``l <= z <= u``: l, u [B, n], W [m, n], b [m] or None ->
     (lo, hi) [B, m] = W c + b -/+ |W| r with c = (l+u)/2, r = (u-l)/2 (nominal arithmetic)."""
     dt = check("ibp_affine", ("l", l), ("u", u), ("W", W), ("b", b))
@@ -30,13 +29,11 @@ def ibp_affine(l: Tensor, u: Tensor, W: Tensor, b: Optional[Tensor]) -> tuple[Te
     return lo, hi
 
 
-@ibp_affine.register_fake
-def _(l: Tensor, u: Tensor, W: Tensor, b: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _ibp_affine_fake(l: Tensor, u: Tensor, W: Tensor, b: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     return l.new_empty(l.shape[0], W.shape[0]), l.new_empty(l.shape[0], W.shape[0])
 
 
-@torch.library.custom_op("fastcert::ibp_affine_backward", mutates_args=(), device_types="cpu")
-def ibp_affine_backward(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Tensor, need_x: bool, need_W: bool,
+def _ibp_affine_backward(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Tensor, need_x: bool, need_W: bool,
                         need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`ibp_affine`: (g_l, g_u [B, n], g_W [m, n], g_b [m]); an output not asked for is
     empty."""
@@ -55,8 +52,7 @@ def ibp_affine_backward(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Ten
     return gl, gu, gW, gb
 
 
-@ibp_affine_backward.register_fake
-def _(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Tensor, need_x: bool, need_W: bool,
+def _ibp_affine_backward_fake(l: Tensor, u: Tensor, W: Tensor, g_lo: Tensor, g_hi: Tensor, need_x: bool, need_W: bool,
       need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     (B, n), m = l.shape, W.shape[0]
     return (l.new_empty(B, n) if need_x else l.new_empty(0), l.new_empty(B, n) if need_x else l.new_empty(0),
@@ -77,4 +73,6 @@ def _backward(ctx: Any, g_lo: Tensor, g_hi: Tensor) -> tuple:
     return (gl if nx else None, gu if nx else None, gW if nW else None, gb if nb else None)
 
 
-torch.library.register_autograd("fastcert::ibp_affine", _backward, setup_context=_setup)
+ibp_affine, ibp_affine_op = define("ibp_affine", _ibp_affine, _ibp_affine_fake, _setup, _backward)
+ibp_affine_backward, ibp_affine_backward_op = define("ibp_affine_backward", _ibp_affine_backward,
+                                                     _ibp_affine_backward_fake)

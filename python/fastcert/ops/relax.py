@@ -9,14 +9,13 @@ import torch
 from torch import Tensor
 
 from fastcert._ext import _C
-from fastcert.ops._common import c, check
+from fastcert.ops._common import c, check, define
 
 # lower slope of an unstable ReLU neuron -> kernel code
 RELU_MODES = {"adaptive": 0, "parallel": 1, "zero": 2, "one": 3, "alpha": 4}
 
 
-@torch.library.custom_op("fastcert::relu_relax", mutates_args=(), device_types="cpu")
-def relu_relax(l: Tensor, u: Tensor, alpha: Optional[Tensor], mode: int) -> tuple[Tensor, Tensor, Tensor]:
+def _relu_relax(l: Tensor, u: Tensor, alpha: Optional[Tensor], mode: int) -> tuple[Tensor, Tensor, Tensor]:
     """Linear bounds ``lo_s z <= relu(z) <= up_s z + up_b`` on ``[l, u]`` (any equal shapes): returns
     (lo_s, up_s, up_b). ``mode`` is a value of ``RELU_MODES``; with ``alpha`` (mode 4) the lower slope of
     unstable neurons is alpha (already in [0, 1]). Stable neurons get exact lines."""
@@ -29,13 +28,11 @@ def relu_relax(l: Tensor, u: Tensor, alpha: Optional[Tensor], mode: int) -> tupl
     return out[0], out[1], out[2]
 
 
-@relu_relax.register_fake
-def _(l: Tensor, u: Tensor, alpha: Optional[Tensor], mode: int) -> tuple[Tensor, Tensor, Tensor]:
+def _relu_relax_fake(l: Tensor, u: Tensor, alpha: Optional[Tensor], mode: int) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(l), torch.empty_like(l), torch.empty_like(l)
 
 
-@torch.library.custom_op("fastcert::relu_relax_backward", mutates_args=(), device_types="cpu")
-def relu_relax_backward(l: Tensor, u: Tensor, mode: int, g_lo_s: Tensor, g_up_s: Tensor, g_up_b: Tensor,
+def _relu_relax_backward(l: Tensor, u: Tensor, mode: int, g_lo_s: Tensor, g_up_s: Tensor, g_up_b: Tensor,
                         need_alpha: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`relu_relax` w.r.t. (l, u, alpha); g_alpha is empty unless asked for."""
     dt = check("relu_relax_backward", ("l", l), ("u", u), ("g_lo_s", g_lo_s), ("g_up_s", g_up_s), ("g_up_b", g_up_b))
@@ -45,8 +42,7 @@ def relu_relax_backward(l: Tensor, u: Tensor, mode: int, g_lo_s: Tensor, g_up_s:
     return gl, gu, ga
 
 
-@relu_relax_backward.register_fake
-def _(l: Tensor, u: Tensor, mode: int, g_lo_s: Tensor, g_up_s: Tensor, g_up_b: Tensor,
+def _relu_relax_backward_fake(l: Tensor, u: Tensor, mode: int, g_lo_s: Tensor, g_up_s: Tensor, g_up_b: Tensor,
       need_alpha: bool) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(l), torch.empty_like(l), l.new_empty(l.shape if need_alpha else (0,))
 
@@ -65,7 +61,7 @@ def _relu_backward(ctx: Any, g_lo_s: Tensor, g_up_s: Tensor, g_up_b: Tensor) -> 
     return gl, gu, (ga if na else None), None
 
 
-torch.library.register_autograd("fastcert::relu_relax", _relu_backward, setup_context=_relu_setup)
+relu_relax, relu_relax_op = define("relu_relax", _relu_relax, _relu_relax_fake, _relu_setup, _relu_backward)
 
 
 def _check_back(op: str, lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor) -> torch.dtype:
@@ -82,8 +78,7 @@ def _check_back(op: str, lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional
     return dt
 
 
-@torch.library.custom_op("fastcert::relax_back", mutates_args=(), device_types="cpu")
-def relax_back(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor) -> tuple[Tensor, Tensor]:
+def _relax_back(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor) -> tuple[Tensor, Tensor]:
     """One back-substitution step for the *lower* bound of ``lam . f(z)`` given ``lo_s z + lo_b <= f(z) <=
     up_s z + up_b``: lam [B, S, n] -> (lam' = lam+ lo_s + lam- up_s [B, S, n], bias = sum lam+ lo_b + lam- up_b
     [B, S]). Slopes [B, n] or per row [B, S, n]; lo_b None means zero. (An upper bound is minus the lower bound
@@ -95,13 +90,12 @@ def relax_back(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], 
     return out, bias
 
 
-@relax_back.register_fake
-def _(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor) -> tuple[Tensor, Tensor]:
+def _relax_back_fake(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor) -> tuple[Tensor,
+                     Tensor]:
     return torch.empty_like(lam), lam.new_empty(lam.shape[:2])
 
 
-@torch.library.custom_op("fastcert::relax_back_backward", mutates_args=(), device_types="cpu")
-def relax_back_backward(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor, g_out: Tensor,
+def _relax_back_backward(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor, g_out: Tensor,
                         g_bias: Tensor, need_lo_s: bool = True, need_up_s: bool = True, need_lo_b: bool = True,
                         need_up_b: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`relax_back` w.r.t. (lam, lo_s, up_s, lo_b, up_b); empty where not asked (g_lo_b also
@@ -115,8 +109,8 @@ def relax_back_backward(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[
     return g[0], g[1], g[2], g[3], g[4]
 
 
-@relax_back_backward.register_fake
-def _(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor, g_out: Tensor,
+def _relax_back_backward_fake(lam: Tensor, lo_s: Tensor, up_s: Tensor, lo_b: Optional[Tensor], up_b: Tensor,
+                              g_out: Tensor,
       g_bias: Tensor, need_lo_s: bool = True, need_up_s: bool = True, need_lo_b: bool = True,
       need_up_b: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return (torch.empty_like(lam), lo_s.new_empty(lo_s.shape if need_lo_s else (0,)),
@@ -140,4 +134,8 @@ def _back_backward(ctx: Any, g_out: Tensor, g_bias: Tensor) -> tuple:
         (g[4] if n_ub else None)
 
 
-torch.library.register_autograd("fastcert::relax_back", _back_backward, setup_context=_back_setup)
+relax_back, relax_back_op = define("relax_back", _relax_back, _relax_back_fake, _back_setup, _back_backward)
+relu_relax_backward, relu_relax_backward_op = define("relu_relax_backward", _relu_relax_backward,
+                                                     _relu_relax_backward_fake)
+relax_back_backward, relax_back_backward_op = define("relax_back_backward", _relax_back_backward,
+                                                     _relax_back_backward_fake)
