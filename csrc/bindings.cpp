@@ -19,6 +19,7 @@ using namespace fastcert;
 
 namespace fastcert {
 void def_diff_ops(py::module_& m);  // csrc/diff/ops.cpp: kernels of the differentiable ops
+void def_jacobian(py::module_& m);  // csrc/jac/jacobian.cpp: rigorous Jacobian bound steps (Fast-Lip)
 }
 
 template <typename T>
@@ -175,6 +176,7 @@ PYBIND11_MODULE(_C, m) {
       .value("zero", LowerSlope::zero)
       .value("one", LowerSlope::one);
   def_diff_ops(m);
+  def_jacobian(m);
   def_all<float>(m);
   def_all<double>(m);
   m.def("fp_env_ok", &fp_env_ok_all,

@@ -35,6 +35,10 @@ _LAZY = {
     "differentiable_bounds": "fastcert.api_diff",
     "certified_radius": "fastcert.radius",
     "RadiusResult": "fastcert.radius",
+    "jacobian_bounds": "fastcert.jacobian",
+    "lipschitz": "fastcert.jacobian",
+    "JacobianBounds": "fastcert.jacobian",
+    "LipschitzResult": "fastcert.jacobian",
 }
 _SUBMODULES = ("attacks", "ops", "training")
 
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from fastcert.api_diff import differentiable_bounds
     from fastcert.errors import UnsupportedError
     from fastcert.mip import verify
+    from fastcert.jacobian import JacobianBounds, LipschitzResult, jacobian_bounds, lipschitz
     from fastcert.network import Network
     from fastcert.radius import RadiusResult, certified_radius
     from fastcert.nn import Normalize

@@ -1,0 +1,199 @@
+"""Jacobian and Lipschitz bounds (``fastcert.jacobian_bounds``, ``fastcert.lipschitz``; issue #13 point 2):
+the element-wise bounds contain the exact Jacobian (float64 autograd) at sampled points and at gradient-ascent
+points of the ball, on hypothesis MLPs of every covered activation and every norm, with no tolerance; the
+Lipschitz constants are at least every sampled gradient's dual norm; Fast-Lip is never looser than the
+spectral bound at small eps; the rigorous spectral norm bound is above the true norm and close to it; bad
+input and uncovered layers are refused by name."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import pytest
+import torch
+from exact import exact_jacobian
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from strategies import NORMS, build_network, fc_settings, make_feasible, mlp_specs, one_torch_thread, sample_points
+
+import fastcert
+from fastcert.errors import UnsupportedError
+from fastcert.jacobian import derivative_bounds, spectral_norm_upper
+
+COVERED = ("relu", "leaky_relu", "hardtanh", "sigmoid", "tanh", "arctan")
+DUAL = {"inf": 1, "2": 2, "1": math.inf}
+
+
+def _covered(spec) -> bool:
+    acts = {L[1] for L in spec.layers if L[0] == "act"}
+    return acts <= set(COVERED)
+
+
+def _exact_check(model, pts: torch.Tensor, in_shape, C: torch.Tensor, lower, upper, lip, norm: str) -> None:
+    """At every point of pts [N, n]: the exact (80-digit) Jacobian of C f lies in [lower, upper] [S, n] and its
+    dual norm is at most lip [S] (float bounds taken as the exact rationals they denote)."""
+    Cm = [[mpmath.mpf(float(v)) for v in row] for row in C]
+    for p in pts:
+        _, J = exact_jacobian(model, p, in_shape)
+        n = len(J[0])
+        for s_, crow in enumerate(Cm):
+            row = [sum((crow[k] * J[k][i] for k in range(len(J))), mpmath.mpf(0)) for i in range(n)]
+            for i, v in enumerate(row):
+                assert mpmath.mpf(float(lower[s_, i])) <= v <= mpmath.mpf(float(upper[s_, i])), (
+                    s_, i, v, float(lower[s_, i]), float(upper[s_, i]))
+            if norm == "inf":
+                dn = sum(abs(v) for v in row)
+            elif norm == "2":
+                dn = mpmath.sqrt(sum(v * v for v in row))
+            else:
+                dn = max(abs(v) for v in row)
+            assert dn <= mpmath.mpf(float(lip[s_])), (s_, dn, float(lip[s_]))
+
+
+def _ascent_points(model, x, eps, norm, lo, hi, C, in_shape, seed, steps=15, starts=4) -> torch.Tensor:
+    """Points of the region that (locally) maximise the dual norm of the gradient of each row of C f, by
+    projected gradient ascent on it (double backprop; ReLU networks have zero curvature, so the start points
+    stay, which is fine: they are sampled too)."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[1]
+    first = sample_points(x, eps, norm, lo, hi, g)[:, 1:1 + starts, :]  # [B, starts, n]
+    found = []
+    q = DUAL[norm]
+    for b in range(x.shape[0]):
+        for s in range(C.shape[0]):
+            for p0 in first[b]:
+                p = p0.clone().requires_grad_(True)
+                for _ in range(steps):
+                    y = (model(p.reshape(1, *in_shape))[0] * C[s]).sum()
+                    (gr,) = torch.autograd.grad(y, p, create_graph=True)
+                    obj = torch.linalg.vector_norm(gr, ord=q)
+                    if not obj.requires_grad:
+                        break
+                    (step,) = torch.autograd.grad(obj, p)
+                    with torch.no_grad():
+                        p = p + 0.2 * float(eps[b]) * step.sign()
+                        p = make_feasible(p.reshape(1, 1, n), x[b:b + 1], eps[b:b + 1], norm, lo[b:b + 1],
+                                          hi[b:b + 1]).reshape(n)
+                    p.requires_grad_(True)
+                found.append(p.detach())
+    return torch.stack(found).reshape(x.shape[0], -1, n)
+
+
+@fc_settings(40)
+@given(spec=mlp_specs(), norm=st.sampled_from(NORMS), eps=st.sampled_from((0.0, 1e-3, 0.05, 0.5, 3.0)),
+       seed=st.integers(0, 2**16))
+def test_jacobian_bounds_contain_sampled_and_ascent_jacobians(spec, norm, eps, seed) -> None:
+    assume(_covered(spec))
+    with one_torch_thread():
+        model = build_network(spec)
+        in_shape = spec.input_shape
+        n = math.prod(in_shape)
+        g = torch.Generator().manual_seed(seed)
+        B = 2
+        x = (torch.rand(B, n, generator=g, dtype=torch.float64) * 2 - 1)
+        K = spec.n_out
+        C = torch.randn(min(K, 3), K, generator=g, dtype=torch.float64)
+        jb = fastcert.jacobian_bounds(model, x.reshape(B, *in_shape), eps, norm=norm, C=C)
+        lip = fastcert.lipschitz(model, x.reshape(B, *in_shape), eps, norm=norm, C=C)
+        assert jb.lower.shape == (B, C.shape[0], n) and bool((jb.lower <= jb.upper).all())
+        e = torch.full((B,), float(eps), dtype=torch.float64)
+        lo, hi = torch.full_like(x, -math.inf), torch.full_like(x, math.inf)
+        pts = sample_points(x, e, norm, lo, hi, g)  # [B, P, n], exactly inside the region
+        asc = _ascent_points(model, x, e, norm, lo, hi, C, in_shape, seed, starts=2) if eps > 0 else pts[:, :1]
+        for b in range(B):
+            # x, 7 sampled points (random and vertices) and every gradient-ascent end point, exactly
+            idx = torch.linspace(0, pts.shape[1] - 1, 8).round().long().unique()
+            allp = torch.cat([pts[b, idx], asc[b]])
+            _exact_check(model, allp, in_shape, C, jb.lower[b], jb.upper[b], lip.constant[b], norm)
+
+
+@fc_settings(40)
+@given(spec=mlp_specs(), norm=st.sampled_from(NORMS), seed=st.integers(0, 2**16))
+def test_fastlip_never_looser_than_spectral_at_small_eps(spec, norm, seed) -> None:
+    """At eps 1e-7 every neuron of a generic network is stable, so Fast-Lip's bound is the exact gradient's
+    dual norm (up to rounding), which the product of operator norms bounds."""
+    assume(_covered(spec))
+    with one_torch_thread():
+        model = build_network(spec)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(2, *spec.input_shape, generator=g, dtype=torch.float64) * 2 - 1
+        fl = fastcert.lipschitz(model, x, 1e-7, norm=norm).constant
+        sp = fastcert.lipschitz(model, x, 1e-7, norm=norm, method="spectral").constant
+        assert bool((fl <= sp * (1 + 1e-6) + 1e-12).all()), (fl, sp)
+
+
+def test_lipschitz_saturates_to_a_global_constant() -> None:
+    """As eps grows Fast-Lip's local constant increases and stops changing once every neuron's box covers
+    every activation state (the RecurJac paper's saturation), staying below the spectral bound."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 30), torch.nn.ReLU(), torch.nn.Linear(30, 30), torch.nn.ReLU(),
+                                torch.nn.Linear(30, 4)).double()
+    x = torch.rand(1, 5, dtype=torch.float64)
+    vals = [float(fastcert.lipschitz(model, x, e, norm="inf").constant.max()) for e in (1e-3, 1e-1, 1e1, 1e3, 1e5)]
+    assert all(a <= b * (1 + 1e-12) for a, b in zip(vals, vals[1:]))
+    assert vals[-1] == pytest.approx(vals[-2], rel=1e-9)
+    assert vals[-1] <= float(fastcert.lipschitz(model, x, 1.0, norm="inf", method="spectral").constant.max())
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (40, 90), (200, 30), (1, 9), (9, 1)])
+def test_spectral_norm_upper_is_rigorous_and_close(shape) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    W = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    bound, est = spectral_norm_upper(W)
+    true = float(torch.linalg.matrix_norm(W, 2))
+    assert bound >= true
+    d = min(shape)
+    assert bound <= true * d ** (1 / 2**9) * (1 + 1e-9)
+    assert est <= true * (1 + 1e-9)
+    tiny = W * 2.0**-600  # scaled by a power of two: the bound scales exactly
+    assert spectral_norm_upper(tiny)[0] >= true * 2.0**-600
+
+
+def test_derivative_bounds_enclose_the_derivatives() -> None:
+    l = torch.tensor([[-3.0, -1.0, -0.5, 0.0, 0.2, 2.0, -40.0]], dtype=torch.float64)
+    u = torch.tensor([[-2.0, 1.0, 0.0, 0.0, 0.7, 5.0, 40.0]], dtype=torch.float64)
+    mods = {"sigmoid": torch.nn.Sigmoid(), "tanh": torch.nn.Tanh(), "arctan": fastcert.nn.Arctan(),
+            "relu": torch.nn.ReLU(), "leaky_relu": torch.nn.LeakyReLU(0.2), "hardtanh": torch.nn.Hardtanh(-0.5, 1.0)}
+    for name, mod in mods.items():
+        net = fastcert.Network.from_torch(torch.nn.Sequential(mod))
+        prim = net.op_graph_for((7,)).nodes[1].prim
+        gl, gu = derivative_bounds(prim, l, u)
+        assert bool((gl >= 0).all()) and bool((gl <= gu).all())
+        t = torch.linspace(0, 1, 41, dtype=torch.float64)[:, None]
+        z = (l + t * (u - l)).clamp(l, u)
+        # the exact derivative (80 digits) at each point: torch's own sigmoid' rounds e^-40 to 0
+        for k in range(z.shape[0]):
+            _, J = exact_jacobian(torch.nn.Sequential(mod), z[k], (7,))
+            for i in range(7):
+                assert mpmath.mpf(float(gl[0, i])) <= J[i][i] <= mpmath.mpf(float(gu[0, i])), (name, i)
+
+
+def test_uncovered_layers_and_bad_input_are_refused_by_name() -> None:
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 2)).double()
+    with pytest.raises(UnsupportedError, match="Conv2d|conv"):
+        fastcert.jacobian_bounds(conv, torch.zeros(1, 1, 4, 4, dtype=torch.float64), 0.1)
+    elu = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2)).double()
+    with pytest.raises(UnsupportedError, match="ELU|elu"):
+        fastcert.lipschitz(elu, torch.zeros(1, 3, dtype=torch.float64), 0.1)
+
+    class Res(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+
+        def forward(self, z):
+            return self.b(torch.relu(self.a(z)) + z)
+
+    with pytest.raises(UnsupportedError, match="chains"):
+        fastcert.jacobian_bounds(Res().double(), torch.zeros(1, 3, dtype=torch.float64), 0.1)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown Jacobian method"):
+        fastcert.jacobian_bounds(mlp, x, 0.1, method="recur")
+    with pytest.raises(ValueError, match="unknown Lipschitz method"):
+        fastcert.lipschitz(mlp, x, 0.1, method="power")
+    with pytest.raises(ValueError, match="eps"):
+        fastcert.lipschitz(mlp, x, -0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        fastcert.jacobian_bounds(mlp, torch.full((1, 3), math.nan, dtype=torch.float64), 0.1)
