@@ -197,3 +197,43 @@ def test_uncovered_layers_and_bad_input_are_refused_by_name() -> None:
         fastcert.lipschitz(mlp, x, -0.1)
     with pytest.raises(ValueError, match="NaN"):
         fastcert.jacobian_bounds(mlp, torch.full((1, 3), math.nan, dtype=torch.float64), 0.1)
+
+
+def test_lipschitz_curve_and_landscape() -> None:
+    """The curve is nondecreasing in eps; R_max is sound: at the radius some gradient entry keeps its sign at
+    every sampled point (checked exactly), and at a finite upper end the bounds show no such entry."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12), torch.nn.ReLU(),
+                                torch.nn.Linear(12, 3)).double()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    curve = fastcert.lipschitz_curve(model, x, num=6, log_start=-3, log_end=2)
+    assert curve.constant.shape == (6, 2, 3) and torch.equal(curve.eps, torch.logspace(-3, 2, 6, dtype=torch.float64))
+    assert bool((curve.constant[1:] >= curve.constant[:-1] * (1 - 1e-12)).all())
+    land = fastcert.landscape(model, x, steps=10)
+    assert land.radius.shape == (2, 3) and bool((land.radius > 0).all())
+    assert bool((land.radius < land.upper).all())
+    g = torch.Generator().manual_seed(0)
+    for b in range(2):
+        for s in range(3):
+            C = torch.zeros(1, 3, dtype=torch.float64)
+            C[0, s] = 1
+            r = float(land.radius[b, s])
+            jb = fastcert.jacobian_bounds(model, x[b:b + 1], r, C=C)
+            keep = ((jb.lower > 0) | (jb.upper < 0))[0, 0]
+            assert bool(keep.any())
+            i = int(keep.nonzero()[0])
+            sign = 1 if float(jb.lower[0, 0, i]) > 0 else -1
+            e = torch.full((1,), r, dtype=torch.float64)
+            inf = torch.full((1, 4), math.inf, dtype=torch.float64)
+            pts = sample_points(x[b:b + 1], e, "inf", -inf, inf, g)[0, :6]
+            for p in pts:
+                _, J = exact_jacobian(model, p, (4,))
+                assert sign * J[s][i] > 0
+            up = float(land.upper[b, s])
+            if math.isfinite(up):
+                jb2 = fastcert.jacobian_bounds(model, x[b:b + 1], up, C=C)
+                assert not bool(((jb2.lower > 0) | (jb2.upper < 0)).any())
+    with pytest.raises(ValueError, match="num must be a positive int"):
+        fastcert.lipschitz_curve(model, x, num=0)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        fastcert.landscape(model, x, steps=0)

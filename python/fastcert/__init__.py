@@ -39,6 +39,8 @@ _LAZY = {
     "lipschitz": "fastcert.jacobian",
     "JacobianBounds": "fastcert.jacobian",
     "LipschitzResult": "fastcert.jacobian",
+    "lipschitz_curve": "fastcert.jacobian",
+    "landscape": "fastcert.jacobian",
 }
 _SUBMODULES = ("attacks", "ops", "training")
 
@@ -52,7 +54,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from fastcert.api_diff import differentiable_bounds
     from fastcert.errors import UnsupportedError
     from fastcert.mip import verify
-    from fastcert.jacobian import JacobianBounds, LipschitzResult, jacobian_bounds, lipschitz
+    from fastcert.jacobian import (JacobianBounds, LipschitzResult, jacobian_bounds, landscape, lipschitz,
+                                   lipschitz_curve)
     from fastcert.network import Network
     from fastcert.radius import RadiusResult, certified_radius
     from fastcert.nn import Normalize

@@ -331,5 +331,90 @@ def lipschitz(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", m
                            estimate=(first * est) if nk == "2" else None)
 
 
-__all__ = ["JacobianBounds", "LipschitzResult", "derivative_bounds", "dual_norm_upper", "jacobian_bounds",
-           "lipschitz", "spectral_norm_upper"]
+@dataclass(frozen=True)
+class LipschitzCurve:
+    """Lipschitz bounds over a log-spaced range of radii (the reference's ``lipschitz`` task):
+    ``eps [E]`` float64 and ``constant [E, B, S]``."""
+
+    eps: torch.Tensor
+    constant: torch.Tensor
+    method: str
+    norm: str
+    time_s: float
+
+
+def lipschitz_curve(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "fastlip", C: Any = None,
+                    log_start: float = -3.0, log_end: float = 0.0, num: int = 20, x_min: Any = None,
+                    x_max: Any = None, layer_method: str = "crown", progress: bool = False) -> LipschitzCurve:
+    """:func:`lipschitz` at ``num`` radii ``10^log_start .. 10^log_end`` (log-spaced): the local constant grows
+    with eps and saturates at a global one once every neuron's box covers all of its states."""
+    t0 = time.perf_counter()
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive int, got {num!r}")
+    if not (math.isfinite(log_start) and math.isfinite(log_end) and log_start <= log_end):
+        raise ValueError(f"need finite log_start <= log_end, got {log_start}, {log_end}")
+    eps = torch.logspace(log_start, log_end, num, dtype=D)
+    out = []
+    it = range(num)
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"lipschitz {method}", unit="eps", file=sys.stderr, leave=False)
+    for i in it:
+        out.append(lipschitz(model, x, float(eps[i]), norm, method, C, x_min, x_max, layer_method).constant)
+    return LipschitzCurve(eps, torch.stack(out), method, norm_key(norm), time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class LandscapeResult:
+    """R_max of each sample and row of ``C f`` (the reference's ``landscape`` task): the largest radius found at
+    which some entry of the gradient keeps its sign over the whole ball (so the function has no stationary
+    point there), ``radius [B, S]``, and the smallest radius tried at which no entry provably did (``upper``,
+    inf if none failed)."""
+
+    radius: torch.Tensor
+    upper: torch.Tensor
+    method: str
+    norm: str
+    steps: int
+    time_s: float
+
+
+def landscape(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "fastlip", C: Any = None,
+              steps: int = 15, eps_init: float = 0.005, x_min: Any = None, x_max: Any = None,
+              layer_method: str = "crown") -> LandscapeResult:
+    """R_max by the reference's search (double from ``eps_init`` until a step fails, then bisect; ``steps`` calls
+    of :func:`jacobian_bounds`), per sample and row of C (default: the logits). A step succeeds for a row when
+    some entry of its Jacobian bounds has ``lower > 0`` or ``upper < 0``."""
+    t0 = time.perf_counter()
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(eps_init, bool) or not isinstance(eps_init, (int, float)) or not 0 < eps_init < _INF:
+        raise ValueError(f"eps_init must be a finite number > 0, got {eps_init!r}")
+    nk = norm_key(norm)
+    net, xt, K = prepare(model, x, layer_method)
+    B = xt.shape[0]
+    Ct, _ = spec_matrix(C, xt, K)
+    C64 = (torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D))
+    if C64.dim() == 2:
+        C64 = C64.unsqueeze(0).expand(B, *C64.shape)
+    S = Ct.shape[1]
+    # one search per (sample, row): the rows as samples of their own
+    xs = xt.detach().repeat_interleave(S, 0)
+    Cs = C64.reshape(B * S, 1, K)
+    lo = torch.zeros(B * S, dtype=D)
+    hi = torch.full((B * S,), _INF, dtype=D)
+    eps = torch.full((B * S,), float(eps_init), dtype=D)
+    for _ in range(steps):
+        jb = jacobian_bounds(net, xs, eps, nk, method, Cs, x_min, x_max, layer_method)
+        ok = ((jb.lower > 0) | (jb.upper < 0)).flatten(1).any(1)
+        lo = torch.where(ok, eps, lo)
+        hi = torch.where(ok, hi, torch.minimum(hi, eps))
+        eps = torch.where(torch.isinf(hi), 2 * lo, (lo + hi) / 2)
+    return LandscapeResult(lo.reshape(B, S), hi.reshape(B, S), method, nk, steps, time.perf_counter() - t0)
+
+
+__all__ = ["JacobianBounds", "LandscapeResult", "LipschitzCurve", "LipschitzResult", "derivative_bounds",
+           "dual_norm_upper", "jacobian_bounds", "landscape", "lipschitz", "lipschitz_curve", "spectral_norm_upper"]

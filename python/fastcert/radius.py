@@ -24,6 +24,8 @@ from fastcert.network import Network
 from fastcert.options import BoundOptions
 
 TARGETS = ("untargeted", "runnerup", "least", "random")
+#: certification by a Lipschitz bound instead of a bound method (the reference's ``--jacbndalg``)
+LIPSCHITZ_METHODS = ("fastlip", "spectral")
 
 
 @dataclass(frozen=True)
@@ -106,18 +108,47 @@ def _margin_rows(labels: torch.Tensor, targets: torch.Tensor, K: int, dtype: tor
     return C
 
 
+def _up(t: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(t, torch.full_like(t, float("inf")))
+
+
+def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor, norm: str, method: str,
+                     lipsteps: int = 10, x_min: Any = None, x_max: Any = None) -> torch.Tensor:
+    """A lower bound of ``C f`` over the ball of radius eps ([B] float64) around x, from its value at x and
+    Lipschitz bounds: with ``0 = e_0 < e_1 < ... < e_K = eps`` (K = ``lipsteps``, equal steps) and ``L_k`` the
+    Lipschitz constant over the ball of radius ``e_k``, every point at distance r <= eps is reached from x along
+    a segment whose piece in ``[e_{k-1}, e_k]`` lies in ball k, so ``g(x') >= g(x) - sum_k (e_k - e_{k-1}) L_k``
+    (the reference's numerical integration). ``spectral`` is global: one step. Returns [B, S] float64."""
+    from fastcert.jacobian import lipschitz
+
+    g0 = bounds(net, x, 0.0, norm=norm, method="ibp", C=C).lower.to(torch.float64)  # C f(x), rounded down
+    K = 1 if method == "spectral" else lipsteps
+    dec = torch.zeros_like(g0)
+    prev = torch.zeros_like(eps)
+    for k in range(1, K + 1):
+        e_k = eps if k == K else eps * k / K
+        L = lipschitz(net, x, e_k, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max).constant
+        seg = _up((e_k - prev).clamp_min(0))[:, None]
+        dec = _up(dec + _up(seg * L))
+        prev = e_k
+    return torch.nextafter(g0 - dec, torch.full_like(g0, -float("inf")))
+
+
 def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "crown",
                      target: Any = "untargeted", steps: int = 15, labels: Any = None, eps_init: float = 0.005,
                      x_min: Any = None, x_max: Any = None, seed: int = 0, eps_max: float | None = None,
-                     options: BoundOptions | None = None, progress: bool = False) -> RadiusResult:
+                     options: BoundOptions | None = None, lipsteps: int = 10, progress: bool = False
+                     ) -> RadiusResult:
     """The certified radius of each sample of ``x`` for ``method``, by ``steps`` steps of the reference's
     search (doubling from ``eps_init`` until a step fails, then bisection).
 
     x: [B, *input_shape]; labels: [B] class indices (default: the prediction at x); target: "untargeted"
     (every other class), "runnerup", "least", "random" (seeded by ``seed``), a class index or [B] classes;
     method: any of :func:`fastcert.bounds`' methods ("ibp", "fastlin", "crown", "crown-ibp", "kw",
-    "alpha-crown"); x_min / x_max: the input domain the balls are clipped to. A sample whose label is not
-    the prediction at x gets radius 0 (bracket [0, 0]). ``eps_max``: no eps above it is tried (a sample
+    "alpha-crown"), or "fastlip" / "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
+    ``lipsteps`` sub-intervals, as the reference's ``--jacbndalg`` / ``--lipsteps``); x_min / x_max: the input
+    domain the balls are clipped to. A sample whose label is not the prediction at x gets radius 0 (bracket
+    [0, 0]). ``eps_max``: no eps above it is tried (a sample
     certified there keeps ``upper = inf``). Returns :class:`RadiusResult` (tensors of shape [B]).
     """
     t0 = time.perf_counter()
@@ -127,8 +158,11 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
         raise ValueError(f"eps_init must be a finite number > 0, got {eps_init!r}")
     if eps_max is not None and not (isinstance(eps_max, (int, float)) and eps_init <= eps_max < float("inf")):
         raise ValueError(f"eps_max must be a finite number >= eps_init ({eps_init}), got {eps_max!r}")
+    if isinstance(lipsteps, bool) or not isinstance(lipsteps, int) or lipsteps < 1:
+        raise ValueError(f"lipsteps must be a positive int, got {lipsteps!r}")
     nk = norm_key(norm)
-    net, xt, K = prepare(model, x, method)
+    lip = method in LIPSCHITZ_METHODS
+    net, xt, K = prepare(model, x, "ibp" if lip else method)
     B = xt.shape[0]
     with torch.no_grad():
         logits = net.forward(xt.detach())
@@ -151,9 +185,12 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     with torch.no_grad():
         for _ in range(steps):
             # eps in float64: bounds rounds it up to x's dtype (a ball no smaller than the one reported)
-            res = bounds(net, xt.detach(), eps, norm=nk, method=method, C=C, x_min=x_min, x_max=x_max,
-                         options=options)
-            cert = (res.lower > 0).all(1) & ok0
+            if lip:
+                low = lipschitz_margin(net, xt.detach(), eps, C, nk, method, lipsteps, x_min, x_max)
+            else:
+                low = bounds(net, xt.detach(), eps, norm=nk, method=method, C=C, x_min=x_min, x_max=x_max,
+                             options=options).lower
+            cert = (low > 0).all(1) & ok0
             lo = torch.where(cert, eps, lo)
             hi = torch.where(cert | ~ok0, hi, torch.minimum(hi, eps))
             eps = torch.where(torch.isinf(hi), 2 * lo, (lo + hi) / 2)
@@ -167,4 +204,5 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     return RadiusResult(lo.clone(), lo, hi, y, tgt, method, nk, steps, time.perf_counter() - t0)
 
 
-__all__ = ["RadiusResult", "TARGETS", "certified_radius", "target_classes"]
+__all__ = ["LIPSCHITZ_METHODS", "RadiusResult", "TARGETS", "certified_radius", "lipschitz_margin",
+           "target_classes"]
