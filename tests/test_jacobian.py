@@ -82,8 +82,8 @@ def _ascent_points(model, x, eps, norm, lo, hi, C, in_shape, seed, steps=15, sta
 
 @fc_settings(40)
 @given(spec=mlp_specs(), norm=st.sampled_from(NORMS), eps=st.sampled_from((0.0, 1e-3, 0.05, 0.5, 3.0)),
-       seed=st.integers(0, 2**16))
-def test_jacobian_bounds_contain_sampled_and_ascent_jacobians(spec, norm, eps, seed) -> None:
+       method=st.sampled_from(("recurjac", "fastlip")), seed=st.integers(0, 2**16))
+def test_jacobian_bounds_contain_sampled_and_ascent_jacobians(spec, norm, eps, method, seed) -> None:
     assume(_covered(spec))
     with one_torch_thread():
         model = build_network(spec)
@@ -94,8 +94,8 @@ def test_jacobian_bounds_contain_sampled_and_ascent_jacobians(spec, norm, eps, s
         x = (torch.rand(B, n, generator=g, dtype=torch.float64) * 2 - 1)
         K = spec.n_out
         C = torch.randn(min(K, 3), K, generator=g, dtype=torch.float64)
-        jb = fastcert.jacobian_bounds(model, x.reshape(B, *in_shape), eps, norm=norm, C=C)
-        lip = fastcert.lipschitz(model, x.reshape(B, *in_shape), eps, norm=norm, C=C)
+        jb = fastcert.jacobian_bounds(model, x.reshape(B, *in_shape), eps, norm=norm, C=C, method=method)
+        lip = fastcert.lipschitz(model, x.reshape(B, *in_shape), eps, norm=norm, C=C, method=method)
         assert jb.lower.shape == (B, C.shape[0], n) and bool((jb.lower <= jb.upper).all())
         e = torch.full((B,), float(eps), dtype=torch.float64)
         lo, hi = torch.full_like(x, -math.inf), torch.full_like(x, math.inf)
@@ -109,18 +109,38 @@ def test_jacobian_bounds_contain_sampled_and_ascent_jacobians(spec, norm, eps, s
 
 
 @fc_settings(40)
+@given(spec=mlp_specs(), norm=st.sampled_from(NORMS), eps=st.sampled_from((1e-3, 0.05, 0.5, 3.0)),
+       seed=st.integers(0, 2**16))
+def test_recurjac_never_looser_than_fastlip(spec, norm, eps, seed) -> None:
+    """Entry by entry (each RecurJac level is intersected with Fast-Lip's step from the level above, and the
+    recursion only replaces interval products by tighter symbolic ones)."""
+    assume(_covered(spec))
+    with one_torch_thread():
+        model = build_network(spec)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(2, *spec.input_shape, generator=g, dtype=torch.float64) * 2 - 1
+        rj = fastcert.jacobian_bounds(model, x, eps, norm=norm, method="recurjac")
+        fl = fastcert.jacobian_bounds(model, x, eps, norm=norm, method="fastlip")
+        assert bool((rj.lower >= fl.lower).all()) and bool((rj.upper <= fl.upper).all())
+        lr = fastcert.lipschitz(model, x, eps, norm=norm, method="recurjac").constant
+        lf = fastcert.lipschitz(model, x, eps, norm=norm, method="fastlip").constant
+        assert bool((lr <= lf).all())
+
+
+@fc_settings(40)
 @given(spec=mlp_specs(), norm=st.sampled_from(NORMS), seed=st.integers(0, 2**16))
-def test_fastlip_never_looser_than_spectral_at_small_eps(spec, norm, seed) -> None:
-    """At eps 1e-7 every neuron of a generic network is stable, so Fast-Lip's bound is the exact gradient's
+def test_fastlip_and_recurjac_never_looser_than_spectral_at_small_eps(spec, norm, seed) -> None:
+    """At eps 1e-7 every neuron of a generic network is stable, so the Jacobian bounds are the exact gradient's
     dual norm (up to rounding), which the product of operator norms bounds."""
     assume(_covered(spec))
     with one_torch_thread():
         model = build_network(spec)
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(2, *spec.input_shape, generator=g, dtype=torch.float64) * 2 - 1
-        fl = fastcert.lipschitz(model, x, 1e-7, norm=norm).constant
         sp = fastcert.lipschitz(model, x, 1e-7, norm=norm, method="spectral").constant
-        assert bool((fl <= sp * (1 + 1e-6) + 1e-12).all()), (fl, sp)
+        for method in ("fastlip", "recurjac"):
+            fl = fastcert.lipschitz(model, x, 1e-7, norm=norm, method=method).constant
+            assert bool((fl <= sp * (1 + 1e-6) + 1e-12).all()), (method, fl, sp)
 
 
 def test_lipschitz_saturates_to_a_global_constant() -> None:
@@ -190,6 +210,8 @@ def test_uncovered_layers_and_bad_input_are_refused_by_name() -> None:
     mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
     x = torch.zeros(1, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown Jacobian method"):
+        fastcert.jacobian_bounds(mlp, x, 0.1, method="spectral")
+    with pytest.raises(ValueError, match="unknown Jacobian method"):
         fastcert.jacobian_bounds(mlp, x, 0.1, method="recur")
     with pytest.raises(ValueError, match="unknown Lipschitz method"):
         fastcert.lipschitz(mlp, x, 0.1, method="power")
@@ -218,7 +240,7 @@ def test_lipschitz_curve_and_landscape() -> None:
             C = torch.zeros(1, 3, dtype=torch.float64)
             C[0, s] = 1
             r = float(land.radius[b, s])
-            jb = fastcert.jacobian_bounds(model, x[b:b + 1], r, C=C)
+            jb = fastcert.jacobian_bounds(model, x[b:b + 1], r, C=C, method=land.method)
             keep = ((jb.lower > 0) | (jb.upper < 0))[0, 0]
             assert bool(keep.any())
             i = int(keep.nonzero()[0])
@@ -231,7 +253,7 @@ def test_lipschitz_curve_and_landscape() -> None:
                 assert sign * J[s][i] > 0
             up = float(land.upper[b, s])
             if math.isfinite(up):
-                jb2 = fastcert.jacobian_bounds(model, x[b:b + 1], up, C=C)
+                jb2 = fastcert.jacobian_bounds(model, x[b:b + 1], up, C=C, method=land.method)
                 assert not bool(((jb2.lower > 0) | (jb2.upper < 0)).any())
     with pytest.raises(ValueError, match="num must be a positive int"):
         fastcert.lipschitz_curve(model, x, num=0)

@@ -192,7 +192,7 @@ def test_lipschitz_radius_is_sound_and_not_vacuous() -> None:
 
 
 @fc_settings(15)
-@given(spec=mlp_specs(), norm=st.sampled_from(NORMS), method=st.sampled_from(("fastlip", "spectral")),
+@given(spec=mlp_specs(), norm=st.sampled_from(NORMS), method=st.sampled_from(("recurjac", "fastlip", "spectral")),
        seed=st.integers(0, 2**16))
 def _lipschitz_radius_sound(spec, norm, method, seed) -> None:
     """Certification by a Lipschitz bound (the reference's --jacbndalg): PGD at 0.999 r finds no adversarial

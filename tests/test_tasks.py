@@ -64,7 +64,7 @@ def test_lipschitz_and_landscape_tasks(files, capsys) -> None:
 
 
 @pytest.mark.parametrize(("argv", "match"), [
-    (["robustness", "--jacbndalg", "recurjac"], "RecurJac is not built yet"),
+    (["robustness", "--targettype", "closest"], "target must be one of"),
     (["landscape"], "landscape bounds one margin per image"),
     (["robustness", "--eps", "0"], "--eps must be a finite number > 0"),
     (["robustness", "--data", "mnist"], "--data-dir"),

@@ -112,9 +112,108 @@ void jac_diag_back(const View<T>& Yl, const View<T>& Yu, const View<T>& s, View<
     }
 }
 
+// RecurJac (Zhang, Zhang & Hsieh, AAAI 2019), the upper-bound pass through one activation node: for each
+// coefficient column j of each row r, an upper bound of sum_i Y_i D_i c_i over Y_i in [Yl, Yu] (the gradient at
+// the node's output, already bounded), D_i in [gl, gu] (its derivative) and c_i in [Cl, Cu]. Where the sign of
+// Y_i is known (or D_i is fixed), Y_i D_i c_i <= Y_i g c_mid + |Y_i| |D_i| rad_c with g the end of [gl, gu] that
+// the sign of Y_i c_mid picks: the linear part g c_mid becomes the coefficient passed on (Y_i is bounded
+// recursively, through the later layers), the rest is added to acc; elsewhere the corner bound of the product
+// of the three intervals is added to acc and the coefficient passed on is 0. Cl, Cu, nCl, nCu [R, k, n]; Yl,
+// Yu [R, n]; gl, gu [R / S rows = B, n]; acc [R, k] (added to, rounded up).
+void rj_act_split(const View<T>& Cl, const View<T>& Cu, const View<T>& Yl, const View<T>& Yu, const View<T>& gl,
+                  const View<T>& gu, I S, View<T> nCl, View<T> nCu, View<T> acc) {
+  const I R = Cl.dim(0), k = Cl.dim(1), n = Cl.dim(2);
+  if (S <= 0 || R % S) throw std::invalid_argument("rj_act_split: rows must be batch x S");
+  const I B = R / S;
+  expect_shape(Cu, {R, k, n}, "Cu");
+  expect_shape(Yl, {R, n}, "Yl");
+  expect_shape(Yu, {R, n}, "Yu");
+  expect_shape(gl, {B, n}, "gl");
+  expect_shape(gu, {B, n}, "gu");
+  expect_shape(nCl, {R, k, n}, "nCl");
+  expect_shape(nCu, {R, k, n}, "nCu");
+  expect_shape(acc, {R, k}, "acc");
+  check_finite(gl, "gl");
+  check_finite(gu, "gu");
+  parallel_for(R * k, 64, R * k * n >= kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+    for (std::int64_t q = q0; q < q1; ++q) {
+      const I r = q / k, b = r / S;
+      const T* cl = Cl.ptr + q * n;
+      const T* cu = Cu.ptr + q * n;
+      const T* yl = Yl.ptr + r * n;
+      const T* yu = Yu.ptr + r * n;
+      const T* dl = gl.ptr + b * n;
+      const T* du = gu.ptr + b * n;
+      T* ol = nCl.ptr + q * n;
+      T* ou = nCu.ptr + q * n;
+      T s = acc.ptr[q];
+      for (I i = 0; i < n; ++i) {
+        const T lo = cl[i], hi = cu[i];
+        if (!(lo <= hi)) throw std::invalid_argument("rj_act_split: Cl must be <= Cu (and not NaN)");
+        const bool fixed = dl[i] == du[i];
+        const bool known = yl[i] >= 0 || yu[i] <= 0 || fixed;
+        if (known) {
+          const T c = lo == hi ? lo : lo / 2 + hi / 2;
+          const T rad = lo == hi ? T(0) : std::max(up(hi - c), up(c - lo));
+          T g;
+          if (fixed) {
+            g = dl[i];
+          } else if (yl[i] >= 0 && yu[i] <= 0) {
+            g = T(0);  // Y_i == 0 on the box: the term is 0
+          } else {
+            // Y_i >= 0 or Y_i <= 0: Y_i D_i c is linear in D_i, largest at du when Y_i c >= 0, else at dl
+            const int sy = yl[i] >= 0 ? 1 : -1;
+            const int sc = c > 0 ? 1 : (c < 0 ? -1 : 0);
+            g = (sy * sc >= 0) ? du[i] : dl[i];
+          }
+          ol[i] = down(g * c);
+          ou[i] = up(g * c);
+          if (rad > 0) {
+            const T ym = std::max(std::abs(yl[i]), std::abs(yu[i]));
+            const T dm = std::max(std::abs(dl[i]), std::abs(du[i]));
+            s = up(s + up(up(ym * dm) * rad));
+          }
+        } else {
+          // P = Y x D (corners, outward), then the largest corner of P x [lo, hi]
+          const T a = yl[i] * dl[i], bb = yl[i] * du[i], cc = yu[i] * dl[i], d = yu[i] * du[i];
+          const T pl = down(std::min(std::min(a, bb), std::min(cc, d)));
+          const T pu = up(std::max(std::max(a, bb), std::max(cc, d)));
+          const T m = std::max(std::max(up(pl * lo), up(pl * hi)), std::max(up(pu * lo), up(pu * hi)));
+          s = up(s + m);
+          ol[i] = T(0);
+          ou[i] = T(0);
+        }
+      }
+      acc.ptr[q] = s;
+    }
+  });
+}
+
+// The top of a RecurJac pass: acc [R, k] += an upper bound of C_r . c for c in [Cl, Cu] [R, k, n], C [R, n]
+// exact (sequential sum, each step rounded up).
+void rj_top(const View<T>& Cl, const View<T>& Cu, const View<T>& C, View<T> acc) {
+  const I R = Cl.dim(0), k = Cl.dim(1), n = Cl.dim(2);
+  expect_shape(Cu, {R, k, n}, "Cu");
+  expect_shape(C, {R, n}, "C");
+  expect_shape(acc, {R, k}, "acc");
+  parallel_for(R * k, 64, R * k * n >= kParallelMin, [&](std::int64_t q0, std::int64_t q1, int) {
+    for (std::int64_t q = q0; q < q1; ++q) {
+      const I r = q / k;
+      const T* cl = Cl.ptr + q * n;
+      const T* cu = Cu.ptr + q * n;
+      const T* c = C.ptr + r * n;
+      T s = acc.ptr[q];
+      for (I i = 0; i < n; ++i) s = up(s + std::max(up(c[i] * cl[i]), up(c[i] * cu[i])));
+      acc.ptr[q] = s;
+    }
+  });
+}
+
 }  // namespace
 
 void def_jacobian(py::module_& m) {
+  m.def("rj_act_split", &rj_act_split);
+  m.def("rj_top", &rj_top);
   m.def("jac_dense_back", &jac_dense_back);
   m.def("jac_act_back", &jac_act_back);
   m.def("jac_diag_back", &jac_diag_back);

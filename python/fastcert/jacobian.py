@@ -43,8 +43,8 @@ from fastcert.primitives.relu import ReLU
 from fastcert.primitives.sshape import ABS, SShaped
 from fastcert.rounding import gamma_n
 
-JAC_METHODS = ("fastlip",)
-LIP_METHODS = ("fastlip", "spectral")
+JAC_METHODS = ("recurjac", "fastlip")
+LIP_METHODS = ("recurjac", "fastlip", "spectral")
 D = torch.float64
 _INF = float("inf")
 
@@ -129,7 +129,80 @@ def _dense_back(Yl: torch.Tensor, Yu: torch.Tensor, W: torch.Tensor, absW: torch
     return ol.reshape(B, S, n), ou.reshape(B, S, n)
 
 
-def jacobian_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "fastlip",
+def _fastlip_step(nd: Any, Yl: torch.Tensor, Yu: torch.Tensor, der: tuple[torch.Tensor, torch.Tensor] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast-Lip's interval step through one node: bounds of Y M_node for Y in [Yl, Yu] ([B, S, n_out] ->
+    [B, S, n_in])."""
+    p = nd.prim
+    if isinstance(p, Dense):
+        W = p.W64.contiguous()
+        return _dense_back(Yl, Yu, W, W.abs().contiguous())
+    B, S, n = Yl.shape
+    if isinstance(p, Diag):
+        ol, ou = torch.empty(B * S, n, dtype=D), torch.empty(B * S, n, dtype=D)
+        _C.jac_diag_back(Yl.reshape(B * S, n).contiguous(), Yu.reshape(B * S, n).contiguous(),
+                         p.W64.reshape(-1).contiguous(), ol, ou)
+        return ol.reshape(B, S, n), ou.reshape(B, S, n)
+    assert der is not None
+    ol, ou = torch.empty_like(Yl), torch.empty_like(Yl)
+    _C.jac_act_back(Yl.contiguous(), Yu.contiguous(), der[0].contiguous(), der[1].contiguous(), ol, ou)
+    return ol, ou
+
+
+def _recurjac_level(nodes: list[Any], L: int, Y: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                    deriv: dict[int, tuple[torch.Tensor, torch.Tensor]], C64: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RecurJac's bounds of the gradient w.r.t. node L's input ([B, S, n_L]): every entry ``Y_L e_i`` (and
+    ``-Y_L e_i`` for the lower bound) carried up through nodes L..T as a coefficient interval: linear nodes
+    multiply it (rigorous GEMMs), activation nodes split it (``rj_act_split``: sign-known entries of the
+    gradient above stay symbolic, the rest are bounded by intervals), and the top multiplies by C. One row of
+    (sample, specification) at a time."""
+    B, S, K = C64.shape
+    T = len(nodes)
+    n = _in_dim(nodes[L - 1])
+    eye = torch.eye(n, dtype=D)
+    start = torch.cat([eye, -eye])  # [2n, n]: columns e_i for the upper bounds, -e_i for the lower ones
+    lo, up = torch.empty(B, S, n, dtype=D), torch.empty(B, S, n, dtype=D)
+    for b in range(B):
+        for s in range(S):
+            Cl = Cu = start
+            acc = torch.zeros(1, 2 * n, dtype=D)
+            for w in range(L, T + 1):
+                nd = nodes[w - 1]
+                p = nd.prim
+                if isinstance(p, Dense):
+                    Wt = p.W64.T.contiguous()
+                    ol, ou = torch.empty(2 * n, Wt.shape[1], dtype=D), torch.empty(2 * n, Wt.shape[1], dtype=D)
+                    _C.jac_dense_back(Cl.contiguous(), Cu.contiguous(), Wt, Wt.abs().contiguous(), ol, ou)
+                    Cl, Cu = ol, ou
+                elif isinstance(p, Diag):
+                    ol, ou = torch.empty_like(Cl), torch.empty_like(Cl)
+                    _C.jac_diag_back(Cl.contiguous(), Cu.contiguous(), p.W64.reshape(-1).contiguous(), ol, ou)
+                    Cl, Cu = ol, ou
+                else:
+                    yl, yu = Y[w + 1]
+                    gl, gu = deriv[w]
+                    m = Cl.shape[1]
+                    ol, ou = torch.empty(1, 2 * n, m, dtype=D), torch.empty(1, 2 * n, m, dtype=D)
+                    _C.rj_act_split(Cl.reshape(1, 2 * n, m).contiguous(), Cu.reshape(1, 2 * n, m).contiguous(),
+                                    yl[b, s][None].contiguous(), yu[b, s][None].contiguous(),
+                                    gl[b][None].contiguous(), gu[b][None].contiguous(), 1, ol, ou, acc)
+                    Cl, Cu = ol[0], ou[0]
+            _C.rj_top(Cl.reshape(1, 2 * n, -1).contiguous(), Cu.reshape(1, 2 * n, -1).contiguous(),
+                      C64[b, s][None].contiguous(), acc)
+            up[b, s] = acc[0, :n]
+            lo[b, s] = -acc[0, n:]
+    return lo, up
+
+
+def _in_dim(nd: Any) -> int:
+    p = nd.prim
+    if isinstance(p, Dense):
+        return int(p.W64.shape[1])
+    return int(math.prod(p.in_shape))
+
+
+def jacobian_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "recurjac",
                     C: Any = None, x_min: Any = None, x_max: Any = None, layer_method: str = "crown",
                     options: BoundOptions | None = None) -> JacobianBounds:
     """Element-wise bounds of the Jacobian of ``C f`` over the ``norm`` ball of radius eps around each sample.
@@ -155,27 +228,29 @@ def jacobian_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "i
     C64 = (torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D))
     if C64.dim() == 2:
         C64 = C64.unsqueeze(0).expand(xt.shape[0], *C64.shape)
-    Yl = Yu = C64.contiguous()
-    for nd in reversed(nodes):
-        p = nd.prim
-        if isinstance(p, Dense):
-            W = p.W64.contiguous()
-            Yl, Yu = _dense_back(Yl, Yu, W, W.abs().contiguous())
-        elif isinstance(p, Diag):
-            B, S, n = Yl.shape
-            ol, ou = torch.empty(B * S, n, dtype=D), torch.empty(B * S, n, dtype=D)
-            _C.jac_diag_back(Yl.reshape(B * S, n).contiguous(), Yu.reshape(B * S, n).contiguous(),
-                             p.W64.reshape(-1).contiguous(), ol, ou)
-            Yl, Yu = ol.reshape(B, S, n), ou.reshape(B, S, n)
-        else:
-            box = boxes[nd.inputs[0]]
-            gl, gu = derivative_bounds(p, box.l, box.u, nd.name)
-            ol, ou = torch.empty_like(Yl), torch.empty_like(Yl)
-            _C.jac_act_back(Yl.contiguous(), Yu.contiguous(), gl.contiguous(), gu.contiguous(), ol, ou)
-            Yl, Yu = ol, ou
+    C64 = C64.contiguous()
+    deriv = {pos: derivative_bounds(nd.prim, boxes[nd.inputs[0]].l, boxes[nd.inputs[0]].u, nd.name)
+             for pos, nd in enumerate(nodes, 1) if not isinstance(nd.prim, (Dense, Diag))}
+    T = len(nodes)
+    # Fast-Lip: Y[L] bounds the gradient w.r.t. node L's input, [B, S, n]
+    fl: dict[int, tuple[torch.Tensor, torch.Tensor]] = {T + 1: (C64, C64)}
+    for L in range(T, 0, -1):
+        fl[L] = _fastlip_step(nodes[L - 1], *fl[L + 1], deriv.get(L))
+    Y = dict(fl)
+    if method == "recurjac":  # every level intersected with Fast-Lip's: never looser, to the last bit
+        for L in range(T, 0, -1):
+            Yl, Yu = _fastlip_step(nodes[L - 1], *Y[L + 1], deriv.get(L))
+            Yl, Yu = torch.maximum(Yl, fl[L][0]), torch.minimum(Yu, fl[L][1])
+            if L == 1 or L - 1 in deriv:
+                rl, ru = _recurjac_level(nodes, L, Y, deriv, C64)
+                Yl, Yu = torch.maximum(Yl, rl), torch.minimum(Yu, ru)
+            Y[L] = (Yl, Yu)
+    for L in range(T, 0, -1):
+        Yl, Yu = Y[L]
         if not (bool(torch.isfinite(Yl).all()) and bool(torch.isfinite(Yu).all())):
-            raise ValueError(f"floating-point overflow in the Jacobian bound at {nd.name}: the weights are too large "
-                             f"for float64")
+            raise ValueError(f"floating-point overflow in the Jacobian bound at {nodes[L - 1].name}: the weights are "
+                             f"too large for float64")
+    Yl, Yu = Y[1]
     return JacobianBounds(Yl, Yu, method, nk, time.perf_counter() - t0)
 
 
@@ -287,7 +362,7 @@ class LipschitzResult:
     estimate: torch.Tensor | None = None
 
 
-def lipschitz(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "fastlip",
+def lipschitz(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", method: str = "recurjac",
               C: Any = None, x_min: Any = None, x_max: Any = None, layer_method: str = "crown",
               squarings: int = 8) -> LipschitzResult:
     """A bound on the Lipschitz constant of each row of ``C f`` over the ``norm`` ball of radius eps around
@@ -297,8 +372,8 @@ def lipschitz(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", m
     if method not in LIP_METHODS:
         raise ValueError(f"unknown Lipschitz method {method!r}; choose one of {LIP_METHODS}")
     nk = norm_key(norm)
-    if method == "fastlip":
-        jb = jacobian_bounds(model, x, eps, nk, "fastlip", C, x_min, x_max, layer_method)
+    if method in JAC_METHODS:
+        jb = jacobian_bounds(model, x, eps, nk, method, C, x_min, x_max, layer_method)
         return LipschitzResult(dual_norm_upper(jb.magnitude(), nk), method, nk, time.perf_counter() - t0)
     net, xt, K = prepare(model, x, "ibp")
     g = net.op_graph_for(tuple(xt.shape[1:]))
@@ -343,7 +418,7 @@ class LipschitzCurve:
     time_s: float
 
 
-def lipschitz_curve(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "fastlip", C: Any = None,
+def lipschitz_curve(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "recurjac", C: Any = None,
                     log_start: float = -3.0, log_end: float = 0.0, num: int = 20, x_min: Any = None,
                     x_max: Any = None, layer_method: str = "crown", progress: bool = False) -> LipschitzCurve:
     """:func:`lipschitz` at ``num`` radii ``10^log_start .. 10^log_end`` (log-spaced): the local constant grows
@@ -382,7 +457,7 @@ class LandscapeResult:
     time_s: float
 
 
-def landscape(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "fastlip", C: Any = None,
+def landscape(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "recurjac", C: Any = None,
               steps: int = 15, eps_init: float = 0.005, x_min: Any = None, x_max: Any = None,
               layer_method: str = "crown") -> LandscapeResult:
     """R_max by the reference's search (double from ``eps_init`` until a step fails, then bisect; ``steps`` calls

@@ -25,7 +25,7 @@ from fastcert.options import BoundOptions
 
 TARGETS = ("untargeted", "runnerup", "least", "random")
 #: certification by a Lipschitz bound instead of a bound method (the reference's ``--jacbndalg``)
-LIPSCHITZ_METHODS = ("fastlip", "spectral")
+LIPSCHITZ_METHODS = ("recurjac", "fastlip", "spectral")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     x: [B, *input_shape]; labels: [B] class indices (default: the prediction at x); target: "untargeted"
     (every other class), "runnerup", "least", "random" (seeded by ``seed``), a class index or [B] classes;
     method: any of :func:`fastcert.bounds`' methods ("ibp", "fastlin", "crown", "crown-ibp", "kw",
-    "alpha-crown"), or "fastlip" / "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
+    "alpha-crown"), or "recurjac" / "fastlip" / "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
     ``lipsteps`` sub-intervals, as the reference's ``--jacbndalg`` / ``--lipsteps``); x_min / x_max: the input
     domain the balls are clipped to. A sample whose label is not the prediction at x gets radius 0 (bracket
     [0, 0]). ``eps_max``: no eps above it is tried (a sample

@@ -5,8 +5,9 @@ ONNX file and digits / MNIST / Fashion-MNIST (IDX) / CSV / NPZ data.
 Knob mapping from the reference's ``main.py``: ``--layerbndalg`` crown-general / crown-adaptive -> fastcert's
 ``crown`` (adaptive ReLU slopes and the general-activation relaxations), fastlin -> ``fastlin``, spectral ->
 certification by the spectral Lipschitz bound; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are
-accepted too. ``--jacbndalg`` fastlip -> certification by Fast-Lip's Lipschitz bound integrated over
-``--lipsteps`` sub-intervals; recurjac is refused (not built yet).
+accepted too. ``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
+``--lipsteps`` sub-intervals (and the Jacobian bound of the ``lipschitz`` / ``landscape`` tasks: RecurJac by
+default).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 LAYER_ALGS = {"crown-general": "crown", "crown-adaptive": "crown", "fastlin": "fastlin", "spectral": "spectral",
               "ibp": "ibp", "crown": "crown", "crown-ibp": "crown-ibp", "kw": "kw", "alpha-crown": "alpha-crown"}
-JAC_ALGS = ("disable", "fastlip", "recurjac")
+JAC_ALGS = ("disable", "recurjac", "fastlip")
 NORM_ALIASES = {"i": "inf", "inf": "inf", "1": "1", "2": "2"}
 
 
@@ -57,11 +58,9 @@ def resolve(cfg: TaskConfig) -> tuple[str, str]:
         raise ValueError(f"--layerbndalg must be one of {sorted(LAYER_ALGS)}; got {cfg.layerbndalg!r}")
     if cfg.jacbndalg not in JAC_ALGS:
         raise ValueError(f"--jacbndalg must be one of {JAC_ALGS}; got {cfg.jacbndalg!r}")
-    if cfg.jacbndalg == "recurjac":
-        raise ValueError("--jacbndalg recurjac: RecurJac is not built yet in fastcert (issue #13); use fastlip")
     method = LAYER_ALGS[cfg.layerbndalg]
-    if cfg.jacbndalg == "fastlip":
-        method = "fastlip"
+    if cfg.jacbndalg != "disable":
+        method = cfg.jacbndalg
     return method, norm
 
 
@@ -144,7 +143,7 @@ def run_lipschitz(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = Tr
     from fastcert.radius import _margin_rows, target_classes
 
     _, norm = resolve(cfg)
-    jm = "spectral" if cfg.layerbndalg == "spectral" else "fastlip"
+    jm = "spectral" if cfg.layerbndalg == "spectral" else ("recurjac" if cfg.jacbndalg == "disable" else cfg.jacbndalg)
     model, x, y, mdesc, ddesc = _prepare(cfg)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -200,7 +199,8 @@ def run_landscape(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = Tr
         C = torch.zeros(b - a, 1, K, dtype=torch.float64)
         C[torch.arange(b - a), 0, y[a:b]] = 1
         C[torch.arange(b - a), 0, t] -= 1
-        res = landscape(model, xb, norm, "fastlip", C, cfg.steps, cfg.eps, cfg.x_min, cfg.x_max)
+        jm = "recurjac" if cfg.jacbndalg == "disable" else cfg.jacbndalg
+        res = landscape(model, xb, norm, jm, C, cfg.steps, cfg.eps, cfg.x_min, cfg.x_max)
         for i in range(b - a):
             row = {"image": cfg.startimage + a + i, "label": int(y[a + i]), "target": int(t[i]),
                    "r_max": float(res.radius[i, 0]), "upper": float(res.upper[i, 0])}
