@@ -389,6 +389,10 @@ def _add_task(p: argparse.ArgumentParser) -> None:
                    help="write a figure (lipschitz: constant vs eps, log axes; else a histogram of the radii)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (lines go to stderr)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="robustness: spread the batches over Ray workers (a local Ray when no ADDRESS is given; "
+                        "needs pip install 'fastcert[ray]')")
+    p.add_argument("--workers", type=_positive_int, default=2, help="Ray workers (default 2)")
 
 
 def _task_runner(task: str) -> Callable[[argparse.Namespace], int]:
@@ -408,6 +412,14 @@ def _task_runner(task: str) -> Callable[[argparse.Namespace], int]:
             raise _UsageError(str(exc)) from None
         fn = {"robustness": tasks.run_robustness, "lipschitz": tasks.run_lipschitz,
               "landscape": tasks.run_landscape}[task]
+        if args.ray is not None:
+            if task != "robustness":
+                raise _UsageError(f"--ray runs the robustness task only (not {task})")
+            from functools import partial
+
+            from fastcert.distributed import run_robustness_ray
+
+            fn = partial(run_robustness_ray, address=args.ray or None, workers=args.workers)
         try:
             res = fn(cfg, out=sys.stderr if args.json else sys.stdout, progress=not args.quiet)
         except FileNotFoundError as exc:

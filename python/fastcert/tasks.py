@@ -99,41 +99,57 @@ def _batches(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def run_robustness(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
-    """Certified radius per image (the reference's ``robustness`` task); returns the summary and the rows."""
+def robustness_batch(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, a: int) -> list[dict[str, Any]]:
+    """The rows of images ``a .. a + len(x)`` (positions in the selection) of the robustness task."""
     from fastcert.radius import certified_radius
 
     method, norm = resolve(cfg)
-    model, x, y, mdesc, ddesc = _prepare(cfg)
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    bar = _bar(len(x), "robustness", progress)
-    for a, b in _batches(len(x), cfg.batch):
-        tb = time.perf_counter()
-        r = certified_radius(model, x[a:b], norm=norm, method=method, target=_target(cfg.targettype),
-                             steps=cfg.steps, labels=y[a:b], eps_init=cfg.eps, x_min=cfg.x_min, x_max=cfg.x_max,
-                             seed=cfg.seed + a, lipsteps=cfg.lipsteps)
-        per = (time.perf_counter() - tb) / (b - a)
-        for i in range(b - a):
-            correct = float(r.upper[i]) > 0  # a misclassified image has the bracket [0, 0]
-            row = {"image": cfg.startimage + a + i, "label": int(r.labels[i]), "target": int(r.targets[i]),
-                   "correct": correct, "radius": float(r.radius[i]), "upper": float(r.upper[i]), "time_s": per}
-            rows.append(row)
-            if not correct:
-                print(f"[L1] image = {row['image']}, label = {row['label']}: misclassified, skipped", file=out)
-                continue
-            print(f"[L1] image = {row['image']}, label = {row['label']}, target = {row['target']}, "
-                  f"{cfg.targettype} radius = {row['radius']:.5f} (bracket [{row['radius']:.5f}, "
-                  f"{row['upper']:.5f})), time = {per:.4f}", file=out)
-        bar.update(b - a)
-    bar.close()
-    total = time.perf_counter() - t0
+    tb = time.perf_counter()
+    r = certified_radius(model, x, norm=norm, method=method, target=_target(cfg.targettype), steps=cfg.steps,
+                         labels=y, eps_init=cfg.eps, x_min=cfg.x_min, x_max=cfg.x_max, seed=cfg.seed + a,
+                         lipsteps=cfg.lipsteps)
+    per = (time.perf_counter() - tb) / len(x)
+    rows = []
+    for i in range(len(x)):
+        correct = float(r.upper[i]) > 0  # a misclassified image has the bracket [0, 0]
+        rows.append({"image": cfg.startimage + a + i, "label": int(r.labels[i]), "target": int(r.targets[i]),
+                     "correct": correct, "radius": float(r.radius[i]), "upper": float(r.upper[i]), "time_s": per})
+    return rows
+
+
+def _robustness_line(row: dict[str, Any], cfg: TaskConfig) -> str:
+    if not row["correct"]:
+        return f"[L1] image = {row['image']}, label = {row['label']}: misclassified, skipped"
+    return (f"[L1] image = {row['image']}, label = {row['label']}, target = {row['target']}, "
+            f"{cfg.targettype} radius = {row['radius']:.5f} (bracket [{row['radius']:.5f}, {row['upper']:.5f})), "
+            f"time = {row['time_s']:.4f}")
+
+
+def _robustness_summary(rows: list[dict[str, Any]], cfg: TaskConfig, mdesc: str, ddesc: str, total: float,
+                        out: TextIO) -> dict[str, Any]:
+    method, norm = resolve(cfg)
     ok = [r for r in rows if r["correct"]]
     avg = sum(r["radius"] for r in ok) / max(1, len(ok))
     print(f"[L0] model = {mdesc}, data = {ddesc}, norm = {norm}, method = {method}, avg robustness = {avg:.5f}, "
           f"numimage = {len(ok)} (of {len(rows)}; misclassified skipped), total_time = {total:.4f}", file=out)
     return {"task": "robustness", "method": method, "norm": norm, "avg_radius": avg, "numimage": len(ok),
             "total_time_s": total, "rows": rows, "config": asdict(cfg)}
+
+
+def run_robustness(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
+    """Certified radius per image (the reference's ``robustness`` task); returns the summary and the rows."""
+    resolve(cfg)
+    model, x, y, mdesc, ddesc = _prepare(cfg)
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    bar = _bar(len(x), "robustness", progress)
+    for a, b in _batches(len(x), cfg.batch):
+        for row in robustness_batch(model, x[a:b], y[a:b], cfg, a):
+            rows.append(row)
+            print(_robustness_line(row, cfg), file=out)
+        bar.update(b - a)
+    bar.close()
+    return _robustness_summary(rows, cfg, mdesc, ddesc, time.perf_counter() - t0, out)
 
 
 def run_lipschitz(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
