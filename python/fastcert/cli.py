@@ -313,9 +313,13 @@ def _run_bench_suite(args: argparse.Namespace) -> int:
 _EVAL_METHODS = ("crown", "alpha-crown", "crown-ibp", "fastlin", "kw", "ibp")
 
 
-def _add_evaluate(p: argparse.ArgumentParser) -> None:
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="PATH|mlp|cnn",
                    help="an .onnx file, a torch.save()d nn.Module (.pt/.pth), or the demo's 'mlp' (default) / 'cnn'")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    _add_model_arg(p)
     p.add_argument("--data", default=None, metavar="digits|PATH",
                    help="'digits' (default: scikit-learn's test split), an .npz with x and y, or a CSV of "
                         "label,pixels 0..255 rows")
@@ -359,8 +363,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_task(p: argparse.ArgumentParser) -> None:
     from fastcert.tasks import JAC_ALGS, LAYER_ALGS
 
-    p.add_argument("--model", default=None, metavar="PATH|mlp|cnn",
-                   help="an .onnx file, a torch.save()d nn.Module (.pt/.pth), or the demo's 'mlp' (default) / 'cnn'")
+    _add_model_arg(p)
     p.add_argument("--data", default=None, metavar="digits|mnist|fashion-mnist|PATH",
                    help="'digits' (default: scikit-learn's test split), mnist / fashion-mnist (IDX files in "
                         "--data-dir, test split), an .npz with x and y, or a CSV of label,pixels 0..255 rows")
