@@ -223,3 +223,44 @@ def _lipschitz_radius_sound(spec, norm, method, seed) -> None:
                 vals = torch.einsum("bsk,bpk->bps", C, model(pts.reshape(-1, *spec.input_shape)).reshape(3, -1,
                                                                                                          spec.n_out))
             assert bool((vals >= low[:, None, :]).all())
+
+
+@fc_settings(15)
+@given(n_in=st.integers(1, 6), hidden=st.integers(1, 24), K=st.integers(2, 5), norm=st.sampled_from(("inf", "2")),
+       scale=st.sampled_from((0.3, 1.0, 3.0)), seed=st.integers(0, 2**16))
+def test_quad_bound_is_sound(n_in, hidden, K, norm, scale, seed) -> None:
+    """The quadratic bound of two-layer ReLU networks: its lower bound at eps is below C f at sampled points of
+    the ball, and PGD at 0.999 of its radius finds no adversarial example."""
+    from strategies import sample_points
+
+    from fastcert.radius import _margin_rows, quad_margin
+
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, K)).double()
+    with torch.no_grad():
+        for p_ in model.parameters():
+            p_.copy_(torch.randn(p_.shape, generator=g, dtype=torch.float64) * scale)
+    x = torch.rand(3, n_in, generator=g, dtype=torch.float64) * 2 - 1
+    with one_torch_thread():
+        r = fastcert.certified_radius(model, x, norm=norm, method="quad", steps=6, eps_init=0.05)
+        pos = r.radius > 0
+        att = pgd(model, x, 0.999 * r.radius, norm=norm, labels=r.labels, steps=30, restarts=2, seed=seed)
+        assert not bool(att.success[pos].any())
+        net = fastcert.Network.from_torch(model)
+        C = _margin_rows(r.labels, r.targets, K, torch.float64)
+        eps = torch.full((3,), 0.3, dtype=torch.float64)
+        low = quad_margin(net, x, eps, C, norm)
+        inf = torch.full_like(x, math.inf)
+        pts = sample_points(x, eps, norm, -inf, inf, g)
+        with torch.no_grad():
+            vals = torch.einsum("bsk,bpk->bps", C, model(pts.reshape(-1, n_in)).reshape(3, -1, K))
+        assert bool((vals >= low[:, None, :]).all())
+
+
+def test_quad_refuses_other_networks() -> None:
+    from fastcert.errors import UnsupportedError
+
+    deep = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
+                               torch.nn.Linear(4, 2)).double()
+    with pytest.raises(UnsupportedError, match="two-layer ReLU networks"):
+        fastcert.certified_radius(deep, torch.zeros(1, 3, dtype=torch.float64), method="quad")

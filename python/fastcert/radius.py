@@ -26,6 +26,8 @@ from fastcert.options import BoundOptions
 TARGETS = ("untargeted", "runnerup", "least", "random")
 #: certification by a Lipschitz bound instead of a bound method (the reference's ``--jacbndalg``)
 LIPSCHITZ_METHODS = ("recurjac", "fastlip", "spectral")
+#: the quadratic bound of two-layer ReLU networks (the reference's ``--quad``)
+QUAD = "quad"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,22 @@ def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.
     return torch.nextafter(g0 - dec, torch.full_like(g0, -float("inf")))
 
 
+def quad_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor, norm: str, x_min: Any = None,
+                x_max: Any = None) -> torch.Tensor:
+    """Certified lower bounds [B, S] (float64) of ``C f`` over the ball of radius eps ([B]) by the quadratic bound
+    of a two-layer ReLU network (:mod:`fastcert.quad`), on CROWN's pre-activation box."""
+    from fastcert.algorithms.graph_bounds import graph_bounds
+    from fastcert.api import make_region
+    from fastcert.quad import quad_lower, two_layer
+
+    g = net.op_graph_for(tuple(x.shape[1:]))
+    two_layer(g)
+    prob = make_region(x, eps, norm, x_min, x_max)
+    boxes: list[Any] = []
+    graph_bounds(g, prob, C.to(x.dtype).contiguous(), "crown", boxes_out=boxes)
+    return quad_lower(g, prob, C.to(torch.float64), boxes[1])
+
+
 def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "crown",
                      target: Any = "untargeted", steps: int = 15, labels: Any = None, eps_init: float = 0.005,
                      x_min: Any = None, x_max: Any = None, seed: int = 0, eps_max: float | None = None,
@@ -145,7 +163,8 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     x: [B, *input_shape]; labels: [B] class indices (default: the prediction at x); target: "untargeted"
     (every other class), "runnerup", "least", "random" (seeded by ``seed``), a class index or [B] classes;
     method: any of :func:`fastcert.bounds`' methods ("ibp", "fastlin", "crown", "crown-ibp", "kw",
-    "alpha-crown"), or "recurjac" / "fastlip" / "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
+    "alpha-crown"), "quad" (two-layer ReLU networks: :func:`quad_margin`), or "recurjac" / "fastlip" /
+    "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
     ``lipsteps`` sub-intervals, as the reference's ``--jacbndalg`` / ``--lipsteps``); x_min / x_max: the input
     domain the balls are clipped to. A sample whose label is not the prediction at x gets radius 0 (bracket
     [0, 0]). ``eps_max``: no eps above it is tried (a sample
@@ -162,7 +181,7 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
         raise ValueError(f"lipsteps must be a positive int, got {lipsteps!r}")
     nk = norm_key(norm)
     lip = method in LIPSCHITZ_METHODS
-    net, xt, K = prepare(model, x, "ibp" if lip else method)
+    net, xt, K = prepare(model, x, "ibp" if lip or method == QUAD else method)
     B = xt.shape[0]
     with torch.no_grad():
         logits = net.forward(xt.detach())
@@ -187,6 +206,8 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
             # eps in float64: bounds rounds it up to x's dtype (a ball no smaller than the one reported)
             if lip:
                 low = lipschitz_margin(net, xt.detach(), eps, C, nk, method, lipsteps, x_min, x_max)
+            elif method == QUAD:
+                low = quad_margin(net, xt.detach(), eps, C, nk, x_min, x_max)
             else:
                 low = bounds(net, xt.detach(), eps, norm=nk, method=method, C=C, x_min=x_min, x_max=x_max,
                              options=options).lower
@@ -204,5 +225,5 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     return RadiusResult(lo.clone(), lo, hi, y, tgt, method, nk, steps, time.perf_counter() - t0)
 
 
-__all__ = ["LIPSCHITZ_METHODS", "RadiusResult", "TARGETS", "certified_radius", "lipschitz_margin",
-           "target_classes"]
+__all__ = ["LIPSCHITZ_METHODS", "QUAD", "RadiusResult", "TARGETS", "certified_radius", "lipschitz_margin",
+           "quad_margin", "target_classes"]
