@@ -4,8 +4,8 @@ ONNX file and digits / MNIST / Fashion-MNIST (IDX) / CSV / NPZ data.
 
 Knob mapping from the reference's ``main.py``: ``--layerbndalg`` crown-general / crown-adaptive -> fastcert's
 ``crown`` (adaptive ReLU slopes and the general-activation relaxations), fastlin -> ``fastlin``, spectral ->
-certification by the spectral Lipschitz bound; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are
-accepted too. ``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
+certification by the spectral Lipschitz bound, quad (the reference's ``--quad``) -> the quadratic bound of
+two-layer ReLU networks; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are accepted too. ``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
 ``--lipsteps`` sub-intervals (and the Jacobian bound of the ``lipschitz`` / ``landscape`` tasks: RecurJac by
 default).
 """
@@ -22,7 +22,8 @@ from typing import Any, TextIO
 import torch
 
 LAYER_ALGS = {"crown-general": "crown", "crown-adaptive": "crown", "fastlin": "fastlin", "spectral": "spectral",
-              "ibp": "ibp", "crown": "crown", "crown-ibp": "crown-ibp", "kw": "kw", "alpha-crown": "alpha-crown"}
+              "ibp": "ibp", "crown": "crown", "crown-ibp": "crown-ibp", "kw": "kw", "alpha-crown": "alpha-crown",
+              "quad": "quad"}
 JAC_ALGS = ("disable", "recurjac", "fastlip")
 NORM_ALIASES = {"i": "inf", "inf": "inf", "1": "1", "2": "2"}
 
