@@ -42,6 +42,8 @@ from fastcert.primitives.linear import Dense
 from fastcert.primitives.relu import ReLU
 from fastcert.primitives.sshape import ABS, SShaped
 from fastcert.rounding import gamma_n
+from fastcert.rounding import next_down as _down
+from fastcert.rounding import next_up as _up
 
 JAC_METHODS = ("recurjac", "fastlip")
 LIP_METHODS = ("recurjac", "fastlip", "spectral")
@@ -49,12 +51,6 @@ D = torch.float64
 _INF = float("inf")
 
 
-def _up(t: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(t, torch.full_like(t, _INF))
-
-
-def _down(t: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(t, torch.full_like(t, -_INF))
 
 
 def derivative_bounds(prim: Any, l: torch.Tensor, u: torch.Tensor, name: str = "") -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,17 +23,13 @@ from fastcert.errors import UnsupportedError
 from fastcert.primitives.linear import Dense
 from fastcert.primitives.relu import ReLU
 from fastcert.rounding import gamma_n
+from fastcert.rounding import next_down as _dn
+from fastcert.rounding import next_up as _up
 
 D = torch.float64
 _INF = float("inf")
 
 
-def _up(t: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(t, torch.full_like(t, _INF))
-
-
-def _dn(t: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(t, torch.full_like(t, -_INF))
 
 
 def _imul(al: torch.Tensor, ah: torch.Tensor, bl: torch.Tensor, bh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ from fastcert.api import bounds, prepare
 from fastcert.checks import class_indices, norm_key
 from fastcert.network import Network
 from fastcert.options import BoundOptions
+from fastcert.rounding import next_down
+from fastcert.rounding import next_up as _up
 
 TARGETS = ("untargeted", "runnerup", "least", "random")
 #: certification by a Lipschitz bound instead of a bound method (the reference's ``--jacbndalg``)
@@ -110,9 +112,6 @@ def _margin_rows(labels: torch.Tensor, targets: torch.Tensor, K: int, dtype: tor
     return C
 
 
-def _up(t: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(t, torch.full_like(t, float("inf")))
-
 
 def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor, norm: str, method: str,
                      lipsteps: int = 10, x_min: Any = None, x_max: Any = None) -> torch.Tensor:
@@ -133,7 +132,7 @@ def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.
         seg = _up((e_k - prev).clamp_min(0))[:, None]
         dec = _up(dec + _up(seg * L))
         prev = e_k
-    return torch.nextafter(g0 - dec, torch.full_like(g0, -float("inf")))
+    return next_down(g0 - dec)
 
 
 def quad_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor, norm: str, x_min: Any = None,

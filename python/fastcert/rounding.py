@@ -85,3 +85,14 @@ def gamma_for(layers: list[Any], dtype: torch.dtype) -> float:
     Used for the bound on the rounding error of a standard (float64) evaluation of the network.
     """
     return 2.0 * gamma_n(10 + max(max(L.n_in, L.n_out) for L in layers), dtype)
+
+
+def next_up(t: torch.Tensor) -> torch.Tensor:
+    """Each entry moved one float up (``nextafter(t, +inf)``): a sound upper bound of a value that one rounding
+    to nearest produced (also in the subnormal range, where one step is at least the rounding error)."""
+    return torch.nextafter(t, torch.full_like(t, float("inf")))
+
+
+def next_down(t: torch.Tensor) -> torch.Tensor:
+    """Each entry moved one float down (``nextafter(t, -inf)``)."""
+    return torch.nextafter(t, torch.full_like(t, -float("inf")))
