@@ -26,10 +26,10 @@ def _inputs(spec, B: int, seed: int) -> torch.Tensor:
 
 def _margin_lower(model, x, eps, norm, method, r, x_min=None, x_max=None) -> torch.Tensor:
     """min over the certified rows of the method's lower bound at per-sample eps (the rows of r)."""
-    from fastcert.radius import _margin_rows
+    from fastcert.radius import margin_rows
 
     K = model(x[:1]).shape[1]
-    C = _margin_rows(r.labels, r.targets, K, x.dtype)
+    C = margin_rows(r.labels, r.targets, K, x.dtype)
     return fastcert.bounds(model, x, eps, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max).lower.min(1).values
 
 
@@ -199,7 +199,7 @@ def _lipschitz_radius_sound(spec, norm, method, seed) -> None:
     example, and the Lipschitz margin bound at r is positive and below the true margin at sampled points."""
     from strategies import sample_points
 
-    from fastcert.radius import _margin_rows, lipschitz_margin
+    from fastcert.radius import margin_rows, lipschitz_margin
 
     acts = {L[1] for L in spec.layers if L[0] == "act"}
     assume(spec.n_out >= 2 and acts <= {"relu", "leaky_relu", "hardtanh", "sigmoid", "tanh", "arctan"})
@@ -213,7 +213,7 @@ def _lipschitz_radius_sound(spec, norm, method, seed) -> None:
         assert not bool(att.success[pos].any()), (r.radius, att.margin)
         if pos.any():
             net = fastcert.Network.from_torch(model)
-            C = _margin_rows(r.labels, r.targets, spec.n_out, torch.float64)
+            C = margin_rows(r.labels, r.targets, spec.n_out, torch.float64)
             low = lipschitz_margin(net, x, r.radius, C, norm, method, 3)
             assert bool((low[pos] > 0).all())
             xf = x.reshape(3, -1)
@@ -227,13 +227,13 @@ def _lipschitz_radius_sound(spec, norm, method, seed) -> None:
 
 @fc_settings(15)
 @given(n_in=st.integers(1, 6), hidden=st.integers(1, 24), K=st.integers(2, 5), norm=st.sampled_from(("inf", "2")),
-       scale=st.sampled_from((0.3, 1.0, 3.0)), seed=st.integers(0, 2**16))
-def test_quad_bound_is_sound(n_in, hidden, K, norm, scale, seed) -> None:
-    """The quadratic bound of two-layer ReLU networks: its lower bound at eps is below C f at sampled points of
-    the ball, and PGD at 0.999 of its radius finds no adversarial example."""
+       scale=st.sampled_from((0.3, 1.0, 3.0)), e=st.sampled_from((0.0, 0.3)), seed=st.integers(0, 2**16))
+def test_quad_bound_is_sound(n_in, hidden, K, norm, scale, e, seed) -> None:
+    """The quadratic bound of two-layer ReLU networks: its lower bound at eps (0 included: a degenerate box) is
+    below C f at sampled points of the ball, and PGD at 0.999 of its radius finds no adversarial example."""
     from strategies import sample_points
 
-    from fastcert.radius import _margin_rows, quad_margin
+    from fastcert.radius import margin_rows, quad_margin
 
     g = torch.Generator().manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, K)).double()
@@ -247,8 +247,8 @@ def test_quad_bound_is_sound(n_in, hidden, K, norm, scale, seed) -> None:
         att = pgd(model, x, 0.999 * r.radius, norm=norm, labels=r.labels, steps=30, restarts=2, seed=seed)
         assert not bool(att.success[pos].any())
         net = fastcert.Network.from_torch(model)
-        C = _margin_rows(r.labels, r.targets, K, torch.float64)
-        eps = torch.full((3,), 0.3, dtype=torch.float64)
+        C = margin_rows(r.labels, r.targets, K, torch.float64)
+        eps = torch.full((3,), e, dtype=torch.float64)
         low = quad_margin(net, x, eps, C, norm)
         inf = torch.full_like(x, math.inf)
         pts = sample_points(x, eps, norm, -inf, inf, g)

@@ -36,6 +36,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from fastcert.cli_args import UsageError as _UsageError
+from fastcert.cli_args import add_model_arg as _add_model_arg
+from fastcert.cli_args import positive_int as _positive_int
+from fastcert.cli_tasks import add_task, task_runner
+
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 EXIT_USAGE = 2
@@ -76,16 +81,6 @@ def _str_list(text: str) -> list[str]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one value")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------- info
@@ -313,11 +308,6 @@ def _run_bench_suite(args: argparse.Namespace) -> int:
 _EVAL_METHODS = ("crown", "alpha-crown", "crown-ibp", "fastlin", "kw", "ibp")
 
 
-def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="PATH|mlp|cnn",
-                   help="an .onnx file, a torch.save()d nn.Module (.pt/.pth), or the demo's 'mlp' (default) / 'cnn'")
-
-
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     _add_model_arg(p)
     p.add_argument("--data", default=None, metavar="digits|PATH",
@@ -357,83 +347,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.as_dict().items() if k != "status"} for r in rows]))
     return 0
-
-
-# -------------------------------------------------------------- robustness / lipschitz / landscape
-def _add_task(p: argparse.ArgumentParser) -> None:
-    from fastcert.tasks import JAC_ALGS, LAYER_ALGS
-
-    _add_model_arg(p)
-    p.add_argument("--data", default=None, metavar="digits|mnist|fashion-mnist|PATH",
-                   help="'digits' (default: scikit-learn's test split), mnist / fashion-mnist (IDX files in "
-                        "--data-dir, test split), an .npz with x and y, or a CSV of label,pixels 0..255 rows")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the mnist / fashion-mnist IDX files")
-    p.add_argument("--numimage", type=_positive_int, default=10, metavar="N", help="images (default 10)")
-    p.add_argument("--startimage", type=int, default=0, metavar="I", help="first image (default 0)")
-    p.add_argument("--norm", default="inf", choices=("i", "1", "2", "inf"), help="ball norm (default inf)")
-    p.add_argument("--eps", type=float, default=0.005, help="first radius of the search (default 0.005)")
-    p.add_argument("--targettype", default="untargeted", metavar="untargeted|runnerup|least|random|CLASS",
-                   help="which margin is certified (default untargeted: every other class)")
-    p.add_argument("--layerbndalg", default="crown-adaptive", choices=sorted(LAYER_ALGS),
-                   help="layer-wise bound (default crown-adaptive)")
-    p.add_argument("--jacbndalg", default="disable", choices=JAC_ALGS,
-                   help="certify by a Jacobian / Lipschitz bound instead (default disable)")
-    p.add_argument("--steps", type=_positive_int, default=15, help="search steps (default 15)")
-    p.add_argument("--lipsteps", type=_positive_int, default=10,
-                   help="robustness: sub-intervals of the Lipschitz integration; lipschitz: number of radii "
-                        "(default 10)")
-    p.add_argument("--liplogstart", type=float, default=-3.0, help="lipschitz: log10 of the first radius (-3)")
-    p.add_argument("--liplogend", type=float, default=0.0, help="lipschitz: log10 of the last radius (0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --targettype random (default 0)")
-    p.add_argument("--batch", type=_positive_int, default=32, help="images per bound call (default 32)")
-    p.add_argument("--x-min", type=float, default=None, help="input domain lower end (default: none)")
-    p.add_argument("--x-max", type=float, default=None, help="input domain upper end (default: none)")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="write a figure (lipschitz: constant vs eps, log axes; else a histogram of the radii)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (lines go to stderr)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="robustness: spread the batches over Ray workers (a local Ray when no ADDRESS is given; "
-                        "needs pip install 'fastcert[ray]')")
-    p.add_argument("--workers", type=_positive_int, default=2, help="Ray workers (default 2)")
-
-
-def _task_runner(task: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from fastcert import tasks
-
-        keys = ("model", "data", "data_dir", "numimage", "startimage", "norm", "eps", "targettype", "layerbndalg",
-                "jacbndalg", "steps", "lipsteps", "liplogstart", "liplogend", "seed", "batch", "x_min", "x_max")
-        cfg = tasks.TaskConfig(**{k: getattr(args, k) for k in keys})
-        if not (math.isfinite(cfg.eps) and cfg.eps > 0):
-            raise _UsageError(f"--eps must be a finite number > 0, got {cfg.eps}")
-        if cfg.startimage < 0:
-            raise _UsageError(f"--startimage must be >= 0, got {cfg.startimage}")
-        try:
-            tasks.resolve(cfg)
-        except ValueError as exc:
-            raise _UsageError(str(exc)) from None
-        fn = {"robustness": tasks.run_robustness, "lipschitz": tasks.run_lipschitz,
-              "landscape": tasks.run_landscape}[task]
-        if args.ray is not None:
-            if task != "robustness":
-                raise _UsageError(f"--ray runs the robustness task only (not {task})")
-            from functools import partial
-
-            from fastcert.distributed import run_robustness_ray
-
-            fn = partial(run_robustness_ray, address=args.ray or None, workers=args.workers)
-        try:
-            res = fn(cfg, out=sys.stderr if args.json else sys.stdout, progress=not args.quiet)
-        except FileNotFoundError as exc:
-            raise _UsageError(str(exc)) from None
-        if args.plot:
-            tasks.plot(res, args.plot)
-        if args.json:
-            print(json.dumps(res))
-        return 0
-
-    return run
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -532,16 +445,12 @@ SUBCOMMANDS: list[Subcommand] = [
     ("train", "certified / adversarial training (IBP, CROWN-IBP, KW, MMR, Local-Lip, PGD, MTL-IBP) with curves",
      _add_train, _run_train),
     ("robustness", "certified radius per image by bisection (the CROWN / RecurJac reference's robustness task)",
-     _add_task, _task_runner("robustness")),
+     add_task, task_runner("robustness")),
     ("lipschitz", "local Lipschitz bounds over log-spaced radii per image (the reference's lipschitz task)",
-     _add_task, _task_runner("lipschitz")),
+     add_task, task_runner("lipschitz")),
     ("landscape", "R_max: the largest radius where some gradient entry keeps its sign (the landscape task)",
-     _add_task, _task_runner("landscape")),
+     add_task, task_runner("landscape")),
 ]
-
-
-class _UsageError(Exception):
-    """Bad arguments found after parsing; exits with status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from fastcert.tasks import TaskConfig, _bar, _batches, _robustness_line, _robustness_summary, resolve
+from fastcert.tasks import TaskConfig, batches, progress_bar, resolve, robustness_line, robustness_summary
 
 
 def _ray() -> Any:
@@ -34,11 +34,11 @@ class _Worker:
     def __init__(self, cfg_dict: dict[str, Any]) -> None:
         import torch
 
-        from fastcert.tasks import _prepare
+        from fastcert.tasks import prepare_task
 
         torch.set_num_threads(1)
         self.cfg = TaskConfig(**cfg_dict)
-        self.model, self.x, self.y, self.mdesc, self.ddesc = _prepare(self.cfg)
+        self.model, self.x, self.y, self.mdesc, self.ddesc = prepare_task(self.cfg)
 
     def describe(self) -> tuple[str, str, int]:
         return self.mdesc, self.ddesc, len(self.x)
@@ -69,12 +69,12 @@ def run_robustness_ray(cfg: TaskConfig, address: str | None = None, workers: int
         Actor = ray.remote(num_cpus=1)(_Worker)
         actors = [Actor.remote(asdict(cfg)) for _ in range(workers)]
         mdesc, ddesc, n = ray.get(actors[0].describe.remote())
-        batches = _batches(n, cfg.batch)
+        bounds_ab = batches(n, cfg.batch)
         pending = {}
-        for k, (a, b) in enumerate(batches):
+        for k, (a, b) in enumerate(bounds_ab):
             pending[actors[k % workers].run.remote(a, b)] = (a, b)
         done: dict[int, list[dict[str, Any]]] = {}
-        bar = _bar(n, f"robustness ({workers} Ray workers)", progress)
+        bar = progress_bar(n, f"robustness ({workers} Ray workers)", progress)
         next_a = 0
         rows: list[dict[str, Any]] = []
         while pending:
@@ -87,10 +87,10 @@ def run_robustness_ray(cfg: TaskConfig, address: str | None = None, workers: int
                 batch_rows = done.pop(next_a)
                 for row in batch_rows:
                     rows.append(row)
-                    print(_robustness_line(row, cfg), file=out)
+                    print(robustness_line(row, cfg), file=out)
                 next_a += len(batch_rows)
         bar.close()
-        res = _robustness_summary(rows, cfg, mdesc, ddesc, time.perf_counter() - t0, out)
+        res = robustness_summary(rows, cfg, mdesc, ddesc, time.perf_counter() - t0, out)
         res["workers"] = workers
         res["ray_address"] = address
         return res

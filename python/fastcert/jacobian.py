@@ -125,6 +125,12 @@ def _dense_back(Yl: torch.Tensor, Yu: torch.Tensor, W: torch.Tensor, absW: torch
     return ol.reshape(B, S, n), ou.reshape(B, S, n)
 
 
+def _spec64(C: Any, K: int, B: int) -> torch.Tensor:
+    """The specification in float64 as [B, S, K] (identity when None; already checked by spec_matrix)."""
+    C64 = torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D)
+    return (C64.unsqueeze(0).expand(B, *C64.shape) if C64.dim() == 2 else C64).contiguous()
+
+
 def _fastlip_step(nd: Any, Yl: torch.Tensor, Yu: torch.Tensor, der: tuple[torch.Tensor, torch.Tensor] | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast-Lip's interval step through one node: bounds of Y M_node for Y in [Yl, Yu] ([B, S, n_out] ->
@@ -159,6 +165,8 @@ def _recurjac_level(nodes: list[Any], L: int, Y: dict[int, tuple[torch.Tensor, t
     eye = torch.eye(n, dtype=D)
     start = torch.cat([eye, -eye])  # [2n, n]: columns e_i for the upper bounds, -e_i for the lower ones
     lo, up = torch.empty(B, S, n, dtype=D), torch.empty(B, S, n, dtype=D)
+    wt = {w: (nodes[w - 1].prim.W64.T.contiguous(), nodes[w - 1].prim.W64.T.abs().contiguous())
+          for w in range(L, T + 1) if isinstance(nodes[w - 1].prim, Dense)}  # once, not per row
     for b in range(B):
         for s in range(S):
             Cl = Cu = start
@@ -167,9 +175,9 @@ def _recurjac_level(nodes: list[Any], L: int, Y: dict[int, tuple[torch.Tensor, t
                 nd = nodes[w - 1]
                 p = nd.prim
                 if isinstance(p, Dense):
-                    Wt = p.W64.T.contiguous()
+                    Wt, aWt = wt[w]
                     ol, ou = torch.empty(2 * n, Wt.shape[1], dtype=D), torch.empty(2 * n, Wt.shape[1], dtype=D)
-                    _C.jac_dense_back(Cl.contiguous(), Cu.contiguous(), Wt, Wt.abs().contiguous(), ol, ou)
+                    _C.jac_dense_back(Cl.contiguous(), Cu.contiguous(), Wt, aWt, ol, ou)
                     Cl, Cu = ol, ou
                 elif isinstance(p, Diag):
                     ol, ou = torch.empty_like(Cl), torch.empty_like(Cl)
@@ -221,10 +229,7 @@ def jacobian_bounds(model: nn.Module | Network, x: Any, eps: Any, norm: str = "i
     boxes: list[Any] = []
     with torch.no_grad():
         graph_bounds(g, prob, Ct, layer_method, opts=options, boxes_out=boxes)
-    C64 = (torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D))
-    if C64.dim() == 2:
-        C64 = C64.unsqueeze(0).expand(xt.shape[0], *C64.shape)
-    C64 = C64.contiguous()
+    C64 = _spec64(C, K, xt.shape[0])
     deriv = {pos: derivative_bounds(nd.prim, boxes[nd.inputs[0]].l, boxes[nd.inputs[0]].u, nd.name)
              for pos, nd in enumerate(nodes, 1) if not isinstance(nd.prim, (Dense, Diag))}
     T = len(nodes)
@@ -374,9 +379,7 @@ def lipschitz(model: nn.Module | Network, x: Any, eps: Any, norm: str = "inf", m
     net, xt, K = prepare(model, x, "ibp")
     g = net.op_graph_for(tuple(xt.shape[1:]))
     nodes = _chain(g)
-    C64 = (torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D))
-    if C64.dim() == 2:
-        C64 = C64.unsqueeze(0).expand(xt.shape[0], *C64.shape)
+    C64 = _spec64(C, K, xt.shape[0])
     # the first factor: the rows of C W_L (bounded like Fast-Lip's first step), in the dual norm
     last = nodes[-1]
     if isinstance(last.prim, Dense):
@@ -468,9 +471,7 @@ def landscape(model: nn.Module | Network, x: Any, norm: str = "inf", method: str
     net, xt, K = prepare(model, x, layer_method)
     B = xt.shape[0]
     Ct, _ = spec_matrix(C, xt, K)
-    C64 = (torch.as_tensor(C).to(D) if C is not None else torch.eye(K, dtype=D))
-    if C64.dim() == 2:
-        C64 = C64.unsqueeze(0).expand(B, *C64.shape)
+    C64 = _spec64(C, K, B)
     S = Ct.shape[1]
     # one search per (sample, row): the rows as samples of their own
     xs = xt.detach().repeat_interleave(S, 0)

@@ -96,7 +96,7 @@ def target_classes(logits: torch.Tensor, labels: torch.Tensor, target: Any, seed
     return t
 
 
-def _margin_rows(labels: torch.Tensor, targets: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
+def margin_rows(labels: torch.Tensor, targets: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
     """C [B, S, K] with rows e_y - e_t: every other class (S = K - 1) when untargeted, else the target's."""
     B = labels.shape[0]
     if bool((targets >= 0).all()):
@@ -189,7 +189,7 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     if K < 2:
         raise ValueError(f"a certified radius needs a network with at least 2 outputs, this one has {K}")
     tgt = target_classes(logits, y, target, seed)
-    C = _margin_rows(y, tgt, K, xt.dtype)
+    C = margin_rows(y, tgt, K, xt.dtype)
     lo = torch.zeros(B, dtype=torch.float64)
     hi = torch.full((B,), torch.inf, dtype=torch.float64)
     ok0 = pred == y
@@ -225,4 +225,4 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
 
 
 __all__ = ["LIPSCHITZ_METHODS", "QUAD", "RadiusResult", "TARGETS", "certified_radius", "lipschitz_margin",
-           "quad_margin", "target_classes"]
+           "margin_rows", "quad_margin", "target_classes"]

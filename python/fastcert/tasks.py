@@ -5,7 +5,8 @@ ONNX file and digits / MNIST / Fashion-MNIST (IDX) / CSV / NPZ data.
 Knob mapping from the reference's ``main.py``: ``--layerbndalg`` crown-general / crown-adaptive -> fastcert's
 ``crown`` (adaptive ReLU slopes and the general-activation relaxations), fastlin -> ``fastlin``, spectral ->
 certification by the spectral Lipschitz bound, quad (the reference's ``--quad``) -> the quadratic bound of
-two-layer ReLU networks; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are accepted too. ``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
+two-layer ReLU networks; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are accepted too.
+``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
 ``--lipsteps`` sub-intervals (and the Jacobian bound of the ``lipschitz`` / ``landscape`` tasks: RecurJac by
 default).
 """
@@ -88,7 +89,7 @@ def load_task_data(cfg: TaskConfig, input_shape: tuple[int, ...] | None) -> tupl
     return x[cfg.startimage:end].contiguous(), y[cfg.startimage:end], desc
 
 
-def _prepare(cfg: TaskConfig) -> tuple[Any, torch.Tensor, torch.Tensor, str, str]:
+def prepare_task(cfg: TaskConfig) -> tuple[Any, torch.Tensor, torch.Tensor, str, str]:
     from fastcert.evaluate import load_model
 
     model, net, shape, mdesc = load_model(cfg.model)
@@ -96,7 +97,7 @@ def _prepare(cfg: TaskConfig) -> tuple[Any, torch.Tensor, torch.Tensor, str, str
     return (net if net is not None else model), x, y, mdesc, ddesc
 
 
-def _batches(n: int, size: int) -> list[tuple[int, int]]:
+def batches(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
@@ -118,7 +119,7 @@ def robustness_batch(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: TaskConf
     return rows
 
 
-def _robustness_line(row: dict[str, Any], cfg: TaskConfig) -> str:
+def robustness_line(row: dict[str, Any], cfg: TaskConfig) -> str:
     if not row["correct"]:
         return f"[L1] image = {row['image']}, label = {row['label']}: misclassified, skipped"
     return (f"[L1] image = {row['image']}, label = {row['label']}, target = {row['target']}, "
@@ -126,7 +127,7 @@ def _robustness_line(row: dict[str, Any], cfg: TaskConfig) -> str:
             f"time = {row['time_s']:.4f}")
 
 
-def _robustness_summary(rows: list[dict[str, Any]], cfg: TaskConfig, mdesc: str, ddesc: str, total: float,
+def robustness_summary(rows: list[dict[str, Any]], cfg: TaskConfig, mdesc: str, ddesc: str, total: float,
                         out: TextIO) -> dict[str, Any]:
     method, norm = resolve(cfg)
     ok = [r for r in rows if r["correct"]]
@@ -140,38 +141,38 @@ def _robustness_summary(rows: list[dict[str, Any]], cfg: TaskConfig, mdesc: str,
 def run_robustness(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
     """Certified radius per image (the reference's ``robustness`` task); returns the summary and the rows."""
     resolve(cfg)
-    model, x, y, mdesc, ddesc = _prepare(cfg)
+    model, x, y, mdesc, ddesc = prepare_task(cfg)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    bar = _bar(len(x), "robustness", progress)
-    for a, b in _batches(len(x), cfg.batch):
+    bar = progress_bar(len(x), "robustness", progress)
+    for a, b in batches(len(x), cfg.batch):
         for row in robustness_batch(model, x[a:b], y[a:b], cfg, a):
             rows.append(row)
-            print(_robustness_line(row, cfg), file=out)
+            print(robustness_line(row, cfg), file=out)
         bar.update(b - a)
     bar.close()
-    return _robustness_summary(rows, cfg, mdesc, ddesc, time.perf_counter() - t0, out)
+    return robustness_summary(rows, cfg, mdesc, ddesc, time.perf_counter() - t0, out)
 
 
 def run_lipschitz(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
     """Local Lipschitz constant of the margin (label vs target; untargeted: every other class, the largest
     constant) over log-spaced radii per image (the reference's ``lipschitz`` task)."""
     from fastcert.jacobian import lipschitz_curve
-    from fastcert.radius import _margin_rows, target_classes
+    from fastcert.radius import margin_rows, target_classes
 
     _, norm = resolve(cfg)
     jm = "spectral" if cfg.layerbndalg == "spectral" else ("recurjac" if cfg.jacbndalg == "disable" else cfg.jacbndalg)
-    model, x, y, mdesc, ddesc = _prepare(cfg)
+    model, x, y, mdesc, ddesc = prepare_task(cfg)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     eps_list: list[float] = []
-    bar = _bar(len(x), "lipschitz", progress)
-    for a, b in _batches(len(x), cfg.batch):
+    bar = progress_bar(len(x), "lipschitz", progress)
+    for a, b in batches(len(x), cfg.batch):
         xb = x[a:b]
         with torch.no_grad():
             logits = (model.forward(xb) if hasattr(model, "graph_for") else model(xb))
         t = target_classes(logits, y[a:b], _target(cfg.targettype), cfg.seed + a)
-        C = _margin_rows(y[a:b], t, logits.shape[1], torch.float64)
+        C = margin_rows(y[a:b], t, logits.shape[1], torch.float64)
         curve = lipschitz_curve(model, xb, norm, jm, C, cfg.liplogstart, cfg.liplogend, cfg.lipsteps,
                                 cfg.x_min, cfg.x_max)
         eps_list = curve.eps.tolist()
@@ -197,25 +198,23 @@ def run_lipschitz(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = Tr
 def run_landscape(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = True) -> dict[str, Any]:
     """R_max of the margin function (label vs target) per image (the reference's ``landscape`` task)."""
     from fastcert.jacobian import landscape
-    from fastcert.radius import target_classes
+    from fastcert.radius import margin_rows, target_classes
 
     _, norm = resolve(cfg)
     if cfg.targettype == "untargeted":
         raise ValueError("landscape bounds one margin per image: give --targettype runnerup, least, random or a "
                          "class")
-    model, x, y, mdesc, ddesc = _prepare(cfg)
+    model, x, y, mdesc, ddesc = prepare_task(cfg)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    bar = _bar(len(x), "landscape", progress)
-    for a, b in _batches(len(x), cfg.batch):
+    bar = progress_bar(len(x), "landscape", progress)
+    for a, b in batches(len(x), cfg.batch):
         xb = x[a:b]
         with torch.no_grad():
             logits = (model.forward(xb) if hasattr(model, "graph_for") else model(xb))
         K = logits.shape[1]
         t = target_classes(logits, y[a:b], _target(cfg.targettype), cfg.seed + a)
-        C = torch.zeros(b - a, 1, K, dtype=torch.float64)
-        C[torch.arange(b - a), 0, y[a:b]] = 1
-        C[torch.arange(b - a), 0, t] -= 1
+        C = margin_rows(y[a:b], t, K, torch.float64)
         jm = "recurjac" if cfg.jacbndalg == "disable" else cfg.jacbndalg
         res = landscape(model, xb, norm, jm, C, cfg.steps, cfg.eps, cfg.x_min, cfg.x_max)
         for i in range(b - a):
@@ -246,7 +245,7 @@ class _NoBar:
         pass
 
 
-def _bar(total: int, desc: str, progress: bool) -> Any:
+def progress_bar(total: int, desc: str, progress: bool) -> Any:
     if not progress:
         return _NoBar()
     from tqdm import tqdm
@@ -287,4 +286,5 @@ def to_json(result: dict[str, Any]) -> str:
     return json.dumps(result)
 
 
-__all__ = ["TaskConfig", "plot", "run_landscape", "run_lipschitz", "run_robustness"]
+__all__ = ["TaskConfig", "batches", "plot", "prepare_task", "progress_bar", "resolve", "robustness_batch",
+           "robustness_line", "robustness_summary", "run_landscape", "run_lipschitz", "run_robustness"]
