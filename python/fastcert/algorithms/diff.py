@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from fastcert import ops
 from fastcert.algorithms import diff_relax as dr
 from fastcert.algorithms.graph_bounds import GRAPH_METHODS, RowSlopes, check_kw, exact_depth, unstable
+from fastcert.algorithms.splits import Splits
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.nn import Normalize
@@ -201,6 +202,10 @@ class DiffPass:
     rows: RowSlopes | None = None
     sel: dict[int, Tensor] | None = None  # filled: the neurons each refined node bounded (alpha-CROWN's rows)
     cfg: tuple[str, str, bool] | None = None
+    splits: Splits | None = None  # branch and bound's sub-domains (one per sample)
+    #: when a dict: the output rows' coefficients arriving at each nonlinear node (node id -> [B, S, n]) and at
+    #: the input (0), recorded by the output's back-substitution (branching scores, candidate points)
+    trace: dict[int, Tensor] | None = None
 
 
 def _has_rows(rows: RowSlopes, start: int, v: int, ridx: Tensor) -> bool:
@@ -268,10 +273,18 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor |
                 a_in, b_in = ops.relax_back(a.contiguous(), rel[0], rel[2], rel[1], rel[3])
             bias = bias + b_in
             ins = (a_in,)
+            if start == g.output and st.trace is not None:
+                st.trace[v] = a.detach()
+            if start == g.output and st.splits is not None and isinstance(p, ReLU):
+                d = st.splits.beta_rows(v, a_in.shape[1], a_in.dtype)
+                if d is not None:
+                    ins = (a_in + d,)
         for i, t in zip(nd.inputs, ins):
             A[i] = t if i not in A else A[i] + t
     for v, a in A.items():
         if v == 0:
+            if start == g.output and st.trace is not None:
+                st.trace[0] = a.detach()
             bias = bias + concretize_input(st.reg, a)
             continue
         bx = st.box[v]
@@ -341,23 +354,32 @@ def relax_node(p: Any, l: Tensor, u: Tensor, mode: str, tangent: str, alpha: Any
 
 def forward_pass(g: Graph, prm: list[dict], reg: DiffRegion, cfg: tuple[str, str, bool] | None,
                  alphas: dict[int, Any] | None = None, tangent: str = "bisect", rows: RowSlopes | None = None,
-                 record_sel: bool = False) -> DiffPass:
+                 record_sel: bool = False, splits: Splits | None = None) -> DiffPass:
     """Boxes of every node (refined by back-substitution where the method asks) and the relaxations.
     ``alphas`` (node id -> ReLU lower slopes or S-shaped tangent points, see :func:`relax_node`) replaces
     the method's choice there; ``rows``: alpha-CROWN's per-row ReLU slopes; ``record_sel``: keep the
-    neurons each refinement bounded in ``.sel``."""
+    neurons each refinement bounded in ``.sel``; ``splits``: branch and bound's sub-domains, one per sample."""
     n = len(g.nodes)
-    st = DiffPass(g, prm, reg, [None] * n, [None] * n, rows, {} if record_sel else None)
+    st = DiffPass(g, prm, reg, [None] * n, [None] * n, rows, {} if record_sel else None, splits=splits)
     st.box[0] = (reg.center - reg.radius, reg.center + reg.radius)
     depth = exact_depth(g, reg.p)
     for nd in g.nodes[1:]:
         p = nd.prim
+        if splits is not None and nd.id in splits.sign:
+            b_in = st.box[nd.inputs[0]]
+            assert b_in is not None
+            st.box[nd.inputs[0]] = splits.clip(nd.id, *b_in)
         ins = [st.box[i] for i in nd.inputs]
         if cfg is not None and is_nonlinear(p):
             l, u = ins[0]  # type: ignore[misc]
             a = None if alphas is None else alphas.get(nd.id)
             st.relax[nd.id] = relax_node(p, l, u, cfg[0], tangent, a)
         box = interval(p, prm[nd.id], ins)  # type: ignore[arg-type]
+        known = None if splits is None else splits.known(nd.id, *box)
+        if known is not None:  # branch and bound: a sub-domain keeps the region's (or its parent's) bounds here
+            st.box[nd.id] = box = known
+            if nd.id not in splits.refine:  # type: ignore[union-attr]
+                continue
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
                 not isinstance(p, (ReLU, Elementwise, Concat)) \
                 and any(is_nonlinear(g.nodes[w].prim) for w in g.consumers[nd.id]):
@@ -378,9 +400,11 @@ def graph_bounds_diff(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: 
 
 def diff_pass(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dtype,
               lower_slope: str | None = None, alphas: dict[int, Any] | None = None, tangent: str = "bisect",
-              rows: RowSlopes | None = None, record_sel: bool = False, live: bool = True) -> DiffPass:
+              rows: RowSlopes | None = None, record_sel: bool = False, live: bool = True,
+              splits: Splits | None = None) -> DiffPass:
     """The checked forward pass of :func:`graph_bounds_diff` (boxes and relaxations of every node); ``live``
-    False: the parameters as constants (no gradient reaches them: alpha-CROWN's slopes only)."""
+    False: the parameters as constants (no gradient reaches them: alpha-CROWN's slopes only); ``splits``:
+    branch and bound's sub-domains (one per sample; a back-substitution method)."""
     if method not in DIFF_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(DIFF_METHODS)}")
     check_graph(g)
@@ -391,7 +415,9 @@ def diff_pass(g: Graph, reg: DiffRegion, C: Tensor, method: str, dtype: torch.dt
     prm = node_params(g, dtype)
     if not live:
         prm = [{k: (None if t is None else t.detach()) for k, t in d.items()} for d in prm]
-    st = forward_pass(g, prm, reg, cfg, alphas, tangent, rows, record_sel)
+    if splits is not None and cfg is None:
+        raise ValueError("split constraints need a back-substitution method (crown, fastlin, kw, crown-ibp)")
+    st = forward_pass(g, prm, reg, cfg, alphas, tangent, rows, record_sel, splits)
     st.cfg = cfg
     return st
 

@@ -19,6 +19,7 @@ import torch
 from fastcert._ext import _C, torch_serial
 from fastcert.algorithms.graph_slack import graph_eval_slack
 from fastcert.algorithms.linear_bounds import check_fp_env, finish, relax_tuple
+from fastcert.algorithms.splits import Splits
 from fastcert.errors import UnsupportedError
 from fastcert.graph.ir import Graph, is_nonlinear
 from fastcert.layers.base import Box, Layer, empty_like_dtype, interval_affine
@@ -123,6 +124,7 @@ class GraphPass:
     uf: dict[int, torch.Tensor] = field(default_factory=dict)
     opts: BoundOptions = DEFAULT_OPTIONS
     rows: RowSlopes | None = None
+    splits: Splits | None = None  # branch and bound's sub-domains (one per sample)
 
 
 def feeds_pool(g: Graph, v: int) -> bool:
@@ -268,6 +270,8 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
         if lam_v is None:
             continue
         for w, t in _step(st, v, lam_v, bias, mag, b0, b1, cur):
+            if st.splits is not None and start == st.g.output:
+                t = _beta_term(st, v, w, t, mag, b0, b1)
             old = pending.get(w)
             if old is None:
                 pending[w] = t
@@ -294,14 +298,33 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
     return res
 
 
+def _beta_term(st: GraphPass, v: int, w: int, t: torch.Tensor, mag: torch.Tensor, b0: int,
+               b1: int) -> torch.Tensor:
+    """Rows t [Bc, S, n_w] reaching the input w of ReLU node v, plus the split multipliers' ``-beta s``
+    (see :mod:`fastcert.algorithms.splits`); the sum's rounding (u |s| per entry, times |z_w|) goes to mag."""
+    assert st.splits is not None
+    d = st.splits.beta_rows(v, t.shape[1], t.dtype, b0, b1)
+    if d is None:
+        return t
+    s = t + d
+    zw = st.box[w].mag()[b0:b1]  # type: ignore[union-attr]
+    # exact where d is 0 (no multiplier there)
+    mag += gamma_n(2, t.dtype) * (torch.where(d != 0, s.abs(), torch.zeros((), dtype=s.dtype)) * zw[:, None, :]).sum(-1)
+    return s
+
+
 def _two_sided(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0: int, b1: int,
-               stop: int = 0, sel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               stop: int = 0, sel: torch.Tensor | None = None, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``lam . z_start + bias``; ``sel``: the neurons (or specification rows) the
-    rows are, for alpha-CROWN's per-row slopes (``st.rows``)."""
+    rows are, for alpha-CROWN's per-row slopes (``st.rows``); ``upper`` False: the upper bound is +inf (not
+    computed: half the rows)."""
     S = lam.shape[1]
     ridx = None
     if st.rows is not None:
         ridx = st.rows.row_index(start, torch.arange(S) if sel is None else sel)
+    if not upper:
+        res = backsub(st, start, lam, bias, b0, b1, stop, None if ridx is None else ridx[:S])
+        return res, torch.full_like(res, float("inf"))
     res = backsub(st, start, torch.cat([lam, -lam], 1), torch.cat([bias, -bias], 1), b0, b1, stop, ridx)
     return res[:, :S], -res[:, S:]
 
@@ -379,16 +402,21 @@ def _relax(prim: Layer, box: Box, slope: str, tangent: str) -> Any:
 
 
 def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: BoundOptions,
-                 rows: RowSlopes | None = None) -> GraphPass:
+                 rows: RowSlopes | None = None, splits: Splits | None = None) -> GraphPass:
     """Interval bounds of every node, refined by back-substitution where the method asks, and the
-    relaxations of the nonlinear nodes (``rows``: alpha-CROWN's per-row ReLU slopes)."""
+    relaxations of the nonlinear nodes (``rows``: alpha-CROWN's per-row ReLU slopes; ``splits``: branch and
+    bound's sub-domains, one per sample, their split boxes applied where the ReLUs read them)."""
     n = len(g.nodes)
-    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts, rows=rows)
+    st = GraphPass(g, prob, [None] * n, [None] * n, [None] * n, opts=opts, rows=rows, splits=splits)
     st.box[0] = Box(prob.l0, prob.u0)
     depth = exact_depth(g, prob.p)
     for nd in g.nodes[1:]:
         prim = nd.prim
         assert prim is not None
+        if splits is not None and nd.id in splits.sign:
+            b_in = st.box[nd.inputs[0]]
+            assert b_in is not None
+            st.box[nd.inputs[0]] = Box(*(t.contiguous() for t in splits.clip(nd.id, b_in.l, b_in.u)))
         ins = [st.box[i] for i in nd.inputs]
         if prim.is_affine:
             box, st.G[nd.id] = interval_affine(prim, ins[0])  # type: ignore[arg-type]
@@ -399,6 +427,11 @@ def forward_pass(g: Graph, prob: Any, cfg: tuple[str, str, bool] | None, opts: B
         else:
             box = prim.interval(*ins)  # type: ignore[attr-defined]
         st.box[nd.id] = box
+        known = None if splits is None else splits.known(nd.id, box.l, box.u)
+        if known is not None:  # branch and bound: a sub-domain keeps the region's (or its parent's) bounds here
+            st.box[nd.id] = box = Box(*known)
+            if nd.id not in splits.refine:  # type: ignore[union-attr]
+                continue
         # an elementwise node's interval is the exact image of its input box (up to rounding), which
         # back-substitution through its own relaxation cannot beat; neither can it beat a concatenation's
         if cfg is not None and cfg[1] == "backsub" and depth[nd.id] > 1 and \
@@ -437,18 +470,23 @@ def check_kw(g: Graph, method: str) -> None:
 @torch_serial()  # torch's own operations on one thread, the kernels on fastcert's pool (see _ext.py)
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None,
-                 rows: RowSlopes | None = None, boxes_out: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 rows: RowSlopes | None = None, boxes_out: list | None = None,
+                 splits: Splits | None = None, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
     ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`; ``rows``:
     alpha-CROWN's per-row ReLU lower slopes (the output node's rows are C's); ``boxes_out``: a list that
-    receives every node's box (index = node id)."""
+    receives every node's box (index = node id); ``splits``: branch and bound's sub-domains (one per sample,
+    see :mod:`fastcert.algorithms.splits`; ``splits.empty`` is set: those samples' bounds are void); ``upper``
+    False: the lower bounds alone (the upper ones are +inf)."""
     check_fp_env()
     opts = BoundOptions() if opts is None else opts
     cfg = GRAPH_METHODS[method]
     if lower_slope is not None and cfg is not None:
         cfg = (lower_slope, cfg[1], cfg[2])
     check_kw(g, method)
-    st = forward_pass(g, prob, cfg, opts, rows)
+    if splits is not None and (cfg is None or not isinstance(splits, Splits)):
+        raise ValueError("split constraints need a back-substitution method (crown, fastlin, kw, crown-ibp)")
+    st = forward_pass(g, prob, cfg, opts, rows, splits)
     if boxes_out is not None:
         boxes_out.extend(st.box)
     out = g.output
@@ -465,10 +503,10 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
     B, S = C.shape[0], C.shape[1]
     stop = g.nodes[out].inputs[0] if cfg is None else 0
     lower = torch.empty(B, S, dtype=dt)
-    upper = torch.empty(B, S, dtype=dt)
+    hi = torch.empty(B, S, dtype=dt)
     Bc = _chunk(st, B, 2 * S, prob.x0.element_size(), opts.lambda_bytes)
     for b0 in range(0, B, Bc):
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, S, dtype=dt)
-        lower[b0:b1], upper[b0:b1] = _two_sided(st, out, C[b0:b1].contiguous(), z, b0, b1, stop)
-    return finish(lower, upper, graph_eval_slack(st, C, C_exact))
+        lower[b0:b1], hi[b0:b1] = _two_sided(st, out, C[b0:b1].contiguous(), z, b0, b1, stop, upper=upper)
+    return finish(lower, hi, graph_eval_slack(st, C, C_exact))

@@ -22,6 +22,8 @@ from fastcert.api import make_region
 from fastcert.attacks import TorchTwin, minimize_spec
 from fastcert.confirm import confirm_point
 from fastcert.mip.common import incomplete_bounds
+from fastcert.algorithms.bab import BabOptions
+from fastcert.mip.bab_stage import bab_stage
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.stages import lp_stage, mip_stage
 from fastcert.network import Network
@@ -55,7 +57,9 @@ class PropertyOptions:
     lp_refine / refine_fraction: per-neuron LP refinement of the pre-activation bounds, at most that
     fraction of the time left. heuristic_effort: HiGHS's (None: 0 in the first MIP round, HiGHS's
     default in the second). use_mip: run the LP / MIP stages. min_mip_s: they do not start with less
-    time left (building the model is not covered by HiGHS's time limit). seed: of the attacks."""
+    time left (building the model is not covered by HiGHS's time limit). seed: of the attacks. bab_fraction:
+    the share of the time left that branch and bound (``bab``: its options) gets before the LP / MIP
+    (ReLU networks; 0: none)."""
 
     bounds_method: str | None = "alpha-crown"
     early_attack: AttackPhase | None = None
@@ -68,6 +72,8 @@ class PropertyOptions:
     min_mip_s: float = 0.0
     seed: int = 0
     highs: HighsOptions = field(default_factory=HighsOptions)
+    bab_fraction: float = 0.0
+    bab: BabOptions = field(default_factory=BabOptions)
 
 
 def as_properties(prop: Any) -> list:
@@ -282,7 +288,7 @@ def decide(ir: Network, shape: tuple[int, ...], props: list, time_limit: float, 
     run = PropertyRun(ir, shape, props, time_limit, opts,
                       log, time.perf_counter() if t_start is None else t_start)
     for step in (run.make_jobs, lambda: run.run_attack(opts.early_attack, opts.seed, "attack0_s"), run.bounds_stage,
-                 lambda: run.run_attack(opts.attack, opts.seed + 1, "attack1_s")):
+                 lambda: run.run_attack(opts.attack, opts.seed + 1, "attack1_s"), lambda: bab_stage(run)):
         out = step()
         if out is not None:
             return out

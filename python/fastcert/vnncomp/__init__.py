@@ -17,7 +17,10 @@ what the earlier ones left open, with the options of :class:`VnnOptions`:
 2. **Incomplete bounds.** CROWN (IBP when the network has an activation without a linear relaxation,
    such as sigmoid or tanh) bounds every row ``A_i y`` over each disjunct's box; a conjunction is
    infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
-3. **LP, then MIP** (ReLU networks only) on the conjunctions left open: per box one LP per conjunction
+3. **Branch and bound** (ReLU networks; ``VnnOptions.bab_fraction`` of the time left, 0.7 by default):
+   activation splits bounded by alpha/beta-CROWN in batches, every closed sub-domain certified in float64
+   (:mod:`fastcert.algorithms.bab`), one conjunction after another, the easiest first.
+4. **LP, then MIP** (ReLU networks only) on the conjunctions left open: per box one LP per conjunction
    on the triangle relaxation (rigorous dual bounds, LP points as attack starts), per-neuron LP refinement
    of the pre-activation bounds, then one early-stopping MIP per conjunction (:mod:`fastcert.mip`).
 

@@ -96,7 +96,7 @@ class VnnResult:
     """Outcome of one instance.
 
     verdict: one of :data:`VERDICTS`. reason: a sentence saying how it was decided (or why not).
-    stage: "attack", "bounds:<method>", "mip", "load" or "" (undecided).
+    stage: "attack", "bounds:<method>", "bab" (branch and bound), "mip", "load" or "" (undecided).
     counterexample / output: for ``sat``, the proved input x (flat, ONNX row-major order; exactly the
     point that was checked) and fastcert's float64 f(x), both float64 arrays; else None.
     time_s: seconds spent in :func:`solve_instance`. details: per-stage timings and counts.

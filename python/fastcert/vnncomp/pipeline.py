@@ -32,13 +32,14 @@ class VnnOptions:
     min_mip_s: float = 1.0
     use_mip: bool = True
     seed: int = 0
+    bab_fraction: float = 0.7
 
     def property_options(self) -> PropertyOptions:
         f, cap = self.attack_fraction, self.attack_cap_s
         early = AttackPhase(2, max(10, self.steps // 5), 0.25 * f, 0.25 * cap, "cosine")
         main = AttackPhase(self.restarts, self.steps, 0.75 * f, 0.75 * cap, "cosine")
         return PropertyOptions(bounds_method=None, early_attack=early, attack=main, use_mip=self.use_mip,
-                               min_mip_s=self.min_mip_s, seed=self.seed)
+                               min_mip_s=self.min_mip_s, seed=self.seed, bab_fraction=self.bab_fraction)
 
 
 def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
@@ -47,12 +48,12 @@ def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
 
 
 #: the pipeline's stage -> the stage reported for a decided instance ("" when undecided)
-_STAGES = {"attack": "attack", "lp": "mip", "mip": "mip", "bounds": "bounds"}
+_STAGES = {"attack": "attack", "lp": "mip", "mip": "mip", "bounds": "bounds", "bab": "bab"}
 
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("n_disjuncts", "n_conjunctions", "activations", "bounds_method", "attack0_s", "attack1_s", "attack_best",
-            "bounds_s", "open_after_bounds", "lp_s", "mip_s")
+            "bounds_s", "open_after_bounds", "bab_s", "bab", "lp_s", "mip_s")
     det = {k: info[k] for k in keys if k in info}
     det["open"] = info.get("open", 0)
     return det
