@@ -29,7 +29,7 @@ from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.mip.property import PropertyOptions
 from fastcert.primitives.relu import ReLU
 from strategies import SETTINGS, one_torch_thread
-from test_mip import _brute_conj_min, _hard_property, _net
+from test_mip import _hard_property, _net
 
 
 def _setup(seed: int, n_in: int = 3, widths: tuple = (6, 5), K: int = 3, eps: float = 0.4, scale: float = 1.5):
