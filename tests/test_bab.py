@@ -20,13 +20,14 @@ from torch import nn
 
 import fastcert
 from fastcert import mip
-from fastcert.algorithms.bab import BabOptions, bab
+from fastcert.algorithms.bab import BabOptions, Bounder, bab
 from fastcert.algorithms.diff import DiffRegion, diff_pass, output_bounds
 from fastcert.algorithms.graph_bounds import graph_bounds
 from fastcert.algorithms.splits import Splits
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.mip.property import PropertyOptions
+from fastcert.options import BoundOptions
 from fastcert.primitives.relu import ReLU
 from strategies import SETTINGS, one_torch_thread
 from test_mip import _hard_property, _net
@@ -127,9 +128,7 @@ def test_beta_tightens_a_split_bound():
         out0 = bab(g, prob, A, torch.tensor([-1e9], dtype=torch.float64),
                    opts=BabOptions(root_iterations=0))  # closed at once: the value is the plain bound
         assert out0.verdict == "unsat"
-        from fastcert.algorithms.bab import _Bounder
-        from fastcert.options import BoundOptions
-        bd = _Bounder(g, prob, A, torch.zeros(1, dtype=torch.float64),
+        bd = Bounder(g, prob, A, torch.zeros(1, dtype=torch.float64),
                       BabOptions(dtype=torch.float64, lr_beta=0.2), BoundOptions())
         bd.bound({v: torch.zeros(1, g.n(v), dtype=torch.int8) for v in _relus(g)}, 0)  # the root's boxes
         plain = bd.bound(sign, 0)["value"]

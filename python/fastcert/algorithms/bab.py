@@ -122,7 +122,7 @@ def _repeat_region(reg: DiffRegion, B: int) -> DiffRegion:
     return DiffRegion(rep(reg.center), rep(reg.radius), reg.p, rep(reg.x0), rep(reg.eps))
 
 
-class _Bounder:
+class Bounder:
     """Bounds batches of sub-domains of one region and one row set."""
 
     def __init__(self, g: Graph, prob64: Any, A: Tensor, b: Tensor, opts: BabOptions, bopts: BoundOptions,
@@ -163,7 +163,6 @@ class _Bounder:
                 for v, a in out_alpha.items():
                     if v in alpha0:
                         a[:, :S] = alpha0[v].to(dt)
-        alphas = [a for d in rows.alpha.values() for a in d.values()]
         betas = {}
         for v in self.relus:
             if bool((sign[v] != 0).any()):
@@ -172,81 +171,78 @@ class _Bounder:
                 betas[v] = t.requires_grad_()
         splits.beta = betas
         st.rows, st.trace = rows, {}
-        best = torch.full((B, S), -math.inf, dtype=dt)
-        keep_a = [a.detach().clone() for a in alphas]
+        keep_a, keep_b = self._optimize(st, C, out_alpha, betas, iterations)
+        value = self._certify(sign, rows.sel, keep_a, keep_b, refine)
+        out: dict[str, Any] = {"value": value, "alpha": {v: a[:, :S] for v, a in keep_a.items()}, "beta": keep_b}
+        trace = st.trace
+        # candidate points: each row's lower-bound minimizer over the input box
+        lam0 = trace.get(0)
+        if lam0 is not None:
+            l0, u0 = self.prob64.l0, self.prob64.u0
+            out["x"] = torch.where(lam0.double() >= 0, l0[:, None, :], u0[:, None, :])
+        node, neuron = self._branch(st, trace, sign, rows.sel, {g.output: keep_a}, keep_b, refine)
+        out["node"], out["neuron"] = node, neuron
+        out["boxes"] = {g.nodes[v].inputs[0]: tuple(t.detach().double() for t in st.box[g.nodes[v].inputs[0]])
+                        for v in self.relus}
+        return out
+
+    def _optimize(self, st: Any, C: Tensor, alphas: dict[int, Tensor], betas: dict[int, Tensor],
+                  iterations: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Projected Adam on the output rows' slopes (``alphas``: node -> [B, 2S, n]) and multipliers (``betas``:
+        node -> [B, S, n]) of the optimize-mode pass ``st``; returns each sub-domain's best step's values (by its
+        best row margin). The last step's coefficients stay in ``st.trace``."""
+        B, dt = C.shape[0], self.opts.dtype
+        b = self.b.to(dt)
+        best = torch.full((B,), -math.inf, dtype=dt)
+        keep_a = {v: a.detach().clone() for v, a in alphas.items()}
         keep_b = {v: t.detach().clone() for v, t in betas.items()}
-        params = alphas + list(betas.values())
         optim = None
-        if params and iterations > 0:
-            optim = torch.optim.Adam([{"params": alphas, "lr": self.opts.lr_alpha},
+        if (alphas or betas) and iterations > 0:
+            optim = torch.optim.Adam([{"params": list(alphas.values()), "lr": self.opts.lr_alpha},
                                       {"params": list(betas.values()), "lr": self.opts.lr_beta}])
         for it in range(iterations + 1):
             with torch.enable_grad():
                 lo, _ = output_bounds(st, C, upper=False)
                 loss = -lo.sum()
-            # keep each sub-domain's best step (its slopes and multipliers) by its best row margin
-            val = (lo.detach() - self.b.to(dt)).amax(1)
-            cur = (best - self.b.to(dt)).amax(1)
-            better = val > cur
+            val = (lo.detach() - b).amax(1)
+            better = val > best
             if bool(better.any()):
-                best = torch.where(better[:, None], lo.detach(), best)
-                for k, a in zip(keep_a, alphas):
-                    k[better] = a.detach()[better]
-                for v, t in betas.items():
-                    keep_b[v][better] = t.detach()[better]
+                best = torch.where(better, val, best)
+                for d, src in ((keep_a, alphas), (keep_b, betas)):
+                    for v, t in src.items():
+                        d[v][better] = t.detach()[better]
             if optim is None or it == iterations or not loss.requires_grad:
                 break
             optim.zero_grad()
             loss.backward()
             optim.step()
             with torch.no_grad():
-                for a in alphas:
+                for a in alphas.values():
                     a.clamp_(0, 1)
                 for t in betas.values():
                     t.clamp_(min=0)
-        trace = st.trace
-        # the certified bound with the kept slopes and multipliers
+        return keep_a, keep_b
+
+    def _certify(self, sign: dict[int, Tensor], sel: dict[int, Tensor], alpha: dict[int, Tensor],
+                 beta: dict[int, Tensor], refine: frozenset[int]) -> Tensor:
+        """The certified float64 ``max_i lb_i - b_i`` [B] with these slopes and multipliers (+inf: proved empty);
+        the root's call (one sub-domain, no known boxes yet) keeps its boxes as the known ones."""
+        g, S = self.g, self.A64.shape[0]
+        B = next(iter(sign.values())).shape[0]
         t0 = time.perf_counter()
-        k = 0
-        alpha64: dict[int, dict[int, Tensor]] = {}
-        for start, d in rows.alpha.items():
-            alpha64[start] = {}
-            for v in d:
-                alpha64[start][v] = keep_a[k].double()
-                k += 1
-        cs = Splits({v: s for v, s in sign.items()}, {v: t.double() for v, t in keep_b.items()}, boxes=self.known,
-                    refine=refine)
-        prob = _repeat_prob(self.prob64, B)
-        C64 = self.A64[None].expand(B, S, -1).contiguous()
+        cs = Splits(sign, {v: t.double() for v, t in beta.items()}, boxes=self.known, refine=refine)
         got: list[Any] = []
-        lb, _ = graph_bounds(g, prob, C64, "crown", opts=self.bopts, rows=RowSlopes(rows.sel, alpha64),
+        lb, _ = graph_bounds(g, _repeat_prob(self.prob64, B), self.A64[None].expand(B, S, -1).contiguous(), "crown",
+                             opts=self.bopts, rows=RowSlopes(sel, {g.output: {v: a.double() for v, a in alpha.items()}}),
                              splits=cs, upper=False, boxes_out=got)
         if not self.known and B == 1:  # the root
-            self.known = {g.nodes[v].inputs[0]: (got[g.nodes[v].inputs[0]].l, got[g.nodes[v].inputs[0]].u)
-                          for v in self.relus if got[g.nodes[v].inputs[0]] is not None}
+            ins = [g.nodes[v].inputs[0] for v in self.relus]
+            self.known = {w: (got[w].l, got[w].u) for w in ins if got[w] is not None}
         self.certify_s += time.perf_counter() - t0
         value = (lb - self.b).amax(1)
         if cs.empty is not None:
             value = torch.where(cs.empty, torch.full_like(value, math.inf), value)
-        k = 0
-        kept_alpha: dict[int, Tensor] = {}
-        for start, d in rows.alpha.items():
-            for v in d:
-                if start == g.output:
-                    kept_alpha[v] = keep_a[k][:, :S]
-                k += 1
-        out: dict[str, Any] = {"value": value, "alpha": kept_alpha, "beta": keep_b}
-        # candidate points: each row's lower-bound minimizer over the input box
-        lam0 = trace.get(0)
-        if lam0 is not None:
-            l0, u0 = self.prob64.l0, self.prob64.u0
-            out["x"] = torch.where(lam0.double() >= 0, l0[:, None, :], u0[:, None, :])
-        node, neuron = self._branch(st, trace, sign, rows.sel, {g.output: dict(zip(out_alpha, keep_a))}, keep_b,
-                                    refine)
-        out["node"], out["neuron"] = node, neuron
-        out["boxes"] = {g.nodes[v].inputs[0]: tuple(t.detach().double() for t in st.box[g.nodes[v].inputs[0]])
-                        for v in self.relus}
-        return out
+        return value
 
     def _branch(self, st: Any, trace: dict[int, Tensor], sign: dict[int, Tensor], sel: dict[int, Tensor],
                 alpha: dict[int, dict[int, Tensor]], beta: dict[int, Tensor],
@@ -340,7 +336,7 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
         raise ValueError("bab: the region must be one float64 sample")
     if prob64.p != 0:
         raise ValueError("bab: branch and bound takes a box (L-inf) region")
-    bd = _Bounder(g, prob64, A, b, opts, bopts, known)
+    bd = Bounder(g, prob64, A, b, opts, bopts, known)
     res = BabResult("unknown")
     say = log or (lambda _m: None)
     counter = itertools.count()
@@ -348,25 +344,12 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
     def over() -> bool:
         return deadline is not None and time.perf_counter() > deadline
 
-    def check_points(out: dict[str, Tensor]) -> Any:
-        x = out.get("x")
-        if x is None or evaluate is None or confirm is None:
-            return None
-        flat = x.reshape(-1, x.shape[-1])
-        y = evaluate(flat)
-        v = (y @ bd.A64.T - bd.b).amax(1)
-        for i in torch.nonzero(v <= 0).flatten().tolist()[:8]:
-            xc = confirm(flat[i].numpy())
-            if xc is not None:
-                return xc
-        return None
-
     t = time.perf_counter()
     root_sign = {v: torch.zeros(1, g.n(v), dtype=torch.int8) for v in bd.relus}
     out = bd.bound(root_sign, opts.root_iterations)
     res.bound_s += time.perf_counter() - t
     res.domains, res.batches = 1, 1
-    xc = check_points(out)
+    xc = _check_points(out, bd, evaluate, confirm)
     if xc is not None:
         return _done(res, "sat", t_start, bd, x=xc)
     queue: list[_Domain] = []
@@ -382,20 +365,13 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
                 continue
             nd_, nr = int(out["node"][i]), int(out["neuron"][i])
             if nd_ < 0:  # every unstable neuron split: the leaf's LP
-                leaf = {v: s[i] for v, s in sign.items()}
-                bx = {w: (lu[0][i], lu[1][i]) for w, lu in out["boxes"].items()}
-                lval, xl = solve_leaf(g, prob64, bd.A64, bd.b, leaf, bx, bd.known, bopts)
                 res.leaves += 1
-                if lval > 0:
-                    continue
-                if xl is not None and evaluate is not None and confirm is not None:
-                    xt = torch.from_numpy(np.clip(xl, prob64.l0[0].numpy(), prob64.u0[0].numpy()))[None]
-                    if float((evaluate(xt) @ bd.A64.T - bd.b).amax()) <= 0:
-                        xc = confirm(xt[0].numpy())
-                        if xc is not None:
-                            found.append(xc)
-                            return True
-                ok = False
+                closed, xc = _leaf(g, prob64, bd, bopts, {v: s[i] for v, s in sign.items()},
+                                   {w: (lu[0][i], lu[1][i]) for w, lu in out["boxes"].items()}, evaluate, confirm)
+                if xc is not None:
+                    found.append(xc)
+                    return True
+                ok = ok and closed
                 continue
             heapq.heappush(queue, _Domain(val, next(counter), {v: s[i] for v, s in sign.items()},
                                           None if nd_ < 0 else (nd_, nr), depth,
@@ -418,26 +394,14 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
         parents = [heapq.heappop(queue) for _ in range(min(half, len(queue)))]
         if any(p.branch is None for p in parents):
             return _done(res, "unknown", t_start, bd, lower=min(p.value for p in parents))
-        K = len(parents)
-        sign = {v: torch.stack([p.sign[v] for p in parents] * 2) for v in bd.relus}
-        for i, p in enumerate(parents):
-            assert p.branch is not None
-            v, j = p.branch
-            sign[v][i, j] = 1
-            sign[v][K + i, j] = -1
+        sign, alpha0, beta0 = _children(parents, bd, opts.dtype)
         t = time.perf_counter()
-        alpha0 = {v: torch.stack([p.alpha[v] for p in parents] * 2) for v in parents[0].alpha or {}}
-        beta0 = {}
-        for v in bd.relus:
-            if any(p.beta and v in p.beta for p in parents) or bool((sign[v] != 0).any()):
-                z = torch.zeros(bd.A64.shape[0], g.n(v), dtype=opts.dtype)
-                beta0[v] = torch.stack([(p.beta or {}).get(v, z) for p in parents] * 2)
         out = bd.bound(sign, opts.iterations, first=min(p.branch[0] for p in parents),  # type: ignore[index]
                        alpha0=alpha0, beta0=beta0)
         res.bound_s += time.perf_counter() - t
-        res.domains += 2 * K
+        res.domains += 2 * len(parents)
         res.batches += 1
-        xc = check_points(out)
+        xc = _check_points(out, bd, evaluate, confirm)
         if xc is not None:
             return _done(res, "sat", t_start, bd, x=xc)
         depth = max(p.depth for p in parents) + 1
@@ -453,7 +417,53 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
     return _done(res, "unsat", t_start, bd, lower=math.inf)
 
 
-def _done(res: BabResult, verdict: str, t_start: float, bd: _Bounder, x: Any = None,
+def _check_points(out: dict[str, Any], bd: Bounder, evaluate: Any, confirm: Any) -> Any:
+    """A proved counterexample among the batch's candidate points (``out["x"]``), or None."""
+    x = out.get("x")
+    if x is None or evaluate is None or confirm is None:
+        return None
+    flat = x.reshape(-1, x.shape[-1])
+    v = (evaluate(flat) @ bd.A64.T - bd.b).amax(1)
+    for i in torch.nonzero(v <= 0).flatten().tolist()[:8]:
+        xc = confirm(flat[i].numpy())
+        if xc is not None:
+            return xc
+    return None
+
+
+def _leaf(g: Graph, prob64: Any, bd: Bounder, bopts: BoundOptions, sign: dict[int, Tensor], boxes: dict,
+          evaluate: Any, confirm: Any) -> tuple[bool, Any]:
+    """A fully split sub-domain by its LP (:func:`solve_leaf`): (closed, a proved counterexample or None)."""
+    val, xl = solve_leaf(g, prob64, bd.A64, bd.b, sign, boxes, bd.known, bopts)
+    if val > 0:
+        return True, None
+    if xl is not None and evaluate is not None and confirm is not None:
+        xt = torch.from_numpy(np.clip(xl, prob64.l0[0].numpy(), prob64.u0[0].numpy()))[None]
+        if float((evaluate(xt) @ bd.A64.T - bd.b).amax()) <= 0:
+            return False, confirm(xt[0].numpy())
+    return False, None
+
+
+def _children(parents: list[_Domain], bd: Bounder, dtype: torch.dtype) -> tuple[dict, dict, dict]:
+    """The two children of each parent ([2K, n] signs per node: first every active side, then every inactive
+    one) and their starting slopes and multipliers (the parents'; 0 for a new split)."""
+    K = len(parents)
+    sign = {v: torch.stack([p.sign[v] for p in parents] * 2) for v in bd.relus}
+    for i, p in enumerate(parents):
+        assert p.branch is not None
+        v, j = p.branch
+        sign[v][i, j] = 1
+        sign[v][K + i, j] = -1
+    alpha0 = {v: torch.stack([p.alpha[v] for p in parents] * 2) for v in parents[0].alpha or {}}  # type: ignore[index]
+    beta0 = {}
+    for v in bd.relus:
+        if any(p.beta and v in p.beta for p in parents) or bool((sign[v] != 0).any()):
+            z = torch.zeros(bd.A64.shape[0], bd.g.n(v), dtype=dtype)
+            beta0[v] = torch.stack([(p.beta or {}).get(v, z) for p in parents] * 2)
+    return sign, alpha0, beta0
+
+
+def _done(res: BabResult, verdict: str, t_start: float, bd: Bounder, x: Any = None,
           lower: float = -math.inf) -> BabResult:
     res.verdict, res.x, res.lower = verdict, x, lower
     res.time_s = time.perf_counter() - t_start
@@ -461,4 +471,4 @@ def _done(res: BabResult, verdict: str, t_start: float, bd: _Bounder, x: Any = N
     return res
 
 
-__all__ = ["BabOptions", "BabResult", "bab", "relu_nodes"]
+__all__ = ["BabOptions", "BabResult", "Bounder", "bab", "relu_nodes"]

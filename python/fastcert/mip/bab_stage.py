@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastcert.algorithms.bab import BabOptions, bab, relu_nodes
+from fastcert.algorithms.bab import bab, relu_nodes
 
 __all__ = ["bab_stage", "bab_applicable"]
 
@@ -68,5 +68,3 @@ def bab_stage(run: Any) -> tuple | None:
         return run.finish("timeout", "time limit reached during branch and bound", "bab")
     return None
 
-
-_ = BabOptions  # re-exported through PropertyOptions.bab
