@@ -152,7 +152,7 @@ def test_bab_agrees_with_brute_force_and_the_mip(seed, sat):
     spec = Spec(props, n_in, K)
     want = "sat" if truth < 0 else "unsat"
     opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
-                           bab=BabOptions(batch=32, iterations=10, root_iterations=20))
+                           input_split_dims=0, bab=BabOptions(batch=32, iterations=10, root_iterations=20))
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
     assert verdict == want, info.get("bab")
@@ -191,7 +191,7 @@ def test_planted_counterexample(margin):
     A = np.array([[1.0, -1.0]])  # f0 - f1 <= 0: a violation where the margin is <= 0
     spec = Spec([Property(p - 0.25, p + 0.25, [(A, np.zeros(1))])], 3, 2)
     opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
-                           bab=BabOptions(batch=16, iterations=10, root_iterations=10))
+                           input_split_dims=0, bab=BabOptions(batch=16, iterations=10, root_iterations=10))
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
     if margin < 0:

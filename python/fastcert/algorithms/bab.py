@@ -62,7 +62,7 @@ class BabOptions:
     #: (CROWN, intersected with the root's) the nodes after the earliest node split in the batch
     recompute: str = "none"
     #: filtered smart branching: the number of BaBSR candidates whose children are bounded to choose (0, 1: none)
-    fsb: int = 3
+    fsb: int = 0
 
 
 @dataclass

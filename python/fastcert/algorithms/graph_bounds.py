@@ -125,6 +125,7 @@ class GraphPass:
     opts: BoundOptions = DEFAULT_OPTIONS
     rows: RowSlopes | None = None
     splits: Splits | None = None  # branch and bound's sub-domains (one per sample)
+    input_rows: list | None = None  # receives the output rows' input coefficients (chunks of [Bc, S, n0])
 
 
 def feeds_pool(g: Graph, v: int) -> bool:
@@ -282,6 +283,8 @@ def backsub(st: GraphPass, start: int, lam: torch.Tensor, bias: torch.Tensor, b0
             pending[w] = s
     lam = pending.pop(stop).expand(Bc, S, st.g.n(stop)).contiguous()
     assert not pending, "internal: rows left above the stop node"
+    if st.input_rows is not None and start == st.g.output and stop == 0:
+        st.input_rows.append(lam)
     res = torch.empty(Bc, S, dtype=dt)
     e = empty_like_dtype(dt)
     pr = st.prob
@@ -471,13 +474,16 @@ def check_kw(g: Graph, method: str) -> None:
 def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope: str | None = None,
                  C_exact: torch.Tensor | None = None, opts: BoundOptions | None = None,
                  rows: RowSlopes | None = None, boxes_out: list | None = None,
-                 splits: Splits | None = None, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 splits: Splits | None = None, upper: bool = True,
+                 input_rows: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of ``C f(x)`` over the region for a graph network: C [B, S, K] ->
     ([B, S], [B, S]). Arguments as :func:`fastcert.algorithms.linear_bounds.linear_bounds`; ``rows``:
     alpha-CROWN's per-row ReLU lower slopes (the output node's rows are C's); ``boxes_out``: a list that
     receives every node's box (index = node id); ``splits``: branch and bound's sub-domains (one per sample,
     see :mod:`fastcert.algorithms.splits`; ``splits.empty`` is set: those samples' bounds are void); ``upper``
-    False: the lower bounds alone (the upper ones are +inf)."""
+    False: the lower bounds alone (the upper ones are +inf); ``input_rows``: a list that receives the lower
+    rows' coefficients on the input, ``[B, S, n0]`` (a back-substitution method; with ``upper`` the rows of
+    the upper bounds, negated, follow: ``[B, 2S, n0]``)."""
     check_fp_env()
     opts = BoundOptions() if opts is None else opts
     cfg = GRAPH_METHODS[method]
@@ -487,6 +493,8 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
     if splits is not None and (cfg is None or not isinstance(splits, Splits)):
         raise ValueError("split constraints need a back-substitution method (crown, fastlin, kw, crown-ibp)")
     st = forward_pass(g, prob, cfg, opts, rows, splits)
+    if input_rows is not None:
+        st.input_rows = []
     if boxes_out is not None:
         boxes_out.extend(st.box)
     out = g.output
@@ -509,4 +517,6 @@ def graph_bounds(g: Graph, prob: Any, C: torch.Tensor, method: str, lower_slope:
         b1 = min(B, b0 + Bc)
         z = torch.zeros(b1 - b0, S, dtype=dt)
         lower[b0:b1], hi[b0:b1] = _two_sided(st, out, C[b0:b1].contiguous(), z, b0, b1, stop, upper=upper)
+    if input_rows is not None and st.input_rows:
+        input_rows.append(torch.cat(st.input_rows, 0))
     return finish(lower, hi, graph_eval_slack(st, C, C_exact))

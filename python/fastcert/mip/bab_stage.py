@@ -1,5 +1,7 @@
-"""The branch-and-bound stage of the property pipeline (:func:`fastcert.mip.property.decide`): activation-split
-BaB with alpha/beta-CROWN bounds (:mod:`fastcert.algorithms.bab`) on every open job, before the LP / MIP."""
+"""The branch-and-bound stage of the property pipeline (:func:`fastcert.mip.property.decide`), before the LP /
+MIP, on every open job: input splitting with CROWN bounds (:mod:`fastcert.algorithms.input_bab`) when the
+network has at most ``PropertyOptions.input_split_dims`` inputs (ACAS Xu: 5), otherwise activation-split BaB
+with alpha/beta-CROWN bounds (:mod:`fastcert.algorithms.bab`; ReLU networks)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import numpy as np
 import torch
 
 from fastcert.algorithms.bab import bab, relu_nodes
+from fastcert.algorithms.input_bab import input_bab
 
-__all__ = ["bab_stage", "bab_applicable"]
+__all__ = ["bab_stage", "bab_applicable", "bab_strategy"]
 
 
 def bab_applicable(run: Any) -> bool:
@@ -23,11 +26,21 @@ def bab_applicable(run: Any) -> bool:
         return False
 
 
+def bab_strategy(run: Any) -> str | None:
+    """"input" (input splitting: few inputs, any activation CROWN bounds), "activation" (ReLU splits) or None
+    (no branch and bound applies)."""
+    if int(np.prod(run.shape)) <= run.opts.input_split_dims:
+        return "input"
+    return "activation" if bab_applicable(run) else None
+
+
 def bab_stage(run: Any) -> tuple | None:
     """Per open job (in order), BaB with an equal share of ``run.opts.bab_fraction`` of the time left: "unsat"
     closes the job, "sat" answers the instance; jobs BaB leaves open go on to the LP / MIP."""
-    if run.opts.bab_fraction <= 0 or not bab_applicable(run) or not run.open_jobs():
+    strategy = bab_strategy(run) if run.opts.bab_fraction > 0 else None
+    if strategy is None or not run.open_jobs():
         return None
+    run.info["bab_strategy"] = strategy
     t0 = time.perf_counter()
     stop = time.perf_counter() + run.opts.bab_fraction * run.left()
     jobs = sorted(run.open_jobs(), key=lambda j: j["lower"], reverse=True)  # the easiest first
@@ -42,14 +55,19 @@ def bab_stage(run: Any) -> tuple | None:
             break
         deadline = time.perf_counter() + left / (len(jobs) - k)
         A, b = torch.from_numpy(j["A"]), torch.from_numpy(j["b"])
-        pre = run.pre.get(j["disjunct"])
-        known = None if pre is None else {v: (torch.from_numpy(lo), torch.from_numpy(hi)) for v, (lo, hi) in pre.items()}
-        res = bab(run.graph, run.probs[j["disjunct"]], A, b, deadline=deadline, opts=run.opts.bab,
-                  evaluate=evaluate, confirm=run.confirm, log=None, known=known)
+        if strategy == "input":
+            res = input_bab(run.graph, run.probs[j["disjunct"]], A, b, deadline=deadline, opts=run.opts.input_split,
+                            evaluate=evaluate, confirm=run.confirm)
+        else:
+            pre = run.pre.get(j["disjunct"])
+            known = None if pre is None else {v: (torch.from_numpy(lo), torch.from_numpy(hi))
+                                              for v, (lo, hi) in pre.items()}
+            res = bab(run.graph, run.probs[j["disjunct"]], A, b, deadline=deadline, opts=run.opts.bab,
+                      evaluate=evaluate, confirm=run.confirm, log=None, known=known)
         stats.append({"conj": j["conj"], "verdict": res.verdict, "domains": res.domains, "batches": res.batches,
                       "max_open": res.max_open, "time_s": res.time_s, "domains_per_s": res.domains_per_s,
                       "lower": res.lower})
-        run.say(f"BaB (job {j['conj']}): {res.verdict}, {res.domains} sub-domains in {res.time_s:.2f}s, "
+        run.say(f"BaB, {strategy} split (job {j['conj']}): {res.verdict}, {res.domains} sub-domains in {res.time_s:.2f}s, "
                 f"lower {res.lower:.4g}")
         if res.verdict == "sat":
             run.info["bab_s"] = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from fastcert.attacks import TorchTwin, minimize_spec
 from fastcert.confirm import confirm_point
 from fastcert.mip.common import incomplete_bounds
 from fastcert.algorithms.bab import BabOptions
+from fastcert.algorithms.input_bab import InputSplitOptions
 from fastcert.mip.bab_stage import bab_stage
 from fastcert.mip.highs import HighsOptions
 from fastcert.mip.stages import lp_stage, mip_stage
@@ -58,8 +59,9 @@ class PropertyOptions:
     fraction of the time left. heuristic_effort: HiGHS's (None: 0 in the first MIP round, HiGHS's
     default in the second). use_mip: run the LP / MIP stages. min_mip_s: they do not start with less
     time left (building the model is not covered by HiGHS's time limit). seed: of the attacks. bab_fraction:
-    the share of the time left that branch and bound (``bab``: its options) gets before the LP / MIP
-    (ReLU networks; 0: none)."""
+    the share of the time left that branch and bound gets before the LP / MIP (0: none): input splitting
+    (``input_split``: its options) when the network has at most ``input_split_dims`` inputs, otherwise
+    activation splits (``bab``: its options; ReLU networks)."""
 
     bounds_method: str | None = "alpha-crown"
     early_attack: AttackPhase | None = None
@@ -74,6 +76,8 @@ class PropertyOptions:
     highs: HighsOptions = field(default_factory=HighsOptions)
     bab_fraction: float = 0.0
     bab: BabOptions = field(default_factory=BabOptions)
+    input_split_dims: int = 16
+    input_split: InputSplitOptions = field(default_factory=InputSplitOptions)
 
 
 def as_properties(prop: Any) -> list:

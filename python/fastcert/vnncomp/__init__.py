@@ -17,9 +17,11 @@ what the earlier ones left open, with the options of :class:`VnnOptions`:
 2. **Incomplete bounds.** CROWN (IBP when the network has an activation without a linear relaxation,
    such as sigmoid or tanh) bounds every row ``A_i y`` over each disjunct's box; a conjunction is
    infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
-3. **Branch and bound** (ReLU networks; ``VnnOptions.bab_fraction`` of the time left, 0.7 by default):
-   activation splits bounded by alpha/beta-CROWN in batches, every closed sub-domain certified in float64
-   (:mod:`fastcert.algorithms.bab`), one conjunction after another, the easiest first.
+3. **Branch and bound** (``VnnOptions.bab_fraction`` of the time left, 0.7 by default), one conjunction
+   after another, the easiest first, every closed sub-domain certified in float64: input splitting with
+   CROWN bounds on networks with at most 16 inputs (:mod:`fastcert.algorithms.input_bab`; any activation
+   with a linear relaxation), otherwise activation splits bounded by alpha/beta-CROWN in batches (ReLU
+   networks, :mod:`fastcert.algorithms.bab`).
 4. **LP, then MIP** (ReLU networks only) on the conjunctions left open: per box one LP per conjunction
    on the triangle relaxation (rigorous dual bounds, LP points as attack starts), per-neuron LP refinement
    of the pre-activation bounds, then one early-stopping MIP per conjunction (:mod:`fastcert.mip`).

@@ -53,7 +53,7 @@ _STAGES = {"attack": "attack", "lp": "mip", "mip": "mip", "bounds": "bounds", "b
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("n_disjuncts", "n_conjunctions", "activations", "bounds_method", "attack0_s", "attack1_s", "attack_best",
-            "bounds_s", "open_after_bounds", "bab_s", "bab", "lp_s", "mip_s")
+            "bounds_s", "open_after_bounds", "bab_s", "bab_strategy", "bab", "lp_s", "mip_s")
     det = {k: info[k] for k in keys if k in info}
     det["open"] = info.get("open", 0)
     return det
