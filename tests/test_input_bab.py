@@ -20,7 +20,7 @@ from torch import nn
 
 import fastcert
 from fastcert import mip
-from fastcert.algorithms.input_bab import InputSplitOptions, _bisect, input_bab
+from fastcert.algorithms.input_bab import InputSplitOptions, _bisect, _Lookahead, input_bab
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.mip.property import PropertyOptions, decide
@@ -58,6 +58,22 @@ def test_bisect_halves_cover_the_box():
     assert float(U2[1, 2]) == float(L2[3, 2]) and 0.3 <= float(U2[1, 2]) <= 0.30000000000000004
     for i in range(2):  # the other sides are the parent's
         assert torch.equal(L2[i, [0]], L[i, [0]]) and torch.equal(U2[i + 2, [0]], U[i, [0]])
+
+
+def test_lookahead_splits_a_repeated_candidate_once_and_keeps_the_best_pair():
+    L = torch.zeros(3, 3, dtype=torch.float64)
+    U = torch.ones(3, 3, dtype=torch.float64)
+    plan = _Lookahead(torch.tensor([[0, 0], [1, 2], [2, 2]]))
+    CL, CU, floor = plan.children(L, U, torch.tensor([-3.0, -2.0, -1.0], dtype=torch.float64))
+    assert CL.shape == (8, 3)  # 3 parents x 2 halves for the first candidates, 1 x 2 for parent 1's second
+    assert floor.tolist() == [-3.0, -2.0, -1.0, -3.0, -2.0, -1.0, -2.0, -2.0]
+    assert float(CU[6, 2]) == 0.5 and float(CL[7, 2]) == 0.5 and float(CU[1, 1]) == 0.5
+    # parent 1: its second candidate's children (rows 6, 7) close more than its first's (rows 1, 4)
+    val = torch.tensor([-1.0, -5.0, -1.0, -1.0, -5.0, -1.0, -0.5, 0.3], dtype=torch.float64)
+    dim = torch.zeros(8, 2, dtype=torch.long)
+    PL, PU, pv, _ = plan.pick(CL, CU, val, dim)
+    assert pv.tolist() == [-1.0, -0.5, -1.0, -1.0, 0.3, -1.0]
+    assert torch.equal(PU[1], CU[6]) and torch.equal(PL[4], CL[7]) and torch.equal(PU[0], CU[0])
 
 
 @settings(max_examples=40, **SETTINGS)

@@ -331,33 +331,83 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
     CROWN bounds). Returns a :class:`BabResult`."""
     opts = opts or BabOptions()
     bopts = bopts or BoundOptions()
-    t_start = time.perf_counter()
     if prob64.x0.dtype != torch.float64 or prob64.x0.shape[0] != 1:
         raise ValueError("bab: the region must be one float64 sample")
     if prob64.p != 0:
         raise ValueError("bab: branch and bound takes a box (L-inf) region")
-    bd = Bounder(g, prob64, A, b, opts, bopts, known)
-    res = BabResult("unknown")
-    say = log or (lambda _m: None)
-    counter = itertools.count()
+    return _Search(g, prob64, Bounder(g, prob64, A, b, opts, bopts, known), bopts, deadline, evaluate, confirm,
+                   log).run()
 
-    def over() -> bool:
-        return deadline is not None and time.perf_counter() > deadline
 
-    t = time.perf_counter()
-    root_sign = {v: torch.zeros(1, g.n(v), dtype=torch.int8) for v in bd.relus}
-    out = bd.bound(root_sign, opts.root_iterations)
-    res.bound_s += time.perf_counter() - t
-    res.domains, res.batches = 1, 1
-    xc = _check_points(out, bd, evaluate, confirm)
-    if xc is not None:
-        return _done(res, "sat", t_start, bd, x=xc)
-    queue: list[_Domain] = []
-    found: list[Any] = []  # a counterexample from a leaf's LP
+class _Search:
+    """One :func:`bab` run: the priority queue of open sub-domains and the loop over batches."""
 
-    def push(out: dict[str, Any], sign: dict[int, Tensor], depth: int, floor: list[float]) -> bool:
+    def __init__(self, g: Graph, prob64: Any, bd: Bounder, bopts: BoundOptions, deadline: float | None,
+                 evaluate: Any, confirm: Any, log: Callable[[str], None] | None) -> None:
+        self.g, self.prob64, self.bd, self.bopts, self.deadline = g, prob64, bd, bopts, deadline
+        self.evaluate, self.confirm = evaluate, confirm
+        self.say = log or (lambda _m: None)
+        self.t_start = time.perf_counter()
+        self.res = BabResult("unknown")
+        self.queue: list[_Domain] = []
+        self.counter = itertools.count()
+        self.found: list[Any] = []  # a counterexample from a leaf's LP
+
+    def done(self, verdict: str, x: Any = None, lower: float = -math.inf) -> BabResult:
+        return _done(self.res, verdict, self.t_start, self.bd, x=x, lower=lower)
+
+    def bound(self, sign: dict[int, Tensor], iterations: int, **kw: Any) -> dict[str, Any]:
+        t = time.perf_counter()
+        out = self.bd.bound(sign, iterations, **kw)
+        self.res.bound_s += time.perf_counter() - t
+        self.res.batches += 1
+        return out
+
+    def run(self) -> BabResult:
+        bd, opts, res = self.bd, self.bd.opts, self.res
+        root_sign = {v: torch.zeros(1, self.g.n(v), dtype=torch.int8) for v in bd.relus}
+        out = self.bound(root_sign, opts.root_iterations)
+        res.domains = 1
+        xc = _check_points(out, bd, self.evaluate, self.confirm)
+        if xc is not None:
+            return self.done("sat", x=xc)
+        ok = self.push(out, root_sign, 0, [-math.inf])
+        if self.found:
+            return self.done("sat", x=self.found[0])
+        if not ok:
+            return self.done("unknown", lower=float(out["value"].min()))
+        half = max(1, opts.batch // 2)
+        while self.queue:
+            res.max_open = max(res.max_open, len(self.queue))
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                return self.done("timeout", lower=self.queue[0].value)
+            if len(self.queue) > opts.max_domains:
+                return self.done("unknown", lower=self.queue[0].value)
+            parents = [heapq.heappop(self.queue) for _ in range(min(half, len(self.queue)))]
+            if any(p.branch is None for p in parents):
+                return self.done("unknown", lower=min(p.value for p in parents))
+            sign, alpha0, beta0 = _children(parents, bd, opts.dtype)
+            out = self.bound(sign, opts.iterations, first=min(p.branch[0] for p in parents),  # type: ignore[index]
+                             alpha0=alpha0, beta0=beta0)
+            res.domains += 2 * len(parents)
+            xc = _check_points(out, bd, self.evaluate, self.confirm)
+            if xc is not None:
+                return self.done("sat", x=xc)
+            ok = self.push(out, sign, max(p.depth for p in parents) + 1, [p.value for p in parents] * 2)
+            if self.found:
+                return self.done("sat", x=self.found[0])
+            lower = self.queue[0].value if self.queue else math.inf
+            res.log.append({"batch": res.batches, "domains": res.domains, "open": len(self.queue), "lower": lower,
+                            "t": time.perf_counter() - self.t_start})
+            self.say(f"bab: batch {res.batches}, {res.domains} domains bounded, {len(self.queue)} open, "
+                     f"lower {lower:.4g}")
+            if not ok:
+                return self.done("unknown", lower=lower)
+        return self.done("unsat", lower=math.inf)
+
+    def push(self, out: dict[str, Any], sign: dict[int, Tensor], depth: int, floor: list[float]) -> bool:
         """Queue the open sub-domains (each never below its parent's bound ``floor``: a child is a subset of
-        its parent); False when one has no neuron left to split."""
+        its parent); fully split ones go to their LP (:func:`_leaf`). False when a leaf stays open."""
         ok = True
         for i in range(out["value"].shape[0]):
             val = max(float(out["value"][i]), floor[i])
@@ -365,56 +415,19 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
                 continue
             nd_, nr = int(out["node"][i]), int(out["neuron"][i])
             if nd_ < 0:  # every unstable neuron split: the leaf's LP
-                res.leaves += 1
-                closed, xc = _leaf(g, prob64, bd, bopts, {v: s[i] for v, s in sign.items()},
-                                   {w: (lu[0][i], lu[1][i]) for w, lu in out["boxes"].items()}, evaluate, confirm)
+                self.res.leaves += 1
+                closed, xc = _leaf(self.g, self.prob64, self.bd, self.bopts, {v: s[i] for v, s in sign.items()},
+                                   {w: (lu[0][i], lu[1][i]) for w, lu in out["boxes"].items()}, self.evaluate,
+                                   self.confirm)
                 if xc is not None:
-                    found.append(xc)
+                    self.found.append(xc)
                     return True
                 ok = ok and closed
                 continue
-            heapq.heappush(queue, _Domain(val, next(counter), {v: s[i] for v, s in sign.items()},
-                                          None if nd_ < 0 else (nd_, nr), depth,
-                                          {v: a[i] for v, a in out["alpha"].items()},
-                                          {v: t[i] for v, t in out["beta"].items()}))
+            heapq.heappush(self.queue, _Domain(val, next(self.counter), {v: s[i] for v, s in sign.items()},
+                                               (nd_, nr), depth, {v: a[i] for v, a in out["alpha"].items()},
+                                               {v: t[i] for v, t in out["beta"].items()}))
         return ok
-
-    ok = push(out, root_sign, 0, [-math.inf])
-    if found:
-        return _done(res, "sat", t_start, bd, x=found[0])
-    if not ok:
-        return _done(res, "unknown", t_start, bd, lower=float(out["value"].min()))
-    half = max(1, opts.batch // 2)
-    while queue:
-        res.max_open = max(res.max_open, len(queue))
-        if over():
-            return _done(res, "timeout", t_start, bd, lower=queue[0].value)
-        if len(queue) > opts.max_domains:
-            return _done(res, "unknown", t_start, bd, lower=queue[0].value)
-        parents = [heapq.heappop(queue) for _ in range(min(half, len(queue)))]
-        if any(p.branch is None for p in parents):
-            return _done(res, "unknown", t_start, bd, lower=min(p.value for p in parents))
-        sign, alpha0, beta0 = _children(parents, bd, opts.dtype)
-        t = time.perf_counter()
-        out = bd.bound(sign, opts.iterations, first=min(p.branch[0] for p in parents),  # type: ignore[index]
-                       alpha0=alpha0, beta0=beta0)
-        res.bound_s += time.perf_counter() - t
-        res.domains += 2 * len(parents)
-        res.batches += 1
-        xc = _check_points(out, bd, evaluate, confirm)
-        if xc is not None:
-            return _done(res, "sat", t_start, bd, x=xc)
-        depth = max(p.depth for p in parents) + 1
-        ok = push(out, sign, depth, [p.value for p in parents] * 2)
-        if found:
-            return _done(res, "sat", t_start, bd, x=found[0])
-        lower = queue[0].value if queue else math.inf
-        res.log.append({"batch": res.batches, "domains": res.domains, "open": len(queue), "lower": lower,
-                        "t": time.perf_counter() - t_start})
-        say(f"bab: batch {res.batches}, {res.domains} domains bounded, {len(queue)} open, lower {lower:.4g}")
-        if not ok:
-            return _done(res, "unknown", t_start, bd, lower=lower)
-    return _done(res, "unsat", t_start, bd, lower=math.inf)
 
 
 def _check_points(out: dict[str, Any], bd: Bounder, evaluate: Any, confirm: Any) -> Any:

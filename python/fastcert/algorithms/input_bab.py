@@ -173,7 +173,7 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
     open_ = _Boxes(L0.shape[1])
     dims = torch.nonzero((U0 - L0)[0] > 0).flatten()  # the sides that can be split
     L, U, floor = L0, U0, torch.full((1,), -math.inf, dtype=torch.float64)
-    C = 1  # candidate splits per parent in this batch
+    plan: _Lookahead | None = None  # the last batch's candidate splits (None: one per parent)
     while True:
         t = time.perf_counter()
         val, dim, points = bd.bound(L, U)
@@ -184,8 +184,8 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         if xc is not None:
             return finish("sat", -math.inf, xc)
         val = torch.maximum(val, floor)  # a child is a subset of its parent
-        if C > 1:  # per parent, the pair of children of its best candidate
-            L, U, val, dim = _pick(L, U, val, dim, C)
+        if plan is not None:  # per parent, the pair of children of its best candidate
+            L, U, val, dim = plan.pick(L, U, val, dim)
         keep = val <= 0
         stuck = keep & (dim[:, 0] < 0)
         if bool(stuck.any()):  # a point box that its bound does not close and that is no counterexample
@@ -206,19 +206,44 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         cands = {"smear": [0], "widest": [1], "pair": [0, 1]}.get(opts.branching)
         C = len(cands) if cands else dims.numel()
         Lp, Up, vp, dp = open_.pop_lowest(max(1, opts.batch // (2 * C)))
-        cd = dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C)
-        parts = [_bisect(Lp, Up, cd[:, c]) for c in range(C)]
-        L, U = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
-        floor = vp.repeat(2 * C)
+        plan = _Lookahead(dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C))
+        L, U, floor = plan.children(Lp, Up, vp)
+        if C == 1:
+            plan = None
 
 
-def _pick(L: Tensor, U: Tensor, val: Tensor, dim: Tensor, D: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Lookahead: of the children of K parents split along each of D candidates (``[D * 2K]`` boxes, per
-    candidate every lower half then every upper half), per parent the pair whose summed open values
+class _Lookahead:
+    """The children of K parents, each split along its candidate sides ``cand`` [K, C] (a side repeated
+    among a parent's candidates is split once): blocks per candidate c, every lower half then every upper
+    half of the parents for which c is new; :meth:`pick` keeps per parent the pair whose summed open values
     ``min(v, 0)`` are the highest (the split that closes most)."""
-    K = L.shape[0] // (2 * D)
-    score = val.clamp(max=0).reshape(D, 2, K).sum(1)  # [D, K]
-    best = score.argmax(0)
-    r = torch.arange(K)
-    sel = torch.cat([best * 2 * K + r, best * 2 * K + K + r])
-    return L[sel], U[sel], val[sel], dim[sel]
+
+    def __init__(self, cand: Tensor) -> None:
+        K, C = cand.shape
+        self.cand = cand
+        self.idx = []
+        for c in range(C):
+            new = (cand[:, c:c + 1] != cand[:, :c]).all(1) if c else torch.ones(K, dtype=torch.bool)
+            self.idx.append(torch.nonzero(new).flatten())
+
+    def children(self, L: Tensor, U: Tensor, val: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        parts = [_bisect(L[i], U[i], self.cand[i, c]) for c, i in enumerate(self.idx)]
+        floor = torch.cat([val[i].repeat(2) for i in self.idx])
+        return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts]), floor
+
+    def pick(self, L: Tensor, U: Tensor, val: Tensor, dim: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        K, C = self.cand.shape
+        score = torch.full((C, K), -math.inf, dtype=val.dtype)
+        first = torch.zeros(C, K, dtype=torch.long)
+        off = 0
+        for c, i in enumerate(self.idx):
+            n = i.numel()
+            v = val[off:off + 2 * n].clamp(max=0).reshape(2, n)
+            score[c, i] = v.sum(0)
+            first[c, i] = off + torch.arange(n)
+            off += 2 * n
+        best = score.argmax(0)
+        lo = first[best, torch.arange(K)]
+        n_best = torch.tensor([i.numel() for i in self.idx])[best]
+        sel = torch.cat([lo, lo + n_best])
+        return L[sel], U[sel], val[sel], dim[sel]
