@@ -235,6 +235,22 @@ def test_cli_bench_suite_rows_summary_and_json(inst_dir: Path, capsys: pytest.Ca
     assert all(float(r["startup_s"]) >= 0 and float(r["time_s"]) >= 0 for r in rows)
 
 
+def test_bench_suite_on_ray_equals_single_process(inst_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench-suite --ray`` (a local Ray, 2 workers): the rows of the single-process run, in instance order."""
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'fastcert[ray]')")
+    csv_path = _suite(inst_dir, {})
+    runs = []
+    for extra in ([], ["--ray", "--workers", "2"]):
+        out = inst_dir / f"rows{len(runs)}.csv"
+        assert main(["bench-suite", str(csv_path), "--json", "--quiet", "--out", str(out), *extra]) == 0
+        with open(out, newline="") as f:
+            runs.append((json.loads(capsys.readouterr().out), list(csv.DictReader(f))))
+    (one, rows1), (two, rows2) = runs
+    keys = ("onnx", "vnnlib", "verdict", "published", "agrees", "solved", "stage")
+    assert [{k: r[k] for k in keys} for r in rows2] == [{k: r[k] for k in keys} for r in rows1]
+    assert two["counts"] == one["counts"] and two["solved"] == 3
+
+
 def test_cli_bench_suite_contradiction_exits_1_loudly(inst_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv_path = _suite(inst_dir, {"unsat": "sat"})  # a (deliberately wrong) published verdict
     assert main(["bench-suite", str(csv_path), "--quiet"]) == 1

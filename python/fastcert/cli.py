@@ -280,6 +280,10 @@ def _add_bench_suite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
     p.add_argument("--no-mip", action="store_true", help="attack and incomplete bounds only")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="spread the instances over Ray workers, one instance each at a time (a local Ray when no "
+                        "ADDRESS is given; needs pip install 'fastcert[ray]')")
+    p.add_argument("--workers", type=_positive_int, default=2, help="Ray workers (default 2)")
 
 
 def _run_bench_suite(args: argparse.Namespace) -> int:
@@ -288,9 +292,15 @@ def _run_bench_suite(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.instances):
         raise _UsageError(f"no such file: {args.instances}; pass a benchmark folder's instances.csv")
+    kw = {"timeout_scale": args.timeout_scale, "limit": args.limit, "seed": args.seed, "use_mip": not args.no_mip,
+          "progress": not args.quiet}
     try:
-        res = run_suite(args.instances, timeout_scale=args.timeout_scale, limit=args.limit, seed=args.seed,
-                        use_mip=not args.no_mip, progress=not args.quiet)
+        if args.ray is not None:
+            from fastcert.distributed import run_suite_ray
+
+            res = run_suite_ray(args.instances, address=args.ray or None, workers=args.workers, **kw)
+        else:
+            res = run_suite(args.instances, **kw)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     if args.out:

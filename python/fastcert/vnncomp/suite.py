@@ -34,7 +34,8 @@ from typing import Any, TextIO
 from fastcert.vnncomp.instance import load_instance
 from fastcert.vnncomp.pipeline import solve_instance
 
-__all__ = ["InstanceRow", "SuiteResult", "format_summary", "read_instances", "run_suite", "write_rows"]
+__all__ = ["InstanceRow", "SuiteProgress", "SuiteResult", "format_summary", "read_instances", "run_suite", "solve_row",
+           "suite_plan", "summarize", "write_rows"]
 
 _SAT = {"sat", "violated"}
 _UNSAT = {"unsat", "holds"}
@@ -152,40 +153,76 @@ def tool_summaries(folder: Path, keys: set[tuple[str, str]],
     return out
 
 
+def solve_row(folder: Path, onnx: str, vnn: str, timeout_s: float, verdicts: dict[tuple[str, str], str], *,
+              timeout_scale: float = 1.0, seed: int = 0, use_mip: bool = True, cache: dict | None = None) -> InstanceRow:
+    """One instance of the folder, solved and compared with its published verdict (``cache``: networks
+    already loaded, shared across calls)."""
+    limit_s = timeout_s * timeout_scale
+    inst = load_instance(onnx, vnn, base=folder, cache={} if cache is None else cache)
+    res = solve_instance(inst, limit_s, seed=seed, use_mip=use_mip)
+    pub = verdicts.get((_key(onnx), _key(vnn)), "")
+    agrees = ""
+    if pub in ("sat", "unsat") and res.verdict in ("sat", "unsat"):
+        agrees = "yes" if pub == res.verdict else "no"
+    solved = res.verdict in ("sat", "unsat") and res.time_s <= limit_s
+    return InstanceRow(onnx, vnn, limit_s, res.verdict, res.time_s, inst.load_s, pub, agrees, solved, res.stage,
+                       res.reason)
+
+
+def suite_plan(instances_csv: str | os.PathLike[str], limit: int | None = None) -> tuple[Path, list, dict]:
+    """(the benchmark folder, its first ``limit`` instances, its published verdicts)."""
+    path = Path(instances_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}; pass a benchmark folder's instances.csv")
+    return path.parent, read_instances(path)[: limit if limit else None], read_verdicts(path.parent)
+
+
+class SuiteProgress:
+    """The progress bar of a suite run (verdict counts as postfix; contradictions printed at once)."""
+
+    def __init__(self, folder: Path, n: int, progress: bool, what: str = "") -> None:
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.counts = {"sat": 0, "unsat": 0, "timeout": 0, "unknown": 0}
+        self.bar = tqdm(total=n, desc=f"bench-suite {folder.name}{what}", unit="inst", file=sys.stderr,
+                        disable=not progress)
+
+    def add(self, row: InstanceRow) -> None:
+        self.counts[row.verdict] += 1
+        if row.agrees == "no":
+            self.tqdm.write(f"!!! CONTRADICTION: {row.onnx} {row.vnnlib}: fastcert says {row.verdict}, published "
+                            f"{row.published} ({row.reason})", file=sys.stderr)
+        c = self.counts
+        self.bar.set_postfix(sat=c["sat"], unsat=c["unsat"], open=c["timeout"] + c["unknown"])
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_suite(instances_csv: str | os.PathLike[str], *, timeout_scale: float = 1.0, limit: int | None = None,
               seed: int = 0, use_mip: bool = True, progress: bool = True) -> SuiteResult:
     """Solve the instances of ``instances_csv`` (the first ``limit``), each with its timeout times
     ``timeout_scale``, and compare with the published verdicts and tools. See the module docstring."""
-    from tqdm import tqdm
-
-    path = Path(instances_csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}; pass a benchmark folder's instances.csv")
-    folder = path.parent
-    todo = read_instances(path)[: limit if limit else None]
-    verdicts = read_verdicts(folder)
+    folder, todo, verdicts = suite_plan(instances_csv, limit)
     cache: dict[tuple, tuple] = {}
     rows: list[InstanceRow] = []
-    counts = {"sat": 0, "unsat": 0, "timeout": 0, "unknown": 0}
-    bar = tqdm(todo, desc=f"bench-suite {folder.name}", unit="inst", file=sys.stderr, disable=not progress)
-    for onnx, vnn, t in bar:
-        limit_s = t * timeout_scale
-        inst = load_instance(onnx, vnn, base=folder, cache=cache)
-        res = solve_instance(inst, limit_s, seed=seed, use_mip=use_mip)
-        pub = verdicts.get((_key(onnx), _key(vnn)), "")
-        agrees = ""
-        if pub in ("sat", "unsat") and res.verdict in ("sat", "unsat"):
-            agrees = "yes" if pub == res.verdict else "no"
-        solved = res.verdict in ("sat", "unsat") and res.time_s <= limit_s
-        row = InstanceRow(onnx, vnn, limit_s, res.verdict, res.time_s, inst.load_s, pub, agrees, solved, res.stage,
-                          res.reason)
-        rows.append(row)
-        counts[res.verdict] += 1
-        if agrees == "no":
-            tqdm.write(f"!!! CONTRADICTION: {onnx} {vnn}: fastcert says {res.verdict}, published {pub} "
-                       f"({res.reason})", file=sys.stderr)
-        bar.set_postfix(sat=counts["sat"], unsat=counts["unsat"], open=counts["timeout"] + counts["unknown"])
+    bar = SuiteProgress(folder, len(todo), progress)
+    for onnx, vnn, t in todo:
+        rows.append(solve_row(folder, onnx, vnn, t, verdicts, timeout_scale=timeout_scale, seed=seed,
+                              use_mip=use_mip, cache=cache))
+        bar.add(rows[-1])
     bar.close()
+    return summarize(folder, rows, verdicts, timeout_scale)
+
+
+def summarize(folder: Path, rows: list[InstanceRow], verdicts: dict[tuple[str, str], str],
+              timeout_scale: float) -> SuiteResult:
+    """The :class:`SuiteResult` of the rows (in instance order)."""
+    counts = {"sat": 0, "unsat": 0, "timeout": 0, "unknown": 0}
+    for r in rows:
+        counts[r.verdict] += 1
     times = [r.time_s for r in rows]
     keys = {(_key(r.onnx), _key(r.vnnlib)) for r in rows}
     published: dict[str, int] = {}
