@@ -154,7 +154,10 @@ def test_planted_counterexample(margin, shift):
     opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False)
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
-    assert info["stage"] in ("attack", "bounds:alpha-crown", "bab") and info.get("bab_strategy", "input") == "input"
+    if margin < 0:  # no attack ran: the point comes from input splitting
+        assert info["stage"] == "bab" and info["bab_strategy"] == "input"
+    else:
+        assert info["stage"] in ("bounds:alpha-crown", "bab")
     if margin < 0:
         assert verdict == "sat" and check_counterexample(net, spec, x)[0]
         with torch.no_grad():
@@ -179,6 +182,7 @@ def test_tanh_network_is_decided_by_input_split():
         with one_torch_thread():
             verdict, x, info = decide(net, (2,), list(spec.properties), 60.0, opts)
         assert verdict == want, (delta, info.get("bab"), info["reason"])
+        assert info["stage"] == "bab" and info["bab_strategy"] == "input", info["stage"]
         if want == "sat":
             assert check_counterexample(net, spec, x)[0]
 
@@ -206,18 +210,49 @@ def test_input_bab_result_and_refusals():
 
 
 def test_strategy_follows_the_input_dimension():
-    model = _net(11, 3, [6, 5], n_out=3)
-    props, _ = _hard_property(1, model, 3, 3, sat=False)
-    net = fastcert.Network.from_torch(model, (3,))
-    spec = Spec(props, 3, 3)
-    for dims, want in ((16, "input"), (2, "activation")):
-        opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
-                               input_split_dims=dims)
-        with one_torch_thread():
-            verdict, _, info = mip.solve_property(net, spec, 60.0, options=opts)
-        assert verdict == "unsat"
-        if info["stage"] == "bab":
-            assert info["bab_strategy"] == want
+    """bab_strategy: input splitting up to ``input_split_dims`` inputs (any activation), ReLU splits above it,
+    nothing for a network without ReLUs above it or without nonlinear nodes at all."""
+    from types import SimpleNamespace
+
+    from fastcert.mip.bab_stage import bab_strategy
+
+    relu = fastcert.Network.from_torch(_net(11, 3, [6, 5], n_out=3), (3,))
+    tanh = fastcert.Network.from_torch(_tanh_net(5, 3, [4], 2), (3,))
+    affine = fastcert.Network.from_torch(nn.Sequential(nn.Linear(3, 2)).double().eval(), (3,))
+    from fastcert.algorithms.dispatch import nonlinear_kinds
+
+    def run(net, dims):
+        return SimpleNamespace(shape=(3,), acts=nonlinear_kinds(net, (3,)), graph=net.graph_for((3,)),
+                               opts=PropertyOptions(input_split_dims=dims))
+
+    assert bab_strategy(run(relu, 16)) == "input" and bab_strategy(run(relu, 3)) == "input"
+    assert bab_strategy(run(relu, 2)) == "activation"
+    assert bab_strategy(run(tanh, 16)) == "input" and bab_strategy(run(tanh, 2)) is None
+    assert bab_strategy(run(affine, 16)) is None
+
+
+@pytest.mark.parametrize("branching", ["pair", "lookahead", "smear", "widest"])
+@pytest.mark.parametrize("margin", [-1e-6, 1e-6])
+def test_every_branching_decides_the_planted_property(branching, margin):
+    """input_bab itself with each branching, the planted point off the bisection midpoints: sat (a proved
+    point with f0 <= 0) at -1e-6, unsat at +1e-6."""
+    p = np.array([0.3125, 0.625, 0.5])
+    model = _vee_net(p, margin)
+    g = fastcert.Network.from_torch(model, (3,)).graph_for((3,))
+    c = p + 0.01
+    A = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+
+    def confirm(x):
+        with torch.no_grad():
+            return x if float(model(torch.from_numpy(x)[None])[0, 0]) <= 0 else None
+
+    with one_torch_thread():
+        res = input_bab(g, _box_region(c - 0.25, c + 0.25), A, torch.zeros(1, dtype=torch.float64),
+                        deadline=time.perf_counter() + 60, opts=InputSplitOptions(branching=branching, batch=64),
+                        evaluate=lambda t: model(t).detach(), confirm=confirm)
+    assert res.verdict == ("sat" if margin < 0 else "unsat"), (res.verdict, res.lower, res.domains)
+    if margin < 0:
+        assert np.all(np.abs(res.x - p) <= 1e-5)  # f0 <= 0 only within 1e-6 of p (in L1)
 
 
 ACAS = [("ACASXU_run2a_2_2_batch_2000", "prop_1"), ("ACASXU_run2a_5_1_batch_2000", "prop_3"),

@@ -106,7 +106,8 @@ def run_suite_ray(instances_csv: Any, *, timeout_scale: float = 1.0, limit: int 
     folder, todo, verdicts = suite_plan(instances_csv, limit)
     with _session(address, workers) as ray:
         Actor = ray.remote(num_cpus=1)(_SuiteWorker)
-        actors = [Actor.remote(str(folder), verdicts, timeout_scale, seed, use_mip) for _ in range(workers)]
+        # an absolute folder: the actors may run elsewhere (on a cluster the files must exist on every node)
+        actors = [Actor.remote(str(folder.resolve()), verdicts, timeout_scale, seed, use_mip) for _ in range(workers)]
         rows: dict[int, Any] = {}
         pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(todo))

@@ -5,10 +5,11 @@ CROWN with its own intermediate bounds, which tighten as the boxes shrink.
 The question is :func:`fastcert.algorithms.bab.bab`'s: does ``A f(x) <= b`` (R rows) hold for some x in the
 box? A sub-box is closed when ``max_i (lb_i - b_i) > 0`` for the certified float64 CROWN bounds
 (:func:`graph_bounds`, rigorous rounding) on it; the two halves ``[l_d, m]`` and ``[m, u_d]`` of a split
-(``m`` a float) cover their parent, so "unsat" (every sub-box closed) is sound. Batches: the ``batch / 2``
-open sub-boxes with the lowest bounds are split and their children bounded in one call.
+(``m`` a float) cover their parent, so "unsat" (every sub-box closed) is sound; a side is split only where
+``m`` lies strictly inside it. Batches: the ``batch // (2 C)`` open sub-boxes with the lowest bounds are
+split along their C candidate sides each and the children bounded in one call (at most ``batch`` boxes).
 
-Branching: "lookahead" tries every open dimension of a parent, its children bounded for each, and keeps the
+Branching: "lookahead" tries every side of a parent that can be split, its children bounded for each, and keeps the
 pair whose open values ``min(v, 0)`` sum highest (``D`` times the bounding per split, and the best split);
 "pair" (the default) does the same with two candidates, smear's and the widest side. "smear" (as ReluVal's: gradient times width): the dimension j with the largest
 ``sum_i |lambda_ij| (u_j - l_j)``, lambda_i the input coefficients of row i's linear lower bound on the
@@ -45,7 +46,8 @@ BRANCHING = ("pair", "lookahead", "smear", "widest")
 
 @dataclass(frozen=True)
 class InputSplitOptions:
-    """batch: sub-boxes bounded per call (the children of ``batch // 2`` parents); max_domains: the cap on
+    """batch: sub-boxes bounded per call, at most (the children of ``batch // (2 C)`` parents, C candidate
+    sides each: 1 for "smear" / "widest", 2 for "pair", the input's sides for "lookahead"); max_domains: the cap on
     open sub-boxes (reached: "unknown"); branching: "pair", "lookahead", "smear" or "widest" (see the
     module)."""
 
@@ -100,10 +102,15 @@ def _bisect(L: Tensor, U: Tensor, dim: Tensor) -> tuple[Tensor, Tensor]:
     return L2, U2
 
 
+def splittable(L: Tensor, U: Tensor) -> Tensor:
+    """[B, n0] the sides whose float midpoint lies strictly inside (bisecting them makes progress)."""
+    mid = (L + U) / 2
+    return (mid > L) & (mid < U)
+
+
 class _Bounder:
-    def __init__(self, g: Graph, A: Tensor, b: Tensor, width0: Tensor, opts: InputSplitOptions,
-                 bopts: BoundOptions) -> None:
-        self.g, self.A, self.b, self.opts, self.bopts = g, A.double(), b.double(), opts, bopts
+    def __init__(self, g: Graph, A: Tensor, b: Tensor, width0: Tensor, bopts: BoundOptions) -> None:
+        self.g, self.A, self.b, self.bopts = g, A.double(), b.double(), bopts
         self.width0 = width0.clamp_min(1e-300)
 
     def bound(self, L: Tensor, U: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,12 +126,14 @@ class _Bounder:
         val = margin.amax(1)
         near = margin.argmax(1)
         width = U - L
+        can = splittable(L, U)
         rows = lam[0][torch.arange(B), near] if lam else torch.zeros_like(L)
-        wide = width / self.width0
+        wide = torch.where(can, width / self.width0, -1.0)
         smear = lam[0].abs().sum(1) * width if lam else wide
+        smear = torch.where(can, smear, -1.0)
         smear = torch.where(smear.amax(1, keepdim=True) > 0, smear, wide)
         dim = torch.stack([smear.argmax(1), wide.argmax(1)], 1)
-        dim = torch.where(width.amax(1, keepdim=True) > 0, dim, -1)
+        dim = torch.where(can.any(1, keepdim=True), dim, -1)
         vertex = torch.where(rows >= 0, L, U)
         return val, dim, torch.cat([x0, vertex])
 
@@ -150,7 +159,7 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
     t_start = time.perf_counter()
     A64, b64 = A.double(), b.double()
     L0, U0 = prob64.l0.reshape(1, -1).double(), prob64.u0.reshape(1, -1).double()
-    bd = _Bounder(g, A64, b64, (U0 - L0)[0], opts, bopts)
+    bd = _Bounder(g, A64, b64, (U0 - L0)[0], bopts)
     res = BabResult("unknown")
     say = log or (lambda _m: None)
 
@@ -186,11 +195,11 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         val = torch.maximum(val, floor)  # a child is a subset of its parent
         if plan is not None:  # per parent, the pair of children of its best candidate
             L, U, val, dim = plan.pick(L, U, val, dim)
-        keep = val <= 0
+        keep = ~(val > 0)
         stuck = keep & (dim[:, 0] < 0)
-        if bool(stuck.any()):  # a point box that its bound does not close and that is no counterexample
+        if bool(stuck.any()):  # a box too small to split that its bound does not close (no counterexample)
             res.leaves += int(stuck.sum())
-            return finish("unknown", float(val[stuck].min()))
+            return finish("unknown", min(open_.lowest(), float(val[keep].min())))
         open_.add(L[keep], U[keep], val[keep], dim[keep])
         lower = open_.lowest()
         res.max_open = max(res.max_open, len(open_))
@@ -206,7 +215,8 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         cands = {"smear": [0], "widest": [1], "pair": [0, 1]}.get(opts.branching)
         C = len(cands) if cands else dims.numel()
         Lp, Up, vp, dp = open_.pop_lowest(max(1, opts.batch // (2 * C)))
-        plan = _Lookahead(dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C))
+        plan = _Lookahead(dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C),
+                          None if cands else splittable(Lp, Up)[:, dims])
         L, U, floor = plan.children(Lp, Up, vp)
         if C == 1:
             plan = None
@@ -214,16 +224,18 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
 
 class _Lookahead:
     """The children of K parents, each split along its candidate sides ``cand`` [K, C] (a side repeated
-    among a parent's candidates is split once): blocks per candidate c, every lower half then every upper
+    among a parent's candidates is split once; ``ok`` [K, C]: False skips a candidate): blocks per candidate c, every lower half then every upper
     half of the parents for which c is new; :meth:`pick` keeps per parent the pair whose summed open values
     ``min(v, 0)`` are the highest (the split that closes most)."""
 
-    def __init__(self, cand: Tensor) -> None:
+    def __init__(self, cand: Tensor, ok: Tensor | None = None) -> None:
         K, C = cand.shape
         self.cand = cand
         self.idx = []
         for c in range(C):
             new = (cand[:, c:c + 1] != cand[:, :c]).all(1) if c else torch.ones(K, dtype=torch.bool)
+            if ok is not None:
+                new &= ok[:, c]
             self.idx.append(torch.nonzero(new).flatten())
 
     def children(self, L: Tensor, U: Tensor, val: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -232,6 +244,7 @@ class _Lookahead:
         return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts]), floor
 
     def pick(self, L: Tensor, U: Tensor, val: Tensor, dim: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per parent, its best candidate's two children (every parent has a candidate)."""
         K, C = self.cand.shape
         score = torch.full((C, K), -math.inf, dtype=val.dtype)
         first = torch.zeros(C, K, dtype=torch.long)

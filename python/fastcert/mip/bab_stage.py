@@ -27,22 +27,26 @@ def bab_applicable(run: Any) -> bool:
 
 
 def bab_strategy(run: Any) -> str | None:
-    """"input" (input splitting: few inputs, any activation CROWN bounds), "activation" (ReLU splits) or None
-    (no branch and bound applies)."""
+    """"input" (input splitting: at most ``input_split_dims`` inputs, any activation with CROWN bounds),
+    "activation" (ReLU splits) or None (no branch and bound applies, e.g. an affine network)."""
+    if not run.acts:
+        return None
     if int(np.prod(run.shape)) <= run.opts.input_split_dims:
         return "input"
     return "activation" if bab_applicable(run) else None
 
 
 def bab_stage(run: Any) -> tuple | None:
-    """Per open job (in order), BaB with an equal share of ``run.opts.bab_fraction`` of the time left: "unsat"
-    closes the job, "sat" answers the instance; jobs BaB leaves open go on to the LP / MIP."""
+    """Per open job (in order), BaB with an equal share of ``run.opts.bab_fraction`` of the time left (all of it
+    when the network has no MIP encoding: nothing comes after): "unsat" closes the job, "sat" answers the
+    instance; jobs BaB leaves open go on to the LP / MIP. A network the bounds refuse (an error naming the
+    node) ends the stage with that reason in ``info["bab_error"]``."""
     strategy = bab_strategy(run) if run.opts.bab_fraction > 0 else None
     if strategy is None or not run.open_jobs():
         return None
     run.info["bab_strategy"] = strategy
     t0 = time.perf_counter()
-    stop = time.perf_counter() + run.opts.bab_fraction * run.left()
+    stop = time.perf_counter() + (run.opts.bab_fraction if run.encodable else 1.0) * run.left()
     jobs = sorted(run.open_jobs(), key=lambda j: j["lower"], reverse=True)  # the easiest first
     stats = run.info.setdefault("bab", [])
 
@@ -56,8 +60,13 @@ def bab_stage(run: Any) -> tuple | None:
         deadline = time.perf_counter() + left / (len(jobs) - k)
         A, b = torch.from_numpy(j["A"]), torch.from_numpy(j["b"])
         if strategy == "input":
-            res = input_bab(run.graph, run.probs[j["disjunct"]], A, b, deadline=deadline, opts=run.opts.input_split,
-                            evaluate=evaluate, confirm=run.confirm)
+            try:
+                res = input_bab(run.graph, run.probs[j["disjunct"]], A, b, deadline=deadline,
+                                opts=run.opts.input_split, evaluate=evaluate, confirm=run.confirm)
+            except ValueError as exc:  # e.g. overflow on a sub-box: reported, the later stages go on
+                run.info["bab_error"] = str(exc)
+                run.say(f"BaB stopped: {exc}")
+                break
         else:
             pre = run.pre.get(j["disjunct"])
             known = None if pre is None else {v: (torch.from_numpy(lo), torch.from_numpy(hi))

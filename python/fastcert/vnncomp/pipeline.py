@@ -23,7 +23,9 @@ class VnnOptions:
     """The attack budget is ``min(attack_fraction * timeout, attack_cap_s)``: a quarter before the bounds
     (2 restarts, ``steps // 5`` steps, at least 10), the rest after them on the conjunctions still open
     (``restarts`` x ``steps``). min_mip_s: the LP / MIP stages do not start with less time left (building
-    the model, sparse convolution matrices and pre-activation bounds, is not covered by HiGHS's limit)."""
+    the model, sparse convolution matrices and pre-activation bounds, is not covered by HiGHS's limit).
+    bab_fraction: branch and bound's share of the time left before the LP / MIP; input_split_dims: networks
+    with at most this many inputs are branched on their inputs, others on their ReLUs."""
 
     attack_fraction: float = 0.15
     attack_cap_s: float = 10.0
@@ -33,13 +35,15 @@ class VnnOptions:
     use_mip: bool = True
     seed: int = 0
     bab_fraction: float = 0.7
+    input_split_dims: int = 16
 
     def property_options(self) -> PropertyOptions:
         f, cap = self.attack_fraction, self.attack_cap_s
         early = AttackPhase(2, max(10, self.steps // 5), 0.25 * f, 0.25 * cap, "cosine")
         main = AttackPhase(self.restarts, self.steps, 0.75 * f, 0.75 * cap, "cosine")
         return PropertyOptions(bounds_method=None, early_attack=early, attack=main, use_mip=self.use_mip,
-                               min_mip_s=self.min_mip_s, seed=self.seed, bab_fraction=self.bab_fraction)
+                               min_mip_s=self.min_mip_s, seed=self.seed, bab_fraction=self.bab_fraction,
+                               input_split_dims=self.input_split_dims)
 
 
 def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
@@ -53,7 +57,7 @@ _STAGES = {"attack": "attack", "lp": "mip", "mip": "mip", "bounds": "bounds", "b
 
 def _details(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("n_disjuncts", "n_conjunctions", "activations", "bounds_method", "attack0_s", "attack1_s", "attack_best",
-            "bounds_s", "open_after_bounds", "bab_s", "bab_strategy", "bab", "lp_s", "mip_s")
+            "bounds_s", "open_after_bounds", "bab_s", "bab_strategy", "bab", "bab_error", "lp_s", "mip_s")
     det = {k: info[k] for k in keys if k in info}
     det["open"] = info.get("open", 0)
     return det
