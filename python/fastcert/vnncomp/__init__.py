@@ -14,9 +14,8 @@ what the earlier ones left open, with the options of :class:`VnnOptions`:
    of the float64 forward pass is none); the point is first moved onto float32-representable inputs
    inside the box when that keeps it a proved counterexample, so that a float32 checker reads the same
    input. Every ``sat`` of the later stages goes through the same check.
-2. **Incomplete bounds.** CROWN (IBP when the network has an activation without a linear relaxation,
-   such as sigmoid or tanh) bounds every row ``A_i y`` over each disjunct's box; a conjunction is
-   infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
+2. **Incomplete bounds.** alpha-CROWN bounds every row ``A_i y`` over each disjunct's box; a conjunction
+   is infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
 3. **Branch and bound** (``VnnOptions.bab_fraction`` of the time left, 0.7 by default), one conjunction
    after another, the easiest first, every closed sub-domain certified in float64: input splitting with
    CROWN bounds on networks with at most 16 inputs (:mod:`fastcert.algorithms.input_bab`; any activation
