@@ -143,26 +143,33 @@ def test_beta_tightens_a_split_bound():
 CASES = [(seed, seed % 2 == 1) for seed in range(10)]
 
 
-@pytest.mark.parametrize("seed,sat", CASES)
-def test_bab_agrees_with_brute_force_and_the_mip(seed, sat):
+def check_against_brute_force(seed: int, sat: bool, opts: PropertyOptions, strategy: str) -> None:
+    """The pipeline (no attack, no MIP) on a tiny net with a +-delta property: the brute-force verdict (a
+    re-checked point when sat; alpha-CROWN or BaB with ``strategy`` when unsat), and the MIP agrees."""
     K, n_in = 3, 3
     model = _net(300 + seed, n_in, [6, 5], n_out=K, scale=1.5)
     props, truth = _hard_property(seed, model, n_in, K, sat=sat)
     net = fastcert.Network.from_torch(model, (n_in,))
     spec = Spec(props, n_in, K)
     want = "sat" if truth < 0 else "unsat"
-    opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
-                           input_split_dims=0, bab=BabOptions(batch=32, iterations=10, root_iterations=20))
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
     assert verdict == want, info.get("bab")
     if want == "unsat":
         assert info["stage"] in ("bounds:alpha-crown", "bab"), info["stage"]
+        assert info["stage"] != "bab" or info["bab_strategy"] == strategy
     else:
         assert x is not None and check_counterexample(net, spec, x)[0]
     with one_torch_thread():
         v_mip, _, _ = mip.solve_property(net, spec, 60.0, attack=False)
     assert v_mip == verdict
+
+
+@pytest.mark.parametrize("seed,sat", CASES)
+def test_bab_agrees_with_brute_force_and_the_mip(seed, sat):
+    opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
+                           input_split_dims=0, bab=BabOptions(batch=32, iterations=10, root_iterations=20))
+    check_against_brute_force(seed, sat, opts, "activation")
 
 
 def _vee_net(p: np.ndarray, margin: float) -> nn.Sequential:
@@ -181,25 +188,38 @@ def _vee_net(p: np.ndarray, margin: float) -> nn.Sequential:
     return nn.Sequential(l1, nn.ReLU(), l2, nn.ReLU(), l3).eval()
 
 
-@pytest.mark.parametrize("margin", [-1e-6, 1e-6])
-def test_planted_counterexample(margin):
-    """A margin of -1e-6 at a known point is answered sat (with that point's neighbourhood), its mirror +1e-6
-    is never sat (here: unsat)."""
+def solve_planted(margin: float, shift: float, opts: PropertyOptions) -> tuple:
+    """The vee network's property ``f0 - f1 <= 0`` on the box of half-width 0.25 around ``p + shift`` through the
+    property pipeline: (model, net, spec, verdict, x, info)."""
     p = np.array([0.3125, 0.625, 0.5])  # exact in binary: f(p) = margin exactly
     model = _vee_net(p, margin)
     net = fastcert.Network.from_torch(model, (3,))
     A = np.array([[1.0, -1.0]])  # f0 - f1 <= 0: a violation where the margin is <= 0
-    spec = Spec([Property(p - 0.25, p + 0.25, [(A, np.zeros(1))])], 3, 2)
-    opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
-                           input_split_dims=0, bab=BabOptions(batch=16, iterations=10, root_iterations=10))
+    c = p + shift
+    spec = Spec([Property(c - 0.25, c + 0.25, [(A, np.zeros(1))])], 3, 2)
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
+    return model, net, spec, verdict, x, info
+
+
+def check_planted(case: tuple, margin: float) -> None:
+    """sat with a proved point where f0 <= 0 at margin -1e-6; unsat at +1e-6."""
+    model, net, spec, verdict, x, info = case
     if margin < 0:
         assert verdict == "sat" and check_counterexample(net, spec, x)[0]
         with torch.no_grad():
             assert float(model(torch.from_numpy(x)[None])[0, 0]) <= 0
     else:
         assert verdict == "unsat", info.get("bab")
+
+
+@pytest.mark.parametrize("margin", [-1e-6, 1e-6])
+def test_planted_counterexample(margin):
+    """A margin of -1e-6 at a known point is answered sat (with that point's neighbourhood), its mirror +1e-6
+    is never sat (here: unsat)."""
+    opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
+                           input_split_dims=0, bab=BabOptions(batch=16, iterations=10, root_iterations=10))
+    check_planted(solve_planted(margin, 0.0, opts), margin)
 
 
 def test_bab_result_and_refusals():

@@ -19,14 +19,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastcert
-from fastcert import mip
 from fastcert.algorithms.input_bab import InputSplitOptions, _bisect, _Lookahead, input_bab
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.mip.property import PropertyOptions, decide
 from strategies import SETTINGS, one_torch_thread
-from test_bab import CASES, _vee_net
-from test_mip import _hard_property, _net
+from test_bab import CASES, _vee_net, check_against_brute_force, check_planted, solve_planted
+from test_mip import _net
 
 
 def _box_region(lo: np.ndarray, hi: np.ndarray):
@@ -118,26 +117,9 @@ def test_never_unsat_when_a_point_satisfies_the_property(seed, n_in, act, flat, 
 
 @pytest.mark.parametrize("seed,sat", CASES[:6])  # the brute-force truth costs ~15 s per case
 def test_input_split_agrees_with_brute_force_and_the_mip(seed, sat):
-    K, n_in = 3, 3
-    model = _net(300 + seed, n_in, [6, 5], n_out=K, scale=1.5)
-    props, truth = _hard_property(seed, model, n_in, K, sat=sat)
-    net = fastcert.Network.from_torch(model, (n_in,))
-    spec = Spec(props, n_in, K)
-    want = "sat" if truth < 0 else "unsat"
     opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False,
                            input_split=InputSplitOptions(batch=64))
-    with one_torch_thread():
-        verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
-    assert verdict == want, info.get("bab")
-    if want == "unsat":
-        assert info["stage"] in ("bounds:alpha-crown", "bab"), info["stage"]
-        if info["stage"] == "bab":
-            assert info["bab_strategy"] == "input"
-    else:
-        assert x is not None and check_counterexample(net, spec, x)[0]
-    with one_torch_thread():
-        v_mip, _, _ = mip.solve_property(net, spec, 60.0, attack=False)
-    assert v_mip == verdict
+    check_against_brute_force(seed, sat, opts, "input")
 
 
 @pytest.mark.parametrize("margin", [-1e-6, 1e-6])
@@ -145,25 +127,14 @@ def test_input_split_agrees_with_brute_force_and_the_mip(seed, sat):
 def test_planted_counterexample(margin, shift):
     """The vee network's minimum ``margin`` at p: sat at -1e-6 (a point where f0 <= 0), unsat at +1e-6, with p
     on the first bisection's midpoints (shift 0) or off them."""
-    p = np.array([0.3125, 0.625, 0.5])
-    model = _vee_net(p, margin)
-    net = fastcert.Network.from_torch(model, (3,))
-    A = np.array([[1.0, -1.0]])
-    c = p + shift
-    spec = Spec([Property(c - 0.25, c + 0.25, [(A, np.zeros(1))])], 3, 2)
     opts = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=1.0, use_mip=False)
-    with one_torch_thread():
-        verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
+    case = solve_planted(margin, shift, opts)
+    info = case[-1]
     if margin < 0:  # no attack ran: the point comes from input splitting
         assert info["stage"] == "bab" and info["bab_strategy"] == "input"
     else:
         assert info["stage"] in ("bounds:alpha-crown", "bab")
-    if margin < 0:
-        assert verdict == "sat" and check_counterexample(net, spec, x)[0]
-        with torch.no_grad():
-            assert float(model(torch.from_numpy(x)[None])[0, 0]) <= 0
-    else:
-        assert verdict == "unsat", info.get("bab")
+    check_planted(case, margin)
 
 
 def test_tanh_network_is_decided_by_input_split():
