@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastcert
-from fastcert.algorithms.input_bab import InputSplitOptions, _bisect, _Lookahead, input_bab
+from fastcert.algorithms.input_bab import InputSplitOptions, Lookahead, bisect_boxes, input_bab
 from fastcert.api import make_region
 from fastcert.io.vnnlib import Property, Spec, check_counterexample
 from fastcert.mip.property import PropertyOptions, decide
@@ -51,7 +51,7 @@ def _tanh_net(seed: int, n_in: int, widths: list[int], K: int) -> nn.Sequential:
 def test_bisect_halves_cover_the_box():
     L = torch.tensor([[0.0, -1.0, 2.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
     U = torch.tensor([[1.0, 1.0, 2.0], [0.1, 0.7, 0.30000000000000004]], dtype=torch.float64)
-    L2, U2 = _bisect(L, U, torch.tensor([1, 2]))
+    L2, U2 = bisect_boxes(L, U, torch.tensor([1, 2]))
     assert torch.equal(L2[:2], L) and torch.equal(U2[2:], U)  # the lower halves start, the upper ones end, as before
     assert float(U2[0, 1]) == float(L2[2, 1]) == 0.0
     assert float(U2[1, 2]) == float(L2[3, 2]) and 0.3 <= float(U2[1, 2]) <= 0.30000000000000004
@@ -62,7 +62,7 @@ def test_bisect_halves_cover_the_box():
 def test_lookahead_splits_a_repeated_candidate_once_and_keeps_the_best_pair():
     L = torch.zeros(3, 3, dtype=torch.float64)
     U = torch.ones(3, 3, dtype=torch.float64)
-    plan = _Lookahead(torch.tensor([[0, 0], [1, 2], [2, 2]]))
+    plan = Lookahead(torch.tensor([[0, 0], [1, 2], [2, 2]]))
     CL, CU, floor = plan.children(L, U, torch.tensor([-3.0, -2.0, -1.0], dtype=torch.float64))
     assert CL.shape == (8, 3)  # 3 parents x 2 halves for the first candidates, 1 x 2 for parent 1's second
     assert floor.tolist() == [-3.0, -2.0, -1.0, -3.0, -2.0, -1.0, -2.0, -2.0]
@@ -107,7 +107,8 @@ def test_never_unsat_when_a_point_satisfies_the_property(seed, n_in, act, flat, 
         return None
 
     with one_torch_thread():
-        res = input_bab(g, _box_region(lo, hi), torch.from_numpy(A), torch.from_numpy(b), deadline=time.perf_counter() + 20,
+        res = input_bab(g, _box_region(lo, hi), torch.from_numpy(A), torch.from_numpy(b),
+                        deadline=time.perf_counter() + 20,
                         opts=InputSplitOptions(batch=64, max_domains=20_000),
                         evaluate=lambda t: model(t).detach(), confirm=confirm)
     assert res.verdict in ("sat", "unknown", "timeout"), (res.verdict, res.lower, res.domains)

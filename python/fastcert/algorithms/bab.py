@@ -332,10 +332,7 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
     CROWN bounds). Returns a :class:`BabResult`."""
     opts = opts or BabOptions()
     bopts = bopts or BoundOptions()
-    if prob64.x0.dtype != torch.float64 or prob64.x0.shape[0] != 1:
-        raise ValueError("bab: the region must be one float64 sample")
-    if prob64.p != 0:
-        raise ValueError("bab: branch and bound takes a box (L-inf) region")
+    check_box_region(prob64, "bab")
     return _Search(g, prob64, Bounder(g, prob64, A, b, opts, bopts, known), bopts, deadline, evaluate, confirm,
                    log).run()
 
@@ -431,18 +428,31 @@ class _Search:
         return ok
 
 
-def _check_points(out: dict[str, Any], bd: Bounder, evaluate: Any, confirm: Any) -> Any:
-    """A proved counterexample among the batch's candidate points (``out["x"]``), or None."""
-    x = out.get("x")
-    if x is None or evaluate is None or confirm is None:
+def check_box_region(prob64: Any, who: str) -> None:
+    """Branch and bound's region: one float64 sample, a box (L-inf); ValueError naming ``who`` otherwise."""
+    if prob64.x0.dtype != torch.float64 or prob64.x0.shape[0] != 1:
+        raise ValueError(f"{who}: the region must be one float64 sample")
+    if prob64.p != 0:
+        raise ValueError(f"{who}: branch and bound takes a box (L-inf) region")
+
+
+def prove_candidates(points: Tensor, A: Tensor, b: Tensor, evaluate: Any, confirm: Any) -> Any:
+    """A proved counterexample among candidate points ``[N, n0]`` (float64): the first (of at most 8) whose
+    evaluation has ``A f - b <= 0`` and that ``confirm`` proves; None without evaluate / confirm."""
+    if evaluate is None or confirm is None:
         return None
-    flat = x.reshape(-1, x.shape[-1])
-    v = (evaluate(flat) @ bd.A64.T - bd.b).amax(1)
+    v = (evaluate(points) @ A.T - b).amax(1)
     for i in torch.nonzero(v <= 0).flatten().tolist()[:8]:
-        xc = confirm(flat[i].numpy())
+        xc = confirm(points[i].numpy())
         if xc is not None:
             return xc
     return None
+
+
+def _check_points(out: dict[str, Any], bd: Bounder, evaluate: Any, confirm: Any) -> Any:
+    """A proved counterexample among the batch's candidate points (``out["x"]``), or None."""
+    x = out.get("x")
+    return None if x is None else prove_candidates(x.reshape(-1, x.shape[-1]), bd.A64, bd.b, evaluate, confirm)
 
 
 def _leaf(g: Graph, prob64: Any, bd: Bounder, bopts: BoundOptions, sign: dict[int, Tensor], boxes: dict,
@@ -485,4 +495,4 @@ def _done(res: BabResult, verdict: str, t_start: float, bd: Bounder, x: Any = No
     return res
 
 
-__all__ = ["BabOptions", "BabResult", "Bounder", "bab", "relu_nodes"]
+__all__ = ["BabOptions", "BabResult", "Bounder", "bab", "check_box_region", "prove_candidates", "relu_nodes"]

@@ -11,7 +11,8 @@ split along their C candidate sides each and the children bounded in one call (a
 
 Branching: "lookahead" tries every side of a parent that can be split, its children bounded for each, and keeps the
 pair whose open values ``min(v, 0)`` sum highest (``D`` times the bounding per split, and the best split);
-"pair" (the default) does the same with two candidates, smear's and the widest side. "smear" (as ReluVal's: gradient times width): the dimension j with the largest
+"pair" (the default) does the same with two candidates, smear's and the widest side. "smear" (as
+ReluVal's: gradient times width): the dimension j with the largest
 ``sum_i |lambda_ij| (u_j - l_j)``, lambda_i the input coefficients of row i's linear lower bound on the
 sub-box; "widest": the largest width relative to the root box's. Measured on ACAS Xu (BENCHMARKS.md): 1_1
 prop_3: 3,613 boxes to "unsat" with "smear", 14,451 with "widest", 10,570 with "lookahead", none in 30 s
@@ -33,13 +34,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from fastcert.algorithms.bab import BabResult
+from fastcert.algorithms.bab import BabResult, check_box_region, prove_candidates
 from fastcert.algorithms.graph_bounds import graph_bounds
 from fastcert.algorithms.state import Problem
 from fastcert.graph.ir import Graph
 from fastcert.options import BoundOptions
 
-__all__ = ["InputSplitOptions", "input_bab"]
+__all__ = ["InputSplitOptions", "Lookahead", "bisect_boxes", "input_bab", "splittable"]
 
 BRANCHING = ("pair", "lookahead", "smear", "widest")
 
@@ -89,7 +90,7 @@ class _Boxes:
         return float(self.val.min()) if len(self) else math.inf
 
 
-def _bisect(L: Tensor, U: Tensor, dim: Tensor) -> tuple[Tensor, Tensor]:
+def bisect_boxes(L: Tensor, U: Tensor, dim: Tensor) -> tuple[Tensor, Tensor]:
     """The two halves of each box along ``dim`` ([2K, n0]: every lower half, then every upper half); the
     float midpoint is shared, so the halves cover the box."""
     K = L.shape[0]
@@ -152,10 +153,7 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         raise ValueError(f"input_bab: unknown branching {opts.branching!r}; choose one of {list(BRANCHING)}")
     if opts.batch < 2:
         raise ValueError(f"input_bab: batch must be at least 2 (the two children of a split), got {opts.batch}")
-    if prob64.x0.dtype != torch.float64 or prob64.x0.shape[0] != 1:
-        raise ValueError("input_bab: the region must be one float64 sample")
-    if prob64.p != 0:
-        raise ValueError("input_bab: input splitting takes a box (L-inf) region")
+    check_box_region(prob64, "input_bab")
     t_start = time.perf_counter()
     A64, b64 = A.double(), b.double()
     L0, U0 = prob64.l0.reshape(1, -1).double(), prob64.u0.reshape(1, -1).double()
@@ -169,27 +167,19 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
         res.certify_s = res.bound_s
         return res
 
-    def check(points: Tensor) -> Any:
-        if evaluate is None or confirm is None:
-            return None
-        v = (evaluate(points) @ A64.T - b64).amax(1)
-        for i in torch.nonzero(v <= 0).flatten().tolist()[:8]:
-            xc = confirm(points[i].numpy())
-            if xc is not None:
-                return xc
-        return None
-
     open_ = _Boxes(L0.shape[1])
     dims = torch.nonzero((U0 - L0)[0] > 0).flatten()  # the sides that can be split
     L, U, floor = L0, U0, torch.full((1,), -math.inf, dtype=torch.float64)
-    plan: _Lookahead | None = None  # the last batch's candidate splits (None: one per parent)
+    plan: Lookahead | None = None  # the last batch's candidate splits (None: one per parent)
+    cands = {"smear": [0], "widest": [1], "pair": [0, 1]}.get(opts.branching)  # None: every side
+    C = len(cands) if cands else dims.numel()
     while True:
         t = time.perf_counter()
         val, dim, points = bd.bound(L, U)
         res.bound_s += time.perf_counter() - t
         res.domains += L.shape[0]
         res.batches += 1
-        xc = check(points)
+        xc = prove_candidates(points, A64, b64, evaluate, confirm)
         if xc is not None:
             return finish("sat", -math.inf, xc)
         val = torch.maximum(val, floor)  # a child is a subset of its parent
@@ -212,21 +202,20 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
             return finish("timeout", lower)
         if len(open_) > opts.max_domains:
             return finish("unknown", lower)
-        cands = {"smear": [0], "widest": [1], "pair": [0, 1]}.get(opts.branching)
-        C = len(cands) if cands else dims.numel()
         Lp, Up, vp, dp = open_.pop_lowest(max(1, opts.batch // (2 * C)))
-        plan = _Lookahead(dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C),
-                          None if cands else splittable(Lp, Up)[:, dims])
+        plan = Lookahead(dp[:, cands] if cands else dims[None].expand(Lp.shape[0], C),
+                         None if cands else splittable(Lp, Up)[:, dims])
         L, U, floor = plan.children(Lp, Up, vp)
         if C == 1:
             plan = None
 
 
-class _Lookahead:
+class Lookahead:
     """The children of K parents, each split along its candidate sides ``cand`` [K, C] (a side repeated
-    among a parent's candidates is split once; ``ok`` [K, C]: False skips a candidate): blocks per candidate c, every lower half then every upper
-    half of the parents for which c is new; :meth:`pick` keeps per parent the pair whose summed open values
-    ``min(v, 0)`` are the highest (the split that closes most)."""
+    among a parent's candidates is split once; ``ok`` [K, C]: False skips a candidate): blocks per
+    candidate c, every lower half then every upper half of the parents for which c is new; :meth:`pick`
+    keeps per parent the pair whose summed open values ``min(v, 0)`` are the highest (the split that closes
+    most)."""
 
     def __init__(self, cand: Tensor, ok: Tensor | None = None) -> None:
         K, C = cand.shape
@@ -239,7 +228,7 @@ class _Lookahead:
             self.idx.append(torch.nonzero(new).flatten())
 
     def children(self, L: Tensor, U: Tensor, val: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        parts = [_bisect(L[i], U[i], self.cand[i, c]) for c, i in enumerate(self.idx)]
+        parts = [bisect_boxes(L[i], U[i], self.cand[i, c]) for c, i in enumerate(self.idx)]
         floor = torch.cat([val[i].repeat(2) for i in self.idx])
         return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts]), floor
 

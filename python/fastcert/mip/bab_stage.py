@@ -76,8 +76,8 @@ def bab_stage(run: Any) -> tuple | None:
         stats.append({"conj": j["conj"], "verdict": res.verdict, "domains": res.domains, "batches": res.batches,
                       "max_open": res.max_open, "time_s": res.time_s, "domains_per_s": res.domains_per_s,
                       "lower": res.lower})
-        run.say(f"BaB, {strategy} split (job {j['conj']}): {res.verdict}, {res.domains} sub-domains in {res.time_s:.2f}s, "
-                f"lower {res.lower:.4g}")
+        run.say(f"BaB, {strategy} split (job {j['conj']}): {res.verdict}, {res.domains} sub-domains in "
+                f"{res.time_s:.2f}s, lower {res.lower:.4g}")
         if res.verdict == "sat":
             run.info["bab_s"] = time.perf_counter() - t0
             val = float(np.max(run.evaluate(np.asarray(res.x).reshape(1, -1)) @ j["A"].T - j["b"]))

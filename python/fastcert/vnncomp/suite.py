@@ -154,7 +154,8 @@ def tool_summaries(folder: Path, keys: set[tuple[str, str]],
 
 
 def solve_row(folder: Path, onnx: str, vnn: str, timeout_s: float, verdicts: dict[tuple[str, str], str], *,
-              timeout_scale: float = 1.0, seed: int = 0, use_mip: bool = True, cache: dict | None = None) -> InstanceRow:
+              timeout_scale: float = 1.0, seed: int = 0, use_mip: bool = True,
+              cache: dict | None = None) -> InstanceRow:
     """One instance of the folder, solved and compared with its published verdict (``cache``: networks
     already loaded, shared across calls)."""
     limit_s = timeout_s * timeout_scale
