@@ -10,6 +10,8 @@ with properties whose exact minimum is +-delta."""
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -241,3 +243,75 @@ def test_bab_result_and_refusals():
     res = bab(g, make_region(torch.zeros(1, 3, dtype=torch.float64), 5.0, "inf", None, None), A,
               torch.tensor([0.0], dtype=torch.float64), deadline=0.0)
     assert res.verdict in ("timeout", "unsat", "sat") and res.domains >= 1
+
+
+BESIDE = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fraction=0.7, mip_beside_bab=True,
+                         input_split_dims=0, bab=BabOptions(batch=32, iterations=10, root_iterations=20))
+
+
+@pytest.mark.parametrize("seed,sat", CASES[:2])
+def test_mip_beside_bab_agrees_with_brute_force(seed, sat):
+    """BaB with the LP / MIP on a thread beside it (the VNN-COMP default for ReLU splits): the brute-force
+    verdict, whichever of the two answers."""
+    K, n_in = 3, 3
+    model = _net(300 + seed, n_in, [6, 5], n_out=K, scale=1.5)
+    props, truth = _hard_property(seed, model, n_in, K, sat=sat)
+    net = fastcert.Network.from_torch(model, (n_in,))
+    spec = Spec(props, n_in, K)
+    with one_torch_thread():
+        verdict, x, info = mip.solve_property(net, spec, 60.0, options=BESIDE)
+    assert verdict == ("sat" if truth < 0 else "unsat"), info.get("bab")
+    if verdict == "sat":
+        assert x is not None and check_counterexample(net, spec, x)[0]
+    if info["stage"] not in ("bounds:alpha-crown", "attack"):
+        assert info["bab_strategy"] == "activation + MIP beside", info["stage"]
+        assert info["stage"] in ("bab", "lp", "mip"), info["stage"]
+
+
+@pytest.mark.parametrize("margin", [-1e-6, 1e-6])
+def test_planted_counterexample_mip_beside(margin):
+    check_planted(solve_planted(margin, 0.0, BESIDE), margin)
+
+
+@pytest.mark.parametrize("sat", [False, True])
+def test_mip_beside_answers_when_bab_cannot(sat):
+    """BaB capped at one open sub-domain gives up at once ("unknown"): the MIP on the other thread, which goes
+    on with the time left, decides (stage lp / mip), and its answer is the brute-force one."""
+    opts = replace(BESIDE, bab=BabOptions(batch=2, iterations=2, root_iterations=2, max_domains=0))
+    for seed in range(20):
+        model = _net(300 + seed, 3, [6, 5], n_out=3, scale=1.5)
+        props, truth = _hard_property(seed, model, 3, 3, sat=sat)
+        net = fastcert.Network.from_torch(model, (3,))
+        spec = Spec(props, 3, 3)
+        with one_torch_thread():
+            verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
+        assert verdict == ("sat" if truth < 0 else "unsat")
+        if info["stage"] in ("bounds:alpha-crown", "attack") or info["bab"][0]["verdict"] == "sat":
+            continue  # decided before BaB, or by BaB's root candidate point
+        assert info["stage"] in ("lp", "mip"), (info["stage"], info["bab"])
+        assert info["bab"][0]["verdict"] in ("unknown", "stopped") and "mip_beside" in info
+        return
+    pytest.fail("no case reached branch and bound")  # pragma: no cover
+
+
+def test_bab_stop_and_mip_interrupt():
+    """``stop`` ends bab after the root ("stopped", with the root's bound); ``interrupt`` stops HiGHS, whose
+    dual bound so far stays below the exact minimum."""
+    from fastcert.mip.common import conj_model, node_bounds
+    from fastcert.mip.encoding import encode_graph
+    from fastcert.mip.highs import run_mip
+
+    model, net, g, prob = _setup(11, n_in=4, widths=(16, 16), eps=0.5)
+    A = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    b = torch.zeros(1, dtype=torch.float64)
+    res = bab(g, prob, A, b, stop=lambda: True)
+    assert res.verdict == "stopped" and res.domains == 1 and res.lower < 0
+    pre = {v: (lu[0][0].copy(), lu[1][0].copy()) for v, lu in node_bounds(net, (4,), prob, "crown").items()}
+    lo, hi = prob.l0[0].numpy(), prob.u0[0].numpy()
+    menc, cost, offset = conj_model(encode_graph(g, pre, lo, hi, mode="mip"), A.numpy(), b.numpy(), -1e9, 1e9)
+    exact = run_mip(menc, cost, offset, 60.0)
+    calls = []
+    cut = run_mip(menc, cost, offset, 60.0, interrupt=lambda: calls.append(1) is None and len(calls) > 50)
+    assert exact.optimal and exact.nodes > 100 and len(calls) > 50, (exact.status, exact.nodes)
+    assert not cut.optimal and "nterrupt" in cut.status and cut.nodes < exact.nodes, cut.status
+    assert cut.raw_lower <= exact.raw_lower

@@ -67,7 +67,8 @@ class BabOptions:
 
 @dataclass
 class BabResult:
-    """verdict: "unsat", "sat", "unknown" (the domain cap or no neuron left to split) or "timeout"; x: the
+    """verdict: "unsat", "sat", "unknown" (the domain cap or no neuron left to split), "timeout" or "stopped"
+    (the caller's ``stop`` said so); x: the
     confirmed counterexample (sat); lower: the smallest ``max_i (lb_i - b_i)`` over the open sub-domains
     (> 0 once unsat); counts and times of the run."""
 
@@ -323,26 +324,28 @@ def bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None =
         opts: BabOptions | None = None, bopts: BoundOptions | None = None,
         evaluate: Callable[[Tensor], Tensor] | None = None,
         confirm: Callable[[Any], Any] | None = None, log: Callable[[str], None] | None = None,
-        known: dict[int, tuple[Tensor, Tensor]] | None = None) -> BabResult:
+        known: dict[int, tuple[Tensor, Tensor]] | None = None, stop: Callable[[], bool] | None = None) -> BabResult:
     """Decide whether ``A f(x) <= b`` (A [R, K], b [R]) holds for some x in ``prob64``'s region (one sample,
     float64, a box or an L-inf ball) for the ReLU network graph g. ``evaluate``: x [N, n0] float64 -> f(x)
     [N, K] (the candidate points' check); ``confirm``: a flat point with ``A f - b <= 0`` -> the proved
     counterexample or None; ``known``: node id -> certified box (l, u: [1, n] float64) of the node's output on
     the region (e.g. alpha-CROWN's pre-activation bounds), kept by every sub-domain (default: the root's
-    CROWN bounds). Returns a :class:`BabResult`."""
+    CROWN bounds); ``stop``: polled between batches, True ends the run with verdict "stopped" (e.g. another
+    solver decided the job). Returns a :class:`BabResult`."""
     opts = opts or BabOptions()
     bopts = bopts or BoundOptions()
     check_box_region(prob64, "bab")
     return _Search(g, prob64, Bounder(g, prob64, A, b, opts, bopts, known), bopts, deadline, evaluate, confirm,
-                   log).run()
+                   log, stop).run()
 
 
 class _Search:
     """One :func:`bab` run: the priority queue of open sub-domains and the loop over batches."""
 
     def __init__(self, g: Graph, prob64: Any, bd: Bounder, bopts: BoundOptions, deadline: float | None,
-                 evaluate: Any, confirm: Any, log: Callable[[str], None] | None) -> None:
-        self.g, self.prob64, self.bd, self.bopts, self.deadline = g, prob64, bd, bopts, deadline
+                 evaluate: Any, confirm: Any, log: Callable[[str], None] | None,
+                 stop: Callable[[], bool] | None = None) -> None:
+        self.g, self.prob64, self.bd, self.bopts, self.deadline, self.stop = g, prob64, bd, bopts, deadline, stop
         self.evaluate, self.confirm = evaluate, confirm
         self.say = log or (lambda _m: None)
         self.t_start = time.perf_counter()
@@ -379,6 +382,8 @@ class _Search:
             res.max_open = max(res.max_open, len(self.queue))
             if self.deadline is not None and time.perf_counter() > self.deadline:
                 return self.done("timeout", lower=self.queue[0].value)
+            if self.stop is not None and self.stop():
+                return self.done("stopped", lower=self.queue[0].value)
             if len(self.queue) > opts.max_domains:
                 return self.done("unknown", lower=self.queue[0].value)
             parents = [heapq.heappop(self.queue) for _ in range(min(half, len(self.queue)))]

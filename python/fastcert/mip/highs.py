@@ -67,30 +67,34 @@ def _configure(hs: Any, opts: HighsOptions, exact: bool, heuristic_effort: float
         hs.setOptionValue("objective_bound", float(cutoff))
 
 
-def _subscribe(hs: Any, ncol: int, on_solution: Callable[[np.ndarray, float], Any], stopped: list) -> None:
-    """Call ``on_solution`` on every improving solution; a non-None return interrupts the solve."""
+def _subscribe(hs: Any, ncol: int, on_solution: Callable[[np.ndarray, float], Any] | None, stopped: list,
+               interrupt: Callable[[], bool] | None) -> None:
+    """Call ``on_solution`` on every improving solution (a non-None return interrupts the solve); poll
+    ``interrupt`` in HiGHS's interrupt callbacks (True interrupts the solve)."""
     def cb(e: Any) -> None:
         if stopped[0] is not None:
             return
         v = np.asarray(e.data_out.mip_solution, dtype=np.float64)
         if v.shape[0] != ncol:  # pragma: no cover - defensive
             return
-        r = on_solution(v, float(e.data_out.objective_function_value))
+        r = on_solution(v, float(e.data_out.objective_function_value))  # type: ignore[misc]
         if r is not None:
             stopped[0] = r
             e.interrupt()
 
     def stop(e: Any) -> None:  # HiGHS honours user_interrupt in the interrupt callbacks
-        if stopped[0] is not None:
+        if stopped[0] is not None or interrupt is not None and interrupt():
             e.interrupt()
 
-    hs.cbMipImprovingSolution.subscribe(cb)
+    if on_solution is not None:
+        hs.cbMipImprovingSolution.subscribe(cb)
     hs.cbMipInterrupt.subscribe(stop)
 
 
 def run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, *, cutoff: float | None = None,
             on_solution: Callable[[np.ndarray, float], Any] | None = None, exact: bool = True,
-            heuristic_effort: float | None = None, opts: HighsOptions = HighsOptions()) -> MipRun:
+            heuristic_effort: float | None = None, opts: HighsOptions = HighsOptions(),
+            interrupt: Callable[[], bool] | None = None) -> MipRun:
     """Minimise ``cost . v + offset`` over the encoding with HiGHS (one passModel).
 
     cutoff: HiGHS ``objective_bound``: nodes that cannot go below it are pruned (the run then says
@@ -98,6 +102,7 @@ def run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, *
     on_solution(v, objective): called on every improving solution; a non-None return interrupts the
     solve and is kept in ``stopped``.
     exact: ``mip_rel_gap = 0`` (solve to optimality) instead of HiGHS's default gap.
+    interrupt: polled in HiGHS's MIP interrupt callback; True stops the solve (its dual bound so far stands).
     """
     import highspy
 
@@ -106,8 +111,8 @@ def run_mip(enc: Encoding, cost: np.ndarray, offset: float, time_limit: float, *
     hs = highs_lp(enc, cost, time_limit, offset=offset, integer=True)
     _configure(hs, opts, exact, heuristic_effort, cutoff, n_bin)
     stopped: list[Any] = [None]
-    if on_solution is not None and n_bin:
-        _subscribe(hs, enc.ncol, on_solution, stopped)
+    if (on_solution is not None or interrupt is not None) and n_bin:
+        _subscribe(hs, enc.ncol, on_solution, stopped, interrupt)
     hs.run()
     ms = hs.getModelStatus()
     info = hs.getInfo()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -164,8 +165,8 @@ def _refine_order(g: Graph, pre: dict) -> list[int]:
 
 
 def _refine_node(g: Graph, new: dict, v: int, lo: np.ndarray, hi: np.ndarray, stop: float,
-                 info: dict) -> bool:
-    """Per-neuron LPs for node v's relevant neurons (most ambiguous first) until ``stop``; updates
+                 info: dict, halt: Callable[[], bool] | None = None) -> bool:
+    """Per-neuron LPs for node v's relevant neurons (most ambiguous first) until ``stop`` (or ``halt()``); updates
     ``new[v]`` in place. Returns whether every neuron was done."""
     import highspy
 
@@ -186,7 +187,7 @@ def _refine_node(g: Graph, new: dict, v: int, lo: np.ndarray, hi: np.ndarray, st
     for nrn in order:
         col = int(zc[nrn])
         for sign in (1.0, -1.0):
-            if time.perf_counter() >= stop:
+            if time.perf_counter() >= stop or halt is not None and halt():
                 break
             if col < 0 or relu_only and (sign > 0 and l[nrn] >= 0 or sign < 0 and u[nrn] <= 0):
                 continue  # a constant, or a ReLU input the first LP proved stable
@@ -219,12 +220,13 @@ def _refine_node(g: Graph, new: dict, v: int, lo: np.ndarray, hi: np.ndarray, st
 
 def refine_bounds(net: list | Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, *,
                   time_budget: float = 10.0, max_layers: int | None = None,
-                  deadline: float | None = None) -> tuple[dict, dict]:
+                  deadline: float | None = None, halt: Callable[[], bool] | None = None) -> tuple[dict, dict]:
     """Tighten the bounds ``pre[v] = (l, u)`` of the neurons the ReLU / max-pool encodings depend on, node
     by node in topological order (the inputs of the first, exact on a box already, are skipped), with
     per-neuron LPs on the LP relaxation (module docstring); each node uses the bounds just refined in front
     of it. Stops when ``time_budget`` seconds are spent (the neurons not reached keep their bounds).
-    ``max_layers``: refine at most this many nodes (the earliest ones).
+    ``max_layers``: refine at most this many nodes (the earliest ones). ``halt``: polled before every LP, True
+    stops the refinement as the time budget does.
 
     net: a :class:`~fastcert.graph.ir.Graph` (pre per node, as :func:`encode`) or a chain of IR
     layers (pre keyed by activation layer: the same numbers, since activation layer i
@@ -235,7 +237,7 @@ def refine_bounds(net: list | Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, 
     """
     if not isinstance(net, Graph):
         return refine_bounds(layer_graph(net, len(lo)), pre, lo, hi, time_budget=time_budget, max_layers=max_layers,
-                             deadline=deadline)
+                             deadline=deadline, halt=halt)
     t0 = time.perf_counter()
     stop = t0 + time_budget if deadline is None else min(deadline, t0 + time_budget)
     new = {k: (v[0].copy(), v[1].copy()) for k, v in pre.items()}
@@ -246,7 +248,7 @@ def refine_bounds(net: list | Graph, pre: dict, lo: np.ndarray, hi: np.ndarray, 
     for v in todo:
         if not relevant_neurons(net, v, *new[v]).any():
             continue
-        if time.perf_counter() >= stop or not _refine_node(net, new, v, lo, hi, stop, info):
+        if time.perf_counter() >= stop or not _refine_node(net, new, v, lo, hi, stop, info, halt):
             info["complete"] = False
             break
     info["time_s"] = time.perf_counter() - t0

@@ -9,6 +9,7 @@ conjunction is closed by a rigorous bound (see :mod:`fastcert.mip`).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,7 +62,9 @@ class PropertyOptions:
     time left (building the model is not covered by HiGHS's time limit). seed: of the attacks. bab_fraction:
     the share of the time left that branch and bound gets before the LP / MIP (0: none): input splitting
     (``input_split``: its options) when the network has at most ``input_split_dims`` inputs, otherwise
-    activation splits (``bab``: its options; ReLU networks)."""
+    activation splits (``bab``: its options; ReLU networks). mip_beside_bab: with activation splits on a network
+    the MIP encodes, run the LP / MIP stages on a second thread at the same time instead of after BaB (both
+    get all the time left; the first to answer wins)."""
 
     bounds_method: str | None = "alpha-crown"
     early_attack: AttackPhase | None = None
@@ -75,6 +78,7 @@ class PropertyOptions:
     seed: int = 0
     highs: HighsOptions = field(default_factory=HighsOptions)
     bab_fraction: float = 0.0
+    mip_beside_bab: bool = False
     bab: BabOptions = field(default_factory=BabOptions)
     input_split_dims: int = 16
     input_split: InputSplitOptions = field(default_factory=InputSplitOptions)
@@ -121,15 +125,20 @@ class PropertyRun:
         self.say = log or (lambda _m: None)
         self.twin: TorchTwin | None = None
         self.prepared: dict[int, dict] = {}  # set by the LP stage: the MIP encodings per box
+        self.halt: threading.Event | None = None  # set: no time left (a stage on a thread told to stop)
+        self.shared = False  # the jobs are shared with a stage on another thread: finish keeps their arrays
 
     def left(self) -> float:
-        return self.deadline - time.perf_counter()
+        return 0.0 if self.halted() else self.deadline - time.perf_counter()
+
+    def halted(self) -> bool:
+        return self.halt is not None and self.halt.is_set()
 
     def open_jobs(self) -> list[dict[str, Any]]:
         return [j for j in self.jobs if not j["closed"]]
 
     def finish(self, verdict: str, reason: str, stage: str, x: np.ndarray | None = None) -> Decision:
-        for j in self.jobs:
+        for j in self.jobs if not self.shared else ():
             for key in ("A", "b", "lo", "hi"):
                 j.pop(key, None)
         self.info.update(verdict=verdict, reason=reason, stage=stage, time_s=time.perf_counter() - self.t_start)

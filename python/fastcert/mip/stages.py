@@ -82,8 +82,8 @@ def lp_stage(run: Any) -> tuple | None:
         lo, hi = dj[0]["lo"], dj[0]["hi"]
         hit = _lp_round(run, dj, pre, run.method)
         if hit is None and run.opts.lp_refine and not all(j["closed"] for j in dj) and run.left() > 0:
-            pre, rinfo = refine_bounds(run.graph, pre, lo, hi,
-                                       time_budget=run.opts.refine_fraction * run.left())
+            pre, rinfo = refine_bounds(run.graph, pre, lo, hi, time_budget=run.opts.refine_fraction * run.left(),
+                                       halt=run.halted)
             rinfo["disjunct"] = d
             run.info["refine"].append(rinfo)
             run.say(f"LP refinement (disjunct {d}): {rinfo['lps']} LPs, {rinfo['stabilised']} neurons stabilised, "
@@ -118,11 +118,13 @@ def _mip_job(run: Any, j: dict, budget: float, effort: float | None, found: list
         return None
 
     res = run_mip(menc, cost, offset, max(1e-3, min(budget, run.left())), cutoff=cutoff, on_solution=on_sol,
-                  exact=False, heuristic_effort=effort, opts=hopts)
+                  exact=False, heuristic_effort=effort, opts=hopts,
+                  interrupt=lambda: run.halted() or j["closed"])  # j closed meanwhile: by BaB on the other thread
     if res.solution is not None and res.stopped is None:
         on_sol(res.solution, res.objective or 0.0)
     j["lower"] = max(j["lower"], res.raw_lower - margin_of(res.raw_lower, sens, hopts))
-    j["status"] = "mip: " + ("counterexample" if found else res.status)
+    if not j["closed"]:  # (closed meanwhile by BaB on the other thread: its status stands)
+        j["status"] = "mip: " + ("counterexample" if found else res.status)
     j["time_s"] += res.time_s
     j["n_binaries"] = enc.n_binaries
     j["nodes"] = j.get("nodes", 0) + res.nodes
@@ -145,6 +147,8 @@ def mip_stage(run: Any) -> tuple:
             left = run.left()
             if left <= 0.05:
                 break
+            if j["closed"]:  # by branch and bound on the other thread (bab_stage's portfolio)
+                continue
             share = left / (len(todo) - n)
             effort = run.opts.heuristic_effort
             if effort is None:  # round 1: a pure proof search (3x faster on unsat rows), round 2: heuristics too

@@ -16,11 +16,14 @@ what the earlier ones left open, with the options of :class:`VnnOptions`:
    input. Every ``sat`` of the later stages goes through the same check.
 2. **Incomplete bounds.** alpha-CROWN bounds every row ``A_i y`` over each disjunct's box; a conjunction
    is infeasible when one of its rows has ``lower > b_i``; ``unsat`` when every conjunction is.
-3. **Branch and bound** (``VnnOptions.bab_fraction`` of the time left, 0.7 by default), one conjunction
-   after another, the easiest first, every closed sub-domain certified in float64: input splitting with
-   CROWN bounds on networks with at most 16 inputs (:mod:`fastcert.algorithms.input_bab`; any activation
-   with a linear relaxation), otherwise activation splits bounded by alpha/beta-CROWN in batches (ReLU
-   networks, :mod:`fastcert.algorithms.bab`).
+3. **Branch and bound**, one conjunction after another, the easiest first, every closed sub-domain certified
+   in float64: input splitting with CROWN bounds on networks with at most 16 inputs
+   (:mod:`fastcert.algorithms.input_bab`; any activation with a linear relaxation; ``VnnOptions.bab_fraction``
+   of the time left, 0.7 by default), otherwise activation splits bounded by alpha/beta-CROWN in batches (ReLU
+   networks, :mod:`fastcert.algorithms.bab`) with the LP / MIP of step 4 on a second thread beside it
+   (``VnnOptions.mip_beside_bab``): both get the whole time left, the first answer wins, and a conjunction
+   either closes is dropped by the other. Which of the two is faster depends on the instance (on
+   ``mnist_fc`` 256x4 some fall to BaB in seconds and some only to the MIP), so both run rather than a guess.
 4. **LP, then MIP** (ReLU networks only) on the conjunctions left open: per box one LP per conjunction
    on the triangle relaxation (rigorous dual bounds, LP points as attack starts), per-neuron LP refinement
    of the pre-activation bounds, then one early-stopping MIP per conjunction (:mod:`fastcert.mip`).

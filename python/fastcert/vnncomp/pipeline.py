@@ -25,7 +25,9 @@ class VnnOptions:
     (``restarts`` x ``steps``). min_mip_s: the LP / MIP stages do not start with less time left (building
     the model, sparse convolution matrices and pre-activation bounds, is not covered by HiGHS's limit).
     bab_fraction: branch and bound's share of the time left before the LP / MIP; input_split_dims: networks
-    with at most this many inputs are branched on their inputs, others on their ReLUs."""
+    with at most this many inputs are branched on their inputs, others on their ReLUs. mip_beside_bab: on
+    ReLU networks branched on their ReLUs, the LP / MIP runs on a second thread beside BaB (both with the
+    whole time left) instead of after it with ``1 - bab_fraction`` of it."""
 
     attack_fraction: float = 0.15
     attack_cap_s: float = 10.0
@@ -36,6 +38,7 @@ class VnnOptions:
     seed: int = 0
     bab_fraction: float = 0.7
     input_split_dims: int = 16
+    mip_beside_bab: bool = True
 
     def property_options(self) -> PropertyOptions:
         f, cap = self.attack_fraction, self.attack_cap_s
@@ -43,7 +46,7 @@ class VnnOptions:
         main = AttackPhase(self.restarts, self.steps, 0.75 * f, 0.75 * cap, "cosine")
         return PropertyOptions(bounds_method=None, early_attack=early, attack=main, use_mip=self.use_mip,
                                min_mip_s=self.min_mip_s, seed=self.seed, bab_fraction=self.bab_fraction,
-                               input_split_dims=self.input_split_dims)
+                               input_split_dims=self.input_split_dims, mip_beside_bab=self.mip_beside_bab)
 
 
 def _eval(net: Network, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
