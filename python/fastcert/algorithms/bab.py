@@ -139,6 +139,8 @@ class Bounder:
         self.certify_s = 0.0
         #: the root's certified boxes of the ReLUs' inputs (set by the first, full bound; the sub-domains keep them)
         self.known: dict[int, tuple[Tensor, Tensor]] = dict(known or {})
+        #: past it, a batch's slope optimization stops at the step it has reached (its best step is certified)
+        self.deadline: float | None = None
 
     def bound(self, sign: dict[int, Tensor], iterations: int, first: int | None = None,
               alpha0: dict[int, Tensor] | None = None, beta0: dict[int, Tensor] | None = None) -> dict[str, Any]:
@@ -214,6 +216,8 @@ class Bounder:
                     for v, t in src.items():
                         d[v][better] = t.detach()[better]
             if optim is None or it == iterations or not loss.requires_grad:
+                break
+            if self.deadline is not None and time.perf_counter() > self.deadline:
                 break
             optim.zero_grad()
             loss.backward()
@@ -346,6 +350,7 @@ class _Search:
                  evaluate: Any, confirm: Any, log: Callable[[str], None] | None,
                  stop: Callable[[], bool] | None = None) -> None:
         self.g, self.prob64, self.bd, self.bopts, self.deadline, self.stop = g, prob64, bd, bopts, deadline, stop
+        bd.deadline = deadline
         self.evaluate, self.confirm = evaluate, confirm
         self.say = log or (lambda _m: None)
         self.t_start = time.perf_counter()
