@@ -40,7 +40,8 @@ def main() -> None:
             cert = correct = 0
             t0 = time.perf_counter()
             for a in range(0, N, BATCH):
-                r = fastcert.certify(model, X[a:a + BATCH], eps, labels=Y[a:a + BATCH], method=method, x_min=0.0, x_max=1.0)
+                r = fastcert.certify(model, X[a:a + BATCH], eps, labels=Y[a:a + BATCH], method=method, x_min=0.0,
+                                     x_max=1.0)
                 cert += int(r.certified.sum())
                 with torch.no_grad():
                     correct += int((model(X[a:a + BATCH]).argmax(1) == Y[a:a + BATCH]).sum())

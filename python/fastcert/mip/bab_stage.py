@@ -106,7 +106,39 @@ def bab_stage(run: Any) -> tuple | None:
     stop = time.perf_counter() + share * run.left()
     jobs = sorted(run.open_jobs(), key=lambda j: j["lower"], reverse=True)  # the easiest first
     stats = run.info.setdefault("bab", [])
+    try:
+        found = _bab_jobs(run, strategy, jobs, stop, beside, stats)
+    except BaseException:  # an unexpected error: stop the MIP thread before it propagates
+        if beside is not None:
+            beside.view.halt.set()
+        raise
+    run.info["bab_s"] = time.perf_counter() - t0
+    if found is not None:
+        if beside is not None:
+            beside.finish(run, wait=False)
+        x, j = found
+        val = float(np.max(run.evaluate(np.asarray(x).reshape(1, -1)) @ j["A"].T - j["b"]))
+        return run.finish("sat", f"branch and bound found a counterexample (value {val:.3g}, proved by rigorous "
+                          "bounds at the point)", "bab", x)
+    if beside is not None:  # BaB is done with every job it could take: the MIP goes on with the time left
+        sat = beside.finish(run, wait=bool(run.open_jobs()))
+        if sat is not None:
+            return run.finish("sat", sat[2]["reason"], sat[2]["stage"], sat[1])
+    if not run.open_jobs():
+        if beside is not None and beside.decided():  # the LP / MIP closed the last job
+            return run.finish("unsat", beside.view.info["reason"] + " (beside branch and bound)",
+                              beside.view.info["stage"])
+        return run.finish("unsat", "branch and bound closed every conjunction", "bab")
+    if run.left() <= 0:
+        return run.finish("timeout", "time limit reached during branch and bound" +
+                          (" and the LP / MIP beside it" if beside else ""), "bab")
+    if beside is not None:
+        return run.finish("unknown", "branch and bound and the LP / MIP beside it stopped undecided", "bab")
+    return None
 
+
+def _bab_jobs(run: Any, strategy: str, jobs: list, stop: float, beside: _MipBeside | None, stats: list) -> Any:
+    """BaB on each job in turn (an equal share of the time to ``stop`` each); (counterexample, job) or None."""
     def evaluate(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run.evaluate(x.numpy()))
 
@@ -147,27 +179,4 @@ def bab_stage(run: Any) -> tuple | None:
             j["lower"] = max(j["lower"], 0.0)
         elif res.lower > -math.inf:
             j["lower"] = max(j["lower"], min(res.lower, 0.0))
-    run.info["bab_s"] = time.perf_counter() - t0
-    if found is not None:
-        if beside is not None:
-            beside.finish(run, wait=False)
-        x, j = found
-        val = float(np.max(run.evaluate(np.asarray(x).reshape(1, -1)) @ j["A"].T - j["b"]))
-        return run.finish("sat", f"branch and bound found a counterexample (value {val:.3g}, proved by rigorous "
-                          "bounds at the point)", "bab", x)
-    if beside is not None:  # BaB is done with every job it could take: the MIP goes on with the time left
-        sat = beside.finish(run, wait=bool(run.open_jobs()))
-        if sat is not None:
-            return run.finish("sat", sat[2]["reason"], sat[2]["stage"], sat[1])
-    if not run.open_jobs():
-        if beside is not None and beside.decided():  # the LP / MIP closed the last job
-            return run.finish("unsat", beside.view.info["reason"] + " (beside branch and bound)",
-                              beside.view.info["stage"])
-        return run.finish("unsat", "branch and bound closed every conjunction", "bab")
-    if run.left() <= 0:
-        return run.finish("timeout", "time limit reached during branch and bound" +
-                          (" and the LP / MIP beside it" if beside else ""), "bab")
-    if beside is not None:
-        return run.finish("unknown", "branch and bound and the LP / MIP beside it stopped undecided", "bab")
-    return None
-
+    return found
