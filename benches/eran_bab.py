@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 import fastcert  # noqa: E402
 from fastcert import mip  # noqa: E402
 from fastcert.io.vnnlib import Property, Spec  # noqa: E402
+from fastcert.training import margin_spec  # noqa: E402
 from fastcert.vnncomp import VnnOptions  # noqa: E402
 from eran_certify import MODELS  # noqa: E402
 from shared_data import load_model, require_shared  # noqa: E402
@@ -49,12 +50,9 @@ for rel, name, eps, prima in MODELS:
         correct += 1
         lo = torch.clamp(x[0] - eps, 0.0, 1.0).reshape(-1).numpy()
         hi = torch.clamp(x[0] + eps, 0.0, 1.0).reshape(-1).numpy()
-        cons = []
-        for j in range(10):
-            if j != y:
-                A = np.zeros((1, 10))
-                A[0, y], A[0, j] = 1.0, -1.0  # y_label - y_j <= 0: class j reaches the label
-                cons.append((A, np.zeros(1)))
+        C = margin_spec(torch.tensor([y]), 10, torch.float64)[0].numpy()  # rows e_y - e_j (row y zero)
+        # one conjunction per other class j: y_label - y_j <= 0 (class j reaches the label)
+        cons = [(C[j:j + 1], np.zeros(1)) for j in range(10) if j != y]
         spec = Spec([Property(lo, hi, cons)], lo.size, 10)
         verdict, _, info = mip.solve_property(net, spec, T, options=opts)
         key = verdict if verdict in ("sat", "unsat") else "open"

@@ -10,7 +10,6 @@ with properties whose exact minimum is +-delta."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -145,21 +144,25 @@ def test_beta_tightens_a_split_bound():
 CASES = [(seed, seed % 2 == 1) for seed in range(10)]
 
 
-def check_against_brute_force(seed: int, sat: bool, opts: PropertyOptions, strategy: str) -> None:
-    """The pipeline (no attack, no MIP) on a tiny net with a +-delta property: the brute-force verdict (a
-    re-checked point when sat; alpha-CROWN or BaB with ``strategy`` when unsat), and the MIP agrees."""
-    K, n_in = 3, 3
-    model = _net(300 + seed, n_in, [6, 5], n_out=K, scale=1.5)
-    props, truth = _hard_property(seed, model, n_in, K, sat=sat)
-    net = fastcert.Network.from_torch(model, (n_in,))
-    spec = Spec(props, n_in, K)
-    want = "sat" if truth < 0 else "unsat"
+def brute_force_case(seed: int, sat: bool) -> tuple:
+    """A tiny net (3 inputs, 6 and 5 ReLUs, 3 outputs) and a property whose exact minimum is +-delta, found by
+    brute-force enumeration of activation patterns: (net, spec, the verdict it implies)."""
+    model = _net(300 + seed, 3, [6, 5], n_out=3, scale=1.5)
+    props, truth = _hard_property(seed, model, 3, 3, sat=sat)
+    return fastcert.Network.from_torch(model, (3,)), Spec(props, 3, 3), "sat" if truth < 0 else "unsat"
+
+
+def check_against_brute_force(seed: int, sat: bool, opts: PropertyOptions, strategy: str,
+                              stages: tuple = ("bounds:alpha-crown", "bab")) -> None:
+    """The pipeline (no attack) on :func:`brute_force_case`: the brute-force verdict (a re-checked point when
+    sat; one of ``stages``, with BaB's ``strategy``, when unsat), and the MIP alone agrees."""
+    net, spec, want = brute_force_case(seed, sat)
     with one_torch_thread():
         verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
     assert verdict == want, info.get("bab")
     if want == "unsat":
-        assert info["stage"] in ("bounds:alpha-crown", "bab"), info["stage"]
-        assert info["stage"] != "bab" or info["bab_strategy"] == strategy
+        assert info["stage"] in stages, info["stage"]
+        assert info["stage"] == "bounds:alpha-crown" or info["bab_strategy"] == strategy
     else:
         assert x is not None and check_counterexample(net, spec, x)[0]
     with one_torch_thread():
@@ -253,19 +256,8 @@ BESIDE = PropertyOptions(early_attack=None, attack=None, polish=None, bab_fracti
 def test_mip_beside_bab_agrees_with_brute_force(seed, sat):
     """BaB with the LP / MIP on a thread beside it (the VNN-COMP default for ReLU splits): the brute-force
     verdict, whichever of the two answers."""
-    K, n_in = 3, 3
-    model = _net(300 + seed, n_in, [6, 5], n_out=K, scale=1.5)
-    props, truth = _hard_property(seed, model, n_in, K, sat=sat)
-    net = fastcert.Network.from_torch(model, (n_in,))
-    spec = Spec(props, n_in, K)
-    with one_torch_thread():
-        verdict, x, info = mip.solve_property(net, spec, 60.0, options=BESIDE)
-    assert verdict == ("sat" if truth < 0 else "unsat"), info.get("bab")
-    if verdict == "sat":
-        assert x is not None and check_counterexample(net, spec, x)[0]
-    if info["stage"] not in ("bounds:alpha-crown", "attack"):
-        assert info["bab_strategy"] == "activation + MIP beside", info["stage"]
-        assert info["stage"] in ("bab", "lp", "mip"), info["stage"]
+    check_against_brute_force(seed, sat, BESIDE, "activation + MIP beside",
+                              stages=("bounds:alpha-crown", "bab", "lp", "mip"))
 
 
 @pytest.mark.parametrize("margin", [-1e-6, 1e-6])
@@ -279,13 +271,10 @@ def test_mip_beside_answers_when_bab_cannot(sat):
     on with the time left, decides (stage lp / mip), and its answer is the brute-force one."""
     opts = replace(BESIDE, bab=BabOptions(batch=2, iterations=2, root_iterations=2, max_domains=0))
     for seed in range(20):
-        model = _net(300 + seed, 3, [6, 5], n_out=3, scale=1.5)
-        props, truth = _hard_property(seed, model, 3, 3, sat=sat)
-        net = fastcert.Network.from_torch(model, (3,))
-        spec = Spec(props, 3, 3)
+        net, spec, want = brute_force_case(seed, sat)
         with one_torch_thread():
             verdict, x, info = mip.solve_property(net, spec, 60.0, options=opts)
-        assert verdict == ("sat" if truth < 0 else "unsat")
+        assert verdict == want
         if info["stage"] in ("bounds:alpha-crown", "attack") or info["bab"][0]["verdict"] == "sat":
             continue  # decided before BaB, or by BaB's root candidate point
         assert info["stage"] in ("lp", "mip"), (info["stage"], info["bab"])

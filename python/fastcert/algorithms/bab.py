@@ -68,9 +68,8 @@ class BabOptions:
 @dataclass
 class BabResult:
     """verdict: "unsat", "sat", "unknown" (the domain cap or no neuron left to split), "timeout" or "stopped"
-    (the caller's ``stop`` said so); x: the
-    confirmed counterexample (sat); lower: the smallest ``max_i (lb_i - b_i)`` over the open sub-domains
-    (> 0 once unsat); counts and times of the run."""
+    (the caller's ``stop`` said so); x: the confirmed counterexample (sat); lower: the smallest
+    ``max_i (lb_i - b_i)`` over the open sub-domains (> 0 once unsat); counts and times of the run."""
 
     verdict: str
     x: Any = None

@@ -142,12 +142,10 @@ class _Bounder:
 def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | None = None,
               opts: InputSplitOptions | None = None, bopts: BoundOptions | None = None,
               evaluate: Callable[[Tensor], Tensor] | None = None,
-              confirm: Callable[[Any], Any] | None = None, log: Callable[[str], None] | None = None,
-              stop: Callable[[], bool] | None = None) -> BabResult:
+              confirm: Callable[[Any], Any] | None = None, log: Callable[[str], None] | None = None) -> BabResult:
     """Decide whether ``A f(x) <= b`` (A [R, K], b [R]) holds for some x in ``prob64``'s box (one float64
     sample; an L-inf region) by input splitting. ``evaluate``: x [N, n0] float64 -> f(x) [N, K];
-    ``confirm``: a flat point with ``A f - b <= 0`` -> the proved counterexample or None; ``stop``: polled
-    between batches, True ends the run with verdict "stopped". Returns a
+    ``confirm``: a flat point with ``A f - b <= 0`` -> the proved counterexample or None. Returns a
     :class:`BabResult` (``leaves``: boxes that could not be split further, "unknown")."""
     opts = opts or InputSplitOptions()
     bopts = bopts or BoundOptions()
@@ -202,8 +200,6 @@ def input_bab(g: Graph, prob64: Any, A: Tensor, b: Tensor, *, deadline: float | 
             return finish("unsat", math.inf)
         if deadline is not None and time.perf_counter() > deadline:
             return finish("timeout", lower)
-        if stop is not None and stop():
-            return finish("stopped", lower)
         if len(open_) > opts.max_domains:
             return finish("unknown", lower)
         Lp, Up, vp, dp = open_.pop_lowest(max(1, opts.batch // (2 * C)))

@@ -47,7 +47,6 @@ class _MipBeside:
         self.view = copy.copy(run)
         self.view.halt, self.view.shared = threading.Event(), True
         self.view.info = {"refine": [], "attack_best": run.info["attack_best"]}
-        self.view.prepared = {}
         self.decision: tuple | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, name="fastcert-mip", daemon=True)
