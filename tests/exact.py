@@ -193,3 +193,54 @@ def exact_jacobian(model: nn.Module, x: torch.Tensor, in_shape: tuple[int, ...])
         else:  # pragma: no cover
             raise AssertionError(f"exact_jacobian: no exact Jacobian of {type(m).__name__}")
     return h, J
+
+
+def exact_graph_jacobian(g, x: torch.Tensor) -> tuple[list, list]:
+    """The output and Jacobian (80-digit mpmath, forward mode) of fastcert's op graph ``g`` at ``x`` [n]: its
+    affine nodes as their float64 matrices (``fastcert.jacobian._local_matrix``: exact copies of the weights,
+    so callers check the exact output against torch's to validate them) plus biases, and ReLU / LeakyReLU /
+    Hardtanh / Tanh / Sigmoid / Arctan with torch's one-sided derivative at kinks, as :func:`exact_jacobian`."""
+    from fastcert.jacobian import _local_matrix
+
+    one, zero = mpmath.mpf(1), mpmath.mpf(0)
+    h0 = _vals(x, True)
+    n = len(h0)
+    vals = {0: h0}
+    jac = {0: [[one if i == j else zero for j in range(n)] for i in range(n)]}
+    for k in range(1, g.output + 1):
+        nd = g.nodes[k]
+        p = nd.prim
+        kind = type(p).__name__
+        if kind in ("ReLU", "LeakyReLU", "Hardtanh", "Tanh", "Sigmoid", "Arctan"):
+            h, J = vals[nd.inputs[0]], jac[nd.inputs[0]]
+            if kind == "ReLU":
+                d = [one if v > 0 else zero for v in h]
+                out = [v if v > 0 else zero for v in h]
+            elif kind == "LeakyReLU":
+                a = exact_num(float(p.negative_slope), True)
+                d = [one if v > 0 else a for v in h]
+                out = [v if v > 0 else a * v for v in h]
+            elif kind == "Hardtanh":
+                lo_, hi_ = mpmath.mpf(float(p.min_val)), mpmath.mpf(float(p.max_val))  # exact, +-inf kept
+                d = [one if lo_ < v < hi_ else zero for v in h]
+                out = [lo_ if v < lo_ else hi_ if v > hi_ else v for v in h]
+            elif kind == "Tanh":
+                d = [4 * e / (1 + e) ** 2 for e in (mpmath.exp(-2 * abs(v)) for v in h)]
+                out = [mpmath.tanh(v) for v in h]
+            elif kind == "Sigmoid":
+                d = [e / (1 + e) ** 2 for e in (mpmath.exp(-abs(v)) for v in h)]
+                out = [1 / (1 + mpmath.exp(-v)) for v in h]
+            else:
+                d = [1 / (1 + v * v) for v in h]
+                out = [mpmath.atan(v) for v in h]
+            vals[k], jac[k] = out, [[d[i] * v for v in row] for i, row in enumerate(J)]
+            continue
+        A = [_vals(row, True) for row in _local_matrix(g, k)]
+        h = [v for i in nd.inputs for v in vals[i]]
+        J = [row for i in nd.inputs for row in jac[i]]
+        b = {"Dense": lambda: p.b64, "Conv2d": lambda: p.bias_flat64(), "Diag": lambda: p.b64}.get(kind, lambda: None)()
+        bias = _vals(b, True) if b is not None else [zero] * len(A)
+        cols = [[r[j] for r in J] for j in range(n)]
+        vals[k] = [sum((a * v for a, v in zip(row, h) if a), bias[o]) for o, row in enumerate(A)]
+        jac[k] = [[sum((a * c[i] for i, a in enumerate(row) if a), zero) for c in cols] for row in A]
+    return vals[g.output], jac[g.output]

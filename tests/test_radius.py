@@ -123,6 +123,23 @@ def test_search_steps_follow_the_reference() -> None:
     assert r.steps == 20 and r.norm == "inf" and r.method == "crown"
 
 
+def test_per_sample_eps_init_warm_starts_the_search() -> None:
+    """eps_init per sample: the 1-D network of the test above with two samples whose exact radii are 0.3 and
+    0.05; starting each at its own eps finds both within the bracket width, each as if searched alone."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 2)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[0].bias.zero_()
+    x = torch.tensor([[0.3], [0.05]], dtype=torch.float64)
+    r = fastcert.certified_radius(model, x, method="crown", steps=12, eps_init=torch.tensor([0.2, 0.04], dtype=torch.float64))
+    assert bool((r.lower <= x[:, 0]).all()) and bool((x[:, 0] <= r.upper).all())
+    for b, e in ((0, 0.2), (1, 0.04)):
+        alone = fastcert.certified_radius(model, x[b:b + 1], method="crown", steps=12, eps_init=e)
+        assert float(alone.radius[0]) == float(r.radius[b]) and float(alone.upper[0]) == float(r.upper[b])
+    # 0.2 certified, 0.4 fails, then 10 bisection steps of a 0.2-wide bracket
+    assert float(r.upper[0] - r.lower[0]) == pytest.approx(0.2 / 2**10)
+
+
 def test_misclassified_sample_has_radius_zero_and_batch_is_independent() -> None:
     model = _tiny_model()
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -154,6 +171,9 @@ def test_float32_radius_is_certified_in_float32() -> None:
     (dict(eps_init=0.0), "eps_init must be a finite number > 0"),
     (dict(eps_init=math.inf), "eps_init must be a finite number > 0"),
     (dict(eps_max=0.001), "eps_max must be a finite number >= eps_init"),
+    (dict(eps_init=[0.1, -0.1]), "eps_init must be a finite number > 0"),
+    (dict(eps_init=[0.1, 0.2, 0.3]), "eps_init must be a number or one per sample"),
+    (dict(eps_init="a"), "eps_init must be a finite number > 0"),
     (dict(target="closest"), "target must be one of"),
     (dict(method="recur"), "unknown method"),
     (dict(norm="3"), "norm"),

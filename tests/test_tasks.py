@@ -63,6 +63,32 @@ def test_lipschitz_and_landscape_tasks(files, capsys) -> None:
     assert len(res["rows"]) == 3 and all(r["r_max"] >= 0 for r in res["rows"])
 
 
+def test_lipsdir_and_lipsshift_reach_the_jacobian_bound(files, capsys) -> None:
+    """--lipsdir 1 --lipsshift 0 gives the library's forward-recursion curve, row for row."""
+    model, x, y, mpath, dpath, _ = files
+    rc = main(["lipschitz", "--model", mpath, "--data", dpath, "--numimage", "2", "--lipsteps", "3",
+               "--liplogstart", "-2", "--liplogend", "0", "--targettype", "1", "--lipsdir", "1", "--lipsshift",
+               "0", "-q", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    C = torch.zeros(2, 1, 4, dtype=torch.float64)
+    C[torch.arange(2), 0, y[:2]] = 1
+    C[:, 0, 1] -= 1
+    want = fastcert.lipschitz_curve(model, x[:2], "inf", "recurjac", C, -2, 0, 3, direction="forward", shift=0)
+    got = torch.tensor([r["lipschitz"] for r in res["rows"]], dtype=torch.float64)  # [2, E]
+    assert torch.equal(got, want.constant[:, :, 0].T)
+    back = fastcert.lipschitz_curve(model, x[:2], "inf", "recurjac", C, -2, 0, 3)
+    assert not torch.equal(got, back.constant[:, :, 0].T)  # the knob changed the recursion
+
+
+@pytest.mark.parametrize("argv", [["--lipsdir", "0"], ["--lipsshift", "2"]])
+def test_bad_recursion_knobs_are_refused_by_argparse(files, capsys, argv) -> None:
+    _, _, _, mpath, dpath, _ = files
+    with pytest.raises(SystemExit) as exc:
+        main(["lipschitz", *argv, "--model", mpath, "--data", dpath, "-q"])
+    assert exc.value.code == 2 and f"argument {argv[0]}: invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "match"), [
     (["robustness", "--targettype", "closest"], "target must be one of"),
     (["landscape"], "landscape bounds one margin per image"),

@@ -30,6 +30,11 @@ def add_task(p: argparse.ArgumentParser) -> None:
                    help="layer-wise bound (default crown-adaptive)")
     p.add_argument("--jacbndalg", default="disable", choices=JAC_ALGS,
                    help="certify by a Jacobian / Lipschitz bound instead (default disable)")
+    p.add_argument("--lipsdir", type=int, default=-1, choices=(-1, 1),
+                   help="Jacobian bound's recursion: -1 backward from the output, 1 forward from the input "
+                        "(default -1)")
+    p.add_argument("--lipsshift", type=int, default=1, choices=(0, 1),
+                   help="forward recursion: 1 starts after the first layer, 0 at the input (default 1)")
     p.add_argument("--steps", type=positive_int, default=15, help="search steps (default 15)")
     p.add_argument("--lipsteps", type=positive_int, default=10,
                    help="robustness: sub-intervals of the Lipschitz integration; lipschitz: number of radii "
@@ -55,7 +60,8 @@ def task_runner(task: str) -> Callable[[argparse.Namespace], int]:
         from fastcert import tasks
 
         keys = ("model", "data", "data_dir", "numimage", "startimage", "norm", "eps", "targettype", "layerbndalg",
-                "jacbndalg", "steps", "lipsteps", "liplogstart", "liplogend", "seed", "batch", "x_min", "x_max")
+                "jacbndalg", "steps", "lipsteps", "liplogstart", "liplogend", "seed", "lipsdir", "lipsshift", "batch",
+                "x_min", "x_max")
         cfg = tasks.TaskConfig(**{k: getattr(args, k) for k in keys})
         if not (math.isfinite(cfg.eps) and cfg.eps > 0):
             raise UsageError(f"--eps must be a finite number > 0, got {cfg.eps}")

@@ -114,7 +114,8 @@ def margin_rows(labels: torch.Tensor, targets: torch.Tensor, K: int, dtype: torc
 
 
 def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tensor, norm: str, method: str,
-                     lipsteps: int = 10, x_min: Any = None, x_max: Any = None) -> torch.Tensor:
+                     lipsteps: int = 10, x_min: Any = None, x_max: Any = None, direction: str = "backward",
+                     shift: int = 1) -> torch.Tensor:
     """A lower bound of ``C f`` over the ball of radius eps ([B] float64) around x, from its value at x and
     Lipschitz bounds: with ``0 = e_0 < e_1 < ... < e_K = eps`` (K = ``lipsteps``, equal steps) and ``L_k`` the
     Lipschitz constant over the ball of radius ``e_k``, every point at distance r <= eps is reached from x along
@@ -128,7 +129,8 @@ def lipschitz_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.
     prev = torch.zeros_like(eps)
     for k in range(1, K + 1):
         e_k = eps if k == K else eps * k / K
-        L = lipschitz(net, x, e_k, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max).constant
+        L = lipschitz(net, x, e_k, norm=norm, method=method, C=C, x_min=x_min, x_max=x_max, direction=direction,
+                      shift=shift).constant
         seg = _up((e_k - prev).clamp_min(0))[:, None]
         dec = _up(dec + _up(seg * L))
         prev = e_k
@@ -151,11 +153,25 @@ def quad_margin(net: Network, x: torch.Tensor, eps: torch.Tensor, C: torch.Tenso
     return quad_lower(g, prob, C.to(torch.float64), boxes[1])
 
 
+def _eps_init(eps_init: Any) -> torch.Tensor:
+    """``eps_init`` as a float64 tensor of one or B finite values > 0."""
+    bad = ValueError(f"eps_init must be a finite number > 0 (or one per sample), got {eps_init!r}")
+    if isinstance(eps_init, bool):
+        raise bad
+    try:
+        e = torch.as_tensor(eps_init, dtype=torch.float64).detach().flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise bad from None
+    if e.numel() == 0 or not bool(torch.isfinite(e).all()) or not bool((e > 0).all()):
+        raise bad
+    return e
+
+
 def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", method: str = "crown",
-                     target: Any = "untargeted", steps: int = 15, labels: Any = None, eps_init: float = 0.005,
+                     target: Any = "untargeted", steps: int = 15, labels: Any = None, eps_init: Any = 0.005,
                      x_min: Any = None, x_max: Any = None, seed: int = 0, eps_max: float | None = None,
-                     options: BoundOptions | None = None, lipsteps: int = 10, progress: bool = False
-                     ) -> RadiusResult:
+                     options: BoundOptions | None = None, lipsteps: int = 10, progress: bool = False,
+                     direction: str = "backward", shift: int = 1) -> RadiusResult:
     """The certified radius of each sample of ``x`` for ``method``, by ``steps`` steps of the reference's
     search (doubling from ``eps_init`` until a step fails, then bisection).
 
@@ -164,18 +180,19 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     method: any of :func:`fastcert.bounds`' methods ("ibp", "fastlin", "crown", "crown-ibp", "kw",
     "alpha-crown"), "quad" (two-layer ReLU networks: :func:`quad_margin`), or "recurjac" / "fastlip" /
     "spectral": certification by a Lipschitz bound (:func:`lipschitz_margin`,
-    ``lipsteps`` sub-intervals, as the reference's ``--jacbndalg`` / ``--lipsteps``); x_min / x_max: the input
-    domain the balls are clipped to. A sample whose label is not the prediction at x gets radius 0 (bracket
+    ``lipsteps`` sub-intervals, as the reference's ``--jacbndalg`` / ``--lipsteps``; ``direction`` / ``shift``:
+    its recursion's order, ``--lipsdir`` / ``--lipsshift``, see :func:`fastcert.jacobian_bounds`); x_min /
+    x_max: the input domain the balls are clipped to; eps_init: a number or one per sample ([B], e.g. a cheaper method's
+    radius, to warm-start a costlier one). A sample whose label is not the prediction at x gets radius 0 (bracket
     [0, 0]). ``eps_max``: no eps above it is tried (a sample
     certified there keeps ``upper = inf``). Returns :class:`RadiusResult` (tensors of shape [B]).
     """
     t0 = time.perf_counter()
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(eps_init, bool) or not isinstance(eps_init, (int, float)) or not 0 < eps_init < float("inf"):
-        raise ValueError(f"eps_init must be a finite number > 0, got {eps_init!r}")
-    if eps_max is not None and not (isinstance(eps_max, (int, float)) and eps_init <= eps_max < float("inf")):
-        raise ValueError(f"eps_max must be a finite number >= eps_init ({eps_init}), got {eps_max!r}")
+    e0 = _eps_init(eps_init)
+    if eps_max is not None and not (isinstance(eps_max, (int, float)) and float(e0.max()) <= eps_max < float("inf")):
+        raise ValueError(f"eps_max must be a finite number >= eps_init ({float(e0.max())}), got {eps_max!r}")
     if isinstance(lipsteps, bool) or not isinstance(lipsteps, int) or lipsteps < 1:
         raise ValueError(f"lipsteps must be a positive int, got {lipsteps!r}")
     nk = norm_key(norm)
@@ -194,7 +211,9 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
     hi = torch.full((B,), torch.inf, dtype=torch.float64)
     ok0 = pred == y
     hi[~ok0] = 0.0  # misclassified at x: no eps certifies
-    eps = torch.where(ok0, float(eps_init), 0.0).to(torch.float64)
+    if e0.numel() not in (1, B):
+        raise ValueError(f"eps_init must be a number or one per sample ({B}), got {e0.numel()} values")
+    eps = torch.where(ok0, e0.expand(B), 0.0)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -204,7 +223,8 @@ def certified_radius(model: nn.Module | Network, x: Any, norm: str = "inf", meth
         for _ in range(steps):
             # eps in float64: bounds rounds it up to x's dtype (a ball no smaller than the one reported)
             if lip:
-                low = lipschitz_margin(net, xt.detach(), eps, C, nk, method, lipsteps, x_min, x_max)
+                low = lipschitz_margin(net, xt.detach(), eps, C, nk, method, lipsteps, x_min, x_max, direction,
+                                       shift)
             elif method == QUAD:
                 low = quad_margin(net, xt.detach(), eps, C, nk, x_min, x_max)
             else:

@@ -8,8 +8,10 @@ certification by the spectral Lipschitz bound, quad (the reference's ``--quad``)
 two-layer ReLU networks; fastcert's own methods (ibp, crown-ibp, kw, alpha-crown) are accepted too.
 ``--jacbndalg`` recurjac / fastlip -> certification by that Lipschitz bound integrated over
 ``--lipsteps`` sub-intervals (and the Jacobian bound of the ``lipschitz`` / ``landscape`` tasks: RecurJac by
-default).
+default); ``--lipsdir`` -1 / +1 -> its recursion backward / forward, ``--lipsshift`` 0 / 1 -> the forward
+recursion starting at the input / after the first layer (the reference's defaults: -1 and 1).
 """
+
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ LAYER_ALGS = {"crown-general": "crown", "crown-adaptive": "crown", "fastlin": "f
               "quad": "quad"}
 JAC_ALGS = ("disable", "recurjac", "fastlip")
 NORM_ALIASES = {"i": "inf", "inf": "inf", "1": "1", "2": "2"}
+
+DIRS = {-1: "backward", 1: "forward"}
+
+
+def jac_kw(cfg: TaskConfig) -> dict[str, Any]:
+    """The Jacobian recursion's order for :func:`fastcert.jacobian_bounds` (``direction``, ``shift``)."""
+    return {"direction": DIRS[cfg.lipsdir], "shift": cfg.lipsshift}
 
 
 @dataclass
@@ -46,6 +55,8 @@ class TaskConfig:
     liplogstart: float = -3.0
     liplogend: float = 0.0
     seed: int = 0
+    lipsdir: int = -1
+    lipsshift: int = 1
     batch: int = 32
     x_min: float | None = None
     x_max: float | None = None
@@ -60,6 +71,10 @@ def resolve(cfg: TaskConfig) -> tuple[str, str]:
         raise ValueError(f"--layerbndalg must be one of {sorted(LAYER_ALGS)}; got {cfg.layerbndalg!r}")
     if cfg.jacbndalg not in JAC_ALGS:
         raise ValueError(f"--jacbndalg must be one of {JAC_ALGS}; got {cfg.jacbndalg!r}")
+    if cfg.lipsdir not in DIRS:
+        raise ValueError(f"--lipsdir must be -1 (backward) or 1 (forward); got {cfg.lipsdir!r}")
+    if cfg.lipsshift not in (0, 1):
+        raise ValueError(f"--lipsshift must be 0 or 1; got {cfg.lipsshift!r}")
     method = LAYER_ALGS[cfg.layerbndalg]
     if cfg.jacbndalg != "disable":
         method = cfg.jacbndalg
@@ -109,7 +124,7 @@ def robustness_batch(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: TaskConf
     tb = time.perf_counter()
     r = certified_radius(model, x, norm=norm, method=method, target=_target(cfg.targettype), steps=cfg.steps,
                          labels=y, eps_init=cfg.eps, x_min=cfg.x_min, x_max=cfg.x_max, seed=cfg.seed + a,
-                         lipsteps=cfg.lipsteps)
+                         lipsteps=cfg.lipsteps, **jac_kw(cfg))
     per = (time.perf_counter() - tb) / len(x)
     rows = []
     for i in range(len(x)):
@@ -174,7 +189,7 @@ def run_lipschitz(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = Tr
         t = target_classes(logits, y[a:b], _target(cfg.targettype), cfg.seed + a)
         C = margin_rows(y[a:b], t, logits.shape[1], torch.float64)
         curve = lipschitz_curve(model, xb, norm, jm, C, cfg.liplogstart, cfg.liplogend, cfg.lipsteps,
-                                cfg.x_min, cfg.x_max)
+                                cfg.x_min, cfg.x_max, **jac_kw(cfg))
         eps_list = curve.eps.tolist()
         const = curve.constant.amax(-1)  # [E, b]: the largest over the margin rows
         for i in range(b - a):
@@ -216,7 +231,7 @@ def run_landscape(cfg: TaskConfig, out: TextIO = sys.stdout, progress: bool = Tr
         t = target_classes(logits, y[a:b], _target(cfg.targettype), cfg.seed + a)
         C = margin_rows(y[a:b], t, K, torch.float64)
         jm = "recurjac" if cfg.jacbndalg == "disable" else cfg.jacbndalg
-        res = landscape(model, xb, norm, jm, C, cfg.steps, cfg.eps, cfg.x_min, cfg.x_max)
+        res = landscape(model, xb, norm, jm, C, cfg.steps, cfg.eps, cfg.x_min, cfg.x_max, **jac_kw(cfg))
         for i in range(b - a):
             row = {"image": cfg.startimage + a + i, "label": int(y[a + i]), "target": int(t[i]),
                    "r_max": float(res.radius[i, 0]), "upper": float(res.upper[i, 0])}
