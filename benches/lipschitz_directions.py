@@ -2,7 +2,8 @@
 Fast-Lip, on the 7x100 ReLU MLP that ``benches.radius_table`` trains (first MNIST test image, L-inf balls, the
 largest L1 gradient bound over the 10 logits, and the time of one call).
 
-    python -m benches.lipschitz_directions --data-dir ../shared/data/mnist --model .benchmarks/radius/mlp-7x100-relu-e2.pt
+    python -m benches.lipschitz_directions --data-dir ../shared/data/mnist \
+        --model .benchmarks/radius/mlp-7x100-relu-e2.pt
 """
 
 from __future__ import annotations
