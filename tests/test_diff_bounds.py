@@ -264,3 +264,39 @@ def test_gradients_equal_auto_lirpa(make, method: str) -> None:
     for a, b in zip(ours, theirs):
         rel = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
         assert rel <= 1e-6, rel
+
+
+def test_shared_slope_back_substitution_equals_the_stacked_rows() -> None:
+    """Fast-Lin / KW (equal ReLU slopes) bound both sides of a row in one back-substitution
+    (``diff.backsub_both``): the same values and gradients as carrying ``[lam, -lam]`` (``diff.backsub``), on a
+    graph with convolutions, a residual subtraction and a concatenation; CROWN's unequal slopes are refused."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_graph import Block
+
+    from fastcert.algorithms import diff
+    from fastcert.algorithms.alpha import region_of
+    from fastcert.api import make_region
+
+    spec = {"C": 2, "k": 2, "H": 4, "act": ("relu", 0), "sign": -1, "cat": True, "pool": False, "seed": 3}
+    torch.manual_seed(3)
+    model = Block(spec).double()
+    g = fastcert.Network.from_torch(model).op_graph_for((2, 4, 4))
+    x = torch.rand(3, 32, dtype=torch.float64)
+    reg = region_of(make_region(x, 0.2, "inf", None, None))
+    C = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    for method in ("kw", "fastlin"):
+        st = diff.diff_pass(g, reg, C, method, torch.float64)
+        assert diff._shared_slopes(st, g.output, 0)
+        lo, hi = diff.backsub_both(st, g.output, C)
+        both = diff.backsub(st, g.output, torch.cat([C, -C], 1))
+        assert torch.allclose(lo, both[:, :4], rtol=1e-12, atol=1e-12)
+        assert torch.allclose(hi, -both[:, 4:], rtol=1e-12, atol=1e-12)
+        g1 = torch.autograd.grad((lo * 1.3 + hi * 0.7).sum(), C, retain_graph=True)[0]
+        g2 = torch.autograd.grad((both[:, :4] * 1.3 - both[:, 4:] * 0.7).sum(), C)[0]
+        assert torch.allclose(g1, g2, rtol=1e-12, atol=1e-12)
+        assert bool((lo <= hi).all())
+    st = diff.diff_pass(g, reg, C, "crown", torch.float64)
+    assert not diff._shared_slopes(st, g.output, 0)

@@ -294,6 +294,79 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor |
     return bias
 
 
+def _shared_slopes(st: DiffPass, start: int, stop: int) -> bool:
+    """Whether the lower and upper bounds of rows from ``start`` can share one back-substitution: no per-row
+    slopes, splits or trace, and every nonlinear node on the way a ReLU whose lower and upper lines have the
+    same slope (Fast-Lin / KW's parallel relaxation; stable neurons): the coefficients for ``-lam`` are then
+    exactly minus those for ``lam`` at every node, and only the intercepts and the concretizations differ."""
+    if st.rows is not None or st.splits is not None or st.trace is not None:
+        return False
+    for v in range(start, stop, -1):
+        p = st.g.nodes[v].prim
+        if isinstance(p, (Dense, Conv2d, Diag, Add, Concat)):
+            continue
+        if not isinstance(p, ReLU):
+            return False
+        rel = st.relax[v]
+        if rel is None or not (rel[0] is rel[1] or torch.equal(rel[0], rel[1])):
+            return False
+    return True
+
+
+def backsub_both(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> tuple[Tensor, Tensor]:
+    """(lower, upper) bounds of ``lam . z_start`` in one back-substitution, where :func:`_shared_slopes` holds:
+    the coefficients are carried once; a ReLU's intercept ``up_b`` enters the lower bound through the negative
+    coefficients and the upper bound through the positive ones; each box and the input region are concretized
+    both ways. Equal to :func:`backsub` of ``[lam, -lam]`` (negation is exact), at half the rows."""
+    g = st.g
+    A: dict[int, Tensor] = {start: lam}
+    lo = lam.new_zeros(lam.shape[:2])
+    hi = lam.new_zeros(lam.shape[:2])
+    for v in range(start, stop, -1):
+        a = A.pop(v, None)
+        if a is None:
+            continue
+        nd, prm = g.nodes[v], st.prm[v]
+        p = nd.prim
+        if isinstance(p, Dense):
+            if prm["b"] is not None:
+                t = a @ prm["b"]
+                lo, hi = lo + t, hi + t
+            ins = (ops.linear_back(a, prm["W"]),)
+        elif isinstance(p, Conv2d):
+            if prm["b"] is not None:
+                t = (a.reshape(*a.shape[:2], p.out_shape[0], -1).sum(-1) * prm["b"]).sum(-1)
+                lo, hi = lo + t, hi + t
+            ins = (_conv_back(p, prm["W"], a),)
+        elif isinstance(p, Diag):
+            if prm["t"] is not None:
+                t = a @ prm["t"]
+                lo, hi = lo + t, hi + t
+            ins = (a * prm["s"],)
+        elif isinstance(p, (Add, Concat)):
+            ins = p.transpose(a)
+        else:  # a ReLU with equal slopes (checked by _shared_slopes)
+            rel = st.relax[v]
+            assert rel is not None
+            a_in, b_lo = ops.relax_back(a.contiguous(), rel[0], rel[1], None, rel[2])
+            lo = lo + b_lo
+            hi = hi + (a.clamp_min(0) * rel[2].unsqueeze(1)).sum(-1)
+            ins = (a_in,)
+        for i, t in zip(nd.inputs, ins):
+            A[i] = t if i not in A else A[i] + t
+    for v, a in A.items():
+        if v == 0:
+            lo = lo + concretize_input(st.reg, a)
+            hi = hi - concretize_input(st.reg, -a)
+            continue
+        bx = st.box[v]
+        assert bx is not None
+        c, r = ((bx[0] + bx[1]) / 2).contiguous(), ((bx[1] - bx[0]) / 2).contiguous()
+        lo = lo + ops.concretize_box(a.contiguous(), c, r)
+        hi = hi - ops.concretize_box((-a).contiguous(), c, r)
+    return lo, hi
+
+
 def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor | None = None,
               upper: bool = True) -> tuple[Tensor, Tensor | None]:
     """Lower and upper bounds of ``lam . z_start``: lam [B, S, n] -> ([B, S], [B, S]) in one pass (``sel``: the
@@ -305,6 +378,8 @@ def two_sided(st: DiffPass, start: int, lam: Tensor, stop: int = 0, sel: Tensor 
         ridx = st.rows.row_index(start, torch.arange(S) if sel is None else sel)
     if not upper:
         return backsub(st, start, lam, stop, None if ridx is None else ridx[:S]), None
+    if _shared_slopes(st, start, stop):
+        return backsub_both(st, start, lam, stop)
     both = backsub(st, start, torch.cat([lam, -lam], 1), stop, ridx)
     return both[:, :S], -both[:, S:]
 
