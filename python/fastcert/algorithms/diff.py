@@ -227,6 +227,21 @@ def _sshape_rows_back(st: DiffPass, start: int, v: int, p: SShaped, ridx: Tensor
     return pos * lo_s + neg * up_s, (pos * lo_b + neg * up_b).sum(-1)
 
 
+def _linear_back(p: Any, prm: dict, a: Tensor) -> tuple[Tensor | None, tuple[Tensor, ...]] | None:
+    """A linear node's back-substitution step: (its bias term [B, S] or None, the rows on its inputs), or None
+    for a nonlinear node."""
+    if isinstance(p, Dense):
+        return (None if prm["b"] is None else a @ prm["b"]), (ops.linear_back(a, prm["W"]),)
+    if isinstance(p, Conv2d):
+        t = None if prm["b"] is None else (a.reshape(*a.shape[:2], p.out_shape[0], -1).sum(-1) * prm["b"]).sum(-1)
+        return t, (_conv_back(p, prm["W"], a),)
+    if isinstance(p, Diag):
+        return (None if prm["t"] is None else a @ prm["t"]), (a * prm["s"],)
+    if isinstance(p, (Add, Concat)):
+        return None, p.transpose(a)
+    return None
+
+
 def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor | None = None) -> Tensor:
     """Lower bound of ``lam . z_start`` over the region: lam [B, S, n_start] -> [B, S]. Rows are carried back
     to ``stop`` (its box concretizes them; 0: the input region), one coefficient matrix per live node.
@@ -240,20 +255,11 @@ def backsub(st: DiffPass, start: int, lam: Tensor, stop: int = 0, ridx: Tensor |
             continue
         nd, prm = g.nodes[v], st.prm[v]
         p = nd.prim
-        if isinstance(p, Dense):
-            if prm["b"] is not None:
-                bias = bias + a @ prm["b"]
-            ins = (ops.linear_back(a, prm["W"]),)
-        elif isinstance(p, Conv2d):
-            if prm["b"] is not None:
-                bias = bias + (a.reshape(*a.shape[:2], p.out_shape[0], -1).sum(-1) * prm["b"]).sum(-1)
-            ins = (_conv_back(p, prm["W"], a),)
-        elif isinstance(p, Diag):
-            if prm["t"] is not None:
-                bias = bias + a @ prm["t"]
-            ins = (a * prm["s"],)
-        elif isinstance(p, (Add, Concat)):
-            ins = p.transpose(a)
+        lin = _linear_back(p, prm, a)
+        if lin is not None:
+            if lin[0] is not None:
+                bias = bias + lin[0]
+            ins = lin[1]
         else:  # ReLU (lo_s, up_s, up_b), general activation (lo_s, lo_b, up_s, up_b), max pool (idx, dom, U)
             rel = st.relax[v]
             assert rel is not None
@@ -327,24 +333,11 @@ def backsub_both(st: DiffPass, start: int, lam: Tensor, stop: int = 0) -> tuple[
         if a is None:
             continue
         nd, prm = g.nodes[v], st.prm[v]
-        p = nd.prim
-        if isinstance(p, Dense):
-            if prm["b"] is not None:
-                t = a @ prm["b"]
-                lo, hi = lo + t, hi + t
-            ins = (ops.linear_back(a, prm["W"]),)
-        elif isinstance(p, Conv2d):
-            if prm["b"] is not None:
-                t = (a.reshape(*a.shape[:2], p.out_shape[0], -1).sum(-1) * prm["b"]).sum(-1)
-                lo, hi = lo + t, hi + t
-            ins = (_conv_back(p, prm["W"], a),)
-        elif isinstance(p, Diag):
-            if prm["t"] is not None:
-                t = a @ prm["t"]
-                lo, hi = lo + t, hi + t
-            ins = (a * prm["s"],)
-        elif isinstance(p, (Add, Concat)):
-            ins = p.transpose(a)
+        lin = _linear_back(nd.prim, prm, a)
+        if lin is not None:
+            if lin[0] is not None:
+                lo, hi = lo + lin[0], hi + lin[0]
+            ins = lin[1]
         else:  # a ReLU with equal slopes (checked by _shared_slopes)
             rel = st.relax[v]
             assert rel is not None
